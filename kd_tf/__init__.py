@@ -1,0 +1,1 @@
+"""kd_tf: knowledge distillation for image generation on Keras 3 / TensorFlow."""

@@ -1,0 +1,92 @@
+"""`python -m kd_tf <verb>`: train-teacher, distill, evaluate.
+
+Every verb takes --config FILE (YAML) plus a few direct options, prints a summary table at the
+end and writes the same figures to a JSON report in its run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import yaml
+
+
+def _parse_set(items):
+    """--set key.sub=value pairs, values parsed as YAML (numbers, lists, booleans)."""
+    overrides = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, for example --set train.learning_rate=5e-4")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def _common(parser):
+    parser.add_argument("--config", help="YAML config file (see configs/)")
+    parser.add_argument("--steps", type=int, help="training steps (overrides train.steps)")
+    parser.add_argument("--data", help="folder of your own images (default: the embedded photos)")
+    parser.add_argument("--run-name", help="run folder name under runs/ and tensorboard_logs/; reuse it to resume")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
+
+
+def _overrides(args):
+    overrides = _parse_set(args.set)
+    if getattr(args, "steps", None) is not None:
+        overrides["train.steps"] = args.steps
+    if getattr(args, "data", None) is not None:
+        overrides["data.data_dir"] = args.data
+    if getattr(args, "run_name", None) is not None:
+        overrides["output.run_name"] = args.run_name
+    return overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kd_tf", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    _common(verbs.add_parser("train-teacher", help="train the residual U-Net teacher"))
+    distill = verbs.add_parser("distill", help="distill the teacher into a small student (the main job)")
+    _common(distill)
+    distill.add_argument("--teacher", help="teacher model: .keras, .h5 or SavedModel dir")
+    evaluate = verbs.add_parser("evaluate", help="held-out report of saved models and classical baselines")
+    _common(evaluate)
+    evaluate.add_argument("--teacher", help="teacher model (default: the shipped one)")
+    evaluate.add_argument("--student", action="append", default=[], metavar="[NAME=]PATH",
+                          help="a student model to score, repeatable")
+    return parser
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from kd_tf import config as cfg
+    from kd_tf import jobs
+
+    overrides = _overrides(args)
+    try:
+        if args.verb == "train-teacher":
+            report = jobs.train_teacher(cfg.load(cfg.TeacherJobConfig, args.config, overrides))
+        elif args.verb == "distill":
+            if args.teacher:
+                overrides["distill.teacher"] = args.teacher
+            report = jobs.distill(cfg.load(cfg.DistillJobConfig, args.config, overrides))
+        else:
+            students = dict(_named(s) for s in args.student)
+            report = jobs.evaluate_saved(cfg.load(cfg.DistillJobConfig, args.config, overrides),
+                                         teacher=args.teacher, students=students)
+    except (cfg.ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print()
+    print(report["table"])
+    print(f"\nreport: {report['report_path']}")
+    return 0
+
+
+def _named(spec: str):
+    name, _, path = spec.rpartition("=")
+    return (name or os.path.splitext(os.path.basename(path))[0]), path

@@ -1,0 +1,169 @@
+"""`Distiller`: a keras.Model whose fit() trains a student to match a frozen teacher.
+
+Per step the teacher runs once (training=False) and the student runs once, through a single
+multi-output "tap" model that returns its output and every distilled intermediate feature.
+Keras' own `keras.distillation.Distiller` runs the student twice when features are distilled;
+this one does not.
+
+    loss = alpha * distill(student, teacher) + (1 - alpha) * own(student, target)
+           + sum_i lambda_i * feature_i
+
+Nothing here is task-specific: the student's own objective is passed in (kd_tf.objectives).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from kd_tf.losses import FeatureTerm
+from kd_tf.losses import output_loss as distance_for
+from kd_tf.metrics import psnr
+from kd_tf.objectives import Reconstruction
+from kd_tf.schedules import as_schedule
+
+
+def _tap_model(model: keras.Model, layer_names, role: str) -> keras.Model:
+    """model's output plus the outputs of `layer_names`, from one forward pass."""
+    available = [layer.name for layer in model.layers]
+    missing = [name for name in layer_names if name not in available]
+    if missing:
+        raise ValueError(f"{role} has no layer named {missing}; available layers: {available}")
+    if layer_names and not hasattr(model, "inputs"):
+        raise ValueError(f"{role} is not a functional model, so its features cannot be tapped")
+    outputs = [model.outputs[0]] + [model.get_layer(name).output for name in layer_names]
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_taps")
+
+
+class Distiller(keras.Model):
+    """Trains `student` to imitate `teacher` with `fit()`; `call()` runs the student.
+
+    Args:
+      teacher: any Keras model; it is frozen here even if the caller forgot.
+      student: a Keras model with the teacher's input and output shapes.
+      alpha: weight of the output-matching term, a float in [0, 1] or a callable of the
+        optimizer step (see kd_tf.schedules).
+      output_loss: "mse" or "l1" between student and teacher outputs.
+      features: (teacher layer, student layer[, weight]) pairs; features of different channel
+        counts go through a trainable 1x1 adapter owned by the Distiller. Spatial sizes must
+        agree (a clear error otherwise: resizing would silently change what is being taught).
+      objective: the student's own loss against the targets (default: MSE reconstruction).
+        With unlabeled data (no targets) this term is dropped and alpha is taken as 1.
+      probe_size: side of the zero image used once to check shapes up front.
+    """
+
+    def __init__(self, teacher: keras.Model, student: keras.Model, alpha=0.5, output_loss: str = "mse",
+                 features=(), objective=None, probe_size: int = 64, name: str = "distiller", **kwargs):
+        super().__init__(name=name, **kwargs)
+        teacher.trainable = False
+        self.teacher = teacher
+        self.student = student
+        self.alpha = as_schedule(alpha)
+        self.output_loss_kind = output_loss
+        self._distance = distance_for(output_loss)
+        self.objective = objective if objective is not None else Reconstruction("mse")
+
+        pairs = [tuple(p) if len(p) == 3 else (p[0], p[1], 1.0) for p in features]
+        self.teacher_taps = _tap_model(teacher, [t for t, _, _ in pairs], "teacher")
+        self.student_taps = _tap_model(student, [s for _, s, _ in pairs], "student")
+        self.feature_terms = self._check_shapes_and_make_terms(pairs, probe_size)
+        self.adapters = [term.adapter for term in self.feature_terms if term.adapter is not None]
+
+        self.total_tracker = keras.metrics.Mean(name="loss")
+        self.distill_tracker = keras.metrics.Mean(name="distill")
+        self.own_tracker = keras.metrics.Mean(name="own")
+        self.feature_trackers = [keras.metrics.Mean(name=term.name) for term in self.feature_terms]
+        self.alpha_tracker = keras.metrics.Mean(name="alpha")
+        self.psnr_tracker = keras.metrics.Mean(name="psnr")
+
+    def _check_shapes_and_make_terms(self, pairs, probe_size):
+        channels = self.student.input_shape[-1]
+        if self.teacher.input_shape[-1] != channels:
+            raise ValueError(f"teacher takes {self.teacher.input_shape[-1]} input channels, "
+                             f"student takes {channels}")
+        probe = tf.zeros((1, probe_size, probe_size, channels))
+        teacher_out = self.teacher_taps(probe, training=False)
+        student_out = self.student_taps(probe, training=False)
+        if tuple(teacher_out[0].shape) != tuple(student_out[0].shape):
+            raise ValueError(f"teacher output shape {tuple(teacher_out[0].shape)} differs from student "
+                             f"output shape {tuple(student_out[0].shape)} on a {probe_size}x{probe_size} input")
+        terms = []
+        for (t_name, s_name, weight), t_feat, s_feat in zip(pairs, teacher_out[1:], student_out[1:]):
+            if t_feat.shape[1:-1] != s_feat.shape[1:-1]:
+                raise ValueError(f"feature pair ({t_name!r}, {s_name!r}): spatial sizes differ, teacher "
+                                 f"{tuple(t_feat.shape[1:-1])} vs student {tuple(s_feat.shape[1:-1])}; "
+                                 f"pair layers at the same resolution")
+            terms.append(FeatureTerm(t_name, s_name, weight, t_feat.shape[-1], s_feat.shape[-1]))
+        return terms
+
+    # -- Keras API -------------------------------------------------------------------------
+
+    def call(self, inputs, training=False):
+        return self.student(inputs, training=training)
+
+    @property
+    def metrics(self):
+        return [self.total_tracker, self.distill_tracker, self.own_tracker, *self.feature_trackers,
+                self.alpha_tracker, self.psnr_tracker]
+
+    @property
+    def trained_variables(self):
+        """What the optimizer updates: the student and the adapters, never the teacher."""
+        variables = list(self.student.trainable_variables)
+        for adapter in self.adapters:
+            variables.extend(adapter.trainable_variables)
+        return variables
+
+    def panels(self, inputs) -> dict:
+        """Teacher and student outputs for image grids (kd_tf.callbacks)."""
+        return {"teacher": self.teacher(inputs, training=False), "student": self.student(inputs, training=False)}
+
+    # -- the step --------------------------------------------------------------------------
+
+    def _terms(self, inputs, targets, sample_weight, training):
+        teacher_out = [tf.stop_gradient(tf.cast(t, tf.float32))
+                       for t in tf.nest.flatten(self.teacher_taps(inputs, training=False))]
+        student_out = tf.nest.flatten(self.student_taps(inputs, training=training))
+        prediction = tf.cast(student_out[0], tf.float32)
+
+        def reduce(per_sample):
+            if sample_weight is not None:
+                per_sample = per_sample * tf.cast(tf.reshape(sample_weight, [-1]), per_sample.dtype)
+            return tf.reduce_mean(per_sample)
+
+        alpha = tf.cast(self.alpha(self.optimizer.iterations), tf.float32)
+        distill = reduce(self._distance(teacher_out[0], prediction))
+        if targets is None:
+            alpha, own = tf.constant(1.0), tf.constant(0.0)
+        else:
+            own = reduce(self.objective(inputs, targets, prediction))
+        features = [reduce(term(t, s)) for term, t, s in zip(self.feature_terms, teacher_out[1:], student_out[1:])]
+        total = alpha * distill + (1.0 - alpha) * own
+        for term, value in zip(self.feature_terms, features):
+            total = total + term.weight * value
+        return {"loss": total, "distill": distill, "own": own, "features": features, "alpha": alpha,
+                "prediction": prediction}
+
+    def _track(self, terms, targets):
+        self.total_tracker.update_state(terms["loss"])
+        self.distill_tracker.update_state(terms["distill"])
+        self.own_tracker.update_state(terms["own"])
+        for tracker, value in zip(self.feature_trackers, terms["features"]):
+            tracker.update_state(value)
+        self.alpha_tracker.update_state(terms["alpha"])
+        if targets is not None:
+            self.psnr_tracker.update_state(tf.reduce_mean(psnr(targets, terms["prediction"])))
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def train_step(self, data):
+        inputs, targets, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        variables = self.trained_variables
+        with tf.GradientTape() as tape:
+            terms = self._terms(inputs, targets, sample_weight, training=True)
+        gradients = tape.gradient(terms["loss"], variables)
+        self.optimizer.apply(gradients, variables)
+        return self._track(terms, targets)
+
+    def test_step(self, data):
+        inputs, targets, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        return self._track(self._terms(inputs, targets, sample_weight, training=False), targets)

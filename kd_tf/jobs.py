@@ -1,0 +1,219 @@
+"""The work behind each CLI verb: train a teacher, distill a student, evaluate.
+
+Each job writes its artifacts and a JSON report to a run folder (`runs/<run>`), logs to
+`tensorboard_logs/<run>`, resumes from its last completed epoch when rerun with the same run
+name, and returns its report so that the CLI (or a notebook) can print it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from kd_tf import config as cfg
+from kd_tf import schedules
+from kd_tf.callbacks import ImageGridCallback
+from kd_tf.data import fixed_crops, load_split, patch_dataset
+from kd_tf.evaluation import evaluate, format_table, methods_for
+from kd_tf.metrics import psnr_metric
+from kd_tf.distiller import Distiller
+from kd_tf.model_io import float32_copy, load_model, save_model, with_dtype_policy
+from kd_tf.nets import build_unet
+
+log = logging.getLogger(__name__)
+
+
+class RunPaths:
+    """The folders of one run: artifacts in runs/<name>, TensorBoard logs in tensorboard_logs/<name>."""
+
+    def __init__(self, output: cfg.OutputConfig, verb: str):
+        self.name = output.run_name or f"{verb}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+        self.root = Path(output.runs_dir) / self.name
+        self.logs = Path(output.log_dir) / self.name
+        self.backup = self.root / "backup"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+    def write_json(self, name: str, payload: dict) -> Path:
+        path = self.root / name
+        temporary = path.with_suffix(".partial")
+        temporary.write_text(json.dumps(payload, indent=2, default=_jsonable))
+        os.replace(temporary, path)
+        return path
+
+
+def _jsonable(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def cosine_optimizer(train: cfg.TrainConfig) -> keras.optimizers.Optimizer:
+    """Adam with cosine decay over the whole step budget (the schedule resumes with the step)."""
+    schedule = keras.optimizers.schedules.CosineDecay(
+        train.learning_rate, decay_steps=train.steps, alpha=train.final_learning_rate_fraction)
+    return keras.optimizers.Adam(schedule)
+
+
+def epochs_for(train: cfg.TrainConfig) -> tuple[int, int]:
+    """(epochs, steps_per_epoch) covering at least `train.steps` steps."""
+    per_epoch = min(train.steps_per_epoch, train.steps)
+    return -(-train.steps // per_epoch), per_epoch
+
+
+def standard_callbacks(paths: RunPaths, val_noisy, val_clean, output: cfg.OutputConfig, tag: str):
+    """TensorBoard scalars, image grids, and BackupAndRestore so a killed run resumes."""
+    return [
+        keras.callbacks.TensorBoard(log_dir=str(paths.logs / tag), update_freq="epoch", write_graph=False),
+        ImageGridCallback(val_noisy, val_clean, paths.logs / tag / "images", every=output.image_grid_every),
+        keras.callbacks.BackupAndRestore(str(paths.backup / tag), delete_checkpoint=False),
+    ]
+
+
+def _data(config_data: cfg.DataConfig, seed: int):
+    split = load_split(config_data.data_dir, config_data.heldout_fraction, config_data.split_seed,
+                       min_size=config_data.patch_size)
+    train = patch_dataset(split.train, config_data.patch_size, config_data.batch_size,
+                          (config_data.sigma_min, config_data.sigma_max), seed=seed)
+    val_noisy, val_clean = fixed_crops(split.heldout, config_data.val_crop, config_data.val_crops_per_image,
+                                       config_data.val_sigma)
+    log.info("training on %d images, holding out %d: %s", len(split.train), len(split.heldout),
+             ", ".join(sorted(split.heldout)))
+    return split, train, val_noisy, val_clean
+
+
+def train_teacher(config: cfg.TeacherJobConfig) -> dict:
+    """Trains the residual U-Net teacher on noisy/clean patches and saves it in float32."""
+    config.validate()
+    keras.utils.set_random_seed(config.train.seed)
+    paths = RunPaths(config.output, "teacher")
+    split, train_ds, val_noisy, val_clean = _data(config.data, config.train.seed)
+
+    model = build_unet(config.net.widths, config.net.blocks, name="teacher",
+                       mixed_precision=config.train.mixed_precision)
+    model.compile(optimizer=cosine_optimizer(config.train), loss="mse", metrics=[psnr_metric])
+    epochs, per_epoch = epochs_for(config.train)
+    started = time.time()
+    history = model.fit(train_ds, epochs=epochs, steps_per_epoch=per_epoch,
+                        validation_data=(val_noisy, val_clean), validation_batch_size=8, shuffle=False,
+                        callbacks=standard_callbacks(paths, val_noisy, val_clean, config.output, "teacher"),
+                        verbose=2 if os.environ.get("KD_TF_QUIET") else "auto")
+    seconds = time.time() - started
+
+    teacher = float32_copy(model, config.net.widths, config.net.blocks)
+    save_model(teacher, paths.root / "teacher.keras")
+    if config.save_to:
+        save_model(teacher, config.save_to)
+    report = evaluate(methods_for({"teacher": teacher}, config.eval.baselines), _limit(split.heldout, config.eval),
+                      config.eval.sigmas, config.eval.seed, config.eval.timing_size, progress=log.info)
+    report.update(job="train-teacher", run=paths.name, train_seconds=seconds, config=cfg.to_dict(config),
+                  history=history.history, saved_to=config.save_to, heldout=sorted(split.heldout))
+    report["table"] = format_table(report, config.eval.timing_size)
+    report["report_path"] = str(paths.root / "report.json")
+    paths.write_json("report.json", report)
+    return report
+
+
+def _limit(heldout: dict, eval_config: cfg.EvalConfig) -> dict:
+    if eval_config.max_images is None:
+        return heldout
+    return {name: heldout[name] for name in sorted(heldout)[:eval_config.max_images]}
+
+
+def load_teacher(path: str, mixed_precision: bool) -> keras.Model:
+    """The frozen teacher; its forward pass runs in bfloat16 when mixed precision is on."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"teacher {path!r} does not exist: train one with "
+                                f"`python -m kd_tf train-teacher` or pass --teacher PATH (.keras, .h5, SavedModel dir)")
+    teacher = load_model(path)
+    teacher.trainable = False
+    if mixed_precision and Path(path).is_file():
+        teacher = with_dtype_policy(teacher, "mixed_bfloat16")
+        teacher.trainable = False
+    return teacher
+
+
+def distill(config: cfg.DistillJobConfig) -> dict:
+    """The main job: distill the teacher into the student, train the same student from scratch
+    with the same budget for comparison, evaluate all of them on the held-out photos."""
+    config.validate()
+    keras.utils.set_random_seed(config.train.seed)
+    paths = RunPaths(config.output, "distill")
+    teacher = load_teacher(config.distill.teacher, config.train.mixed_precision)
+    split, train_ds, val_noisy, val_clean = _data(config.data, config.train.seed)
+    epochs, per_epoch = epochs_for(config.train)
+    fit_args = dict(epochs=epochs, steps_per_epoch=per_epoch, validation_data=(val_noisy, val_clean),
+                    validation_batch_size=8, shuffle=False, verbose=2 if os.environ.get("KD_TF_QUIET") else "auto")
+
+    student = build_unet(config.student.widths, config.student.blocks, name="student",
+                         mixed_precision=config.train.mixed_precision)
+    alpha = schedules.from_config(config.distill.alpha.kind, config.distill.alpha.start,
+                                  config.distill.alpha.end, config.train.steps)
+    features = [(p.teacher, p.student, p.weight) for p in config.distill.features]
+    distiller = Distiller(teacher, student, alpha=alpha, output_loss=config.distill.output_loss, features=features)
+    distiller.compile(optimizer=cosine_optimizer(config.train))
+    log.info("distilling: teacher %s -> student %s", config.distill.teacher, config.student)
+    started = time.time()
+    history = distiller.fit(train_ds, callbacks=standard_callbacks(paths, val_noisy, val_clean, config.output,
+                                                                   "distill"), **fit_args)
+    timings = {"distill_seconds": time.time() - started}
+    students = {"student (distilled)": float32_copy(student, config.student.widths, config.student.blocks)}
+    save_model(students["student (distilled)"], paths.root / "student.keras")
+    if config.save_to:
+        save_model(students["student (distilled)"], config.save_to)
+
+    histories = {"distill": history.history}
+    if config.distill.compare_scratch:
+        keras.utils.set_random_seed(config.train.seed)
+        scratch = build_unet(config.student.widths, config.student.blocks, name="student_scratch",
+                             mixed_precision=config.train.mixed_precision)
+        scratch.compile(optimizer=cosine_optimizer(config.train), loss="mse", metrics=[psnr_metric])
+        log.info("training the same student from scratch (alpha = 0) with the same budget")
+        started = time.time()
+        histories["scratch"] = scratch.fit(train_ds, callbacks=standard_callbacks(
+            paths, val_noisy, val_clean, config.output, "scratch"), **fit_args).history
+        timings["scratch_seconds"] = time.time() - started
+        students["student (scratch)"] = float32_copy(scratch, config.student.widths, config.student.blocks)
+        save_model(students["student (scratch)"], paths.root / "student_scratch.keras")
+
+    evaluated = {"teacher": load_model(config.distill.teacher), **students}
+    report = _report(config, paths, split, evaluated, "distill")
+    report.update(timings=timings, history=histories)
+    report["report_path"] = str(paths.write_json("report.json", report))
+    return report
+
+
+def evaluate_saved(config: cfg.DistillJobConfig, teacher: str | None, students: dict[str, str]) -> dict:
+    """`python -m kd_tf evaluate`: the held-out report for saved models."""
+    config.validate()
+    paths = RunPaths(config.output, "evaluate")
+    split = load_split(config.data.data_dir, config.data.heldout_fraction, config.data.split_seed)
+    models = {"teacher": load_model(teacher or config.distill.teacher)}
+    if not students and Path(cfg.DEFAULT_STUDENT).exists():
+        students = {"student": cfg.DEFAULT_STUDENT}
+    models.update({name: load_model(path) for name, path in students.items()})
+    report = _report(config, paths, split, models, "evaluate")
+    report["report_path"] = str(paths.write_json("report.json", report))
+    return report
+
+
+def _report(config, paths, split, models, job) -> dict:
+    report = evaluate(methods_for(models, config.eval.baselines), _limit(split.heldout, config.eval),
+                      config.eval.sigmas, config.eval.seed, config.eval.timing_size, progress=log.info)
+    teacher_macs = report["methods"]["teacher"]["macs_512"]
+    for entry in report["methods"].values():
+        if entry["macs_512"] and teacher_macs:
+            entry["teacher_macs_ratio"] = teacher_macs / entry["macs_512"]
+    report.update(job=job, run=paths.name, config=cfg.to_dict(config), heldout=sorted(split.heldout),
+                  tensorboard=str(paths.logs))
+    report["table"] = format_table(report, config.eval.timing_size)
+    return report

@@ -1,0 +1,59 @@
+"""Distillation terms: how far the student is from the teacher, per sample.
+
+Every function returns one value per sample (shape [batch]); the Distiller weights and
+averages them, so `sample_weight` works the same way for every term.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+from keras import layers
+
+OUTPUT_LOSSES = ("mse", "l1")
+
+
+def _per_sample_mean(values):
+    values = tf.cast(values, tf.float32)
+    return tf.reduce_mean(tf.reshape(values, [tf.shape(values)[0], -1]), axis=1)
+
+
+def squared_error(target, prediction):
+    """Per-sample mean squared error."""
+    return _per_sample_mean(tf.square(tf.cast(prediction, tf.float32) - tf.cast(target, tf.float32)))
+
+
+def absolute_error(target, prediction):
+    """Per-sample mean absolute error."""
+    return _per_sample_mean(tf.abs(tf.cast(prediction, tf.float32) - tf.cast(target, tf.float32)))
+
+
+def output_loss(kind: str):
+    """The distance between student and teacher outputs (or student and clean image)."""
+    if kind == "mse":
+        return squared_error
+    if kind == "l1":
+        return absolute_error
+    raise ValueError(f"output loss {kind!r}; accepted: {', '.join(OUTPUT_LOSSES)}")
+
+
+class FeatureTerm:
+    """One (teacher layer, student layer) pair matched with MSE, through a 1x1 adapter if needed.
+
+    The adapter maps the student's channels to the teacher's; it is trained with the student
+    but owned by the Distiller, so it never reaches the exported student.
+    """
+
+    def __init__(self, teacher_layer: str, student_layer: str, weight: float,
+                 teacher_channels: int, student_channels: int):
+        self.teacher_layer, self.student_layer, self.weight = teacher_layer, student_layer, float(weight)
+        self.name = f"feature_{teacher_layer}" if teacher_layer == student_layer else f"feature_{teacher_layer}__{student_layer}"
+        self.adapter = None
+        if teacher_channels != student_channels:
+            self.adapter = layers.Conv2D(teacher_channels, 1, name=f"adapter_{self.name}", dtype="float32")
+            self.adapter.build((None, None, None, student_channels))
+
+    def __call__(self, teacher_feature, student_feature):
+        student_feature = tf.cast(student_feature, tf.float32)
+        if self.adapter is not None:
+            student_feature = self.adapter(student_feature)
+        return squared_error(tf.stop_gradient(teacher_feature), student_feature)

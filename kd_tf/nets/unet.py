@@ -1,0 +1,66 @@
+"""Residual U-Net denoisers: one builder for the teacher and the whole student family.
+
+The network predicts the noise residual (output = input + correction), which converges far
+faster than predicting the clean image directly (DnCNN's observation). Levels are named
+`enc{i}`, `bottleneck`, `dec{i}` in teacher and student alike, so feature pairs line up by name.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+MIXED = "mixed_bfloat16"
+
+
+def _residual_block(x, width, name, dtype):
+    """x + conv(relu(conv(x))): EDSR-style, no normalisation, so it quantizes cleanly."""
+    y = layers.Conv2D(width, 3, padding="same", activation="relu", name=f"{name}_conv1", dtype=dtype)(x)
+    y = layers.Conv2D(width, 3, padding="same", name=f"{name}_conv2", dtype=dtype)(y)
+    return layers.Add(name=f"{name}_add", dtype=dtype)([x, y])
+
+
+def _blocks(x, width, count, name, dtype):
+    for j in range(count):
+        x = _residual_block(x, width, f"{name}_block{j}", dtype)
+    return layers.Activation("linear", name=name, dtype=dtype)(x)
+
+
+def build_unet(widths=(32, 64, 128, 256), blocks=2, channels: int = 3, name: str = "unet",
+               mixed_precision: bool = False) -> keras.Model:
+    """A residual U-Net for images of any size divisible by 2 ** (len(widths) - 1).
+
+    widths: channels per level, full resolution first; blocks: residual blocks per level (an
+    int, or one int per level). `mixed_precision` computes in bfloat16 with float32 weights and a
+    float32 output; the weights are the same either way, so a bf16-trained model can be
+    rebuilt in float32 with `set_weights` for export.
+    """
+    widths = tuple(int(w) for w in widths)
+    if len(widths) < 2 or min(widths) < 1:
+        raise ValueError(f"widths={widths!r}; accepted: at least two positive ints")
+    per_level = (blocks,) * len(widths) if isinstance(blocks, int) else tuple(blocks)
+    if len(per_level) != len(widths) or min(per_level) < 1:
+        raise ValueError(f"blocks={blocks!r}; accepted: a positive int or one per level ({len(widths)})")
+    dtype = MIXED if mixed_precision else "float32"
+
+    inputs = keras.Input(shape=(None, None, channels), name="noisy")
+    x = layers.Conv2D(widths[0], 3, padding="same", name="head", dtype=dtype)(inputs)
+    skips = []
+    for i, width in enumerate(widths[:-1]):
+        x = _blocks(x, width, per_level[i], f"enc{i}", dtype)
+        skips.append(x)
+        x = layers.Conv2D(widths[i + 1], 3, strides=2, padding="same", name=f"down{i}", dtype=dtype)(x)
+    x = _blocks(x, widths[-1], per_level[-1], "bottleneck", dtype)
+    for i in reversed(range(len(widths) - 1)):
+        x = layers.Conv2DTranspose(widths[i], 2, strides=2, name=f"up{i}", dtype=dtype)(x)
+        x = layers.Add(name=f"skip{i}", dtype=dtype)([x, skips[i]])
+        x = _blocks(x, widths[i], per_level[i], f"dec{i}", dtype)
+    correction = layers.Conv2D(channels, 3, padding="same", name="tail", dtype="float32")(x)
+    outputs = layers.Add(name="denoised", dtype="float32")([inputs, correction])
+    return keras.Model(inputs, outputs, name=name)
+
+
+def stride_of(model: keras.Model) -> int:
+    """The factor that input height and width must be divisible by (1 for non-U-Nets)."""
+    downs = [layer for layer in model.layers if layer.name.startswith("down")]
+    return 2 ** len(downs)
