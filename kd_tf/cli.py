@@ -75,6 +75,7 @@ def main(argv=None) -> int:
                 overrides["distill.teacher"] = args.teacher
             report = jobs.distill(cfg.load(cfg.DistillJobConfig, args.config, overrides))
         else:
+            overrides.setdefault("eval.cbm3d_sigmas", None)        # the full report: CBM3D at every sigma
             students = dict(_named(s) for s in args.student)
             report = jobs.evaluate_saved(cfg.load(cfg.DistillJobConfig, args.config, overrides),
                                          teacher=args.teacher, students=students)

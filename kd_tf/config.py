@@ -133,6 +133,7 @@ class EvalConfig:
 
     sigmas: list[float] = dataclasses.field(default_factory=lambda: [15.0, 25.0, 50.0])
     baselines: list[str] = dataclasses.field(default_factory=lambda: ["nlmeans", "cbm3d"])
+    cbm3d_sigmas: list[float] | None = None   # None: every sigma; CBM3D takes ~20 s per photo
     seed: int = 2024
     max_images: int | None = None
     timing_size: int = 512
@@ -179,7 +180,7 @@ class DistillJobConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     student: NetConfig = dataclasses.field(default_factory=lambda: NetConfig(widths=[12, 24, 48, 96], blocks=1))
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
-    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=lambda: EvalConfig(cbm3d_sigmas=[25.0]))
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     save_to: str | None = None            # default: <run dir>/student.keras
 

@@ -75,6 +75,7 @@ class Distiller(keras.Model):
         self.feature_trackers = [keras.metrics.Mean(name=term.name) for term in self.feature_terms]
         self.alpha_tracker = keras.metrics.Mean(name="alpha")
         self.psnr_tracker = keras.metrics.Mean(name="psnr")
+        self.built = True                   # every sub-model is built; lets BackupAndRestore save at once
 
     def _check_shapes_and_make_terms(self, pairs, probe_size):
         channels = self.student.input_shape[-1]

@@ -114,7 +114,8 @@ def train_teacher(config: cfg.TeacherJobConfig) -> dict:
     if config.save_to:
         save_model(teacher, config.save_to)
     report = evaluate(methods_for({"teacher": teacher}, config.eval.baselines), _limit(split.heldout, config.eval),
-                      config.eval.sigmas, config.eval.seed, config.eval.timing_size, progress=log.info)
+                      config.eval.sigmas, config.eval.seed, config.eval.timing_size, config.eval.cbm3d_sigmas,
+                      progress=log.info)
     report.update(job="train-teacher", run=paths.name, train_seconds=seconds, config=cfg.to_dict(config),
                   history=history.history, saved_to=config.save_to, heldout=sorted(split.heldout))
     report["table"] = format_table(report, config.eval.timing_size)
@@ -208,7 +209,8 @@ def evaluate_saved(config: cfg.DistillJobConfig, teacher: str | None, students: 
 
 def _report(config, paths, split, models, job) -> dict:
     report = evaluate(methods_for(models, config.eval.baselines), _limit(split.heldout, config.eval),
-                      config.eval.sigmas, config.eval.seed, config.eval.timing_size, progress=log.info)
+                      config.eval.sigmas, config.eval.seed, config.eval.timing_size, config.eval.cbm3d_sigmas,
+                      progress=log.info)
     teacher_macs = report["methods"]["teacher"]["macs_512"]
     for entry in report["methods"].values():
         if entry["macs_512"] and teacher_macs:

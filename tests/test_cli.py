@@ -1,0 +1,74 @@
+"""The main job end to end through the CLI, on a tiny teacher and a tiny config."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from kd_tf.cli import main
+from kd_tf.nets import build_unet
+
+TINY = """
+data: {patch_size: 32, batch_size: 4, val_crop: 32, val_crops_per_image: 1}
+train: {steps: 6, steps_per_epoch: 3, seed: 1}
+student: {widths: [4, 8], blocks: 1}
+distill:
+  alpha: {kind: linear, start: 0.9, end: 0.5}
+  features: [[bottleneck, bottleneck, 0.1]]
+eval: {sigmas: [25], baselines: [nlmeans], max_images: 1, timing_size: 64}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    teacher = build_unet((8, 16), 1, name="teacher")
+    teacher.save(root / "teacher.keras")
+    config = root / "tiny.yaml"
+    config.write_text(TINY + f"output: {{runs_dir: {root / 'runs'}, log_dir: {root / 'tb'}}}\n")
+    code = main(["distill", "--config", str(config), "--teacher", str(root / "teacher.keras"),
+                 "--run-name", "tiny", "--steps", "6"])
+    return root, code
+
+
+def test_distill_cli_writes_report_student_and_logs(tiny_run, capsys):
+    root, code = tiny_run
+    assert code == 0
+    report = json.loads((root / "runs" / "tiny" / "report.json").read_text())
+    methods = report["methods"]
+    assert set(methods) == {"noisy input", "teacher", "student (distilled)", "student (scratch)", "nlmeans"}
+    for name in ("teacher", "student (distilled)", "student (scratch)", "nlmeans"):
+        assert 5 < methods[name]["scores"]["25.0"]["psnr"] < 60
+    assert methods["teacher"]["macs_512"] > methods["student (distilled)"]["macs_512"] > 0
+    assert methods["student (distilled)"]["ms_per_64"] > 0
+    assert report["history"]["distill"]["alpha"][0] < 0.9 and "feature_bottleneck" in report["history"]["distill"]
+    assert len(report["history"]["scratch"]["loss"]) == 2
+    assert (root / "runs" / "tiny" / "student.keras").is_file()
+    assert (root / "runs" / "tiny" / "student_scratch.keras").is_file()
+    assert list((root / "tb" / "tiny" / "distill").rglob("events.out.tfevents.*"))
+    assert list((root / "tb" / "tiny" / "distill" / "images").rglob("events.out.tfevents.*"))
+
+
+def test_saved_student_has_no_adapters_and_evaluates(tiny_run):
+    import keras
+
+    root, _ = tiny_run
+    student = keras.models.load_model(root / "runs" / "tiny" / "student.keras")
+    assert not [w for w in student.weights if "adapter" in w.path]
+    assert student.get_layer("head").dtype_policy.name == "float32"
+
+
+def test_bad_config_value_exits_2_with_message(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "kd_tf", "distill", "--set", "distill.output_loss=huber",
+                             "--run-name", "bad", "--set", f"output.runs_dir={tmp_path}"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "distill.output_loss='huber'" in result.stderr and "'mse' or 'l1'" in result.stderr
+
+
+def test_missing_teacher_is_a_clear_error(tmp_path, capsys):
+    code = main(["distill", "--teacher", str(tmp_path / "none.keras"), "--set", f"output.runs_dir={tmp_path}",
+                 "--set", f"output.log_dir={tmp_path}"])
+    assert code == 2
+    assert "train-teacher" in capsys.readouterr().err

@@ -1,0 +1,67 @@
+"""Config validation names the bad value; alpha schedules; MAC counting."""
+
+import keras
+import pytest
+from keras import layers
+
+from kd_tf import config as cfg
+from kd_tf import schedules
+from kd_tf.complexity import count_macs, count_params
+from kd_tf.nets import build_unet
+
+
+def test_unknown_key_lists_accepted_ones():
+    with pytest.raises(cfg.ConfigError, match=r"unknown key\(s\) \['stepz'\] in train; accepted: .*'steps'"):
+        cfg.from_dict(cfg.DistillJobConfig, {"train": {"stepz": 3}})
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"distill": {"output_loss": "huber"}}, r"distill.output_loss='huber'.*'mse' or 'l1'"),
+    ({"distill": {"alpha": {"kind": "step"}}}, r"distill.alpha.kind='step'.*one of"),
+    ({"distill": {"alpha": {"start": 1.5}}}, r"distill.alpha.start=1.5"),
+    ({"data": {"patch_size": 60}}, r"data.patch_size=60.*multiple of 8"),
+    ({"data": {"sigma_min": 30, "sigma_max": 10}}, r"sigma_min/sigma_max"),
+    ({"eval": {"baselines": ["bm4d"]}}, r"eval.baselines='bm4d'"),
+    ({"student": {"widths": [8]}}, r"student.widths"),
+])
+def test_bad_values_are_named(values, message):
+    with pytest.raises(cfg.ConfigError, match=message):
+        cfg.from_dict(cfg.DistillJobConfig, values)
+
+
+def test_yaml_with_feature_pairs_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("distill:\n  features:\n    - [bottleneck, bottleneck, 0.5]\n    - {teacher: dec0, student: dec0}\n")
+    config = cfg.load(cfg.DistillJobConfig, path, {"train.steps": 7, "distill.alpha.kind": "linear",
+                                                   "distill.alpha.end": 0.1})
+    assert config.train.steps == 7 and config.distill.alpha.end == 0.1
+    assert [(p.teacher, p.weight) for p in config.distill.features] == [("bottleneck", 0.5), ("dec0", 1.0)]
+    with pytest.raises(cfg.ConfigError, match="does not exist"):
+        cfg.load(cfg.DistillJobConfig, tmp_path / "absent.yaml")
+
+
+def test_schedules():
+    ramp = schedules.LinearRamp(0.9, 0.1, steps=10, delay=5)
+    assert float(ramp(0)) == pytest.approx(0.9) and float(ramp(10)) == pytest.approx(0.5)
+    assert float(ramp(100)) == pytest.approx(0.1)
+    cosine = schedules.CosineRamp(0.0, 1.0, steps=10)
+    assert float(cosine(5)) == pytest.approx(0.5) and float(cosine(1)) < 0.1
+    assert float(schedules.as_schedule(0.25)(123)) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="alpha=1.2"):
+        schedules.Constant(1.2)
+    assert isinstance(schedules.from_config("cosine", 0.1, 0.9, 100), schedules.CosineRamp)
+
+
+def test_macs_and_params_of_a_known_network():
+    model = keras.Sequential([keras.Input((None, None, 3)), layers.Conv2D(8, 3, padding="same"),
+                              layers.Conv2D(4, 1, strides=2), layers.Conv2DTranspose(2, 2, strides=2)])
+    expected = 32 * 32 * 9 * 3 * 8 + 16 * 16 * 8 * 4 + 16 * 16 * 4 * 4 * 2
+    assert count_macs(model, (32, 32, 3)) == expected
+    assert count_params(model) == (9 * 3 * 8 + 8) + (8 * 4 + 4) + (4 * 4 * 2 + 2)
+
+
+def test_default_student_is_10x_cheaper_than_default_teacher():
+    teacher, student = cfg.TeacherJobConfig().net, cfg.DistillJobConfig().student
+    ratio = (count_macs(build_unet(teacher.widths, teacher.blocks), (64, 64, 3))
+             / count_macs(build_unet(student.widths, student.blocks), (64, 64, 3)))
+    assert ratio >= 10

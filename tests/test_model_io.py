@@ -1,0 +1,59 @@
+"""Teachers arrive as .keras, legacy .h5 and SavedModel directories; saving is atomic."""
+
+import numpy as np
+import pytest
+import keras
+
+from kd_tf.distiller import Distiller
+from kd_tf.model_io import float32_copy, load_model, save_model, with_dtype_policy
+from kd_tf.nets import build_unet
+
+
+@pytest.fixture(scope="module")
+def saved_teacher(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("teachers")
+    teacher = build_unet((8, 16), 1, name="teacher")
+    teacher.save(folder / "teacher.keras")
+    teacher.save(folder / "teacher.h5")                      # the legacy Keras 2 HDF5 format
+    teacher.export(str(folder / "teacher_savedmodel"), format="tf_saved_model", verbose=False)
+    return teacher, folder
+
+
+@pytest.mark.parametrize("name", ["teacher.keras", "teacher.h5", "teacher_savedmodel"])
+def test_teacher_loads_from_every_format_and_teaches(saved_teacher, tiny_student, name):
+    teacher, folder = saved_teacher
+    loaded = load_model(folder / name)
+    x = np.random.default_rng(0).random((2, 16, 24, 3)).astype("float32")
+    np.testing.assert_allclose(loaded(x), teacher(x), atol=1e-5)
+    distiller = Distiller(loaded, keras.models.clone_model(tiny_student), alpha=0.5)
+    distiller.compile(optimizer="adam")
+    logs = distiller.train_on_batch(x, x, return_dict=True)
+    assert np.isfinite(logs["loss"])
+
+
+def test_missing_and_unknown_formats_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist; expected a .keras file"):
+        load_model(tmp_path / "absent.keras")
+    (tmp_path / "model.onnx").write_bytes(b"x")
+    with pytest.raises(ValueError, match="unknown suffix '.onnx'"):
+        load_model(tmp_path / "model.onnx")
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(ValueError, match="no saved_model.pb"):
+        load_model(tmp_path / "empty_dir")
+
+
+def test_save_is_atomic_and_leaves_no_partial(tmp_path, tiny_student):
+    path = save_model(tiny_student, tmp_path / "deep" / "student.keras")
+    assert path.is_file()
+    assert [p.name for p in path.parent.iterdir()] == ["student.keras"]
+
+
+def test_bf16_model_has_same_weights_as_float32_copy():
+    mixed = build_unet((8, 16), 1, name="m", mixed_precision=True)
+    plain = float32_copy(mixed, (8, 16), 1)
+    assert plain.get_layer("head").dtype_policy.name == "float32"
+    x = np.random.default_rng(0).random((1, 16, 16, 3)).astype("float32")
+    assert np.abs(np.asarray(plain(x)) - np.asarray(mixed(x))).mean() < 0.02
+    back = with_dtype_policy(plain, "mixed_bfloat16")
+    assert back.get_layer("head").dtype_policy.name == "mixed_bfloat16"
+    assert np.abs(np.asarray(back(x), np.float32) - np.asarray(plain(x))).mean() < 0.02
