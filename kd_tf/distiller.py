@@ -18,7 +18,6 @@ import tensorflow as tf
 
 from kd_tf.losses import FeatureTerm
 from kd_tf.losses import output_loss as distance_for
-from kd_tf.metrics import psnr
 from kd_tf.objectives import Reconstruction
 from kd_tf.schedules import as_schedule
 
@@ -74,7 +73,8 @@ class Distiller(keras.Model):
         self.own_tracker = keras.metrics.Mean(name="own")
         self.feature_trackers = [keras.metrics.Mean(name=term.name) for term in self.feature_terms]
         self.alpha_tracker = keras.metrics.Mean(name="alpha")
-        self.psnr_tracker = keras.metrics.Mean(name="psnr")
+        metric_name = getattr(self.objective, "metric_name", None)
+        self.quality_tracker = keras.metrics.Mean(name=metric_name) if metric_name else None
         self.built = True                   # every sub-model is built; lets BackupAndRestore save at once
 
     def _check_shapes_and_make_terms(self, pairs, probe_size):
@@ -105,7 +105,7 @@ class Distiller(keras.Model):
     @property
     def metrics(self):
         return [self.total_tracker, self.distill_tracker, self.own_tracker, *self.feature_trackers,
-                self.alpha_tracker, self.psnr_tracker]
+                self.alpha_tracker] + ([self.quality_tracker] if self.quality_tracker else [])
 
     @property
     def trained_variables(self):
@@ -143,7 +143,7 @@ class Distiller(keras.Model):
         for term, value in zip(self.feature_terms, features):
             total = total + term.weight * value
         return {"loss": total, "distill": distill, "own": own, "features": features, "alpha": alpha,
-                "prediction": prediction}
+                "inputs": inputs, "prediction": prediction}
 
     def _track(self, terms, targets):
         self.total_tracker.update_state(terms["loss"])
@@ -152,8 +152,8 @@ class Distiller(keras.Model):
         for tracker, value in zip(self.feature_trackers, terms["features"]):
             tracker.update_state(value)
         self.alpha_tracker.update_state(terms["alpha"])
-        if targets is not None:
-            self.psnr_tracker.update_state(tf.reduce_mean(psnr(targets, terms["prediction"])))
+        if targets is not None and self.quality_tracker is not None:
+            self.quality_tracker.update_state(self.objective.metric(terms["inputs"], targets, terms["prediction"]))
         return {metric.name: metric.result() for metric in self.metrics}
 
     def train_step(self, data):

@@ -72,9 +72,11 @@ def epochs_for(train: cfg.TrainConfig) -> tuple[int, int]:
 
 def standard_callbacks(paths: RunPaths, val_noisy, val_clean, output: cfg.OutputConfig, tag: str):
     """TensorBoard scalars, image grids, and BackupAndRestore so a killed run resumes."""
+    spread = max(1, len(val_noisy) // 6)                 # grid rows from as many held-out photos as possible
     return [
         keras.callbacks.TensorBoard(log_dir=str(paths.logs / tag), update_freq="epoch", write_graph=False),
-        ImageGridCallback(val_noisy, val_clean, paths.logs / tag / "images", every=output.image_grid_every),
+        ImageGridCallback(val_noisy[::spread], val_clean[::spread], paths.logs / tag / "images",
+                          every=output.image_grid_every),
         keras.callbacks.BackupAndRestore(str(paths.backup / tag), delete_checkpoint=False),
     ]
 
