@@ -140,7 +140,10 @@ def load_teacher(path: str, mixed_precision: bool) -> keras.Model:
     teacher = load_model(path)
     teacher.trainable = False
     if mixed_precision and Path(path).is_file():
-        teacher = with_dtype_policy(teacher, "mixed_bfloat16")
+        try:
+            teacher = with_dtype_policy(teacher, "mixed_bfloat16")
+        except ValueError as error:                  # subclassed models cannot be cloned
+            log.warning("teacher stays in float32 (%s)", error)
         teacher.trainable = False
     return teacher
 
@@ -159,6 +162,7 @@ def distill(config: cfg.DistillJobConfig) -> dict:
 
     student = build_unet(config.student.widths, config.student.blocks, name="student",
                          mixed_precision=config.train.mixed_precision)
+    initial_weights = student.get_weights()         # the scratch run starts from the very same point
     alpha = schedules.from_config(config.distill.alpha.kind, config.distill.alpha.start,
                                   config.distill.alpha.end, config.train.steps)
     features = [(p.teacher, p.student, p.weight) for p in config.distill.features]
@@ -176,9 +180,9 @@ def distill(config: cfg.DistillJobConfig) -> dict:
 
     histories = {"distill": history.history}
     if config.distill.compare_scratch:
-        keras.utils.set_random_seed(config.train.seed)
         scratch = build_unet(config.student.widths, config.student.blocks, name="student_scratch",
                              mixed_precision=config.train.mixed_precision)
+        scratch.set_weights(initial_weights)
         scratch.compile(optimizer=cosine_optimizer(config.train), loss="mse", metrics=[psnr_metric])
         log.info("training the same student from scratch (alpha = 0) with the same budget")
         started = time.time()

@@ -1,0 +1,132 @@
+"""Every SavedModel / TFLite / LiteRT call of kd_tf: the student alone, out to files a phone runs.
+
+`tf.lite` is moving to LiteRT, so this is the one module that touches it: conversion still goes
+through `tf.lite.TFLiteConverter` (TensorFlow's converter), running goes through the
+`ai-edge-litert` interpreter, never the deprecated `tf.lite.Interpreter`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+TFLITE_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
+
+
+class FlexOpsError(RuntimeError):
+    """A converted model needs TensorFlow ops outside the TFLite builtins (it would not run on a phone)."""
+
+
+def export_saved_model(model: keras.Model, directory: str | os.PathLike, input_name: str = "noisy") -> Path:
+    """SavedModel with `serve` and `serving_default` signatures, a named input, dynamic H and W."""
+    directory = Path(directory)
+    channels = model.input_shape[-1]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    spec = tf.TensorSpec((None, None, None, channels), tf.float32, name=input_name)
+    archive.add_endpoint("serve", lambda images: model(images, training=False), input_signature=[spec])
+    archive.write_out(str(directory), verbose=False)
+    return directory
+
+
+def to_tflite(saved_model_dir: str | os.PathLike, mode: str = "float32", representative=None) -> bytes:
+    """Converts a SavedModel to a TFLite flatbuffer with builtin ops only.
+
+    mode: float32, float16 (weights), dynamic (int8 weights, float activations), int8 (full
+    integer, calibrated on `representative`: an iterable of float32 NHWC batches preprocessed as
+    in training), int16x8 (int16 activations, int8 weights). Inputs and outputs stay float32,
+    so every mode is a drop-in replacement for the others.
+    """
+    if mode not in TFLITE_MODES:
+        raise ValueError(f"TFLite mode {mode!r}; accepted: {', '.join(TFLITE_MODES)}")
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if mode != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if mode in ("int8", "int16x8"):
+        if representative is None:
+            raise ValueError(f"mode {mode!r} needs representative data (real images, preprocessed as in training)")
+        batches = list(representative)
+
+        def calibration():
+            for batch in batches:
+                yield [np.asarray(batch, np.float32)]
+
+        converter.representative_dataset = calibration
+        converter.target_spec.supported_ops = (
+            [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] if mode == "int8"
+            else [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8])
+    flatbuffer = converter.convert()
+    check_builtin_only(flatbuffer)
+    return flatbuffer
+
+
+def op_names(flatbuffer: bytes) -> list[str]:
+    """The operator names a TFLite model uses (custom ops by their custom code)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names_by_code = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
+    names = []
+    for code in model.operatorCodes:
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            custom = code.customCode.decode() if isinstance(code.customCode, bytes) else str(code.customCode)
+            names.append(f"CUSTOM:{custom}")
+        else:
+            names.append(names_by_code.get(builtin, f"BUILTIN_{builtin}"))
+    return names
+
+
+def check_builtin_only(flatbuffer: bytes) -> list[str]:
+    """Fails loudly if a Flex (SELECT_TF_OPS) or other custom op slipped into the model."""
+    names = op_names(flatbuffer)
+    custom = [name for name in names if name.startswith("CUSTOM:")]
+    if custom:
+        raise FlexOpsError(f"the TFLite model needs non-builtin ops {custom}; it would not run with "
+                           f"the plain LiteRT runtime. All ops: {names}")
+    return names
+
+
+class LiteRTModel:
+    """A TFLite model run by the LiteRT interpreter, callable like a Keras model on NHWC batches.
+
+    Inputs of a new shape resize the interpreter's input (models converted with dynamic H/W);
+    a fixed-shape model raises a clear error instead (use kd_tf.inference tiling for those).
+    """
+
+    def __init__(self, model: bytes | str | os.PathLike, num_threads: int = 1):
+        from ai_edge_litert.interpreter import Interpreter
+
+        content = model if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+        self.interpreter = Interpreter(model_content=bytes(content), num_threads=num_threads)
+        self.interpreter.allocate_tensors()
+        self._input = self.interpreter.get_input_details()[0]
+        self._output = self.interpreter.get_output_details()[0]
+        self._shape = None
+
+    @property
+    def input_signature(self) -> tuple:
+        """The input shape with -1 for dynamic axes."""
+        return tuple(int(d) for d in self._input["shape_signature"])
+
+    def __call__(self, images) -> np.ndarray:
+        images = np.asarray(images, np.float32)
+        if images.shape != self._shape:
+            fixed = [d for d, s in zip(self.input_signature, images.shape) if d != -1 and d != s]
+            if fixed:
+                raise ValueError(f"this TFLite model takes inputs of shape {self.input_signature}, got {images.shape}")
+            self.interpreter.resize_tensor_input(self._input["index"], list(images.shape))
+            self.interpreter.allocate_tensors()
+            self._input = self.interpreter.get_input_details()[0]
+            self._output = self.interpreter.get_output_details()[0]
+            self._shape = images.shape
+        self.interpreter.set_tensor(self._input["index"], images)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self._output["index"])
