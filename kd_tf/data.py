@@ -54,19 +54,24 @@ def to_float_rgb(image: np.ndarray, keep_alpha: bool = False) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
-def read_image(path: str | os.PathLike, keep_alpha: bool = False) -> np.ndarray:
-    """Reads one image file with OpenCV; raises `ImageReadError` when it cannot be decoded."""
+def decode_image(path: str | os.PathLike) -> np.ndarray:
+    """The file as OpenCV decodes it (gray, BGR or BGRA; 8/16 bit); `ImageReadError` if it cannot."""
     raw = np.fromfile(str(path), dtype=np.uint8) if Path(path).is_file() else None
     if raw is None or raw.size == 0:
         raise ImageReadError(f"{path}: missing or empty file")
     image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageReadError(f"{path}: OpenCV could not decode it")
-    return to_float_rgb(image, keep_alpha=keep_alpha)
+    return image
+
+
+def read_image(path: str | os.PathLike, keep_alpha: bool = False) -> np.ndarray:
+    """Reads one image file with OpenCV as RGB(A) float32 in [0, 1]."""
+    return to_float_rgb(decode_image(path), keep_alpha=keep_alpha)
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray, bit_depth: int = 8) -> None:
-    """Writes an RGB(A) float image in [0, 1] as PNG/JPEG/etc. (by extension)."""
+    """Writes a gray (HxW or HxWx1), RGB or RGBA float image in [0, 1] (format by extension)."""
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth={bit_depth!r}; accepted: 8, 16")
     peak = 255.0 if bit_depth == 8 else 65535.0

@@ -21,13 +21,19 @@ class FlexOpsError(RuntimeError):
     """A converted model needs TensorFlow ops outside the TFLite builtins (it would not run on a phone)."""
 
 
-def export_saved_model(model: keras.Model, directory: str | os.PathLike, input_name: str = "noisy") -> Path:
-    """SavedModel with `serve` and `serving_default` signatures, a named input, dynamic H and W."""
+def export_saved_model(model: keras.Model, directory: str | os.PathLike, input_name: str = "noisy",
+                       tile: int | None = None) -> Path:
+    """SavedModel with `serve` and `serving_default` signatures and a named input.
+
+    Height and width are dynamic unless `tile` fixes the input to 1 x tile x tile (for runtimes
+    and delegates that want static shapes; kd_tf.inference then tiles large images).
+    """
     directory = Path(directory)
     channels = model.input_shape[-1]
     archive = keras.export.ExportArchive()
     archive.track(model)
-    spec = tf.TensorSpec((None, None, None, channels), tf.float32, name=input_name)
+    shape = (None, None, None, channels) if tile is None else (1, tile, tile, channels)
+    spec = tf.TensorSpec(shape, tf.float32, name=input_name)
     archive.add_endpoint("serve", lambda images: model(images, training=False), input_signature=[spec])
     archive.write_out(str(directory), verbose=False)
     return directory
