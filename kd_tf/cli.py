@@ -1,4 +1,4 @@
-"""`python -m kd_tf <verb>`: train-teacher, distill, evaluate.
+"""`python -m kd_tf <verb>`: train-teacher, distill, evaluate, export, denoise.
 
 Every verb takes --config FILE (YAML) plus a few direct options, prints a summary table at the
 end and writes the same figures to a JSON report in its run folder.
@@ -34,7 +34,7 @@ def _common(parser):
 
 
 def _overrides(args):
-    overrides = _parse_set(args.set)
+    overrides = _parse_set(getattr(args, "set", None))
     if getattr(args, "steps", None) is not None:
         overrides["train.steps"] = args.steps
     if getattr(args, "data", None) is not None:
@@ -56,6 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--teacher", help="teacher model (default: the shipped one)")
     evaluate.add_argument("--student", action="append", default=[], metavar="[NAME=]PATH",
                           help="a student model to score, repeatable")
+    export = verbs.add_parser("export", help="student to .keras/SavedModel/TFLite with a parity report")
+    export.add_argument("--model", help="the student (.keras, .h5 or SavedModel dir); default: the shipped one")
+    export.add_argument("--out", help="output folder (default: runs/<run>/export)")
+    export.add_argument("--formats", nargs="+", metavar="FORMAT",
+                        help="any of keras savedmodel float32 float16 dynamic int8 int16x8")
+    export.add_argument("--config", help="YAML config file")
+    export.add_argument("--data", help="image folder for calibration and the held-out report")
+    export.add_argument("--run-name", help="run folder name under runs/")
+    export.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
+    denoise = verbs.add_parser("denoise", help="denoise an image or a folder with any exported model")
+    denoise.add_argument("--model", required=True, help=".keras, .h5, SavedModel dir or .tflite")
+    denoise.add_argument("--input", required=True, help="an image file or a folder (searched recursively)")
+    denoise.add_argument("--output", required=True, help="folder for the PNGs (same names as the inputs)")
+    denoise.add_argument("--threads", type=int, default=2, help="LiteRT interpreter threads (default 2)")
+    denoise.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels for fixed-shape models")
     return parser
 
 
@@ -70,6 +85,13 @@ def main(argv=None) -> int:
     try:
         if args.verb == "train-teacher":
             report = jobs.train_teacher(cfg.load(cfg.TeacherJobConfig, args.config, overrides))
+        elif args.verb == "denoise":
+            report = jobs.denoise(args.model, args.input, args.output, args.threads, args.overlap)
+        elif args.verb == "export":
+            for key, value in (("model", args.model), ("out_dir", args.out), ("formats", args.formats)):
+                if value is not None:
+                    overrides[key] = value
+            report = jobs.export_student(cfg.load(cfg.ExportJobConfig, args.config, overrides))
         elif args.verb == "distill":
             if args.teacher:
                 overrides["distill.teacher"] = args.teacher

@@ -193,6 +193,34 @@ class DistillJobConfig:
         return self
 
 
+EXPORT_FORMATS = ("keras", "savedmodel", "float32", "float16", "dynamic", "int8", "int16x8")
+
+
+@dataclasses.dataclass
+class ExportJobConfig:
+    """`python -m kd_tf export`: the student to every deployable format, with a parity report."""
+
+    model: str = DEFAULT_STUDENT
+    out_dir: str | None = None            # default: runs/<run>/export
+    formats: list[str] = dataclasses.field(default_factory=lambda: ["keras", "savedmodel", "float32", "float16",
+                                                                     "dynamic", "int8"])
+    calibration_batches: int = 32         # x 8 crops of 64x64 from training photos, noise as in training
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    sigma: float = 25.0
+    latency_sizes: list[int] = dataclasses.field(default_factory=lambda: [256, 512])
+    threads: list[int] = dataclasses.field(default_factory=lambda: [1, 2])
+    eval_seed: int = 2024
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+
+    def validate(self):
+        self.data.validate()
+        for name in self.formats:
+            _check(name in EXPORT_FORMATS, "formats", name, f"any of {EXPORT_FORMATS}")
+        _check(self.calibration_batches >= 1, "calibration_batches", self.calibration_batches, "an int >= 1")
+        _check(all(int(t) >= 1 for t in self.threads), "threads", self.threads, "ints >= 1")
+        return self
+
+
 def _check(condition, key, value, accepted):
     if not condition:
         raise ConfigError(f"{key}={value!r} is not accepted; expected {accepted}")

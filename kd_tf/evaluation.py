@@ -131,6 +131,11 @@ def format_table(report: dict, timing_size: int = 512) -> str:
         ms = entry.get(f"ms_per_{timing_size}")
         cells.append("-" if ms is None else f"{ms:.1f}")
         rows.append(cells)
+    return render_table(header, rows)
+
+
+def render_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table with padded columns: readable in a terminal and in a README."""
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"

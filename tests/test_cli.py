@@ -72,3 +72,37 @@ def test_missing_teacher_is_a_clear_error(tmp_path, capsys):
                  "--set", f"output.log_dir={tmp_path}"])
     assert code == 2
     assert "train-teacher" in capsys.readouterr().err
+
+
+def test_export_cli_writes_every_format_and_parity_report(tiny_run):
+    root, _ = tiny_run
+    student = root / "runs" / "tiny" / "student.keras"
+    code = main(["export", "--model", str(student), "--out", str(root / "export"), "--run-name", "exp",
+                 "--formats", "keras", "savedmodel", "float32", "int8", "--set", f"output.runs_dir={root / 'runs'}",
+                 "--set", "calibration_batches=2", "--set", "latency_sizes=[64]", "--set", "threads=[1, 2]"])
+    assert code == 0
+    report = json.loads((root / "runs" / "exp" / "export_report.json").read_text())
+    rows = report["formats"]
+    assert list(rows) == ["keras", "savedmodel", "float32", "int8"]
+    assert rows["float32"]["psnr_vs_keras_output"] > 60
+    assert rows["int8"]["bytes"] < rows["float32"]["bytes"]
+    assert "QUANTIZE" in rows["int8"]["ops"] and rows["int8"]["op_count"] == len(rows["int8"]["ops"])
+    assert set(rows["int8"]["latency_ms"]) == {"64px_1_threads", "64px_2_threads"}
+    assert (root / "export" / "student_int8.tflite").is_file() and (root / "export" / "savedmodel").is_dir()
+
+
+def test_denoise_cli_on_tflite(tiny_run, tmp_path):
+    import cv2
+    import numpy as np
+
+    root, _ = tiny_run
+    source = tmp_path / "photos"
+    source.mkdir()
+    cv2.imwrite(str(source / "a.jpg"), np.random.default_rng(0).integers(0, 255, (45, 61, 3), np.uint8))
+    (source / "b.png").write_bytes(b"broken")
+    code = main(["denoise", "--model", str(root / "export" / "student_int8.tflite"), "--input", str(source),
+                 "--output", str(tmp_path / "out")])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "denoise_report.json").read_text())
+    assert report["written"] == 1 and report["skipped"] == 1
+    assert cv2.imread(str(tmp_path / "out" / "a.png")).shape == (45, 61, 3)
