@@ -14,6 +14,7 @@ import yaml
 
 DEFAULT_TEACHER = "models/denoise/teacher.keras"
 DEFAULT_STUDENT = "models/denoise/student.keras"
+EXPORT_FORMATS = ("keras", "savedmodel", "float32", "float16", "dynamic", "int8", "int16x8")
 
 
 class ConfigError(ValueError):
@@ -183,6 +184,7 @@ class DistillJobConfig:
     eval: EvalConfig = dataclasses.field(default_factory=lambda: EvalConfig(cbm3d_sigmas=[25.0]))
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     save_to: str | None = None            # default: <run dir>/student.keras
+    export_formats: list[str] = dataclasses.field(default_factory=lambda: ["keras", "savedmodel", "int8"])
 
     def validate(self):
         self.data.validate()
@@ -190,10 +192,9 @@ class DistillJobConfig:
         self.student.validate("student")
         self.distill.validate()
         self.eval.validate()
+        for name in self.export_formats:
+            _check(name in EXPORT_FORMATS, "export_formats", name, f"any of {EXPORT_FORMATS}")
         return self
-
-
-EXPORT_FORMATS = ("keras", "savedmodel", "float32", "float16", "dynamic", "int8", "int16x8")
 
 
 @dataclasses.dataclass

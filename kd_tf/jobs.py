@@ -7,6 +7,7 @@ name, and returns its report so that the CLI (or a notebook) can print it.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -195,6 +196,12 @@ def distill(config: cfg.DistillJobConfig) -> dict:
     evaluated = {"teacher": load_model(config.distill.teacher), **students}
     report = _report(config, paths, split, evaluated, "distill")
     report.update(timings=timings, history=histories)
+    if config.export_formats:
+        exported = export_student(cfg.ExportJobConfig(
+            model=str(paths.root / "student.keras"), out_dir=str(paths.root / "export"),
+            formats=config.export_formats, data=config.data, output=dataclasses.replace(config.output, run_name=paths.name)))
+        report["export"] = {key: exported[key] for key in ("formats", "float_keras_psnr", "report_path")}
+        report["table"] += "\n\nDeployment parity (distilled student):\n" + exported["table"]
     report["report_path"] = str(paths.write_json("report.json", report))
     return report
 

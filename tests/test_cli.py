@@ -17,6 +17,7 @@ distill:
   alpha: {kind: linear, start: 0.9, end: 0.5}
   features: [[bottleneck, bottleneck, 0.1]]
 eval: {sigmas: [25], baselines: [nlmeans], max_images: 1, timing_size: 64}
+export_formats: [keras, int8]
 """
 
 
@@ -48,6 +49,8 @@ def test_distill_cli_writes_report_student_and_logs(tiny_run, capsys):
     assert (root / "runs" / "tiny" / "student_scratch.keras").is_file()
     assert list((root / "tb" / "tiny" / "distill").rglob("events.out.tfevents.*"))
     assert list((root / "tb" / "tiny" / "distill" / "images").rglob("events.out.tfevents.*"))
+    assert set(report["export"]["formats"]) == {"keras", "int8"}
+    assert (root / "runs" / "tiny" / "export" / "student_int8.tflite").is_file()
 
 
 def test_saved_student_has_no_adapters_and_evaluates(tiny_run):
