@@ -118,14 +118,16 @@ class DistillConfig:
     output_loss: str = "mse"
     alpha: AlphaConfig = dataclasses.field(default_factory=AlphaConfig)
     features: list[FeaturePair] = dataclasses.field(default_factory=list)
+    attention: list[FeaturePair] = dataclasses.field(default_factory=list)
     compare_scratch: bool = True          # also train the same student with alpha = 0
 
     def validate(self):
         _check(self.output_loss in ("mse", "l1"), "distill.output_loss", self.output_loss, "'mse' or 'l1'")
         self.alpha.validate()
-        for pair in self.features:
-            _check(pair.weight >= 0, f"distill.features[{pair.teacher}->{pair.student}].weight",
-                   pair.weight, "a float >= 0")
+        for kind, pairs in (("features", self.features), ("attention", self.attention)):
+            for pair in pairs:
+                _check(pair.weight >= 0, f"distill.{kind}[{pair.teacher}->{pair.student}].weight",
+                       pair.weight, "a float >= 0")
 
 
 @dataclasses.dataclass

@@ -16,7 +16,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from kd_tf.losses import FeatureTerm
+from kd_tf.losses import AttentionTerm, FeatureTerm
 from kd_tf.losses import output_loss as distance_for
 from kd_tf.objectives import Reconstruction
 from kd_tf.schedules import as_schedule
@@ -34,6 +34,12 @@ def _tap_model(model: keras.Model, layer_names, role: str) -> keras.Model:
     return keras.Model(model.inputs, outputs, name=f"{model.name}_taps")
 
 
+def _with_weight(pair):
+    if len(pair) not in (2, 3):
+        raise ValueError(f"layer pair {pair!r}; expected (teacher layer, student layer[, weight])")
+    return (pair[0], pair[1], float(pair[2]) if len(pair) == 3 else 1.0)
+
+
 class Distiller(keras.Model):
     """Trains `student` to imitate `teacher` with `fit()`; `call()` runs the student.
 
@@ -46,13 +52,16 @@ class Distiller(keras.Model):
       features: (teacher layer, student layer[, weight]) pairs; features of different channel
         counts go through a trainable 1x1 adapter owned by the Distiller. Spatial sizes must
         agree (a clear error otherwise: resizing would silently change what is being taught).
+      attention: (teacher layer, student layer[, weight]) pairs matched by attention transfer
+        (normalised channel-pooled energy maps; channel counts may differ, no adapter).
       objective: the student's own loss against the targets (default: MSE reconstruction).
         With unlabeled data (no targets) this term is dropped and alpha is taken as 1.
       probe_size: side of the zero image used once to check shapes up front.
     """
 
     def __init__(self, teacher: keras.Model, student: keras.Model, alpha=0.5, output_loss: str = "mse",
-                 features=(), objective=None, probe_size: int = 64, name: str = "distiller", **kwargs):
+                 features=(), attention=(), objective=None, probe_size: int = 64, name: str = "distiller",
+                 **kwargs):
         super().__init__(name=name, **kwargs)
         teacher.trainable = False
         self.teacher = teacher
@@ -62,16 +71,16 @@ class Distiller(keras.Model):
         self._distance = distance_for(output_loss)
         self.objective = objective if objective is not None else Reconstruction("mse")
 
-        pairs = [tuple(p) if len(p) == 3 else (p[0], p[1], 1.0) for p in features]
-        self.teacher_taps = _tap_model(teacher, [t for t, _, _ in pairs], "teacher")
-        self.student_taps = _tap_model(student, [s for _, s, _ in pairs], "student")
-        self.feature_terms = self._check_shapes_and_make_terms(pairs, probe_size)
-        self.adapters = [term.adapter for term in self.feature_terms if term.adapter is not None]
+        pairs = [("feature", *_with_weight(p)) for p in features] + [("attention", *_with_weight(p)) for p in attention]
+        self.teacher_taps = _tap_model(teacher, [t for _, t, _, _ in pairs], "teacher")
+        self.student_taps = _tap_model(student, [s for _, _, s, _ in pairs], "student")
+        self.layer_terms = self._check_shapes_and_make_terms(pairs, probe_size)
+        self.adapters = [term.adapter for term in self.layer_terms if term.adapter is not None]
 
         self.total_tracker = keras.metrics.Mean(name="loss")
         self.distill_tracker = keras.metrics.Mean(name="distill")
         self.own_tracker = keras.metrics.Mean(name="own")
-        self.feature_trackers = [keras.metrics.Mean(name=term.name) for term in self.feature_terms]
+        self.layer_trackers = [keras.metrics.Mean(name=term.name) for term in self.layer_terms]
         self.alpha_tracker = keras.metrics.Mean(name="alpha")
         metric_name = getattr(self.objective, "metric_name", None)
         self.quality_tracker = keras.metrics.Mean(name=metric_name) if metric_name else None
@@ -89,12 +98,15 @@ class Distiller(keras.Model):
             raise ValueError(f"teacher output shape {tuple(teacher_out[0].shape)} differs from student "
                              f"output shape {tuple(student_out[0].shape)} on a {probe_size}x{probe_size} input")
         terms = []
-        for (t_name, s_name, weight), t_feat, s_feat in zip(pairs, teacher_out[1:], student_out[1:]):
+        for (kind, t_name, s_name, weight), t_feat, s_feat in zip(pairs, teacher_out[1:], student_out[1:]):
             if t_feat.shape[1:-1] != s_feat.shape[1:-1]:
-                raise ValueError(f"feature pair ({t_name!r}, {s_name!r}): spatial sizes differ, teacher "
+                raise ValueError(f"{kind} pair ({t_name!r}, {s_name!r}): spatial sizes differ, teacher "
                                  f"{tuple(t_feat.shape[1:-1])} vs student {tuple(s_feat.shape[1:-1])}; "
                                  f"pair layers at the same resolution")
-            terms.append(FeatureTerm(t_name, s_name, weight, t_feat.shape[-1], s_feat.shape[-1]))
+            if kind == "feature":
+                terms.append(FeatureTerm(t_name, s_name, weight, t_feat.shape[-1], s_feat.shape[-1]))
+            else:
+                terms.append(AttentionTerm(t_name, s_name, weight))
         return terms
 
     # -- Keras API -------------------------------------------------------------------------
@@ -104,7 +116,7 @@ class Distiller(keras.Model):
 
     @property
     def metrics(self):
-        return [self.total_tracker, self.distill_tracker, self.own_tracker, *self.feature_trackers,
+        return [self.total_tracker, self.distill_tracker, self.own_tracker, *self.layer_trackers,
                 self.alpha_tracker] + ([self.quality_tracker] if self.quality_tracker else [])
 
     @property
@@ -138,9 +150,9 @@ class Distiller(keras.Model):
             alpha, own = tf.constant(1.0), tf.constant(0.0)
         else:
             own = reduce(self.objective(inputs, targets, prediction))
-        features = [reduce(term(t, s)) for term, t, s in zip(self.feature_terms, teacher_out[1:], student_out[1:])]
+        features = [reduce(term(t, s)) for term, t, s in zip(self.layer_terms, teacher_out[1:], student_out[1:])]
         total = alpha * distill + (1.0 - alpha) * own
-        for term, value in zip(self.feature_terms, features):
+        for term, value in zip(self.layer_terms, features):
             total = total + term.weight * value
         return {"loss": total, "distill": distill, "own": own, "features": features, "alpha": alpha,
                 "inputs": inputs, "prediction": prediction}
@@ -149,7 +161,7 @@ class Distiller(keras.Model):
         self.total_tracker.update_state(terms["loss"])
         self.distill_tracker.update_state(terms["distill"])
         self.own_tracker.update_state(terms["own"])
-        for tracker, value in zip(self.feature_trackers, terms["features"]):
+        for tracker, value in zip(self.layer_trackers, terms["features"]):
             tracker.update_state(value)
         self.alpha_tracker.update_state(terms["alpha"])
         if targets is not None and self.quality_tracker is not None:

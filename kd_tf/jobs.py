@@ -167,7 +167,9 @@ def distill(config: cfg.DistillJobConfig) -> dict:
     alpha = schedules.from_config(config.distill.alpha.kind, config.distill.alpha.start,
                                   config.distill.alpha.end, config.train.steps)
     features = [(p.teacher, p.student, p.weight) for p in config.distill.features]
-    distiller = Distiller(teacher, student, alpha=alpha, output_loss=config.distill.output_loss, features=features)
+    attention = [(p.teacher, p.student, p.weight) for p in config.distill.attention]
+    distiller = Distiller(teacher, student, alpha=alpha, output_loss=config.distill.output_loss, features=features,
+                          attention=attention)
     distiller.compile(optimizer=cosine_optimizer(config.train))
     log.info("distilling: teacher %s -> student %s", config.distill.teacher, config.student)
     started = time.time()

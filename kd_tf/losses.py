@@ -57,3 +57,33 @@ class FeatureTerm:
         if self.adapter is not None:
             student_feature = self.adapter(student_feature)
         return squared_error(tf.stop_gradient(teacher_feature), student_feature)
+
+
+def attention_map(features):
+    """Spatial attention of a feature map (Zagoruyko & Komodakis, 2017): the channel mean of
+    squared activations, flattened and L2-normalised per sample, so teacher and student maps
+    compare whatever their channel counts and scales."""
+    features = tf.cast(features, tf.float32)
+    energy = tf.reduce_mean(tf.square(features), axis=-1)
+    flat = tf.reshape(energy, [tf.shape(energy)[0], -1])
+    return tf.math.l2_normalize(flat, axis=1)
+
+
+class AttentionTerm:
+    """Attention transfer between one teacher layer and one student layer; no adapter needed.
+
+    The per-sample loss is the mean squared difference of the normalised maps, times the
+    number of positions, so that its size does not shrink with the image size.
+    """
+
+    adapter = None
+
+    def __init__(self, teacher_layer: str, student_layer: str, weight: float):
+        self.teacher_layer, self.student_layer, self.weight = teacher_layer, student_layer, float(weight)
+        self.name = (f"attention_{teacher_layer}" if teacher_layer == student_layer
+                     else f"attention_{teacher_layer}__{student_layer}")
+
+    def __call__(self, teacher_feature, student_feature):
+        teacher_map = tf.stop_gradient(attention_map(teacher_feature))
+        student_map = attention_map(student_feature)
+        return tf.reduce_sum(tf.square(teacher_map - student_map), axis=1)

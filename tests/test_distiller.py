@@ -151,3 +151,23 @@ def test_student_and_teacher_run_once_per_step_with_features(tiny_teacher):
     x = np.zeros((2, 16, 16, 3), "float32")
     distiller.train_on_batch(x, x)
     assert _CountingIdentity.calls == 1
+
+
+def test_attention_transfer_term_matches_hand_computation():
+    teacher, student = _pointwise("t", 3, 6, 0), _pointwise("s", 3, 2, 1)
+    x = np.random.default_rng(2).random((3, 8, 8, 3)).astype("float32")
+    distiller = Distiller(teacher, student, alpha=1.0, attention=[("feat", "feat", 2.0)], probe_size=8)
+    assert distiller.adapters == []
+    distiller.compile(optimizer=keras.optimizers.SGD(0.0))
+
+    def attention(features):
+        energy = np.mean(features ** 2, axis=-1).reshape(len(features), -1)
+        return energy / np.linalg.norm(energy, axis=1, keepdims=True)
+
+    t_map = attention(_apply(teacher.get_layer("feat"), x))
+    s_map = attention(_apply(student.get_layer("feat"), x))
+    expected_term = np.mean(np.sum((t_map - s_map) ** 2, axis=1))
+    distill = np.mean((student.predict(x, verbose=0) - teacher.predict(x, verbose=0)) ** 2)
+    logs = distiller.evaluate(x, x, batch_size=3, verbose=0, return_dict=True)
+    assert logs["attention_feat"] == pytest.approx(expected_term, rel=1e-4)
+    assert logs["loss"] == pytest.approx(distill + 2.0 * expected_term, rel=1e-4)
