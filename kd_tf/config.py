@@ -166,11 +166,14 @@ class TeacherJobConfig:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     save_to: str = DEFAULT_TEACHER
+    init_from: str | None = None          # continue from a saved teacher's weights (a new LR cycle)
 
     def validate(self):
         self.data.validate()
         self.train.validate()
         self.net.validate("net")
+        if self.init_from is not None and not Path(self.init_from).exists():
+            raise ConfigError(f"init_from={self.init_from!r} does not exist")
         self.eval.validate()
         return self
 

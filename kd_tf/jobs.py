@@ -103,6 +103,9 @@ def train_teacher(config: cfg.TeacherJobConfig) -> dict:
 
     model = build_unet(config.net.widths, config.net.blocks, name="teacher",
                        mixed_precision=config.train.mixed_precision)
+    if config.init_from:
+        model.set_weights(load_model(config.init_from).get_weights())
+        log.info("continuing from the weights of %s", config.init_from)
     model.compile(optimizer=cosine_optimizer(config.train), loss="mse", metrics=[psnr_metric])
     epochs, per_epoch = epochs_for(config.train)
     started = time.time()
