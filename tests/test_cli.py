@@ -109,3 +109,22 @@ def test_denoise_cli_on_tflite(tiny_run, tmp_path):
     report = json.loads((tmp_path / "out" / "denoise_report.json").read_text())
     assert report["written"] == 1 and report["skipped"] == 1
     assert cv2.imread(str(tmp_path / "out" / "a.png")).shape == (45, 61, 3)
+
+
+def test_train_teacher_cli_saves_float32_teacher_and_report(tmp_path):
+    import keras
+
+    config = tmp_path / "teacher.yaml"
+    config.write_text(
+        "data: {patch_size: 32, batch_size: 4, val_crop: 32, val_crops_per_image: 1}\n"
+        "train: {steps: 4, steps_per_epoch: 2}\n"
+        "net: {widths: [4, 8], blocks: 1}\n"
+        "eval: {sigmas: [15, 50], baselines: [], max_images: 1, timing_size: 64}\n"
+        f"output: {{runs_dir: {tmp_path / 'runs'}, log_dir: {tmp_path / 'tb'}, run_name: t}}\n"
+        f"save_to: {tmp_path / 'teacher.keras'}\n")
+    assert main(["train-teacher", "--config", str(config)]) == 0
+    teacher = keras.models.load_model(tmp_path / "teacher.keras")
+    assert teacher.get_layer("head").dtype_policy.name == "float32"
+    report = json.loads((tmp_path / "runs" / "t" / "report.json").read_text())
+    assert set(report["methods"]["teacher"]["scores"]) == {"15.0", "50.0"}
+    assert len(report["history"]["val_psnr"]) == 2
