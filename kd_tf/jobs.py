@@ -201,6 +201,7 @@ def distill(config: cfg.DistillJobConfig) -> dict:
     evaluated = {"teacher": load_model(config.distill.teacher), **students}
     report = _report(config, paths, split, evaluated, "distill")
     report.update(timings=timings, history=histories)
+    report["report_path"] = str(paths.write_json("report.json", report))      # kept even if export fails
     if config.export_formats:
         exported = export_student(cfg.ExportJobConfig(
             model=str(paths.root / "student.keras"), out_dir=str(paths.root / "export"),
