@@ -183,7 +183,7 @@ class DistillJobConfig:
     """`python -m kd_tf distill`: the main job."""
 
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(steps=2500))   # 15 min on 2 cores
     student: NetConfig = dataclasses.field(default_factory=lambda: NetConfig(widths=[12, 24, 48, 96], blocks=1))
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     eval: EvalConfig = dataclasses.field(default_factory=lambda: EvalConfig(cbm3d_sigmas=[25.0]))
