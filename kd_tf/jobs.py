@@ -119,14 +119,9 @@ def train_teacher(config: cfg.TeacherJobConfig) -> dict:
     save_model(teacher, paths.root / "teacher.keras")
     if config.save_to:
         save_model(teacher, config.save_to)
-    report = evaluate(methods_for({"teacher": teacher}, config.eval.baselines), _limit(split.heldout, config.eval),
-                      config.eval.sigmas, config.eval.seed, config.eval.timing_size, config.eval.cbm3d_sigmas,
-                      progress=log.info)
-    report.update(job="train-teacher", run=paths.name, train_seconds=seconds, config=cfg.to_dict(config),
-                  history=history.history, saved_to=config.save_to, heldout=sorted(split.heldout))
-    report["table"] = format_table(report, config.eval.timing_size)
-    report["report_path"] = str(paths.root / "report.json")
-    paths.write_json("report.json", report)
+    report = _report(config, paths, split, {"teacher": teacher}, "train-teacher")
+    report.update(train_seconds=seconds, history=history.history, saved_to=config.save_to)
+    report["report_path"] = str(paths.write_json("report.json", report))
     return report
 
 

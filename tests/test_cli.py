@@ -128,3 +128,21 @@ def test_train_teacher_cli_saves_float32_teacher_and_report(tmp_path):
     report = json.loads((tmp_path / "runs" / "t" / "report.json").read_text())
     assert set(report["methods"]["teacher"]["scores"]) == {"15.0", "50.0"}
     assert len(report["history"]["val_psnr"]) == 2
+
+
+def test_distill_on_a_user_folder_splits_by_image(tiny_run, tmp_path):
+    from kd_tf.data import default_photos, write_image
+
+    root, _ = tiny_run
+    folder = tmp_path / "my_photos"
+    for name, image in default_photos(["astronaut", "coins", "moon", "brick"]).items():
+        write_image(folder / f"{name}.png", image[:96, :96])
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8 truncated")
+    code = main(["distill", "--config", str(root / "tiny.yaml"), "--teacher", str(root / "teacher.keras"),
+                 "--data", str(folder), "--run-name", "mine", "--steps", "2",
+                 "--set", "distill.compare_scratch=false", "--set", "export_formats=[]",
+                 "--set", "data.heldout_fraction=0.25", "--set", f"output.runs_dir={tmp_path / 'runs'}"])
+    assert code == 0
+    report = json.loads((tmp_path / "runs" / "mine" / "report.json").read_text())
+    assert len(report["heldout"]) == 1 and report["heldout"][0].endswith(".png")
+    assert report["config"]["data"]["data_dir"] == str(folder)

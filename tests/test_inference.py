@@ -15,6 +15,7 @@ from kd_tf.nets import build_unet
 def tflite_pair(tmp_path_factory, photos):
     """The same tiny student as a dynamic-shape and a fixed 64x64 float32 TFLite model."""
     folder = tmp_path_factory.mktemp("tflite")
+    keras.utils.set_random_seed(0)
     model = build_unet((8, 16), 1, name="student")
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse")                   # a few steps: a real, bounded denoiser
     model.fit(patch_dataset(photos, 32, 8, (25, 25), seed=0), steps_per_epoch=150, epochs=1, verbose=0)
