@@ -120,10 +120,16 @@ class DistillConfig:
     features: list[FeaturePair] = dataclasses.field(default_factory=list)
     attention: list[FeaturePair] = dataclasses.field(default_factory=list)
     compare_scratch: bool = True          # also train the same student with alpha = 0
+    cache_batches: int = 0                # > 0: offline distillation on this many cached teacher batches
 
     def validate(self):
         _check(self.output_loss in ("mse", "l1"), "distill.output_loss", self.output_loss, "'mse' or 'l1'")
         self.alpha.validate()
+        _check(isinstance(self.cache_batches, int) and self.cache_batches >= 0, "distill.cache_batches",
+               self.cache_batches, "an int >= 0 (0: the teacher runs on every batch)")
+        if self.cache_batches and (self.features or self.attention):
+            raise ConfigError(f"distill.cache_batches={self.cache_batches} caches only the teacher's output; "
+                              f"features/attention need the live teacher: set distill.cache_batches=0 or drop them")
         for kind, pairs in (("features", self.features), ("attention", self.attention)):
             for pair in pairs:
                 _check(pair.weight >= 0, f"distill.{kind}[{pair.teacher}->{pair.student}].weight",

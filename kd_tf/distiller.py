@@ -20,10 +20,13 @@ from kd_tf.losses import AttentionTerm, FeatureTerm
 from kd_tf.losses import output_loss as distance_for
 from kd_tf.objectives import Reconstruction
 from kd_tf.schedules import as_schedule
+from kd_tf.teacher_cache import INPUTS_KEY, TEACHER_OUTPUTS_KEY, is_cached_batch
 
 
 def _tap_model(model: keras.Model, layer_names, role: str) -> keras.Model:
     """model's output plus the outputs of `layer_names`, from one forward pass."""
+    if not layer_names:
+        return model                     # output-only: any model works, subclassed ones too
     available = [layer.name for layer in model.layers]
     missing = [name for name in layer_names if name not in available]
     if missing:
@@ -32,6 +35,14 @@ def _tap_model(model: keras.Model, layer_names, role: str) -> keras.Model:
         raise ValueError(f"{role} is not a functional model, so its features cannot be tapped")
     outputs = [model.outputs[0]] + [model.get_layer(name).output for name in layer_names]
     return keras.Model(model.inputs, outputs, name=f"{model.name}_taps")
+
+
+def _input_channels(model):
+    """Channels of a built model's image input; None for a subclassed model never called."""
+    try:
+        return model.input_shape[-1]
+    except (AttributeError, ValueError):
+        return None
 
 
 def _with_weight(pair):
@@ -57,6 +68,9 @@ class Distiller(keras.Model):
       objective: the student's own loss against the targets (default: MSE reconstruction).
         With unlabeled data (no targets) this term is dropped and alpha is taken as 1.
       probe_size: side of the zero image used once to check shapes up front.
+
+    Inputs are images, or {"inputs": images, "teacher_outputs": outputs} batches from
+    kd_tf.teacher_cache, in which case the teacher's forward pass is skipped (output terms only).
     """
 
     def __init__(self, teacher: keras.Model, student: keras.Model, alpha=0.5, output_loss: str = "mse",
@@ -87,10 +101,11 @@ class Distiller(keras.Model):
         self.built = True                   # every sub-model is built; lets BackupAndRestore save at once
 
     def _check_shapes_and_make_terms(self, pairs, probe_size):
-        channels = self.student.input_shape[-1]
-        if self.teacher.input_shape[-1] != channels:
-            raise ValueError(f"teacher takes {self.teacher.input_shape[-1]} input channels, "
-                             f"student takes {channels}")
+        channels, teacher_channels = _input_channels(self.student), _input_channels(self.teacher)
+        if channels is None:
+            raise ValueError("the student has no known input shape; build it on a keras.Input first")
+        if teacher_channels is not None and teacher_channels != channels:
+            raise ValueError(f"teacher takes {teacher_channels} input channels, student takes {channels}")
         probe = tf.zeros((1, probe_size, probe_size, channels))
         teacher_out = self.teacher_taps(probe, training=False)
         student_out = self.student_taps(probe, training=False)
@@ -112,6 +127,8 @@ class Distiller(keras.Model):
     # -- Keras API -------------------------------------------------------------------------
 
     def call(self, inputs, training=False):
+        if is_cached_batch(inputs):
+            inputs = inputs[INPUTS_KEY]
         return self.student(inputs, training=training)
 
     @property
@@ -133,9 +150,18 @@ class Distiller(keras.Model):
 
     # -- the step --------------------------------------------------------------------------
 
+    def _teacher_outputs(self, inputs):
+        """(student inputs, [teacher output, *teacher features]): cached, or one teacher pass."""
+        if is_cached_batch(inputs):
+            if self.layer_terms:
+                raise ValueError("cached teacher outputs hold only the teacher's output; feature and "
+                                 "attention terms need the live teacher (pass plain images)")
+            return inputs[INPUTS_KEY], [tf.cast(inputs[TEACHER_OUTPUTS_KEY], tf.float32)]
+        outputs = tf.nest.flatten(self.teacher_taps(inputs, training=False))
+        return inputs, [tf.stop_gradient(tf.cast(t, tf.float32)) for t in outputs]
+
     def _terms(self, inputs, targets, sample_weight, training):
-        teacher_out = [tf.stop_gradient(tf.cast(t, tf.float32))
-                       for t in tf.nest.flatten(self.teacher_taps(inputs, training=False))]
+        inputs, teacher_out = self._teacher_outputs(inputs)
         student_out = tf.nest.flatten(self.student_taps(inputs, training=training))
         prediction = tf.cast(student_out[0], tf.float32)
 

@@ -27,6 +27,7 @@ from kd_tf.metrics import psnr_metric
 from kd_tf.distiller import Distiller
 from kd_tf.model_io import float32_copy, load_model, save_model, with_dtype_policy
 from kd_tf.nets import build_unet
+from kd_tf.teacher_cache import cache_teacher_outputs
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +172,14 @@ def distill(config: cfg.DistillJobConfig) -> dict:
     distiller.compile(optimizer=cosine_optimizer(config.train))
     log.info("distilling: teacher %s -> student %s", config.distill.teacher, config.student)
     started = time.time()
-    history = distiller.fit(train_ds, callbacks=standard_callbacks(paths, val_noisy, val_clean, config.output,
+    distill_ds, timings = train_ds, {}
+    if config.distill.cache_batches:
+        cache = cache_teacher_outputs(teacher, train_ds, config.distill.cache_batches, progress=log.info)
+        distill_ds = cache.dataset(config.data.batch_size, seed=config.train.seed)
+        timings.update(teacher_cache_seconds=cache.seconds, teacher_cache_samples=len(cache))
+    history = distiller.fit(distill_ds, callbacks=standard_callbacks(paths, val_noisy, val_clean, config.output,
                                                                    "distill"), **fit_args)
-    timings = {"distill_seconds": time.time() - started}
+    timings["distill_seconds"] = time.time() - started
     students = {"student (distilled)": float32_copy(student, config.student.widths, config.student.blocks)}
     save_model(students["student (distilled)"], paths.root / "student.keras")
     if config.save_to:
