@@ -21,8 +21,25 @@ def _parse_set(items):
         if "=" not in item:
             raise SystemExit(f"--set {item!r}: expected KEY=VALUE, for example --set train.learning_rate=5e-4")
         key, value = item.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(value)
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            problem = getattr(error, "problem", None) or error
+            raise SystemExit(f"error: --set {item!r}: the value is not valid YAML ({problem}); for example "
+                             f"--set eval.sigmas=[15,25] or --set data.data_dir=photos") from None
     return overrides
+
+
+def _positive_int(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is not accepted; expected an int >= {minimum}")
+        return value
+    return parse
 
 
 def _common(parser):
@@ -69,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("--model", required=True, help=".keras, .h5, SavedModel dir or .tflite")
     denoise.add_argument("--input", required=True, help="an image file or a folder (searched recursively)")
     denoise.add_argument("--output", required=True, help="folder for the PNGs (same names as the inputs)")
-    denoise.add_argument("--threads", type=int, default=2, help="LiteRT interpreter threads (default 2)")
-    denoise.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels for fixed-shape models")
+    denoise.add_argument("--threads", type=_positive_int(1), default=2, help="LiteRT interpreter threads (default 2)")
+    denoise.add_argument("--overlap", type=_positive_int(0), default=32,
+                         help="tile overlap in pixels for fixed-shape models")
     return parser
 
 
@@ -101,13 +119,27 @@ def main(argv=None) -> int:
             students = dict(_named(s) for s in args.student)
             report = jobs.evaluate_saved(cfg.load(cfg.DistillJobConfig, args.config, overrides),
                                          teacher=args.teacher, students=students)
-    except (cfg.ConfigError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (cfg.ConfigError, ValueError, OSError) as error:      # FileNotFoundError, PermissionError too
+        if os.environ.get("KD_TF_TRACEBACK"):
+            raise
+        print(f"error: {_describe(error)}", file=sys.stderr)
         return 2
     print()
     print(report["table"])
     print(f"\nreport: {report['report_path']}")
+    if args.verb == "denoise" and report["skipped"] and not report["written"]:
+        print(f"error: none of the {report['skipped']} input file(s) could be denoised (see the warnings above)",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+def _describe(error: Exception) -> str:
+    """One line for the user: OSErrors from the system name the path and the reason; the rest of
+    kd_tf's errors already say what, where and what is accepted. KD_TF_TRACEBACK=1 shows the stack."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"cannot access {str(error.filename)!r}: {error.strerror}"
+    return str(error)
 
 
 def _named(spec: str):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 import typing
 from pathlib import Path
 
@@ -42,6 +43,7 @@ class DataConfig:
         _check(self.batch_size >= 1, "data.batch_size", self.batch_size, "an int >= 1")
         _check(0 <= self.sigma_min <= self.sigma_max <= 255, "data.sigma_min/sigma_max",
                (self.sigma_min, self.sigma_max), "0 <= sigma_min <= sigma_max <= 255")
+        _check(0 <= self.val_sigma <= 255, "data.val_sigma", self.val_sigma, "0 <= value <= 255 (0-255 scale)")
         _check(0 < self.heldout_fraction < 1, "data.heldout_fraction", self.heldout_fraction, "0 < value < 1")
         _check(self.val_crop >= 8 and self.val_crop % 8 == 0, "data.val_crop", self.val_crop,
                "a multiple of 8, at least 8")
@@ -152,6 +154,8 @@ class EvalConfig:
         for name in self.baselines:
             _check(name in known, "eval.baselines", name, f"any of {known}")
         _check(all(0 < s <= 255 for s in self.sigmas), "eval.sigmas", self.sigmas, "floats in (0, 255]")
+        _check(self.cbm3d_sigmas is None or all(0 < s <= 255 for s in self.cbm3d_sigmas), "eval.cbm3d_sigmas",
+               self.cbm3d_sigmas, "null or floats in (0, 255]")
 
 
 @dataclasses.dataclass
@@ -181,6 +185,7 @@ class TeacherJobConfig:
         if self.init_from is not None and not Path(self.init_from).exists():
             raise ConfigError(f"init_from={self.init_from!r} does not exist")
         self.eval.validate()
+        _check_writable("save_to", self.save_to)
         return self
 
 
@@ -205,6 +210,7 @@ class DistillJobConfig:
         self.eval.validate()
         for name in self.export_formats:
             _check(name in EXPORT_FORMATS, "export_formats", name, f"any of {EXPORT_FORMATS}")
+        _check_writable("save_to", self.save_to)
         return self
 
 
@@ -229,6 +235,7 @@ class ExportJobConfig:
         for name in self.formats:
             _check(name in EXPORT_FORMATS, "formats", name, f"any of {EXPORT_FORMATS}")
         _check(self.calibration_batches >= 1, "calibration_batches", self.calibration_batches, "an int >= 1")
+        _check(0 < self.sigma <= 255, "sigma", self.sigma, "0 < value <= 255 (0-255 scale)")
         _check(all(int(t) >= 1 for t in self.threads), "threads", self.threads, "ints >= 1")
         return self
 
@@ -236,6 +243,72 @@ class ExportJobConfig:
 def _check(condition, key, value, accepted):
     if not condition:
         raise ConfigError(f"{key}={value!r} is not accepted; expected {accepted}")
+
+
+def _check_writable(key, path):
+    """A file path whose folder exists and is writable, or can be created in a writable one:
+    checked up front so that a read-only destination fails before hours of training."""
+    if path is None:
+        return
+    folder = Path(path).absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={str(path)!r} is not accepted: {str(folder)!r} is not a writable folder; "
+                          f"expected a path in a folder you can write to")
+
+
+def _type_name(hint) -> str:
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        item = (typing.get_args(hint) or (None,))[0]
+        return "a list of " + {int: "ints", float: "numbers", str: "strings"}.get(item, "values")
+    return {int: "an int", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
+def _typed(value, hint):
+    """`value` as `hint` (an int is a valid float; "1e-3", which YAML 1.1 reads as a string, is
+    a valid float too), or raises TypeError."""
+    if hint is typing.Any:
+        return value
+    if hint is type(None):
+        if value is None:
+            return None
+    elif typing.get_origin(hint) in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _typed(value, option)
+            except TypeError:
+                pass
+    elif typing.get_origin(hint) is list:
+        if isinstance(value, (list, tuple)):
+            item = (typing.get_args(hint) or (typing.Any,))[0]
+            return [_typed(v, item) for v in value]
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise TypeError(value)
 
 
 def _build(cls, values, where):
@@ -259,7 +332,11 @@ def _build(cls, values, where):
                 raise ConfigError(f"{key} must be a list, got {value!r}")
             kwargs[name] = [_coerce_item(item_cls, item, f"{key}[{i}]") for i, item in enumerate(value)]
         else:
-            kwargs[name] = value
+            try:
+                kwargs[name] = _typed(value, hint)
+            except TypeError:
+                raise ConfigError(f"{key}={value!r} is not accepted: wrong type {type(value).__name__}; "
+                                  f"expected {_type_name(hint)}") from None
     return cls(**kwargs)
 
 
@@ -280,13 +357,23 @@ def load(cls, path: str | os.PathLike | None, overrides: dict | None = None):
     if path is not None:
         if not Path(path).is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
-        with open(path, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) or {}
+        try:
+            with open(path, encoding="utf-8") as handle:
+                values = yaml.safe_load(handle) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            reason = " ".join(str(error).split())
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML ({reason}); "
+                              f"expected a mapping like the files in configs/") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {str(path)!r} holds a {type(values).__name__}; "
+                              f"expected a mapping like the files in configs/")
     for dotted, value in (overrides or {}).items():
         node = values
         *parents, leaf = dotted.split(".")
-        for part in parents:
+        for depth, part in enumerate(parents):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"cannot set {dotted}: {'.'.join(parents[:depth + 1])}={node!r} is not a section")
         node[leaf] = value
     return from_dict(cls, values)
 

@@ -21,69 +21,228 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
 
 
+ACCEPTED_IMAGES = ("PNG, JPEG, BMP, TIFF, WebP or PPM/PGM; 8 or 16 bit (float TIFF too); gray, RGB, RGBA "
+                   "or palette")
+
+
 class ImageReadError(ValueError):
-    """A file that OpenCV cannot decode as an image."""
+    """A file that kd_tf cannot use as an image; the message says what, where and what is accepted."""
 
 
 def to_float_rgb(image: np.ndarray, keep_alpha: bool = False) -> np.ndarray:
     """Converts an OpenCV array (gray, BGR or BGRA; 8 or 16 bit; or float) to RGB float32 in [0, 1].
 
     With `keep_alpha` an alpha channel is returned as a fourth channel, otherwise dropped.
+    Channels are reordered on the integer array and scaled in one pass, so a 10000x10000
+    photo costs one float copy, not three.
     """
-    if image.dtype == np.uint8:
-        scaled = image.astype(np.float32) / 255.0
-    elif image.dtype == np.uint16:
-        scaled = image.astype(np.float32) / 65535.0
-    elif np.issubdtype(image.dtype, np.floating):
-        scaled = np.clip(image.astype(np.float32), 0.0, 1.0)
+    if image.ndim == 2:
+        image = image[..., None]
+    channels = image.shape[-1] if image.ndim == 3 else 0
+    if channels not in (1, 3, 4):
+        raise ImageReadError(f"unsupported layout {image.shape}; accepted: HxW, HxWx1, HxWx3 or HxWx4")
+    order = {1: [0, 0, 0], 3: [2, 1, 0], 4: [2, 1, 0, 3] if keep_alpha else [2, 1, 0]}[channels]
+    if image.dtype in (np.uint8, np.uint16):
+        peak = np.float32(255.0 if image.dtype == np.uint8 else 65535.0)
+        out = np.empty(image.shape[:2] + (len(order),), np.float32)
+        for target, source in enumerate(order):          # per channel: no full-size integer temporary
+            np.divide(image[..., source], peak, out=out[..., target], dtype=np.float32)
+        return out
+    if np.issubdtype(image.dtype, np.floating):
+        out = image[..., order].astype(np.float32, copy=False)
+        return np.clip(out, 0.0, 1.0, out=out)
+    raise ImageReadError(f"unsupported pixel type {image.dtype}; accepted: uint8, uint16, float")
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding with OpenCV, plus the two things IMREAD_UNCHANGED does not do for us: say *why* a file
+# is unreadable, and apply the EXIF orientation (IMREAD_UNCHANGED ignores it for JPEG, PNG, WebP).
+
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8", "JPEG"), (b"BM", "BMP"), (b"II*\x00", "TIFF"),
+               (b"MM\x00*", "TIFF"), (b"GIF8", "GIF"), (b"P1", "PNM"), (b"P2", "PNM"), (b"P3", "PNM"),
+               (b"P4", "PNM"), (b"P5", "PNM"), (b"P6", "PNM"))
+
+
+def _format_of(raw: bytes) -> str | None:
+    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in _SIGNATURES if raw.startswith(magic)), None)
+
+
+def _png_chunks(raw: bytes):
+    """(type, data) of each PNG chunk; a chunk cut short ends the walk with type None."""
+    position = 8
+    while position + 8 <= len(raw):
+        length = int.from_bytes(raw[position:position + 4], "big")
+        kind = raw[position + 4:position + 8]
+        if position + 12 + length > len(raw):
+            yield None, b""
+            return
+        yield kind, raw[position + 8:position + 8 + length]
+        if kind == b"IEND":
+            return
+        position += 12 + length
+    yield None, b""
+
+
+def _jpeg_segments(raw: bytes):
+    """(marker, payload) of each JPEG header segment up to the first start-of-scan (0xDA)."""
+    position = 2
+    while position + 4 <= len(raw) and raw[position] == 0xFF:
+        marker = raw[position + 1]
+        if marker == 0xFF:                                 # fill byte
+            position += 1
+            continue
+        length = int.from_bytes(raw[position + 2:position + 4], "big")
+        yield marker, raw[position + 4:position + 2 + length]
+        if marker == 0xDA:
+            return
+        position += 2 + length
+
+
+def _webp_chunks(raw: bytes):
+    position = 12
+    while position + 8 <= len(raw):
+        length = int.from_bytes(raw[position + 4:position + 8], "little")
+        yield raw[position:position + 4], raw[position + 8:position + 8 + length]
+        position += 8 + length + (length & 1)
+
+
+def _why_unreadable(raw: bytes) -> str:
+    """A human reason for a file OpenCV refused: text, truncated, unknown or corrupt."""
+    kind = _format_of(raw)
+    if kind == "PNG" and any(chunk is None for chunk, _ in _png_chunks(raw)):
+        return f"the PNG is truncated ({len(raw)} bytes, it ends before its IEND chunk)"
+    if kind == "JPEG":
+        scan = raw.find(b"\xff\xda", 2)
+        if scan < 0 or raw.find(b"\xff\xd9", scan) < 0:
+            return f"the JPEG is truncated ({len(raw)} bytes, no end-of-image marker after its image data)"
+    if kind is not None:
+        return f"it looks like {kind} but OpenCV could not decode it (corrupt data or an unsupported variant)"
+    text = raw[:64].decode("utf-8", "replace")
+    if sum(c.isprintable() or c in "\r\n\t" for c in text) >= 0.9 * len(text):
+        return f"it holds text, not image data (starts with {text[:24]!r})"
+    return f"unknown format (starts with bytes {raw[:8].hex(' ')})"
+
+
+def _tiff_orientation(block: bytes) -> int:
+    """Tag 0x0112 of IFD0 in an EXIF (TIFF-structured) block; 1 when absent or malformed."""
+    if block.startswith(b"Exif\x00\x00"):
+        block = block[6:]
+    if len(block) < 8 or block[:2] not in (b"II", b"MM"):
+        return 1
+    order = "little" if block[:2] == b"II" else "big"
+    ifd = int.from_bytes(block[4:8], order)
+    if ifd + 2 > len(block):
+        return 1
+    for index in range(int.from_bytes(block[ifd:ifd + 2], order)):
+        entry = block[ifd + 2 + 12 * index:ifd + 14 + 12 * index]
+        if len(entry) == 12 and int.from_bytes(entry[:2], order) == 0x0112:
+            value = int.from_bytes(entry[8:10], order)
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def exif_orientation(raw: bytes) -> int:
+    """The EXIF orientation (1-8) of a JPEG, PNG (eXIf chunk) or WebP file; 1 if it has none.
+
+    TIFF is not read here: OpenCV's TIFF decoder applies the orientation itself.
+    """
+    kind = _format_of(raw)
+    if kind == "JPEG":
+        blocks = (payload for marker, payload in _jpeg_segments(raw)
+                  if marker == 0xE1 and payload.startswith(b"Exif\x00\x00"))
+    elif kind == "PNG":
+        blocks = (data for chunk, data in _png_chunks(raw) if chunk == b"eXIf")
+    elif kind == "WebP":
+        blocks = (data for chunk, data in _webp_chunks(raw) if chunk == b"EXIF")
     else:
-        raise ImageReadError(f"unsupported pixel type {image.dtype}; accepted: uint8, uint16, float")
-    if scaled.ndim == 2:
-        scaled = scaled[..., None]
-    channels = scaled.shape[-1]
-    if channels == 1:
-        rgb, alpha = np.repeat(scaled, 3, axis=-1), None
-    elif channels == 3:
-        rgb, alpha = scaled[..., ::-1], None
-    elif channels == 4:
-        rgb, alpha = scaled[..., 2::-1], scaled[..., 3:]
-    else:
-        raise ImageReadError(f"unsupported channel count {channels}; accepted: 1, 3, 4")
-    if keep_alpha and alpha is not None:
-        return np.ascontiguousarray(np.concatenate([rgb, alpha], axis=-1))
-    return np.ascontiguousarray(rgb)
+        return 1
+    return next((_tiff_orientation(block) for block in blocks), 1)
+
+
+def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+    """The stored pixels turned upright, as a viewer shows them (EXIF orientation 1-8)."""
+    turned = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+              5: lambda a: a.swapaxes(0, 1), 6: lambda a: a.swapaxes(0, 1)[:, ::-1],
+              7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: a.swapaxes(0, 1)[::-1]}[orientation](image)
+    return turned if orientation == 1 else np.ascontiguousarray(turned)
 
 
 def decode_image(path: str | os.PathLike) -> np.ndarray:
-    """The file as OpenCV decodes it (gray, BGR or BGRA; 8/16 bit); `ImageReadError` if it cannot."""
-    raw = np.fromfile(str(path), dtype=np.uint8) if Path(path).is_file() else None
-    if raw is None or raw.size == 0:
-        raise ImageReadError(f"{path}: missing or empty file")
-    image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    """The file as OpenCV decodes it (gray, BGR or BGRA; 8/16 bit), turned upright by its EXIF
+    orientation; `ImageReadError` naming the file, the reason and what is accepted if it cannot."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"{path}: no such file")
+    if not path.is_file():
+        raise ImageReadError(f"{path}: not a regular file (a folder?); expected an image file")
+    try:
+        raw = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as error:
+        raise ImageReadError(f"{path}: cannot be read ({error.strerror or error})") from error
+    if raw.size == 0:
+        raise ImageReadError(f"{path}: empty file (0 bytes); accepted: {ACCEPTED_IMAGES}")
+    try:
+        image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    except cv2.error as error:                         # e.g. more pixels than OpenCV allows
+        raise ImageReadError(f"{path}: OpenCV refused it ({str(error).strip().splitlines()[-1]})") from error
     if image is None:
-        raise ImageReadError(f"{path}: OpenCV could not decode it")
-    return image
+        raise ImageReadError(f"{path}: not a readable image: {_why_unreadable(raw.tobytes())}; "
+                             f"accepted: {ACCEPTED_IMAGES}")
+    orientation = exif_orientation(raw[:1 << 20].tobytes())    # EXIF sits in the header
+    return apply_orientation(image, orientation)
 
 
 def read_image(path: str | os.PathLike, keep_alpha: bool = False) -> np.ndarray:
-    """Reads one image file with OpenCV as RGB(A) float32 in [0, 1]."""
+    """Reads one image file with OpenCV as RGB(A) float32 in [0, 1], upright."""
     return to_float_rgb(decode_image(path), keep_alpha=keep_alpha)
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray, bit_depth: int = 8) -> None:
-    """Writes a gray (HxW or HxWx1), RGB or RGBA float image in [0, 1] (format by extension)."""
+    """Writes a gray (HxW or HxWx1), RGB or RGBA float image in [0, 1] (format by extension).
+
+    The file is written beside the target and renamed, so an interrupted write never leaves a
+    half image and never destroys an earlier complete one; quantization runs in row blocks to
+    keep a very large image's temporaries small.
+    """
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth={bit_depth!r}; accepted: 8, 16")
-    peak = 255.0 if bit_depth == 8 else 65535.0
-    array = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
+    peak = np.float32(255.0 if bit_depth == 8 else 65535.0)
+    array = np.asarray(image)
     if array.ndim == 3 and array.shape[-1] == 3:
         array = array[..., ::-1]
     elif array.ndim == 3 and array.shape[-1] == 4:
         array = array[..., [2, 1, 0, 3]]
-    quantized = np.round(array * peak).astype(np.uint8 if bit_depth == 8 else np.uint16)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), quantized):
-        raise OSError(f"OpenCV could not write {path}")
+    quantized = np.empty(array.shape, np.uint8 if bit_depth == 8 else np.uint16)
+    for top in range(0, array.shape[0], 256):
+        block = np.multiply(array[top:top + 256], peak, dtype=np.float32)
+        np.clip(block, 0.0, peak, out=block)
+        quantized[top:top + 256] = np.rint(block, out=block)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        if not cv2.imwrite(str(temporary), quantized):
+            raise OSError(f"OpenCV could not write {path} (unsupported extension {path.suffix!r}?)")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def writable_folder(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """Creates `folder` if needed and proves it writable with a probe file, before any work
+    is done, so that a read-only destination fails in one line instead of after the work."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".kd_tf_write_probe_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise PermissionError(f"cannot write to the {what} {str(folder)!r} ({error.strerror or error}); "
+                              f"choose a folder you can write to") from error
+    return folder
 
 
 def list_image_files(folder: str | os.PathLike) -> list[Path]:
@@ -97,26 +256,32 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
 def read_image_folder(folder: str | os.PathLike, min_size: int = 0) -> dict[str, np.ndarray]:
     """Reads every image under `folder`; unreadable or too-small files are skipped and counted.
 
-    Returns {relative path: image}. Raises if nothing usable is left.
+    Returns {relative path: image}. Raises if nothing usable is left, saying whether the folder
+    held no image files at all or only unusable ones (and why the first one was refused).
     """
     root = Path(folder)
+    files = list_image_files(root)
+    if not files:
+        others = sum(1 for p in root.rglob("*") if p.is_file())
+        raise ImageReadError(f"no image files in {root} ({others} file(s) with other extensions); "
+                             f"extensions accepted: {', '.join(IMAGE_EXTENSIONS)}")
     images, skipped = {}, []
-    for path in list_image_files(root):
+    for path in files:
         try:
             image = read_image(path)
         except ImageReadError as error:
             skipped.append(str(error))
             continue
         if min(image.shape[:2]) < min_size:
-            skipped.append(f"{path}: {image.shape[1]}x{image.shape[0]} is smaller than {min_size} px")
+            skipped.append(f"{path}: {image.shape[1]}x{image.shape[0]} is smaller than {min_size} px "
+                           f"(the patch size) on a side")
             continue
         images[str(path.relative_to(root))] = image
     if skipped:
-        log.warning("skipped %d of %d files in %s:\n  %s", len(skipped), len(skipped) + len(images),
-                    root, "\n  ".join(skipped))
+        log.warning("skipped %d of %d files in %s:\n  %s", len(skipped), len(files), root, "\n  ".join(skipped))
     if not images:
-        raise ImageReadError(f"no readable images (of at least {min_size} px) in {root}; "
-                             f"extensions accepted: {', '.join(IMAGE_EXTENSIONS)}")
+        raise ImageReadError(f"no readable images (of at least {min_size} px) in {root}: all {len(files)} "
+                             f"image file(s) were skipped, e.g. {skipped[0]}")
     return images
 
 

@@ -1,9 +1,12 @@
 """Running any exported denoiser (.keras, .h5, SavedModel, .tflite) on images of any size.
 
-Dynamic-shape models see the whole image, reflect-padded to the network's stride. Fixed-shape
-models (a TFLite file converted for one input size) run tile by tile with overlap, and the
-tiles are blended with a linear ramp so that no seam shows. Gray images are denoised as RGB and
-written back as gray; an alpha channel is kept untouched; 16-bit files stay 16-bit.
+Dynamic-shape models see the whole image, reflect-padded to the network's stride; an image
+larger than `max_tile` on a side runs as core tiles with `margin` pixels of context each, so memory
+stays bounded (a 10000x10000 photo included) and, with the margin at least the model's receptive
+radius, the result equals the whole-image result. Fixed-shape models (a TFLite file converted for
+one input size) run tile by tile with overlap, and the tiles are blended with a linear ramp so
+that no seam shows. Gray images are denoised as RGB and written back as gray; an alpha channel
+is kept untouched; 16-bit files stay 16-bit.
 """
 
 from __future__ import annotations
@@ -15,11 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from kd_tf.data import ImageReadError, decode_image, list_image_files, to_float_rgb, write_image
+from kd_tf.data import (IMAGE_EXTENSIONS, ImageReadError, decode_image, list_image_files, to_float_rgb,
+                        writable_folder, write_image)
 from kd_tf.export import LiteRTModel
 from kd_tf.model_io import load_model
 
 log = logging.getLogger(__name__)
+
+
+DEFAULT_MARGIN = 96        # context per tile when the receptive field is unknown (TFLite, SavedModel)
+MAX_TILE = 1024            # dynamic-shape models see at most this many core pixels a side per call
 
 
 @dataclasses.dataclass
@@ -30,29 +38,99 @@ class Runner:
     stride: int = 8                      # H and W must be multiples of this
     tile: int | None = None              # the fixed input side of a fixed-shape model
     source: str = ""
+    margin: int | None = None            # receptive radius in pixels; None: DEFAULT_MARGIN
+
+
+_POINTWISE = {"InputLayer", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "Add", "Subtract",
+              "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "BatchNormalization", "Dropout",
+              "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "Rescaling", "Identity"}
+
+
+def receptive_radius(model) -> int | None:
+    """How far (in input pixels) an output pixel of a functional Keras model can see, counted
+    conservatively from its layers' kernels, strides and dilations; None for a model holding a
+    layer whose spatial reach is unknown (a Lambda, a nested model, a SavedModel wrapper)."""
+    reach = _reach(model)
+    return None if reach is None else reach[0]
+
+
+def _reach(model) -> tuple[int, int] | None:
+    """(receptive radius, total stride) of a functional model, or None (see receptive_radius)."""
+    reach = {id(t): (0.0, 1.0) for t in getattr(model, "inputs", None) or []}   # tensor -> (radius, jump)
+    if not reach:
+        return None
+    deepest = 1.0
+    for layer in model.layers:
+        kind = type(layer).__name__
+        for node in layer._inbound_nodes:
+            inputs = [reach.get(id(t)) for t in node.input_tensors]
+            if not inputs or None in inputs:
+                continue
+            radius, jump = max(r for r, _ in inputs), max(j for _, j in inputs)
+            if kind in _POINTWISE:
+                pass
+            elif kind in ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "MaxPooling2D", "AveragePooling2D"):
+                size = getattr(layer, "kernel_size", None) or layer.pool_size
+                strides = layer.strides or size
+                dilation = getattr(layer, "dilation_rate", (1, 1))
+                span = max((k - 1) * d for k, d in zip(size, dilation))
+                # a strided 'same' kernel pads on one side only: count its whole span
+                radius += jump * (span if max(strides) > 1 else -(-span // 2))
+                jump *= max(strides)
+            elif kind in ("Conv2DTranspose", "UpSampling2D"):
+                size = getattr(layer, "kernel_size", None) or layer.size
+                strides = getattr(layer, "strides", None) or layer.size
+                radius += jump * max(1, max(size) - 1)
+                jump /= max(strides)
+            else:
+                return None
+            deepest = max(deepest, jump)
+            for tensor in node.output_tensors:
+                reach[id(tensor)] = (radius, jump)
+    found = [reach.get(id(t)) for t in model.outputs]
+    return None if None in found else (int(np.ceil(max(r for r, _ in found))), int(deepest))
 
 
 def load_runner(path: str | os.PathLike, num_threads: int = 1, stride: int = 8) -> Runner:
-    """Loads .keras/.h5/SavedModel with Keras, .tflite with the LiteRT interpreter."""
+    """Loads .keras/.h5/SavedModel with Keras, .tflite with the LiteRT interpreter; the model must
+    take and return RGB images (3 channels)."""
     path = Path(path)
     if path.suffix.lower() == ".tflite":
         if not path.is_file():
             raise FileNotFoundError(f"model {str(path)!r} does not exist")
-        model = LiteRTModel(path, num_threads=num_threads)
-        _, height, width, _ = model.input_signature
+        try:
+            model = LiteRTModel(path, num_threads=num_threads)
+        except Exception as error:         # the interpreter raises bare ValueError/RuntimeError on junk
+            raise ValueError(f"cannot load {str(path)!r} as a TFLite model ({type(error).__name__}: {error}); is "
+                             f"the file complete? expected a .tflite flatbuffer from `python -m kd_tf export`") from error
+        _, height, width, channels = model.input_signature
         if (height == -1) != (width == -1) or (height != -1 and height != width):
             raise ValueError(f"{path}: input shape {model.input_signature}; expected square tiles or dynamic H and W")
+        _check_rgb(path, channels)
         return Runner(model, stride, None if height == -1 else height, str(path))
     model = load_model(path)
-    return Runner(lambda batch: np.asarray(model(batch, training=False)), stride, None, str(path))
+    _check_rgb(path, model.inputs[0].shape[-1] if getattr(model, "inputs", None) else None)
+    radius, net_stride = _reach(model) or (None, 1)
+    stride = stride * net_stride // np.gcd(stride, net_stride)        # e.g. 16 for a five-level U-Net
+    return Runner(lambda batch: np.asarray(model(batch, training=False)), int(stride), None, str(path), radius)
 
 
-def _pad_to(image, height, width):
+def _check_rgb(path, channels):
+    if channels not in (None, 3):
+        raise ValueError(f"model {str(path)!r} takes {channels}-channel input; denoising feeds RGB images, "
+                         f"so the model must take 3 channels")
+
+
+def _pad_mode(image, height, width):
+    return "reflect" if height - image.shape[0] < image.shape[0] and width - image.shape[1] < image.shape[1] \
+        else "symmetric"
+
+
+def _pad_to(image, height, width, mode=None):
     pad_h, pad_w = height - image.shape[0], width - image.shape[1]
     if pad_h == 0 and pad_w == 0:
         return image
-    mode = "reflect" if pad_h < image.shape[0] and pad_w < image.shape[1] else "symmetric"
-    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
+    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode or _pad_mode(image, height, width))
 
 
 def _starts(length, tile, step):
@@ -75,70 +153,133 @@ def _ramp(tile, overlap):
     return weights
 
 
-def run_rgb(runner: Runner, image: np.ndarray, overlap: int = 32) -> np.ndarray:
-    """Denoises one HxWx3 float image of any size."""
+def _predict(runner, batch):
+    out = runner.predict(batch.astype(np.float32, copy=False))
+    if out.shape != batch.shape:
+        raise ValueError(f"model {runner.source or ''} returned shape {tuple(out.shape)} for an input of shape "
+                         f"{tuple(batch.shape)}; denoising needs an image-to-image model (output shape = input shape)")
+    return out
+
+
+def _spans(length, core, stride):
+    """[start, end) pieces of about equal size, at most `core` long, cut at multiples of `stride`."""
+    count = -(-length // core)
+    cuts = [min(length, -(-round(i * length / count) // stride) * stride) for i in range(count + 1)]
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+
+def run_rgb(runner: Runner, image: np.ndarray, overlap: int = 32, max_tile: int = MAX_TILE) -> np.ndarray:
+    """Denoises one HxWx3 float image of any size (1x1 included)."""
+    if overlap < 0:
+        raise ValueError(f"overlap={overlap!r}; accepted: an int >= 0 (pixels)")
     height, width = image.shape[:2]
     if runner.tile is None:
         stride = runner.stride
-        padded = _pad_to(image, -(-height // stride) * stride, -(-width // stride) * stride)
-        return runner.predict(padded[None].astype(np.float32))[0, :height, :width]
+        full_h, full_w = -(-height // stride) * stride, -(-width // stride) * stride
+        if max(full_h, full_w) <= max_tile:
+            return _predict(runner, _pad_to(image, full_h, full_w)[None])[0, :height, :width]
+        return _run_cropped(runner, image, full_h, full_w, max_tile)
     tile = runner.tile
     overlap = min(overlap, tile // 2)
     margin = min(overlap // 2, height - 1, width - 1)     # image borders get reflected context too
     framed = np.pad(image, ((margin, margin), (margin, margin), (0, 0)), mode="reflect")
     padded = _pad_to(framed, max(framed.shape[0], tile), max(framed.shape[1], tile))
+    del framed
     total = np.zeros(padded.shape, np.float32)
     weight = np.zeros(padded.shape[:2] + (1,), np.float32)
     window = np.outer(_ramp(tile, overlap), _ramp(tile, overlap))[..., None]
     for top in _starts(padded.shape[0], tile, tile - overlap):
         for left in _starts(padded.shape[1], tile, tile - overlap):
             crop = padded[top:top + tile, left:left + tile]
-            total[top:top + tile, left:left + tile] += runner.predict(crop[None].astype(np.float32))[0] * window
+            total[top:top + tile, left:left + tile] += _predict(runner, crop[None])[0] * window
             weight[top:top + tile, left:left + tile] += window
-    return (total / weight)[margin:margin + height, margin:margin + width]
+    total /= weight
+    return total[margin:margin + height, margin:margin + width]
 
 
-def denoise_array(runner: Runner, raw: np.ndarray, overlap: int = 32) -> np.ndarray:
+def _run_cropped(runner, image, full_h, full_w, max_tile):
+    """A large image through a dynamic-shape model: core tiles of at most `max_tile` a side, each
+    run with the model's receptive radius of real context around it and cropped back. Tiles start
+    at multiples of the stride and the bottom/right tiles get the whole image's own reflect
+    padding, so each output pixel sees exactly what it sees in the whole image: the result is the
+    whole-image result, with model memory bounded by (max_tile + 2 * margin) squared, and no
+    padded copy of the image."""
+    stride, (height, width) = runner.stride, image.shape[:2]
+    margin = DEFAULT_MARGIN if runner.margin is None else runner.margin
+    margin = -(-margin // stride) * stride
+    mode = _pad_mode(image, full_h, full_w)
+    out = np.empty((height, width, image.shape[2]), np.float32)
+    for top, bottom in _spans(full_h, max_tile, stride):
+        for left, right in _spans(full_w, max_tile, stride):
+            y0, x0 = max(0, top - margin), max(0, left - margin)
+            y1, x1 = min(full_h, bottom + margin), min(full_w, right + margin)
+            crop = _pad_to(image[y0:y1, x0:x1], y1 - y0, x1 - x0, mode)   # pads only at the image's own edge
+            result = _predict(runner, crop[None])[0]
+            keep_h, keep_w = min(bottom, height) - top, min(right, width) - left
+            out[top:top + keep_h, left:left + keep_w] = result[top - y0:top - y0 + keep_h,
+                                                               left - x0:left - x0 + keep_w]
+    return out
+
+
+def denoise_array(runner: Runner, raw: np.ndarray, overlap: int = 32, max_tile: int = MAX_TILE) -> np.ndarray:
     """Denoises an OpenCV-decoded array; returns float in [0, 1] with the input's channel layout
     (gray stays gray, RGBA keeps its alpha), RGB order."""
     image = to_float_rgb(raw, keep_alpha=True)
-    rgb, alpha = image[..., :3], image[..., 3:]
-    out = np.clip(run_rgb(runner, rgb, overlap), 0.0, 1.0)
+    alpha = image[..., 3:].copy() if image.shape[-1] == 4 else np.zeros(image.shape[:2] + (0,), np.float32)
+    out = run_rgb(runner, image[..., :3], overlap, max_tile)
+    del image                                  # no view keeps the input alive: peak = input + output
+    out = np.clip(out, 0.0, 1.0, out=out if out.flags.writeable else None)   # TF outputs are read-only
     if raw.ndim == 2 or raw.shape[-1] == 1:
         return out.mean(axis=-1, keepdims=True)
     return np.concatenate([out, alpha], axis=-1) if alpha.size else out
 
 
 def denoise_path(model: str | os.PathLike, source: str | os.PathLike, output_dir: str | os.PathLike,
-                 num_threads: int = 1, overlap: int = 32, progress: bool = True) -> dict:
+                 num_threads: int = 1, overlap: int = 32, progress: bool = True, max_tile: int = MAX_TILE) -> dict:
     """Denoises a file or every image under a folder into `output_dir` as PNGs of the same names.
 
-    Unreadable files are skipped with a warning and counted. Returns {"written": [...],
-    "skipped": {path: reason}}.
+    Unreadable files (and files that cannot be written) are skipped with a warning and counted;
+    an input is never overwritten. Returns {"written": [...], "skipped": {path: reason}}.
     """
     import keras
 
-    runner = load_runner(model, num_threads=num_threads)
     source, output_dir = Path(source), Path(output_dir)
     if source.is_file():
         files, root = [source], source.parent
     elif source.is_dir():
         files, root = list_image_files(source), source
+        inside = output_dir.resolve()
+        if inside != source.resolve():         # earlier outputs in a folder under the input are not inputs
+            files = [p for p in files if not p.resolve().is_relative_to(inside)]
+        if not files:
+            raise ImageReadError(f"no image files under {str(source)!r}; extensions accepted: "
+                                 f"{', '.join(IMAGE_EXTENSIONS)}")
     else:
         raise FileNotFoundError(f"input {str(source)!r} is neither an image file nor a folder")
+    writable_folder(output_dir)                # before loading the model: fail in a second, not after
+    runner = load_runner(model, num_threads=num_threads)
     written, skipped = [], {}
     bar = keras.utils.Progbar(len(files), unit_name="image") if progress and files else None
     for index, path in enumerate(files, 1):
+        target = (output_dir / path.relative_to(root)).with_suffix(".png")
         try:
+            if target.resolve() == path.resolve():
+                raise ImageReadError(f"{path}: the output {target} would overwrite this input; "
+                                     f"choose another output folder")
             raw = decode_image(path)
-            target = (output_dir / path.relative_to(root)).with_suffix(".png")
-            write_image(target, denoise_array(runner, raw, overlap), bit_depth=16 if raw.dtype == np.uint16 else 8)
+            depth = 16 if raw.dtype == np.uint16 else 8
+            denoised = denoise_array(runner, raw, overlap, max_tile)
+            del raw
+            write_image(target, denoised, bit_depth=depth)
             written.append(str(target))
         except ImageReadError as error:
             skipped[str(path)] = str(error)
             log.warning("skipped %s", error)
+        except OSError as error:               # e.g. the disk filled up: keep what is written, go on
+            skipped[str(path)] = f"{path}: cannot write {target} ({error.strerror or error})"
+            log.warning("skipped %s", skipped[str(path)])
         if bar is not None:
             bar.update(index)
     if skipped:
-        log.warning("skipped %d of %d files (unreadable)", len(skipped), len(files))
+        log.warning("skipped %d of %d files (unreadable or unwritable)", len(skipped), len(files))
     return {"written": written, "skipped": skipped}

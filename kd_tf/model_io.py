@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import keras
@@ -17,15 +18,43 @@ def load_model(path: str | os.PathLike) -> keras.Model:
 
     A SavedModel directory is wrapped with `keras.layers.TFSMLayer` into a functional model
     with a (None, None, C) input, so it can teach outputs (not features: it has no layers).
+    A file that exists but cannot be loaded (empty, truncated, another format under a Keras
+    suffix) raises ValueError naming the file and the loader's complaint, never a raw zipfile,
+    HDF5 or protobuf error.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model {str(path)!r} does not exist; expected {ACCEPTED}")
     if path.is_dir():
         return _load_saved_model(path)
-    if path.suffix.lower() in (".keras", ".h5", ".hdf5"):
+    if path.suffix.lower() not in (".keras", ".h5", ".hdf5"):
+        raise ValueError(f"cannot load {str(path)!r}: unknown suffix {path.suffix!r}; expected {ACCEPTED}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"model {str(path)!r} is an empty file (0 bytes); expected {ACCEPTED}")
+    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
+        raise ValueError(f"model {str(path)!r} is not a .keras archive (no complete zip structure: truncated, "
+                         f"or another format renamed); expected {ACCEPTED}")
+    if path.suffix.lower() != ".keras" and not _is_hdf5(path):
+        raise ValueError(f"model {str(path)!r} is not an HDF5 file (no HDF5 signature: another format "
+                         f"renamed?); expected {ACCEPTED}")
+    try:
         return keras.models.load_model(path, compile=False)
-    raise ValueError(f"cannot load {str(path)!r}: unknown suffix {path.suffix!r}; expected {ACCEPTED}")
+    except Exception as error:             # zipfile.BadZipFile, OSError (h5py), KeyError, TypeError...
+        raise ValueError(_unloadable(path, error)) from error
+
+
+def _is_hdf5(path: Path) -> bool:
+    import h5py
+
+    return h5py.is_hdf5(str(path))
+
+
+def _unloadable(path: Path, error: Exception) -> str:
+    reason = " ".join(str(error).split())
+    if len(reason) > 300:
+        reason = reason[:300] + "..."
+    return (f"cannot load model {str(path)!r} ({type(error).__name__}: {reason}); is the file complete and "
+            f"saved by Keras? expected {ACCEPTED}")
 
 
 def _load_saved_model(path: Path) -> keras.Model:
@@ -33,7 +62,10 @@ def _load_saved_model(path: Path) -> keras.Model:
         raise ValueError(f"directory {str(path)!r} holds no saved_model.pb; expected {ACCEPTED}")
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(path))
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as error:             # a truncated saved_model.pb or missing variables
+        raise ValueError(_unloadable(path, error)) from error
     endpoints = sorted(loaded.signatures.keys())
     endpoint = next((e for e in ("serving_default", "serve") if e in endpoints), None)
     if endpoint is None:
@@ -56,8 +88,11 @@ def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.stem}.partial{path.suffix}")
-    model.save(temporary)
-    os.replace(temporary, path)
+    try:
+        model.save(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)    # a failed save leaves neither a half file nor a stray one
     return path
 
 
