@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="output folder (default: runs/<run>/export)")
     export.add_argument("--formats", nargs="+", metavar="FORMAT",
                         help="any of keras savedmodel float32 float16 dynamic int8 int16x8")
+    export.add_argument("--qat-steps", type=_positive_int(0),
+                        help="quantization-aware fine-tuning steps for int8 (default 0: calibration only)")
     export.add_argument("--config", help="YAML config file")
     export.add_argument("--data", help="image folder for calibration and the held-out report")
     export.add_argument("--run-name", help="run folder name under runs/")
@@ -106,7 +108,8 @@ def main(argv=None) -> int:
         elif args.verb == "denoise":
             report = jobs.denoise(args.model, args.input, args.output, args.threads, args.overlap)
         elif args.verb == "export":
-            for key, value in (("model", args.model), ("out_dir", args.out), ("formats", args.formats)):
+            for key, value in (("model", args.model), ("out_dir", args.out), ("formats", args.formats),
+                               ("qat_steps", args.qat_steps)):
                 if value is not None:
                     overrides[key] = value
             report = jobs.export_student(cfg.load(cfg.ExportJobConfig, args.config, overrides))

@@ -15,6 +15,7 @@ import yaml
 
 DEFAULT_TEACHER = "models/denoise/teacher.keras"
 DEFAULT_STUDENT = "models/denoise/student.keras"
+INT8_CALIBRATIONS = ("percentile", "minmax")
 EXPORT_FORMATS = ("keras", "savedmodel", "float32", "float16", "dynamic", "int8", "int16x8")
 
 
@@ -201,6 +202,7 @@ class DistillJobConfig:
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     save_to: str | None = None            # default: <run dir>/student.keras
     export_formats: list[str] = dataclasses.field(default_factory=lambda: ["keras", "savedmodel", "int8"])
+    qat_steps: int = 0                    # quantization-aware fine-tuning of the exported int8 student
 
     def validate(self):
         self.data.validate()
@@ -210,6 +212,7 @@ class DistillJobConfig:
         self.eval.validate()
         for name in self.export_formats:
             _check(name in EXPORT_FORMATS, "export_formats", name, f"any of {EXPORT_FORMATS}")
+        _check(isinstance(self.qat_steps, int) and self.qat_steps >= 0, "qat_steps", self.qat_steps, "an int >= 0")
         _check_writable("save_to", self.save_to)
         return self
 
@@ -223,6 +226,11 @@ class ExportJobConfig:
     formats: list[str] = dataclasses.field(default_factory=lambda: ["keras", "savedmodel", "float32", "float16",
                                                                      "dynamic", "int8"])
     calibration_batches: int = 32         # x 8 crops of 64x64 from training photos, noise as in training
+    int8_calibration: str = "percentile"  # percentile ranges on an equalized copy, or the converter's "minmax"
+    calibration_percentile: float = 99.99
+    qat_steps: int = 0                    # > 0: quantization-aware fine-tuning of the int8 copy (percentile only)
+    qat_learning_rate: float = 1e-4
+    qat_teacher: str = DEFAULT_TEACHER    # QAT distills from the teacher, as the student was trained
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     sigma: float = 25.0
     latency_sizes: list[int] = dataclasses.field(default_factory=lambda: [256, 512])
@@ -235,6 +243,15 @@ class ExportJobConfig:
         for name in self.formats:
             _check(name in EXPORT_FORMATS, "formats", name, f"any of {EXPORT_FORMATS}")
         _check(self.calibration_batches >= 1, "calibration_batches", self.calibration_batches, "an int >= 1")
+        _check(self.int8_calibration in INT8_CALIBRATIONS, "int8_calibration", self.int8_calibration,
+               f"one of {INT8_CALIBRATIONS}")
+        _check(isinstance(self.qat_steps, int) and self.qat_steps >= 0, "qat_steps", self.qat_steps, "an int >= 0")
+        _check(self.qat_learning_rate > 0, "qat_learning_rate", self.qat_learning_rate, "a float > 0")
+        if self.qat_steps and self.int8_calibration != "percentile":
+            raise ConfigError(f"qat_steps={self.qat_steps} needs int8_calibration='percentile' (the fake-quantized "
+                              f"copy), got {self.int8_calibration!r}")
+        _check(50 < self.calibration_percentile <= 100, "calibration_percentile", self.calibration_percentile,
+               "50 < value <= 100")
         _check(0 < self.sigma <= 255, "sigma", self.sigma, "0 < value <= 255 (0-255 scale)")
         _check(all(int(t) >= 1 for t in self.threads), "threads", self.threads, "ints >= 1")
         return self

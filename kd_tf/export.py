@@ -73,6 +73,25 @@ def to_tflite(saved_model_dir: str | os.PathLike, mode: str = "float32", represe
     return flatbuffer
 
 
+def int8_ready(model: keras.Model, calibration, percentile: float = 99.99, equalize: bool = True) -> keras.Model:
+    """A copy of `model` prepared for full-integer conversion, with the same float function.
+
+    U-Nets of kd_tf.nets first get their channel ranges equalized (exact in float); then every
+    tensor gets a fake-quantization range from percentiles of its activations on `calibration`.
+    The converter keeps those ranges instead of its own min/max calibration: on the shipped
+    student this halves the int8 loss (0.27 -> 0.12 dB at sigma 25, see the model card).
+    """
+    from kd_tf.nets.fake_quant import calibrate_ranges, quantize_aware
+    from kd_tf.nets.unet import equalize_channel_ranges, has_unet_streams
+
+    batches = list(calibration)
+    source = keras.models.clone_model(model)
+    source.set_weights(model.get_weights())
+    if equalize and has_unet_streams(source):
+        equalize_channel_ranges(source, batches[: max(1, len(batches) // 2)])
+    return calibrate_ranges(quantize_aware(source), source, batches, percentile)
+
+
 def op_names(flatbuffer: bytes) -> list[str]:
     """The operator names a TFLite model uses (custom ops by their custom code)."""
     from ai_edge_litert import schema_py_generated as schema

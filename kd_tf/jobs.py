@@ -12,6 +12,7 @@ import datetime
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -206,7 +207,8 @@ def distill(config: cfg.DistillJobConfig) -> dict:
     if config.export_formats:
         exported = export_student(cfg.ExportJobConfig(
             model=str(paths.root / "student.keras"), out_dir=str(paths.root / "export"),
-            formats=config.export_formats, data=config.data, output=dataclasses.replace(config.output, run_name=paths.name)))
+            formats=config.export_formats, data=config.data, qat_steps=config.qat_steps,
+            qat_teacher=config.distill.teacher, output=dataclasses.replace(config.output, run_name=paths.name)))
         report["export"] = {key: exported[key] for key in ("formats", "float_keras_psnr", "report_path")}
         report["table"] += "\n\nDeployment parity (distilled student):\n" + exported["table"]
     report["report_path"] = str(paths.write_json("report.json", report))
@@ -263,6 +265,26 @@ def _latency_ms(predict, size: int, repeats: int = 5) -> float:
     return 1000.0 * float(np.median(times))
 
 
+def quantization_aware_finetune(aware: keras.Model, config: cfg.ExportJobConfig, images: dict) -> keras.Model:
+    """Fine-tunes the int8-ready copy with its calibrated ranges frozen, distilling from the
+    teacher on cached outputs as the student itself was trained; its weights learn to sit well
+    on the int8 grid (from 0.12 to 0.10 dB lost on the shipped student, see the model card)."""
+    from kd_tf.nets.fake_quant import freeze_ranges
+
+    keras.utils.set_random_seed(config.eval_seed)
+    teacher = load_teacher(config.qat_teacher, mixed_precision=True)
+    stream = patch_dataset(images, config.data.patch_size, config.data.batch_size,
+                           (config.data.sigma_min, config.data.sigma_max), seed=config.eval_seed)
+    cache = cache_teacher_outputs(teacher, stream, min(config.qat_steps, 300))
+    distiller = Distiller(teacher, freeze_ranges(aware), alpha=0.5)
+    schedule = keras.optimizers.schedules.CosineDecay(config.qat_learning_rate, config.qat_steps, alpha=0.01)
+    distiller.compile(optimizer=keras.optimizers.Adam(schedule))
+    log.info("quantization-aware fine-tuning: %d steps", config.qat_steps)
+    distiller.fit(cache.dataset(config.data.batch_size, seed=config.eval_seed), epochs=1,
+                  steps_per_epoch=config.qat_steps, verbose=2 if os.environ.get("KD_TF_QUIET") else "auto")
+    return aware
+
+
 def export_student(config: cfg.ExportJobConfig) -> dict:
     """Exports the student to every requested format and measures each one against the Keras
     float student: PSNR/SSIM on the held-out photos, size, op count, latency."""
@@ -302,7 +324,16 @@ def export_student(config: cfg.ExportJobConfig) -> dict:
             path, runner, ops = saved_dir, load_runner(saved_dir), None
             latency = {f"{s}px_all_threads": _latency_ms(runner.predict, s) for s in config.latency_sizes}
         else:
-            flatbuffer = export.to_tflite(saved_dir, fmt, calibration)
+            source_dir = saved_dir
+            if fmt == "int8" and config.int8_calibration == "percentile":
+                source_dir = out / "savedmodel_int8_ready.partial"
+                ready = export.int8_ready(student, calibration, config.calibration_percentile)
+                if config.qat_steps:
+                    ready = quantization_aware_finetune(ready, config, split.train)
+                export.export_saved_model(ready, source_dir)
+            flatbuffer = export.to_tflite(source_dir, fmt, calibration)
+            if source_dir != saved_dir:
+                shutil.rmtree(source_dir, ignore_errors=True)
             path = out / f"student_{fmt}.tflite"
             temporary = path.with_suffix(".partial")
             temporary.write_bytes(flatbuffer)

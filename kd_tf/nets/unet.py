@@ -8,6 +8,7 @@ faster than predicting the clean image directly (DnCNN's observation). Levels ar
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers
 
 MIXED = "mixed_bfloat16"
@@ -64,3 +65,64 @@ def stride_of(model: keras.Model) -> int:
     """The factor that input height and width must be divisible by (1 for non-U-Nets)."""
     downs = [layer for layer in model.layers if layer.name.startswith("down")]
     return 2 ** len(downs)
+
+
+def has_unet_streams(model: keras.Model) -> bool:
+    """Whether `model` has build_unet's layer names, so equalize_channel_ranges applies."""
+    names = {layer.name for layer in model.layers}
+    levels = stride_of(model).bit_length()
+    return {"head", "tail", "denoised"} <= names and all(
+        f"down{i}" in names and f"up{i}" in names and f"skip{i}" in names for i in range(levels - 1))
+
+
+def _stream_layers(model: keras.Model, level: int, levels: int):
+    """The layers writing into (outputs add into) and reading from level `level`'s feature stream,
+    and the tensors that carry it. Encoder and decoder streams of a level share one channel
+    basis, because the skip connection adds one into the other."""
+    names = {layer.name for layer in model.layers}
+    writers = [("head" if level == 0 else f"down{level - 1}", "conv")]
+    readers = [("tail", "conv") if level == 0 else (f"up{level - 1}", "transpose")]
+    carriers = [writers[0][0]]
+    prefixes = ["bottleneck"] if level == levels - 1 else [f"enc{level}", f"dec{level}"]
+    if level < levels - 1:
+        writers.append((f"up{level}", "transpose"))
+        readers.append((f"down{level}", "conv"))
+        carriers.append(f"skip{level}")
+    for prefix in prefixes:
+        j = 0
+        while f"{prefix}_block{j}_conv1" in names:
+            readers.append((f"{prefix}_block{j}_conv1", "conv"))
+            writers.append((f"{prefix}_block{j}_conv2", "conv"))
+            carriers.append(f"{prefix}_block{j}_add")
+            j += 1
+    return writers, readers, carriers
+
+
+def equalize_channel_ranges(model: keras.Model, batches, max_scale: float = 16.0) -> keras.Model:
+    """Rescales each level's feature channels so they all span the widest channel's range.
+
+    int8 quantization gives each tensor one range; a channel that spans a tenth of it keeps only
+    a few levels. Every stream of a build_unet network is linear in its channels (convolutions
+    write into it and read from it, additions merge it), so scaling channel c by s_c in every
+    writer and by 1 / s_c in every reader leaves the float function unchanged (Nagel et al.
+    2019, cross-layer equalization) while the quantized one keeps more levels. Changes `model`'s
+    weights in place and returns it; `batches` are float inputs drawn as in training.
+    """
+    levels = stride_of(model).bit_length()
+    for level in range(levels):
+        writers, readers, carriers = _stream_layers(model, level, levels)
+        taps = keras.Model(model.inputs, [model.get_layer(name).output for name in carriers])
+        peak = 0.0
+        for batch in batches:
+            for tensor in taps(batch, training=False):
+                peak = np.maximum(peak, np.max(np.abs(np.asarray(tensor, np.float32)), axis=(0, 1, 2)))
+        scale = np.clip(np.max(peak) / np.maximum(peak, 1e-8), 1.0, max_scale).astype(np.float32)
+        for name, kind in writers:                   # output channels: conv (..., out), transpose (.., out, in)
+            kernel, bias = model.get_layer(name).get_weights()
+            kernel = kernel * (scale if kind == "conv" else scale[:, None])
+            model.get_layer(name).set_weights([kernel, bias * scale])
+        for name, kind in readers:                   # input channels: conv (.., in, out), transpose (..., in)
+            kernel, bias = model.get_layer(name).get_weights()
+            kernel = kernel / (scale[:, None] if kind == "conv" else scale)
+            model.get_layer(name).set_weights([kernel, bias])
+    return model

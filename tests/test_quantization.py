@@ -1,0 +1,118 @@
+"""int8 preparation: channel equalization, fake-quantized copies, percentile ranges, QAT."""
+
+import keras
+import numpy as np
+import pytest
+
+from kd_tf import config as cfg
+from kd_tf import export
+from kd_tf.data import patch_dataset
+from kd_tf.nets import build_unet
+from kd_tf.nets.fake_quant import (FakeQuant, calibrate_ranges, copy_weights, freeze_ranges, quant_name,
+                                   quantize_aware)
+from kd_tf.nets.unet import equalize_channel_ranges, has_unet_streams
+
+
+@pytest.fixture(scope="module")
+def uneven_unet():
+    """A tiny U-Net whose channels have very different ranges, as trained ones do."""
+    keras.utils.set_random_seed(3)
+    model = build_unet((6, 12, 16), 1, name="uneven")
+    for layer in model.layers:
+        if layer.name in ("head", "down0", "down1"):
+            kernel, bias = layer.get_weights()
+            spread = np.geomspace(0.05, 2.0, kernel.shape[-1]).astype("float32")
+            layer.set_weights([kernel * spread, bias * spread])
+    return model
+
+
+@pytest.fixture(scope="module")
+def batches(photos):
+    return [b[0].numpy() for b in patch_dataset(photos, 32, 4, (0, 50), seed=2).take(6)]
+
+
+def _level_peaks(model, batches, level=0):
+    """Per-channel peak |value| over every tensor that carries a level's stream."""
+    from kd_tf.nets.unet import _stream_layers
+
+    _, _, carriers = _stream_layers(model, level, 3)
+    taps = keras.Model(model.inputs, [model.get_layer(name).output for name in carriers])
+    return np.max([np.abs(t).max(axis=(0, 1, 2)) for b in batches for t in taps(b)], axis=0)
+
+
+def test_equalization_keeps_the_float_function_and_evens_ranges(uneven_unet, batches):
+    model = keras.models.clone_model(uneven_unet)
+    model.set_weights(uneven_unet.get_weights())
+    assert has_unet_streams(model) and not has_unet_streams(keras.Sequential([keras.Input((8, 8, 3)),
+                                                                             keras.layers.Conv2D(3, 1)]))
+    before = _level_peaks(model, batches)
+    equalize_channel_ranges(model, batches)
+    x = batches[-1]
+    np.testing.assert_allclose(model(x), uneven_unet(x), atol=2e-5)
+    after = _level_peaks(model, batches)
+    assert after.max() == pytest.approx(before.max(), rel=1e-4)            # the widest channel stays
+    assert after.max() / after.min() < min(1.01, before.max() / before.min())   # the others catch up
+
+
+def test_aware_copy_quantizes_every_layer_output_and_the_input(uneven_unet):
+    aware = quantize_aware(uneven_unet)
+    quants = {layer.name for layer in aware.layers if isinstance(layer, FakeQuant)}
+    assert quant_name("noisy") in quants and quant_name("head") in quants and quant_name("denoised") in quants
+    assert quant_name("enc0") not in quants                       # a linear activation is an identity
+    back = build_unet((6, 12, 16), 1, name="back")
+    copy_weights(aware, back)
+    x = np.random.default_rng(0).random((1, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(back(x), uneven_unet(x), atol=1e-5)
+    with pytest.raises(ValueError, match="functional model"):
+        quantize_aware(keras.Sequential([keras.layers.Conv2D(3, 1)]))
+
+
+def test_calibrated_copy_simulates_the_int8_tflite_model(uneven_unet, batches, tmp_path):
+    aware = calibrate_ranges(quantize_aware(uneven_unet), uneven_unet, batches, percentile=99.99)
+    head_quant = aware.get_layer(quant_name("head"))
+    assert head_quant.range_min.numpy() < 0 < head_quant.range_max.numpy()
+    x = batches[0][:2]
+    simulated = np.asarray(aware(x, training=False))
+    assert np.abs(simulated - np.asarray(uneven_unet(x))).mean() < 0.05        # close to float ...
+    saved = export.export_saved_model(aware, tmp_path / "aware")
+    flatbuffer = export.to_tflite(saved, "int8", batches)
+    assert set(export.op_names(flatbuffer)) >= {"CONV_2D", "QUANTIZE", "DEQUANTIZE"}
+    converted = export.LiteRTModel(flatbuffer)(x)
+    converter_scales = [t["quantization"][0] for t in export.LiteRTModel(flatbuffer).interpreter.get_tensor_details()]
+    for name in ("head", "denoised"):                     # the converter kept the calibrated ranges
+        quant = aware.get_layer(quant_name(name))
+        step = (quant.range_max.numpy() - quant.range_min.numpy()) / 255
+        assert min(abs(s - step) / step for s in converter_scales if s) < 1e-3
+    output_step = step
+    assert np.abs(converted - simulated).mean() < 0.5 * output_step    # and computes what was simulated
+
+
+def test_frozen_ranges_do_not_move_in_training(uneven_unet, batches):
+    aware = freeze_ranges(calibrate_ranges(quantize_aware(uneven_unet), uneven_unet, batches))
+    before = [layer.get_weights() for layer in aware.layers if isinstance(layer, FakeQuant)]
+    aware.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    aware.fit(batches[0], batches[0], epochs=1, batch_size=4, verbose=0)
+    after = [layer.get_weights() for layer in aware.layers if isinstance(layer, FakeQuant)]
+    for old, new in zip(before, after):
+        np.testing.assert_array_equal(old, new)
+    with pytest.raises(ValueError, match="percentile"):
+        calibrate_ranges(aware, uneven_unet, batches, percentile=30)
+
+
+def test_export_with_qat_writes_an_int8_model(tmp_path, tiny_teacher):
+    """The CLI path: percentile calibration plus a few QAT steps, on tiny models."""
+    from kd_tf.jobs import export_student
+    from kd_tf.model_io import save_model
+
+    teacher_path = save_model(tiny_teacher, tmp_path / "teacher.keras")
+    student_path = save_model(build_unet((4, 8), 1, name="student"), tmp_path / "student.keras")
+    config = cfg.from_dict(cfg.ExportJobConfig, {
+        "model": str(student_path), "out_dir": str(tmp_path / "out"), "formats": ["int8"], "qat_steps": 3,
+        "qat_teacher": str(teacher_path), "calibration_batches": 2, "latency_sizes": [32], "threads": [1],
+        "data": {"patch_size": 32, "batch_size": 2}, "output": {"runs_dir": str(tmp_path / "runs")}})
+    report = export_student(config)
+    row = report["formats"]["int8"]
+    assert row["op_count"] and np.isfinite(row["psnr"])
+    assert not list((tmp_path / "out").glob("*.partial"))
+    with pytest.raises(cfg.ConfigError, match="qat_steps"):
+        cfg.from_dict(cfg.ExportJobConfig, {"qat_steps": 5, "int8_calibration": "minmax"})
