@@ -123,13 +123,15 @@ class DistillConfig:
     features: list[FeaturePair] = dataclasses.field(default_factory=list)
     attention: list[FeaturePair] = dataclasses.field(default_factory=list)
     compare_scratch: bool = True          # also train the same student with alpha = 0
-    cache_batches: int = 0                # > 0: offline distillation on this many cached teacher batches
+    # Offline distillation: the teacher runs once on this many batches, then its outputs are reused.
+    # None: min(1000, steps) when only outputs are distilled; 0 (the live teacher) with features/attention.
+    cache_batches: int | None = None
 
     def validate(self):
         _check(self.output_loss in ("mse", "l1"), "distill.output_loss", self.output_loss, "'mse' or 'l1'")
         self.alpha.validate()
-        _check(isinstance(self.cache_batches, int) and self.cache_batches >= 0, "distill.cache_batches",
-               self.cache_batches, "an int >= 0 (0: the teacher runs on every batch)")
+        _check(self.cache_batches is None or self.cache_batches >= 0, "distill.cache_batches",
+               self.cache_batches, "an int >= 0 (0: the teacher runs on every batch) or null (automatic)")
         if self.cache_batches and (self.features or self.attention):
             raise ConfigError(f"distill.cache_batches={self.cache_batches} caches only the teacher's output; "
                               f"features/attention need the live teacher: set distill.cache_batches=0 or drop them")
@@ -195,7 +197,7 @@ class DistillJobConfig:
     """`python -m kd_tf distill`: the main job."""
 
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(steps=2500))   # 15 min on 2 cores
+    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(steps=3000))   # 15 min on 2 cores
     student: NetConfig = dataclasses.field(default_factory=lambda: NetConfig(widths=[12, 24, 48, 96], blocks=1))
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     eval: EvalConfig = dataclasses.field(default_factory=lambda: EvalConfig(cbm3d_sigmas=[25.0]))

@@ -149,6 +149,14 @@ def load_teacher(path: str, mixed_precision: bool) -> keras.Model:
     return teacher
 
 
+def batches_to_cache(config: cfg.DistillJobConfig) -> int:
+    """Teacher batches for offline distillation: as configured, else min(1000, steps) when only
+    outputs are distilled (features need the live teacher). 1000 batches of 64x64 take 1.2 GB."""
+    if config.distill.cache_batches is not None:
+        return config.distill.cache_batches
+    return 0 if config.distill.features or config.distill.attention else min(1000, config.train.steps)
+
+
 def distill(config: cfg.DistillJobConfig) -> dict:
     """The main job: distill the teacher into the student, train the same student from scratch
     with the same budget for comparison, evaluate all of them on the held-out photos."""
@@ -174,8 +182,8 @@ def distill(config: cfg.DistillJobConfig) -> dict:
     log.info("distilling: teacher %s -> student %s", config.distill.teacher, config.student)
     started = time.time()
     distill_ds, timings = train_ds, {}
-    if config.distill.cache_batches:
-        cache = cache_teacher_outputs(teacher, train_ds, config.distill.cache_batches, progress=log.info)
+    if batches_to_cache(config):
+        cache = cache_teacher_outputs(teacher, train_ds, batches_to_cache(config), progress=log.info)
         distill_ds = cache.dataset(config.data.batch_size, seed=config.train.seed)
         timings.update(teacher_cache_seconds=cache.seconds, teacher_cache_samples=len(cache))
     history = distiller.fit(distill_ds, callbacks=standard_callbacks(paths, val_noisy, val_clean, config.output,

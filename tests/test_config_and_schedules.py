@@ -65,3 +65,16 @@ def test_default_student_is_10x_cheaper_than_default_teacher():
     ratio = (count_macs(build_unet(teacher.widths, teacher.blocks), (64, 64, 3))
              / count_macs(build_unet(student.widths, student.blocks), (64, 64, 3)))
     assert ratio >= 10
+
+
+def test_teacher_cache_is_automatic_for_output_only_distillation():
+    from kd_tf.jobs import batches_to_cache
+
+    assert batches_to_cache(cfg.from_dict(cfg.DistillJobConfig, {})) == 1000
+    assert batches_to_cache(cfg.from_dict(cfg.DistillJobConfig, {"train": {"steps": 40}})) == 40
+    with_features = {"distill": {"features": [["dec0", "dec0", 0.1]]}}
+    assert batches_to_cache(cfg.from_dict(cfg.DistillJobConfig, with_features)) == 0
+    with pytest.raises(cfg.ConfigError, match="live teacher"):
+        cfg.from_dict(cfg.DistillJobConfig, {"distill": {"features": [["dec0", "dec0"]], "cache_batches": 10}})
+    with pytest.raises(cfg.ConfigError, match="distill.cache_batches"):
+        cfg.from_dict(cfg.DistillJobConfig, {"distill": {"cache_batches": -1}})
