@@ -162,13 +162,7 @@ def distill(config: cfg.DistillJobConfig) -> dict:
     with the same budget for comparison, evaluate all of them on the held-out photos."""
     config.validate()
     keras.utils.set_random_seed(config.train.seed)
-    paths = RunPaths(config.output, "distill")
     teacher = load_teacher(config.distill.teacher, config.train.mixed_precision)
-    split, train_ds, val_noisy, val_clean = _data(config.data, config.train.seed)
-    epochs, per_epoch = epochs_for(config.train)
-    fit_args = dict(epochs=epochs, steps_per_epoch=per_epoch, validation_data=(val_noisy, val_clean),
-                    validation_batch_size=8, shuffle=False, verbose=2 if os.environ.get("KD_TF_QUIET") else "auto")
-
     student = build_unet(config.student.widths, config.student.blocks, name="student",
                          mixed_precision=config.train.mixed_precision)
     initial_weights = student.get_weights()         # the scratch run starts from the very same point
@@ -177,7 +171,12 @@ def distill(config: cfg.DistillJobConfig) -> dict:
     features = [(p.teacher, p.student, p.weight) for p in config.distill.features]
     attention = [(p.teacher, p.student, p.weight) for p in config.distill.attention]
     distiller = Distiller(teacher, student, alpha=alpha, output_loss=config.distill.output_loss, features=features,
-                          attention=attention)
+                          attention=attention)     # checks shapes and layer names before any folder is made
+    paths = RunPaths(config.output, "distill")
+    split, train_ds, val_noisy, val_clean = _data(config.data, config.train.seed)
+    epochs, per_epoch = epochs_for(config.train)
+    fit_args = dict(epochs=epochs, steps_per_epoch=per_epoch, validation_data=(val_noisy, val_clean),
+                    validation_batch_size=8, shuffle=False, verbose=2 if os.environ.get("KD_TF_QUIET") else "auto")
     distiller.compile(optimizer=cosine_optimizer(config.train))
     log.info("distilling: teacher %s -> student %s", config.distill.teacher, config.student)
     started = time.time()
@@ -227,7 +226,7 @@ def evaluate_saved(config: cfg.DistillJobConfig, teacher: str | None, students: 
     """`python -m kd_tf evaluate`: the held-out report for saved models."""
     config.validate()
     paths = RunPaths(config.output, "evaluate")
-    split = load_split(config.data.data_dir, config.data.heldout_fraction, config.data.split_seed)
+    split = load_split(config.data.data_dir, config.data.heldout_fraction, config.data.split_seed, min_size=8)
     models = {"teacher": load_model(teacher or config.distill.teacher)}
     if not students and Path(cfg.DEFAULT_STUDENT).exists():
         students = {"student": cfg.DEFAULT_STUDENT}
@@ -308,7 +307,8 @@ def export_student(config: cfg.ExportJobConfig) -> dict:
     out = Path(config.out_dir) if config.out_dir else paths.root / "export"
     out.mkdir(parents=True, exist_ok=True)
     student = load_model(config.model)
-    split = load_split(config.data.data_dir, config.data.heldout_fraction, config.data.split_seed)
+    split = load_split(config.data.data_dir, config.data.heldout_fraction, config.data.split_seed,
+                       min_size=config.data.patch_size)          # calibration crops need whole patches
     names = sorted(split.heldout)
     pairs = [(split.heldout[n], noisy_copy(split.heldout[n], config.sigma, config.eval_seed + i))
              for i, n in enumerate(names)]
