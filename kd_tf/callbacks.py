@@ -1,4 +1,4 @@
-"""Keras callbacks: TensorBoard image grids of fixed validation crops."""
+"""Keras callbacks: TensorBoard image grids of fixed validation crops, a stop on divergence."""
 
 from __future__ import annotations
 
@@ -43,3 +43,31 @@ class ImageGridCallback(keras.callbacks.Callback):
         with self._writer.as_default():
             tf.summary.image(self.tag, self.grid(panels), step=epoch + 1, description=names)
         self._writer.flush()
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss term became NaN or infinite during training."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops at the first step whose logged terms are not finite, naming the step and the terms.
+
+    keras.callbacks.TerminateOnNaN only sets `stop_training`, so the job goes on to save and
+    export a broken model. This raises instead: nothing after fit() runs, the last
+    BackupAndRestore checkpoint (the end of the last good epoch) stays the newest, and the CLI
+    exits non-zero with this message.
+    """
+
+    def __init__(self, checkpoint_dir=None):
+        super().__init__()
+        self.checkpoint_dir = checkpoint_dir
+
+    def on_train_batch_end(self, batch, logs=None):
+        bad = {key: float(value) for key, value in (logs or {}).items()
+               if np.ndim(value) == 0 and not np.isfinite(float(value))}
+        if bad:
+            step = int(np.asarray(self.model.optimizer.iterations))
+            where = f"; the last good checkpoint is in {self.checkpoint_dir}" if self.checkpoint_dir else ""
+            terms = ", ".join(f"{key}={value}" for key, value in bad.items())
+            raise TrainingDiverged(f"training diverged at step {step}: {terms}{where}. Lower "
+                                   f"train.learning_rate or check the data, then rerun the same command to resume")

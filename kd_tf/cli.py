@@ -100,6 +100,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from kd_tf import config as cfg
     from kd_tf import jobs
+    from kd_tf.callbacks import TrainingDiverged
 
     overrides = _overrides(args)
     try:
@@ -122,6 +123,11 @@ def main(argv=None) -> int:
             students = dict(_named(s) for s in args.student)
             report = jobs.evaluate_saved(cfg.load(cfg.DistillJobConfig, args.config, overrides),
                                          teacher=args.teacher, students=students)
+    except TrainingDiverged as error:
+        if os.environ.get("KD_TF_TRACEBACK"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 3
     except (cfg.ConfigError, ValueError, OSError) as error:      # FileNotFoundError, PermissionError too
         if os.environ.get("KD_TF_TRACEBACK"):
             raise

@@ -21,7 +21,7 @@ import numpy as np
 
 from kd_tf import config as cfg
 from kd_tf import schedules
-from kd_tf.callbacks import ImageGridCallback
+from kd_tf.callbacks import ImageGridCallback, StopOnNonFiniteLoss
 from kd_tf.data import fixed_crops, load_split, patch_dataset
 from kd_tf.evaluation import evaluate, format_table, methods_for, render_table
 from kd_tf.metrics import psnr_metric
@@ -81,6 +81,7 @@ def standard_callbacks(paths: RunPaths, val_noisy, val_clean, output: cfg.Output
         ImageGridCallback(val_noisy[::spread], val_clean[::spread], paths.logs / tag / "images",
                           every=output.image_grid_every),
         keras.callbacks.BackupAndRestore(str(paths.backup / tag), delete_checkpoint=False),
+        StopOnNonFiniteLoss(paths.backup / tag),
     ]
 
 

@@ -146,3 +146,16 @@ def test_distill_on_a_user_folder_splits_by_image(tiny_run, tmp_path):
     report = json.loads((tmp_path / "runs" / "mine" / "report.json").read_text())
     assert len(report["heldout"]) == 1 and report["heldout"][0].endswith(".png")
     assert report["config"]["data"]["data_dir"] == str(folder)
+
+
+def test_divergence_stops_with_the_step_and_term_and_keeps_no_student(tiny_run, capsys):
+    """A learning rate that blows the weights up: exit 3, a message naming the step and the
+    terms, and no student saved from the broken weights."""
+    root, _ = tiny_run
+    code = main(["distill", "--config", str(root / "tiny.yaml"), "--teacher", str(root / "teacher.keras"),
+                 "--run-name", "diverged", "--steps", "6", "--set", "train.learning_rate=1e30",
+                 "--set", "train.mixed_precision=false", "--set", "distill.cache_batches=0"])
+    message = capsys.readouterr().err
+    assert code == 3
+    assert "training diverged at step" in message and "loss=" in message
+    assert not (root / "runs" / "diverged" / "student.keras").exists()
