@@ -407,7 +407,8 @@ def _pack(images):
 
 
 def patch_dataset(images, patch_size: int = 64, batch_size: int = 16,
-                  sigma_range=(0.0, 55.0), seed: int = 0, augment: bool = True) -> tf.data.Dataset:
+                  sigma_range=(0.0, 55.0), seed: int = 0, augment: bool = True,
+                  skip_batches: int = 0) -> tf.data.Dataset:
     """An endless, seeded stream of (noisy, clean) patch batches.
 
     Images are sampled in proportion to their area; each patch gets a random crop, one of the
@@ -440,6 +441,7 @@ def patch_dataset(images, patch_size: int = 64, batch_size: int = 16,
         return add_gaussian_noise(patch, sigma, seeds[5]), patch
 
     return (tf.data.Dataset.random(seed=seed)
+            .skip(skip_batches * batch_size)         # a resumed run continues the very same stream
             .map(make_sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .batch(batch_size, drop_remainder=True)
             .prefetch(tf.data.AUTOTUNE))

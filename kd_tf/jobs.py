@@ -80,21 +80,38 @@ def standard_callbacks(paths: RunPaths, val_noisy, val_clean, output: cfg.Output
         keras.callbacks.TensorBoard(log_dir=str(paths.logs / tag), update_freq="epoch", write_graph=False),
         ImageGridCallback(val_noisy[::spread], val_clean[::spread], paths.logs / tag / "images",
                           every=output.image_grid_every),
-        keras.callbacks.BackupAndRestore(str(paths.backup / tag), delete_checkpoint=False),
+        keras.callbacks.BackupAndRestore(str(paths.backup / tag), delete_checkpoint=False,
+                                         double_checkpoint=True),   # a kill mid-save falls back one epoch
         StopOnNonFiniteLoss(paths.backup / tag),
     ]
 
 
 def _data(config_data: cfg.DataConfig, seed: int):
+    """The split, a function giving the training stream from a batch on, and validation crops."""
     split = load_split(config_data.data_dir, config_data.heldout_fraction, config_data.split_seed,
                        min_size=config_data.patch_size)
-    train = patch_dataset(split.train, config_data.patch_size, config_data.batch_size,
-                          (config_data.sigma_min, config_data.sigma_max), seed=seed)
+
+    def stream(skip_batches: int = 0):
+        return patch_dataset(split.train, config_data.patch_size, config_data.batch_size,
+                             (config_data.sigma_min, config_data.sigma_max), seed=seed, skip_batches=skip_batches)
+
     val_noisy, val_clean = fixed_crops(split.heldout, config_data.val_crop, config_data.val_crops_per_image,
                                        config_data.val_sigma)
     log.info("training on %d images, holding out %d: %s", len(split.train), len(split.heldout),
              ", ".join(sorted(split.heldout)))
-    return split, train, val_noisy, val_clean
+    return split, stream, val_noisy, val_clean
+
+
+def resumed_batches(backup_dir: Path, steps_per_epoch: int) -> int:
+    """Batches a run already trained on, from its BackupAndRestore metadata (0 for a new run),
+    so its data stream continues where it stopped instead of replaying the first batches."""
+    metadata = Path(backup_dir) / "training_metadata.json"
+    if not metadata.is_file():
+        return 0
+    epoch = int(json.loads(metadata.read_text()).get("epoch", 0))
+    if epoch:
+        log.info("resuming %s after epoch %d", backup_dir.name, epoch)
+    return epoch * steps_per_epoch
 
 
 def train_teacher(config: cfg.TeacherJobConfig) -> dict:
@@ -102,7 +119,7 @@ def train_teacher(config: cfg.TeacherJobConfig) -> dict:
     config.validate()
     keras.utils.set_random_seed(config.train.seed)
     paths = RunPaths(config.output, "teacher")
-    split, train_ds, val_noisy, val_clean = _data(config.data, config.train.seed)
+    split, stream, val_noisy, val_clean = _data(config.data, config.train.seed)
 
     model = build_unet(config.net.widths, config.net.blocks, name="teacher",
                        mixed_precision=config.train.mixed_precision)
@@ -112,7 +129,8 @@ def train_teacher(config: cfg.TeacherJobConfig) -> dict:
     model.compile(optimizer=cosine_optimizer(config.train), loss="mse", metrics=[psnr_metric])
     epochs, per_epoch = epochs_for(config.train)
     started = time.time()
-    history = model.fit(train_ds, epochs=epochs, steps_per_epoch=per_epoch,
+    history = model.fit(stream(resumed_batches(paths.backup / "teacher", per_epoch)), epochs=epochs,
+                        steps_per_epoch=per_epoch,
                         validation_data=(val_noisy, val_clean), validation_batch_size=8, shuffle=False,
                         callbacks=standard_callbacks(paths, val_noisy, val_clean, config.output, "teacher"),
                         verbose=2 if os.environ.get("KD_TF_QUIET") else "auto")
@@ -174,17 +192,18 @@ def distill(config: cfg.DistillJobConfig) -> dict:
     distiller = Distiller(teacher, student, alpha=alpha, output_loss=config.distill.output_loss, features=features,
                           attention=attention)     # checks shapes and layer names before any folder is made
     paths = RunPaths(config.output, "distill")
-    split, train_ds, val_noisy, val_clean = _data(config.data, config.train.seed)
+    split, stream, val_noisy, val_clean = _data(config.data, config.train.seed)
     epochs, per_epoch = epochs_for(config.train)
     fit_args = dict(epochs=epochs, steps_per_epoch=per_epoch, validation_data=(val_noisy, val_clean),
                     validation_batch_size=8, shuffle=False, verbose=2 if os.environ.get("KD_TF_QUIET") else "auto")
     distiller.compile(optimizer=cosine_optimizer(config.train))
     log.info("distilling: teacher %s -> student %s", config.distill.teacher, config.student)
     started = time.time()
-    distill_ds, timings = train_ds, {}
-    if batches_to_cache(config):
-        cache = cache_teacher_outputs(teacher, train_ds, batches_to_cache(config), progress=log.info)
-        distill_ds = cache.dataset(config.data.batch_size, seed=config.train.seed)
+    done, timings = resumed_batches(paths.backup / "distill", per_epoch), {}
+    distill_ds = stream(done)
+    if batches_to_cache(config) and done < epochs * per_epoch:
+        cache = cache_teacher_outputs(teacher, stream(), batches_to_cache(config), progress=log.info)
+        distill_ds = cache.dataset(config.data.batch_size, seed=config.train.seed, skip_batches=done)
         timings.update(teacher_cache_seconds=cache.seconds, teacher_cache_samples=len(cache))
     history = distiller.fit(distill_ds, callbacks=standard_callbacks(paths, val_noisy, val_clean, config.output,
                                                                    "distill"), **fit_args)
@@ -202,7 +221,8 @@ def distill(config: cfg.DistillJobConfig) -> dict:
         scratch.compile(optimizer=cosine_optimizer(config.train), loss="mse", metrics=[psnr_metric])
         log.info("training the same student from scratch (alpha = 0) with the same budget")
         started = time.time()
-        histories["scratch"] = scratch.fit(train_ds, callbacks=standard_callbacks(
+        histories["scratch"] = scratch.fit(stream(resumed_batches(paths.backup / "scratch", per_epoch)),
+                                           callbacks=standard_callbacks(
             paths, val_noisy, val_clean, config.output, "scratch"), **fit_args).history
         timings["scratch_seconds"] = time.time() - started
         students["student (scratch)"] = float32_copy(scratch, config.student.widths, config.student.blocks)

@@ -47,8 +47,9 @@ class TeacherCache:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.inputs, self.teacher_outputs, self.targets) if a is not None)
 
-    def dataset(self, batch_size: int, seed: int = 0, augment: bool = True) -> tf.data.Dataset:
-        """An endless, seeded, reshuffled stream of ({inputs, teacher_outputs}, targets) batches."""
+    def dataset(self, batch_size: int, seed: int = 0, augment: bool = True, skip_batches: int = 0) -> tf.data.Dataset:
+        """An endless, seeded, reshuffled stream of ({inputs, teacher_outputs}, targets) batches;
+        `skip_batches` continues it where a resumed run stopped."""
         if batch_size > len(self):
             raise ValueError(f"batch_size={batch_size} exceeds the {len(self)} cached samples")
         arrays = [self.inputs, self.teacher_outputs] + ([self.targets] if self.targets is not None else [])
@@ -68,6 +69,7 @@ class TeacherCache:
 
         return (tf.data.Dataset.zip((bank.shuffle(len(self), seed=seed, reshuffle_each_iteration=True).repeat(),
                                      tf.data.Dataset.random(seed=seed)))
+                .skip(skip_batches * batch_size)
                 .map(variant, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                 .batch(batch_size, drop_remainder=True)
                 .prefetch(tf.data.AUTOTUNE))
