@@ -8,6 +8,7 @@ through `tf.lite.TFLiteConverter` (TensorFlow's converter), running goes through
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import keras
@@ -35,8 +36,22 @@ def export_saved_model(model: keras.Model, directory: str | os.PathLike, input_n
     shape = (None, None, None, channels) if tile is None else (1, tile, tile, channels)
     spec = tf.TensorSpec(shape, tf.float32, name=input_name)
     archive.add_endpoint("serve", lambda images: model(images, training=False), input_signature=[spec])
-    archive.write_out(str(directory), verbose=False)
+    partial = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    archive.write_out(str(partial), verbose=False)
+    replace_directory(partial, directory)
     return directory
+
+
+def replace_directory(new: Path, final: Path):
+    """Moves a finished directory to `final`: a reader sees the old or the new one, never half
+    of one (the old one is renamed away first, and removed only once the new one is in place)."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def to_tflite(saved_model_dir: str | os.PathLike, mode: str = "float32", representative=None) -> bytes:
