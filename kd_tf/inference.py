@@ -20,7 +20,7 @@ import numpy as np
 
 from kd_tf.data import (IMAGE_EXTENSIONS, ImageReadError, decode_image, list_image_files, to_float_rgb,
                         writable_folder, write_image)
-from kd_tf.export import LiteRTModel
+from kd_tf.export import FlexOpsError, LiteRTModel, check_builtin_only
 from kd_tf.model_io import load_model
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ def load_runner(path: str | os.PathLike, num_threads: int = 1, stride: int = 8) 
     if path.suffix.lower() == ".tflite":
         if not path.is_file():
             raise FileNotFoundError(f"model {str(path)!r} does not exist")
+        _refuse_flex_ops(path)
         try:
             model = LiteRTModel(path, num_threads=num_threads)
         except Exception as error:         # the interpreter raises bare ValueError/RuntimeError on junk
@@ -113,6 +114,17 @@ def load_runner(path: str | os.PathLike, num_threads: int = 1, stride: int = 8) 
     radius, net_stride = _reach(model) or (None, 1)
     stride = stride * net_stride // np.gcd(stride, net_stride)        # e.g. 16 for a five-level U-Net
     return Runner(lambda batch: np.asarray(model(batch, training=False)), int(stride), None, str(path), radius)
+
+
+def _refuse_flex_ops(path: Path):
+    """A model with Flex (SELECT_TF_OPS) ops needs the TensorFlow runtime on the phone; say so
+    plainly instead of letting the interpreter fail on its first op."""
+    try:
+        check_builtin_only(path.read_bytes())
+    except FlexOpsError as error:
+        raise ValueError(f"{path}: {error}; convert it with builtin ops only (`python -m kd_tf export`)") from None
+    except Exception:                      # not a flatbuffer at all: the interpreter's error below says so
+        pass
 
 
 def _check_rgb(path, channels):

@@ -56,3 +56,50 @@ def test_int8_needs_real_calibration_data_and_unknown_mode_is_named(exported):
         export.to_tflite(saved, "int8")
     with pytest.raises(ValueError, match="accepted: float32, float16"):
         export.to_tflite(saved, "int4")
+
+
+def test_tflite_with_flex_ops_is_refused_in_one_line(tmp_path, capsys):
+    """A model converted with SELECT_TF_OPS would need TensorFlow on the phone: the op check
+    names the Flex op, and `denoise` stops with one line instead of an interpreter failure."""
+    from kd_tf.cli import main
+
+    def flex_model(x):                                   # MatrixDeterminant has no TFLite builtin
+        det = tf.linalg.det(tf.eye(3) + 0.0 * x[0, :3, :3, 0][None])
+        return x + 0.0 * tf.reshape(det, [1, 1, 1, 1])
+
+    function = tf.function(flex_model, input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], function)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    flatbuffer = converter.convert()
+    with pytest.raises(export.FlexOpsError, match="FlexMatrixDeterminant"):
+        export.check_builtin_only(flatbuffer)
+    model = tmp_path / "flex.tflite"
+    model.write_bytes(flatbuffer)
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    import cv2
+    cv2.imwrite(str(image), np.full((16, 16, 3), 128, np.uint8))
+    assert main(["denoise", "--model", str(model), "--input", str(image.parent), "--output", str(tmp_path / "out")]) == 2
+    message = capsys.readouterr().err.strip()
+    assert "FlexMatrixDeterminant" in message and "builtin ops only" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("verb", ["export", "denoise"])
+def test_output_directory_that_is_a_file_is_one_line_error(tmp_path, capsys, verb):
+    from kd_tf.cli import main
+
+    model = tmp_path / "student.keras"
+    build_unet((4, 8), 1, name="student").save(model)
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file, not a folder")
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    import cv2
+    cv2.imwrite(str(image), np.full((16, 16, 3), 128, np.uint8))
+    args = (["export", "--model", str(model), "--out", str(blocker), "--formats", "keras",
+             "--set", f"output.runs_dir={tmp_path / 'runs'}"] if verb == "export" else
+            ["denoise", "--model", str(model), "--input", str(image.parent), "--output", str(blocker)])
+    assert main(args) == 2
+    message = capsys.readouterr().err.strip()
+    assert str(blocker) in message and "\n" not in message
+    assert blocker.read_text() == "a file, not a folder"
