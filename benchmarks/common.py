@@ -245,9 +245,11 @@ class Bench:
         return build_unet(STUDENT_NET.widths, STUDENT_NET.blocks, name=name, mixed_precision=precision == "bf16")
 
     def patches(self, batch: int | None = None, patch: int | None = None, seed: int = 0) -> tf.data.Dataset:
-        """The main job's training stream: endless (noisy, clean) batches from the training photos."""
-        return patch_dataset(self.split.train, patch or self.sizes.patch, batch or self.sizes.batch,
-                             SIGMA_RANGE, seed=seed)
+        """The main job's training stream: endless (noisy, clean) batches from the training photos
+        (those at least one patch big, as the main job's reader keeps them)."""
+        patch = patch or self.sizes.patch
+        images = {name: image for name, image in self.split.train.items() if min(image.shape[:2]) >= patch}
+        return patch_dataset(images, patch, batch or self.sizes.batch, SIGMA_RANGE, seed=seed)
 
     def distiller(self, precision: str, features: bool, student: keras.Model | None = None) -> Distiller:
         """kd_tf's Distiller as the main job builds it (alpha 0.5, output MSE), features optional."""
