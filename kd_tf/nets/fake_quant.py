@@ -136,7 +136,8 @@ def calibrate_ranges(aware: keras.Model, model: keras.Model, batches, percentile
     activations of `model` (the model it was made from) on `batches`.
 
     Percentiles ignore the rare outlier that min/max calibration stretches a whole tensor for;
-    on the shipped student, 99.99 loses about 0.1 dB less than min/max (docs in the model card).
+    on the shipped student, 99.99 with channel equalization lost 0.117 dB against min/max's
+    0.268 (the model card).
     """
     if not 50.0 < percentile <= 100.0:
         raise ValueError(f"percentile={percentile!r}; accepted: 50 < value <= 100")
