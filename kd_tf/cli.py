@@ -13,6 +13,8 @@ import sys
 
 import yaml
 
+from kd_tf.config import STRATEGIES
+
 
 def _parse_set(items):
     """--set key.sub=value pairs, values parsed as YAML (numbers, lists, booleans)."""
@@ -58,15 +60,21 @@ def _overrides(args):
         overrides["data.data_dir"] = args.data
     if getattr(args, "run_name", None) is not None:
         overrides["output.run_name"] = args.run_name
+    if getattr(args, "strategy", None) is not None:
+        overrides["train.strategy"] = args.strategy
     return overrides
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kd_tf", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
-    _common(verbs.add_parser("train-teacher", help="train the residual U-Net teacher"))
+    teacher = verbs.add_parser("train-teacher", help="train the residual U-Net teacher")
     distill = verbs.add_parser("distill", help="distill the teacher into a small student (the main job)")
-    _common(distill)
+    for training in (teacher, distill):
+        _common(training)
+        training.add_argument("--strategy", choices=STRATEGIES,
+                              help="tf.distribute strategy (overrides train.strategy; default: one device); "
+                                   "multiworker reads TF_CONFIG, see docs/DISTRIBUTED.md")
     distill.add_argument("--teacher", help="teacher model: .keras, .h5 or SavedModel dir")
     evaluate = verbs.add_parser("evaluate", help="held-out report of saved models and classical baselines")
     _common(evaluate)

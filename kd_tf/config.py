@@ -17,6 +17,7 @@ DEFAULT_TEACHER = "models/denoise/teacher.keras"
 DEFAULT_STUDENT = "models/denoise/student.keras"
 INT8_CALIBRATIONS = ("percentile", "minmax")
 EXPORT_FORMATS = ("keras", "savedmodel", "float32", "float16", "dynamic", "int8", "int16x8")
+STRATEGIES = ("default", "mirrored", "multiworker")     # tf.distribute, see kd_tf.distribute
 
 
 class ConfigError(ValueError):
@@ -62,6 +63,7 @@ class TrainConfig:
     final_learning_rate_fraction: float = 0.01   # cosine decay to lr * this
     mixed_precision: bool = True                 # bfloat16 compute; 1.6-1.7x faster on this CPU
     seed: int = 0
+    strategy: str = "default"                    # one of STRATEGIES; data.batch_size is the global batch
 
     def validate(self):
         _check(self.steps >= 1, "train.steps", self.steps, "an int >= 1")
@@ -69,6 +71,7 @@ class TrainConfig:
         _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "a float > 0")
         _check(0 <= self.final_learning_rate_fraction <= 1, "train.final_learning_rate_fraction",
                self.final_learning_rate_fraction, "0 <= value <= 1")
+        _check(self.strategy in STRATEGIES, "train.strategy", self.strategy, f"one of {STRATEGIES}")
 
 
 @dataclasses.dataclass

@@ -16,6 +16,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from kd_tf.distribute import global_batch_size, mean_results
 from kd_tf.losses import AttentionTerm, FeatureTerm
 from kd_tf.losses import output_loss as distance_for
 from kd_tf.objectives import Reconstruction
@@ -71,6 +72,10 @@ class Distiller(keras.Model):
 
     Inputs are images, or {"inputs": images, "teacher_outputs": outputs} batches from
     kd_tf.teacher_cache, in which case the teacher's forward pass is skipped (output terms only).
+
+    Under tf.distribute (build and compile it in `strategy.scope()`, see kd_tf.distribute) the
+    loss is the mean over the global batch and the logged terms are global means, so R replicas
+    with a global batch B take the steps of one device with batch B.
     """
 
     def __init__(self, teacher: keras.Model, student: keras.Model, alpha=0.5, output_loss: str = "mse",
@@ -164,42 +169,55 @@ class Distiller(keras.Model):
         inputs, teacher_out = self._teacher_outputs(inputs)
         student_out = tf.nest.flatten(self.student_taps(inputs, training=training))
         prediction = tf.cast(student_out[0], tf.float32)
+        if sample_weight is not None:
+            sample_weight = tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
 
         def reduce(per_sample):
+            """This replica's mean; the trackers weight it by the replica's batch (see _track)."""
             if sample_weight is not None:
-                per_sample = per_sample * tf.cast(tf.reshape(sample_weight, [-1]), per_sample.dtype)
+                per_sample = per_sample * sample_weight
             return tf.reduce_mean(per_sample)
 
         alpha = tf.cast(self.alpha(self.optimizer.iterations), tf.float32)
-        distill = reduce(self._distance(teacher_out[0], prediction))
+        distill = self._distance(teacher_out[0], prediction)
         if targets is None:
-            alpha, own = tf.constant(1.0), tf.constant(0.0)
+            alpha, own = tf.constant(1.0), tf.zeros_like(distill)
         else:
-            own = reduce(self.objective(inputs, targets, prediction))
-        features = [reduce(term(t, s)) for term, t, s in zip(self.layer_terms, teacher_out[1:], student_out[1:])]
-        total = alpha * distill + (1.0 - alpha) * own
+            own = self.objective(inputs, targets, prediction)
+        features = [term(t, s) for term, t, s in zip(self.layer_terms, teacher_out[1:], student_out[1:])]
+        per_sample = alpha * distill + (1.0 - alpha) * own
         for term, value in zip(self.layer_terms, features):
-            total = total + term.weight * value
-        return {"loss": total, "distill": distill, "own": own, "features": features, "alpha": alpha,
-                "inputs": inputs, "prediction": prediction}
+            per_sample = per_sample + term.weight * value
+        return {"loss": reduce(per_sample), "distill": reduce(distill), "own": reduce(own),
+                "features": [reduce(value) for value in features], "alpha": alpha, "inputs": inputs,
+                "prediction": prediction, "per_sample": per_sample, "sample_weight": sample_weight}
 
     def _track(self, terms, targets):
-        self.total_tracker.update_state(terms["loss"])
-        self.distill_tracker.update_state(terms["distill"])
-        self.own_tracker.update_state(terms["own"])
+        """Each tracker sums value x samples and samples; under tf.distribute these sums are added
+        over the replicas when read, so the logs are means over the global batch (and over the
+        epoch so far), whatever the number of replicas or the size of the last batch."""
+        samples = tf.cast(tf.shape(terms["per_sample"])[0], tf.float32)
+        self.total_tracker.update_state(terms["loss"], sample_weight=samples)
+        self.distill_tracker.update_state(terms["distill"], sample_weight=samples)
+        self.own_tracker.update_state(terms["own"], sample_weight=samples)
         for tracker, value in zip(self.layer_trackers, terms["features"]):
-            tracker.update_state(value)
+            tracker.update_state(value, sample_weight=samples)
         self.alpha_tracker.update_state(terms["alpha"])
         if targets is not None and self.quality_tracker is not None:
-            self.quality_tracker.update_state(self.objective.metric(terms["inputs"], targets, terms["prediction"]))
-        return {metric.name: metric.result() for metric in self.metrics}
+            self.quality_tracker.update_state(self.objective.metric(terms["inputs"], targets, terms["prediction"]),
+                                              sample_weight=samples)
+        return mean_results(self.metrics)
 
     def train_step(self, data):
         inputs, targets, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         variables = self.trained_variables
         with tf.GradientTape() as tape:
             terms = self._terms(inputs, targets, sample_weight, training=True)
-        gradients = tape.gradient(terms["loss"], variables)
+            # optimizer.apply() sums gradients over tf.distribute replicas: each replica takes its
+            # share of the global-batch mean (its loss / replicas for equal batches; 1 replica: the mean)
+            loss = tf.nn.compute_average_loss(terms["per_sample"], sample_weight=terms["sample_weight"],
+                                              global_batch_size=global_batch_size(tf.shape(terms["per_sample"])[0]))
+        gradients = tape.gradient(loss, variables)
         self.optimizer.apply(gradients, variables)
         return self._track(terms, targets)
 

@@ -1,0 +1,169 @@
+"""Distillation under tf.distribute: R replicas with a global batch B take the steps of one device
+with batch B. The runs happen in subprocesses (tests/distribute_run.py): logical CPU devices and
+multi-worker collectives must be set up before TensorFlow starts.
+
+Tolerances (measured on this 2-core CPU machine: losses within 1.6e-7 relative, student weights
+within 7.6e-8 absolute, for MirroredStrategy on 2 logical CPUs and for 2 workers alike). A loss
+left unscaled for the replicas gives 0.26 relative; Keras' own 1/replicas scaling, which is wrong
+for a partial last batch, moves the weights by 1.6e-4. Both would fail here.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from kd_tf import config as cfg
+from kd_tf import distribute
+from kd_tf.cli import _overrides, build_parser
+
+HELPER = Path(__file__).with_name("distribute_run.py")
+LOSS_RTOL = 2e-6        # logged running mean of the loss and of the PSNR, every step
+WEIGHT_ATOL = 1e-6      # final student weights (largest magnitude about 0.35)
+
+
+def _helper(*args, env=None, timeout=240) -> dict:
+    done = subprocess.run([sys.executable, str(HELPER), *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _assert_same_run(result, reference):
+    np.testing.assert_allclose(result["losses"], reference["losses"], rtol=LOSS_RTOL)
+    np.testing.assert_allclose(result["psnr"], reference["psnr"], rtol=LOSS_RTOL)
+    assert result["epoch_loss"] == pytest.approx(reference["epoch_loss"], rel=LOSS_RTOL)
+    np.testing.assert_allclose(result["weights"], reference["weights"], rtol=0, atol=WEIGHT_ATOL)
+    assert result["teacher_change"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def compared():
+    """One device vs MirroredStrategy on 2 logical CPUs, 6 steps of global batch 8 each:
+    'plain' (live teacher, a feature term, unequal sample weights, a last batch of 5 split 3 + 2)
+    and 'cached' (kd_tf.teacher_cache batches)."""
+    return _helper("compare")
+
+
+@pytest.mark.parametrize("variant", ["plain", "cached"])
+def test_mirrored_two_replicas_match_one_device_with_the_global_batch(compared, variant):
+    single, mirrored = compared[variant]["single"], compared[variant]["mirrored"]
+    assert (single["replicas"], mirrored["replicas"]) == (1, 2)
+    assert mirrored["teacher_replicated"]
+    _assert_same_run(mirrored, single)
+    assert single["losses"][-1] < single["losses"][0]          # it did train
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_two_workers_match_one_process_and_only_the_chief_writes(compared, tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    workers = []
+    try:
+        for index in range(2):
+            task = {"type": "worker", "index": index}
+            env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": task}))
+            command = [sys.executable, str(HELPER), "worker", str(tmp_path / f"backup{index}")]
+            with open(tmp_path / f"worker{index}.out", "w") as out, open(tmp_path / f"worker{index}.err", "w") as err:
+                workers.append(subprocess.Popen(command, env=env, stdout=out, stderr=err))
+        codes = [worker.wait(timeout=240) for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+            worker.wait()
+    assert codes == [0, 0], [(tmp_path / f"worker{i}.err").read_text()[-3000:] for i in range(2)]
+    results = [json.loads((tmp_path / f"worker{i}.out").read_text().strip().splitlines()[-1]) for i in range(2)]
+
+    assert [r["chief"] for r in results] == [True, False]
+    for result in results:
+        assert result["replicas"] == 2 and result["teacher_replicated"]
+        _assert_same_run(result, compared["plain"]["single"])
+    assert (tmp_path / "backup0" / "latest.weights.h5").is_file()      # the chief's checkpoint
+    assert not (tmp_path / "backup1").exists()                         # the other worker wrote nothing
+    for port in ports:                                                 # both servers are gone
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+
+
+# -- in-process: names, configuration, errors -------------------------------------------------
+
+def test_strategy_names_and_tf_config_errors(monkeypatch):
+    assert distribute.strategy_from_name("default").num_replicas_in_sync == 1
+    assert distribute.is_chief(distribute.strategy_from_name("default"))
+    with pytest.raises(ValueError, match=r"strategy 'tpu' is not accepted; expected one of \('default', 'mirrored'"):
+        distribute.strategy_from_name("tpu")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="needs the TF_CONFIG environment variable"):
+        distribute.strategy_from_name("multiworker")
+    monkeypatch.setenv("TF_CONFIG", "{cluster")
+    with pytest.raises(ValueError, match="TF_CONFIG is not valid JSON"):
+        distribute.read_tf_config()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    with pytest.raises(ValueError, match=r"TF_CONFIG task=.*'index': 1.* is not accepted"):
+        distribute.read_tf_config()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["host-without-port"]}, "task": {}}))
+    with pytest.raises(ValueError, match="TF_CONFIG cluster=.* 'host:port' strings"):
+        distribute.read_tf_config()
+
+
+def test_config_and_cli_take_the_strategy(capsys):
+    assert cfg.from_dict(cfg.DistillJobConfig, {"train": {"strategy": "mirrored"}}).train.strategy == "mirrored"
+    with pytest.raises(cfg.ConfigError, match=r"train.strategy='tpu' is not accepted; expected one of \('default', "
+                                              r"'mirrored', 'multiworker'\)"):
+        cfg.from_dict(cfg.TeacherJobConfig, {"train": {"strategy": "tpu"}})
+    for verb in ("distill", "train-teacher"):
+        args = build_parser().parse_args([verb, "--strategy", "multiworker"])
+        assert _overrides(args)["train.strategy"] == "multiworker"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["distill", "--strategy", "tpu"])
+    assert "invalid choice: 'tpu' (choose from 'default', 'mirrored', 'multiworker')" in capsys.readouterr().err
+
+
+def test_global_batch_must_split_evenly_over_the_replicas():
+    two = types.SimpleNamespace(num_replicas_in_sync=2)
+    distribute.check_batch_size(16, two)
+    with pytest.raises(ValueError, match=r"data.batch_size=15 is not accepted with 2 replicas; expected a multiple"):
+        distribute.check_batch_size(15, two)
+    noisy, clean, batch = distribute.even_validation(np.zeros((5, 8, 8, 3)), np.ones((5, 8, 8, 3)), two, 7)
+    assert (len(noisy), len(clean), batch) == (4, 4, 8)
+    one = types.SimpleNamespace(num_replicas_in_sync=1)
+    assert distribute.even_validation(np.zeros((5, 8, 8, 3)), np.ones((5, 8, 8, 3)), one)[0].shape[0] == 5
+    assert int(distribute.global_batch_size(5)) == 5                   # one replica: its own batch
+
+
+def test_only_the_chief_writes_backups_and_run_folders(tmp_path):
+    from kd_tf.jobs import RunPaths
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.ones((4, 2), "float32")
+    for chief in (True, False):
+        backup = tmp_path / f"backup_{chief}"
+        model.fit(x, x[:, :1], epochs=2, verbose=0,
+                  callbacks=[distribute.BackupAndRestore(str(backup), chief=chief, delete_checkpoint=False)])
+        assert (backup / "latest.weights.h5").is_file() == chief
+    output = cfg.OutputConfig(run_name="run", runs_dir=str(tmp_path / "runs"), log_dir=str(tmp_path / "logs"))
+    worker = RunPaths(output, "distill", chief=False)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "logs").exists()
+    assert worker.backup == tmp_path / "runs" / "run" / "backup"        # restores from the chief's
+    assert worker.root.is_dir() and worker.logs.is_dir()               # a scratch folder, removed at exit
