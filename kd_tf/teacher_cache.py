@@ -85,20 +85,30 @@ def cache_teacher_outputs(teacher, batches: tf.data.Dataset, num_batches: int,
     if num_batches < 1:
         raise ValueError(f"num_batches={num_batches!r}; accepted: an int >= 1")
     forward = tf.function(lambda x: tf.cast(teacher(x, training=False), tf.float32))
-    inputs, outputs, targets = [], [], []
+    banks = None                         # filled in place: a list of batches plus a concatenate would
+    filled = 0                           # hold every sample twice at the peak
     started = time.time()
     for index, element in enumerate(batches.take(num_batches)):
         noisy, clean = element if isinstance(element, tuple) else (element, None)
-        inputs.append(np.asarray(noisy, dtype))
-        outputs.append(forward(noisy).numpy().astype(dtype))
-        if clean is not None:
-            targets.append(np.asarray(clean, dtype))
+        parts = [noisy, forward(noisy)] + ([clean] if clean is not None else [])
+        if banks is None:
+            samples = num_batches * int(noisy.shape[0])
+            banks = [np.empty((samples, *part.shape[1:]), dtype) for part in parts]
+        size = int(noisy.shape[0])
+        if filled + size > len(banks[0]):
+            raise ValueError(f"batch {index} has {size} samples, more than the first batch's "
+                             f"{len(banks[0]) // num_batches}; cache batches of one size")
+        for bank, part in zip(banks, parts):
+            bank[filled:filled + size] = np.asarray(part, dtype)
+        filled += size
         if progress and (index + 1) % 250 == 0:
             progress(f"teacher cache: {index + 1}/{num_batches} batches")
-    if len(inputs) < num_batches:
-        log.warning("the batch stream ended after %d of %d batches", len(inputs), num_batches)
-    cache = TeacherCache(np.concatenate(inputs), np.concatenate(outputs),
-                         np.concatenate(targets) if targets else None, time.time() - started)
+    if banks is None:
+        raise ValueError("the batch stream is empty: nothing to cache")
+    if filled < len(banks[0]):
+        log.warning("the batch stream ended after %d of %d samples", filled, len(banks[0]))
+        banks = [bank[:filled] for bank in banks]
+    cache = TeacherCache(banks[0], banks[1], banks[2] if len(banks) == 3 else None, time.time() - started)
     log.info("cached the teacher's outputs on %d samples in %.0f s (%.0f MB)",
              len(cache), cache.seconds, cache.nbytes / 2**20)
     return cache
