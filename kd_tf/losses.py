@@ -87,3 +87,40 @@ class AttentionTerm:
         teacher_map = tf.stop_gradient(attention_map(teacher_feature))
         student_map = attention_map(student_feature)
         return tf.reduce_sum(tf.square(teacher_map - student_map), axis=1)
+
+
+def projected_input_gradient(forward, inputs, projection):
+    """d<projection, forward(inputs)>/d inputs, and forward(inputs), from one forward and one
+    backward pass. A random projection of the output stands for the whole Jacobian (an image
+    model's Jacobian has (H x W x C)^2 entries): matching it for random directions matches the
+    Jacobian in expectation. Called under an outer GradientTape, the gradient stays
+    differentiable with respect to the model's weights (double backpropagation)."""
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        outputs = forward(inputs)
+        scalar = tf.reduce_sum(tf.cast(outputs, tf.float32) * projection)
+    return tape.gradient(scalar, inputs), outputs
+
+
+class JacobianTerm:
+    """Jacobian matching (Srinivas & Fleuret, 2018): the student's input-gradient of a random
+    projection of its output should point where the teacher's does. Per sample: the squared
+    distance of the two L2-normalised gradients (between 0 and 4), so the term does not depend on
+    how large either model's gradients are.
+
+    Cost: one extra backward pass through the teacher and a second-order pass through the
+    student, per step (measured in the ablation, benchmarks/ablation.py)."""
+
+    adapter = None
+    name = "jacobian"
+
+    def __init__(self, weight: float):
+        if not float(weight) > 0.0:
+            raise ValueError(f"jacobian weight={weight!r}; accepted: a number > 0")
+        self.weight = float(weight)
+
+    def __call__(self, teacher_gradient, student_gradient):
+        def unit(gradient):
+            flat = tf.reshape(tf.cast(gradient, tf.float32), [tf.shape(gradient)[0], -1])
+            return tf.math.l2_normalize(flat, axis=1)
+        return tf.reduce_sum(tf.square(unit(student_gradient) - tf.stop_gradient(unit(teacher_gradient))), axis=1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import keras
 import tensorflow as tf
 
 
@@ -65,6 +66,64 @@ class CosineRamp(_Ramp):
         return self.start + (self.end - self.start) * eased
 
 
+class LossRatio:
+    """Adaptive alpha from the training signal: alpha = own / (distill + own), on bias-corrected
+    moving averages of the two terms, so that both contribute equally to the loss whatever their
+    scales. It is the stationary point of uncertainty weighting (Kendall et al., 2018), where each
+    term's learned weight settles at 1 / its loss, without the extra trainable variables.
+
+    It starts at `start` and is clipped to [minimum, maximum] so neither term is ever switched
+    off. The Distiller calls `build()` (inside a tf.distribute scope, if any), tracks `variables`
+    (so checkpoints carry the averages) and calls `observe(distill, own)` with every training
+    step's means.
+    """
+
+    kind = "adaptive"
+
+    def __init__(self, start: float = 0.5, momentum: float = 0.99, minimum: float = 0.05, maximum: float = 0.95):
+        self.start = _check_alpha("start", start)
+        self.minimum, self.maximum = _check_alpha("minimum", minimum), _check_alpha("maximum", maximum)
+        if not 0.0 <= float(momentum) < 1.0 or self.minimum > self.maximum:
+            raise ValueError(f"momentum={momentum!r}, minimum={minimum!r}, maximum={maximum!r}; accepted: "
+                             f"0 <= momentum < 1 and minimum <= maximum")
+        self.momentum = float(momentum)
+        self.variables = []
+
+    def build(self):
+        if not self.variables:
+            def state(name):   # every replica observes the same global means: any replica's copy will do
+                return keras.Variable(0.0, dtype="float32", trainable=False, name=name,
+                                      aggregation="only_first_replica")
+            self.variables = [state("alpha_distill_average"), state("alpha_own_average"), state("alpha_updates")]
+
+    def _averages(self):
+        distill, own, updates = self.variables
+        correction = 1.0 - tf.pow(self.momentum, tf.maximum(updates, 1.0))
+        return distill / correction, own / correction, updates
+
+    def __call__(self, step):
+        self.build()
+        distill, own, updates = self._averages()
+        ratio = tf.math.divide_no_nan(own, distill + own)
+        adaptive = tf.clip_by_value(ratio, self.minimum, self.maximum)
+        return tf.where(updates > 0, adaptive, tf.constant(self.start, tf.float32))
+
+    def observe(self, distill, own):
+        self.build()
+        values = tf.stack([tf.cast(distill, tf.float32), tf.cast(own, tf.float32)])
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            values = context.all_reduce("mean", values)
+        distill_average, own_average, updates = self.variables
+        distill_average.assign(self.momentum * distill_average + (1.0 - self.momentum) * values[0])
+        own_average.assign(self.momentum * own_average + (1.0 - self.momentum) * values[1])
+        updates.assign_add(1.0)
+
+    def get_config(self):
+        return {"kind": self.kind, "start": self.start, "momentum": self.momentum,
+                "minimum": self.minimum, "maximum": self.maximum}
+
+
 def as_schedule(alpha):
     """A float becomes `Constant`; a callable is used as is."""
     if callable(alpha):
@@ -73,11 +132,14 @@ def as_schedule(alpha):
 
 
 def from_config(kind: str, start: float, end: float | None, steps: int):
-    """The schedule a config names: constant, linear or cosine (ramping over `steps`)."""
+    """The schedule a config names: constant, linear or cosine (ramping over `steps`), or
+    adaptive (LossRatio, starting at `start`)."""
     if kind == "constant":
         return Constant(start)
     if kind == "linear":
         return LinearRamp(start, end, steps)
     if kind == "cosine":
         return CosineRamp(start, end, steps)
-    raise ValueError(f"alpha kind {kind!r}; accepted: constant, linear, cosine")
+    if kind == "adaptive":
+        return LossRatio(start)
+    raise ValueError(f"alpha kind {kind!r}; accepted: constant, linear, cosine, adaptive")

@@ -1,0 +1,85 @@
+"""Issue 9's distillation methods, checked against hand computations: the adaptive alpha
+(kd_tf.schedules.LossRatio) and Jacobian matching (kd_tf.losses.JacobianTerm)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import layers
+
+from kd_tf import schedules
+from kd_tf.losses import JacobianTerm, projected_input_gradient
+
+
+def test_loss_ratio_starts_at_start_then_balances_the_terms():
+    alpha = schedules.LossRatio(start=0.3, momentum=0.9)
+    assert float(alpha(0)) == pytest.approx(0.3)                 # nothing observed yet
+    alpha.observe(1.0, 3.0)                                       # bias-corrected: exact after one step
+    assert float(alpha(1)) == pytest.approx(0.75)
+    for _ in range(200):
+        alpha.observe(2.0, 2.0)
+    assert float(alpha(201)) == pytest.approx(0.5, abs=1e-6)     # the old observation has faded
+    # alpha * distill == (1 - alpha) * own at the averages: equal contributions
+    distill, own = 0.002, 0.0005
+    balanced = schedules.LossRatio(momentum=0.0)
+    balanced.observe(distill, own)
+    value = float(balanced(0))
+    assert value * distill == pytest.approx((1 - value) * own)
+
+
+def test_loss_ratio_is_clipped_and_validated():
+    alpha = schedules.LossRatio(momentum=0.0, minimum=0.1, maximum=0.8)
+    alpha.observe(1.0, 0.0)
+    assert float(alpha(0)) == pytest.approx(0.1)
+    alpha.observe(0.0, 1.0)
+    assert float(alpha(0)) == pytest.approx(0.8)
+    assert schedules.from_config("adaptive", 0.4, None, 10).get_config()["start"] == 0.4
+    with pytest.raises(ValueError, match="momentum=1.0"):
+        schedules.LossRatio(momentum=1.0)
+    with pytest.raises(ValueError, match="minimum=0.9"):
+        schedules.LossRatio(minimum=0.9, maximum=0.2)
+
+
+def test_loss_ratio_state_is_in_keras_variables_for_checkpoints():
+    alpha = schedules.LossRatio(momentum=0.5)
+    alpha.observe(1.0, 1.0)
+    assert all(isinstance(v, keras.Variable) for v in alpha.variables)
+    assert [float(v.numpy()) for v in alpha.variables] == [0.5, 0.5, 1.0]
+
+
+def test_projected_input_gradient_of_a_linear_map_is_its_transpose_times_the_projection():
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(size=(6, 4)).astype("float32")
+    inputs = tf.constant(rng.normal(size=(3, 6)).astype("float32"))
+    projection = tf.constant(rng.normal(size=(3, 4)).astype("float32"))
+    gradient, outputs = projected_input_gradient(lambda x: x @ matrix, inputs, projection)
+    np.testing.assert_allclose(outputs.numpy(), inputs.numpy() @ matrix, rtol=1e-5)
+    np.testing.assert_allclose(gradient.numpy(), projection.numpy() @ matrix.T, rtol=1e-5)
+
+
+def test_jacobian_term_ignores_scale_and_compares_directions():
+    term = JacobianTerm(0.5)
+    teacher = tf.constant([[1.0, 2.0, 2.0], [0.0, 3.0, 4.0]])
+    assert np.allclose(term(teacher, 7.0 * teacher).numpy(), 0.0, atol=1e-6)      # same direction
+    np.testing.assert_allclose(term(teacher, -teacher).numpy(), [4.0, 4.0], rtol=1e-6)  # opposite
+    orthogonal = tf.constant([[2.0, -1.0, 0.0], [0.0, 4.0, -3.0]])
+    np.testing.assert_allclose(term(teacher, orthogonal).numpy(), [2.0, 2.0], rtol=1e-6)
+    with pytest.raises(ValueError, match="jacobian weight=0"):
+        JacobianTerm(0)
+
+
+def test_jacobian_term_trains_the_student_by_double_backpropagation():
+    keras.utils.set_random_seed(1)
+    student = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(4, 3, padding="same", activation="tanh"),
+                                layers.Conv2D(3, 3, padding="same")])
+    teacher = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(3, 3, padding="same", activation="tanh")])
+    inputs = tf.random.normal((2, 8, 8, 3))
+    projection = tf.random.normal((2, 8, 8, 3))
+    teacher_gradient, _ = projected_input_gradient(teacher, inputs, projection)
+    with tf.GradientTape() as tape:
+        student_gradient, _ = projected_input_gradient(student, inputs, projection)
+        loss = tf.reduce_mean(JacobianTerm(1.0)(teacher_gradient, student_gradient))
+    weight_gradients = tape.gradient(loss, student.trainable_variables)
+    assert float(loss) > 0.0
+    kernels = [g for g, v in zip(weight_gradients, student.trainable_variables) if "kernel" in v.path]
+    assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0.0 for g in kernels)
