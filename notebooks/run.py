@@ -1,0 +1,175 @@
+"""Executes the notebooks with a real Jupyter kernel: quick mode for the tests, full mode to refresh
+the committed outputs.
+
+    python notebooks/run.py                      # every notebook, full mode, outputs written in place
+    python notebooks/run.py notebooks/03_*.ipynb # one notebook
+    python notebooks/run.py --quick --no-write   # what the tests do: quick mode, nothing written
+
+Quick mode: the kernel gets KD_TF_NOTEBOOK_QUICK=1 in its environment, and each notebook's first
+cell (tagged "parameters") picks small values from it (a few dozen steps, small crops). Single
+parameters can also be overridden: `execute(..., parameters={"TEACHER": "x.keras"})` inserts a
+cell tagged "injected-parameters" right after the parameters cell, as papermill does.
+
+Before a notebook is written, the native libraries' start-up and progress chatter (absl/TensorFlow C++
+log lines, the TFLite converter's and XNNPACK's notices, libpng's colour-profile warning) is dropped from
+its stderr outputs (`drop_native_log_lines`); Python warnings and everything else are kept.
+A full run (written in place) records in the notebook's metadata the SHA-256 of its code cells'
+sources; tests/test_notebooks.py checks that the committed outputs came from the committed code.
+TensorBoard servers that a notebook's `%tensorboard` started are stopped when the run ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import hashlib
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+QUICK_ENV = "KD_TF_NOTEBOOK_QUICK"
+PARAMETERS_TAG = "parameters"
+INJECTED_TAG = "injected-parameters"
+METADATA_KEY = "kd_tf"
+
+
+NATIVE_LOG_LINE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] .*"          # absl-format C++ INFO/WARNING lines
+    r"|libpng warning: iCCP: .*"
+    r"|fully_quantize: \d+, inference_type: .*"
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.)$")
+
+
+def notebooks() -> list[Path]:
+    """Every notebook in notebooks/, sorted (checkpoints excluded)."""
+    return sorted(p for p in NOTEBOOK_DIR.glob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+
+
+def code_sha256(nb) -> str:
+    """Hash of the notebook's code cells (injected parameters excluded): what produced its outputs."""
+    digest = hashlib.sha256()
+    for cell in nb.cells:
+        if cell.cell_type == "code" and INJECTED_TAG not in cell.get("metadata", {}).get("tags", []):
+            digest.update(cell.source.encode())
+            digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def inject_parameters(nb, parameters: dict):
+    """A copy of `nb` with a cell assigning `parameters` right after the cell tagged "parameters"."""
+    nb = copy.deepcopy(nb)
+    tagged = [i for i, c in enumerate(nb.cells) if PARAMETERS_TAG in c.get("metadata", {}).get("tags", [])]
+    if not tagged:
+        raise ValueError("the notebook has no cell tagged 'parameters' to override")
+    source = "# Injected parameters\n" + "".join(f"{name} = {value!r}\n" for name, value in parameters.items())
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": [INJECTED_TAG]})
+    nb.cells.insert(tagged[0] + 1, cell)
+    return nb
+
+
+def _tensorboards() -> dict[int, object]:
+    try:
+        from tensorboard import manager
+    except ImportError:
+        return {}
+    return {info.pid: info for info in manager.get_all()}
+
+
+def _stop_new_tensorboards(before: dict):
+    """Stops the TensorBoard servers started during the run (by pid), and their info files."""
+    from tensorboard import manager
+
+    for pid, info in _tensorboards().items():
+        if pid in before:
+            continue
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        manager.remove_info_file(pid)
+
+
+def execute(path, quick: bool = True, parameters: dict | None = None, cwd=None, timeout: int = 1800,
+            client_out: dict | None = None):
+    """Runs the notebook at `path` top to bottom in a fresh "python3" kernel and returns it executed.
+
+    cwd: the kernel's working directory (default: the notebook's folder, as Jupyter does).
+    A cell error raises nbclient's CellExecutionError (ename, evalue, traceback); the partly
+    executed notebook is then in client_out["nb"] when a dict is passed.
+    """
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    if parameters:
+        nb = inject_parameters(nb, parameters)
+    env = dict(os.environ, **{QUICK_ENV: "1" if quick else "0", "TF_CPP_MIN_LOG_LEVEL": "3",
+                              "PYTHONWARNINGS": "ignore::DeprecationWarning"})
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                            resources={"metadata": {"path": str(cwd or path.parent)}})
+    if client_out is not None:
+        client_out["nb"] = nb
+    before = _tensorboards()
+    try:
+        client.execute(env=env)
+    finally:
+        _stop_new_tensorboards(before)
+    return nb
+
+
+def drop_native_log_lines(nb):
+    """Removes native-library log lines (NATIVE_LOG_LINE) from stderr outputs, and outputs left empty."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for output in cell.outputs:
+            if output.output_type == "stream" and output.name == "stderr":
+                lines = [line for line in output.text.splitlines(keepends=True)
+                         if not NATIVE_LOG_LINE.match(line.rstrip("\n"))]
+                output.text = "".join(lines)
+                if not output.text.strip():
+                    continue
+            kept.append(output)
+        cell.outputs = kept
+    return nb
+
+
+def run_full(path: Path, write: bool = True, quick: bool = False) -> float:
+    """Executes one notebook from the repository root and (optionally) writes its outputs in place."""
+    started = time.time()
+    nb = execute(path, quick=quick, cwd=REPO_ROOT)
+    seconds = time.time() - started
+    if write:
+        drop_native_log_lines(nb)
+        nb.metadata[METADATA_KEY] = {"mode": "quick" if quick else "full", "code_sha256": code_sha256(nb),
+                                     "executed": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                                     "seconds": round(seconds)}
+        temporary = path.with_name(f".{path.stem}.partial.ipynb")
+        nbformat.write(nb, temporary)
+        os.replace(temporary, path)
+    return seconds
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/*.ipynb")
+    parser.add_argument("--quick", action="store_true", help=f"quick mode ({QUICK_ENV}=1)")
+    parser.add_argument("--no-write", action="store_true", help="execute only, keep the files unchanged")
+    args = parser.parse_args(argv)
+    for path in args.notebooks or notebooks():
+        print(f"executing {path} ({'quick' if args.quick else 'full'} mode)", flush=True)
+        seconds = run_full(path, write=not args.no_write, quick=args.quick)
+        print(f"  done in {seconds:.0f} s{'' if args.no_write else ', outputs written'}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
