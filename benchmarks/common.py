@@ -59,13 +59,20 @@ class Sizes:
     scaling_batches: tuple = (4, 8, 16, 32, 64)
     scaling_patches: tuple = (32, 64, 128, 192)
     scaling_steps: int = 6
+    profile_steps: int = 8                                 # traced steps of (a) and (d) (benchmark `profile`)
+    profile_unprofiled_steps: int = 8                      # timed without the profiler first: its overhead
+    profile_naive_steps: int = 3
+    profile_naive_unprofiled_steps: int = 3
+    variant_rounds: int = 3                                # alternating timing rounds of a benchmark variant
 
 
 FULL = Sizes()
 QUICK = Sizes(batch=2, patch=32, warmup=1, steps=2, naive_steps=2, peak_matmul=256, peak_conv=(2, 32, 32, 16),
               peak_repeats=2, lever_train_steps=3, cache_bank_batches=2,
               thread_settings=((1, 1, False),), xla_precisions=("bf16",), inference_size=64, heldout_crop=64,
-              calibration_batches=2, scaling_batches=(2, 4), scaling_patches=(16, 32), scaling_steps=2)
+              calibration_batches=2, scaling_batches=(2, 4), scaling_patches=(16, 32), scaling_steps=2,
+              profile_steps=2, profile_unprofiled_steps=2, profile_naive_steps=2,
+              profile_naive_unprofiled_steps=1, variant_rounds=1)
 
 
 @dataclasses.dataclass

@@ -52,13 +52,16 @@ def targets(results: dict) -> tuple[list[list[str]], list[str]]:
         if not ok:
             bound = r["d_over_a_bound_one_student_forward"]
             teacher_share = t["c"] / t["a"]
+            why = _profile_clause_keras(sections.get("profile"), t, r)
+            if why is None:
+                why = (f"So the one structural difference is (d)'s second student forward pass, which costs "
+                       f"{_ms(t['f'])} ms ((f)). Removing it can make a step at most {bound:.2f}x faster than (d): the "
+                       f"teacher's forward pass ({_ms(t['c'])} ms, {100 * teacher_share:.0f}% of (a)) and the student's "
+                       f"backward pass are in both.")
             notes.append(
                 f"**(a) vs Keras' Distiller: MISS by {goal['d_over_a_min'] / r['d_over_a']:.2f}x** "
                 f"({r['d_over_a']:.3f}x measured). The losses are the same (checked: relative difference "
-                f"{step['same_losses_check']['relative_difference']:.1e}), so the one structural difference is "
-                f"(d)'s second student forward pass, which costs {_ms(t['f'])} ms ((f)). Removing it can make a step at "
-                f"most {bound:.2f}x faster than (d): the teacher's forward pass ({_ms(t['c'])} ms, "
-                f"{100 * teacher_share:.0f}% of (a)) and the student's backward pass are in both. 1.3x needs a "
+                f"{step['same_losses_check']['relative_difference']:.1e}). " + why + " What would close it: a "
                 f"computation different from Keras', not a better implementation of the same one: "
                 + _cache_clause(levers) + ", which drops the feature terms, or a cheaper teacher pass.")
         ok = r["e_over_a"] >= goal["e_over_a_min"]
@@ -71,7 +74,8 @@ def targets(results: dict) -> tuple[list[list[str]], list[str]]:
                 f"both cases (predict() traces it too); even a free student step would leave (a) at the teacher's "
                 f"{_ms(t['c'])} ms, so no implementation of online distillation can beat (e) by more than "
                 f"(e)/(c) = {r['e_over_c_bound_teacher_forward']:.2f}x here. What would close it: not running the "
-                f"teacher per step: " + _cache_clause(levers, against_naive=t["e"]) + ".")
+                f"teacher per step: " + _cache_clause(levers, against_naive=t["e"]) + "."
+                + _profile_clause_naive(sections.get("profile"), t))
     if levers and "summary" in levers:
         for lever, label in (("mixed_bfloat16", "mixed_bfloat16"), ("xla", "XLA (jit_compile)")):
             entry = levers["summary"][lever]
@@ -92,6 +96,73 @@ def targets(results: dict) -> tuple[list[list[str]], list[str]]:
             notes.append(f"**int8 vs CBM3D: MISS by {goal / ratio:.2f}x.** See section 4 for both latencies; "
                          f"LiteRT's XNNPACK int8 kernels with more threads, or a smaller student, would close it.")
     return rows, notes
+
+
+def _phase_ms(setup: dict, *phases: str) -> float:
+    return sum(setup["phases"].get(p, {}).get("ms_per_step", 0.0) for p in phases)
+
+
+def _profile_clause_keras(profile, t, r):
+    """Why (a) vs (d) is what it is, from the trace (section 6); None without a profile."""
+    if not profile or "d" not in profile.get("setups", {}):
+        return None
+    a, d = profile["setups"]["a"], profile["setups"]["d"]
+    back = ("student backward", "feature adapter backward", "loss backward")
+    teacher = a["phases"].get("teacher forward", {})
+
+    def grad_ops(setup):
+        return setup["phases"].get("student backward", {}).get("ops_per_step")
+
+    need = t["d"] / 1.3
+    text = (f"The profile (section 6) shows two structural differences, not one: (d) runs the student's forward pass "
+            f"twice (its ops cover {_f(_phase_ms(d, 'student forward'), '.1f')} ms per traced step in (d) against "
+            f"{_f(_phase_ms(a, 'student forward'), '.1f')} ms in (a)) and back-propagates through both passes (backward "
+            f"{_f(_phase_ms(d, *back), '.1f')} vs {_f(_phase_ms(a, *back), '.1f')} ms, {_f(grad_ops(d), '.0f')} vs "
+            f"{_f(grad_ops(a), '.0f')} student gradient ops per step). So the bound from the second forward pass alone, "
+            f"(d)/((d)-(f)) = {r['d_over_a_bound_one_student_forward']:.2f}x, understates what (a) saves; the measured "
+            f"ratio is the whole duplicated student work. The rest is common to both and leaves little to cut: the "
+            f"teacher's ops cover {_f(teacher.get('ms_per_step'), '.1f')} ms of a traced (a) step of "
+            f"{_f(a['window_ms_per_step'], '.1f')} ms ({_pct(teacher.get('share'))}; "
+            f"{_f(a['teacher_overlap_ms_per_step'], '.1f')} ms of it alongside the student's ops on the second executor "
+            f"thread, which is how (a) comes out below (b)+(c)), the optimizer takes "
+            f"{_f(_phase_ms(a, 'optimizer (Adam)'), '.1f')} ms, no op runs for {_f(a['no_op_running_ms_per_step'], '.1f')} "
+            f"ms ({_pct(a['no_op_running_share'])}: Keras and Python overhead), the step never waits for data (the "
+            f"pipeline works {_f(a['data_pipeline_thread_ms_per_step'], '.1f')} ms per step in the background), and "
+            f"layout conversions take {_f(a['layout_ops_ms_per_step'], '.1f')} ms. 1.3x needs (a) at {_ms(need)} ms, "
+            f"{_ms(t['a'] - need)} ms below its {_ms(t['a'])} ms, while the teacher's pass, most of (a), is in (d) too.")
+    v = profile.get("variant_bf16_teacher_weights")
+    casts = a["casts_ms_per_step"].get("teacher forward: kernel (weight) casts")
+    if v:
+        gain = v["step_speedup"]
+        text += (f" The one waste the trace shows, in both: the frozen teacher keeps float32 weights under "
+                 f"`mixed_bfloat16` and casts each kernel to bfloat16 on every step ({_f(casts, '.1f')} ms/step of Cast "
+                 f"ops in its scope). A teacher stored in bfloat16 (same outputs: max difference "
+                 f"{v['max_abs_output_difference']:.1e}) measured {gain:.2f}x on (a) and {v['forward_speedup']:.2f}x on "
+                 f"the teacher's forward alone, and (d)/(a) = {_f(v.get('d_over_a_both_bf16_weights'), '.3f')} with it in both: "
+                 + ("the casts run alongside other ops, off the critical path, so removing them does not pay."
+                    if gain < 1.05 else "worth making the default."))
+    return text
+
+
+def _profile_clause_naive(profile, t) -> str:
+    if not profile or "e" not in profile.get("setups", {}):
+        return ""
+    e, a = profile["setups"]["e"], profile["setups"].get("a", {})
+
+    def get(name, key="ms_per_step"):
+        return e["phases"].get(name, {}).get(key)
+
+    teacher = get("teacher.predict")
+    teacher_pool = a.get("phases", {}).get("teacher forward", {}).get("pool_threads_busy")
+    return (f" The profile of (e) (section 6, {_f(e['traced_ms_per_step'], '.1f')} ms per traced step) shows where its "
+            f"excess goes: teacher.predict {_f(teacher, '.1f')} ms against {_ms(t['c'])} ms for the same forward pass in "
+            f"a tf.function ((c)), i.e. {_f(None if teacher is None else teacher - 1000 * t['c'], '.1f')} ms of per-call "
+            f"overhead (intra-op pool threads busy {_f(get('teacher.predict', 'pool_threads_busy'), '.2f')} on average, "
+            f"against {_f(teacher_pool, '.2f')} in (a)'s teacher pass); student.predict {_f(get('student.predict'), '.1f')} "
+            f"ms against {_ms(t['f'])} ms for the student's forward pass ((f)); the eager tape step "
+            f"{_f(get('eager tape step'), '.1f')} ms against {_ms(t['b'])} ms for a compiled student step ((b)); "
+            f"{_f(e['cores_busy'], '.2f')} cores busy on average. All of that is overhead (a) does not have; what caps "
+            f"the ratio below 5x is the teacher's forward pass, which both must run.")
 
 
 def _lever_note(label: str, lever: str, entry: dict, levers: dict) -> str:
@@ -275,9 +346,103 @@ def _scaling_summary(rows: list[dict], axis: str) -> str:
     return text
 
 
+def _pct(share):
+    return _f(None if share is None else 100 * share, ".0f", "%")
+
+
+def _profile(s: dict) -> list[str]:
+    a, d, e = (s["setups"].get(k) for k in ("a", "d", "e"))
+    lines = [f"Traces of a few steps after warm-up, batch {s['batch']} of {s['patch']}x{s['patch']}, {s['precision']}: "
+             f"{a['steps']} steps of (a) and (d), {e['steps'] if e else 0} of (e). Tool: {s['tool']}. Trace files: "
+             f"`{s['trace_root']}` (outside the repository; open them with TensorBoard's profile plugin). "
+             f"A phase's ms/step is the wall time its ops cover (two ops at once on the two executor threads "
+             f"count once); 'pool threads busy' is the mean number of the intra-op pool's {a['pool_threads']} threads "
+             f"running a task while the phase's ops run (the executor thread that launched the op also computes, "
+             f"so the cores in use are up to one more). Cores busy: CPU seconds of the whole process over the "
+             f"traced window's wall time (/proc, per thread).", ""]
+    graph = [(k, v) for k, v in (("a", a), ("d", d)) if v]
+    phases = [p for p in _PROFILE_PHASES if any(p in v["phases"] for _, v in graph)]
+    rows = []
+    for phase in phases:
+        row = [phase]
+        for _, v in graph:
+            entry = v["phases"].get(phase)
+            row += ["-", "-", "-"] if entry is None else [
+                _f(entry["ms_per_step"], ".1f"), _pct(entry["share"]), _f(entry["pool_threads_busy"], ".2f")]
+        rows.append(row)
+    rows.append(["teacher forward alongside other ops (counted twice above)"]
+                + sum(([_f(v.get("teacher_overlap_ms_per_step"), ".1f"),
+                        _pct(None if v.get("teacher_overlap_ms_per_step") is None
+                             else v["teacher_overlap_ms_per_step"] / v["window_ms_per_step"]), "-"] for _, v in graph), []))
+    rows.append(["no op running (Python, Keras, dispatch)"]
+                + sum(([_f(v["no_op_running_ms_per_step"], ".1f"), _pct(v["no_op_running_share"]), "-"]
+                       for _, v in graph), []))
+    rows.append(["step (traced; unprofiled)"] + sum(([f"{_f(v['traced_ms_per_step'], '.1f')}; "
+                                                       f"{_f(v['unprofiled_ms_per_step'], '.1f')}", "100%",
+                                                       _f(v["pool_threads_busy_overall"], ".2f")] for _, v in graph), []))
+    header = ["phase"] + sum(([f"({k}) ms/step", f"% of ({k})", f"({k}) pool threads busy"] for k, _ in graph), [])
+    lines += ["(a) kd_tf Distiller.fit and (d) Keras' Distiller, by phase (op name scopes):", "",
+              render_table(header, rows), ""]
+    over = [["cores busy (process CPU s / wall s)"] + [_f(v["cores_busy"], ".2f") for _, v in graph]]
+    groups = sorted({g for _, v in graph for g in v["cores_busy_by_threads"]})
+    over += [[f"- of which {g}"] + [_f(v["cores_busy_by_threads"].get(g), ".2f") for _, v in graph] for g in groups]
+    over += [["Cast ops per step", *[_f(v["cast_ops_per_step"], ".0f") for _, v in graph]],
+             ["Cast ops, ms/step (executor time)", *[_f(sum(v["casts_ms_per_step"].values()), ".1f") for _, v in graph]],
+             ["- of which the teacher's kernel casts",
+              *[_f(v["casts_ms_per_step"].get("teacher forward: kernel (weight) casts"), ".1f") for _, v in graph]],
+             ["layout conversions (Transpose, MklToTf, reorders), ms/step",
+              *[_f(v["layout_ops_ms_per_step"], ".1f") for _, v in graph]],
+             ["tf.data threads busy, ms/step (in the background)",
+              *[_f(v["data_pipeline_thread_ms_per_step"], ".1f") for _, v in graph]]]
+    lines += ["Overheads and cores:", "", render_table(["", *[f"({k})" for k, _ in graph]], over), ""]
+    types = [[t, _f(ms, ".1f"), _pct(ms / a["window_ms_per_step"])] for t, ms in a["op_types_ms_per_step"].items()]
+    lines += ["(a) by op type (executor time, ms/step; ops on the two executor threads may overlap, so the shares "
+              "can add up to more than 100%):", "", render_table(["op type", "ms/step", "% of step"], types), ""]
+    top = [[name, _f(ms, ".2f")] for name, ms in a["top_ops_ms_per_step"].items()]
+    lines += ["(a) costliest ops:", "", render_table(["op", "ms/step"], top), ""]
+    if e:
+        rows = [[name, _f(v["ms_per_step"], ".1f"), _pct(v["share"]), _f(v["pool_threads_busy"], ".2f")]
+                for name, v in e["phases"].items()]
+        rows.append(["outside these parts", _f(e["outside_annotated_ms_per_step"], ".1f"),
+                     _pct(e["outside_annotated_ms_per_step"] / e["window_ms_per_step"]), "-"])
+        rows.append([f"step (traced; unprofiled {_f(e['unprofiled_ms_per_step'], '.1f')})",
+                     _f(e["traced_ms_per_step"], ".1f"), "100%", "-"])
+        lines += [f"(e) the naive loop, by part of its Python step (cores busy {_f(e['cores_busy'], '.2f')}):", "",
+                  render_table(["part", "ms/step", "% of (e)", "pool threads busy"], rows), ""]
+    load = s.get("load_average_at_start")
+    if load is not None:
+        lines += [f"Load average when the run started: {load:.2f} on {s.get('cores', 2)} cores"
+                  + (" (idle: 'cores busy' is what the step uses)." if load <= 0.5 else
+                     ": other processes were running, so 'cores busy' is the CPU this process got from the "
+                     "scheduler, not what it would use alone, and the ms/step figures are slower than on an idle "
+                     "machine; the shares and the differences between (a) and (d) are what to read."), ""]
+    v = s.get("variant_bf16_teacher_weights")
+    if v:
+        lines += [f"Variant: the teacher cloned under the `bfloat16` policy (weights stored in bfloat16: "
+                  f"{v['float32_teacher_weights']['bf16 weights']} float32 weights left, against "
+                  f"{v['float32_teacher_weights']['mixed']} under `mixed_bfloat16`, each cast on every step). "
+                  f"Same outputs (max abs difference {v['max_abs_output_difference']:.1e} on one batch).", "",
+                  render_table(["", "mixed_bfloat16 teacher (shipped)", "bfloat16-weight teacher", "speed-up"], [
+                      ["step (a), ms (median of rounds: " + ", ".join(
+                          _ms(x) for x in v["step_rounds_s"]["mixed"]) + " vs " + ", ".join(
+                          _ms(x) for x in v["step_rounds_s"]["bf16 weights"]) + ")",
+                       _ms(v["step_s"]["mixed"]), _ms(v["step_s"]["bf16 weights"]), _f(v["step_speedup"], ".3f", "x")],
+                      ["teacher forward alone, ms", _ms(v["teacher_forward_s"]["mixed"]),
+                       _ms(v["teacher_forward_s"]["bf16 weights"]), _f(v["forward_speedup"], ".3f", "x")],
+                      ["(d) Keras' Distiller with the bfloat16-weight teacher, ms", "-",
+                       _ms(v["step_s"].get("keras (d), bf16 weights")),
+                       f"(d)/(a) = {_f(v.get('d_over_a_both_bf16_weights'), '.3f')}"]])]
+    return lines
+
+
+_PROFILE_PHASES = ["teacher forward", "student forward", "feature adapter forward", "student backward",
+                   "feature adapter backward", "loss backward", "optimizer (Adam)", "waiting for the next batch",
+                   "losses, metrics, other ops"]
+
+
 SECTIONS = [("step_cost", "1. Training step cost", _step_cost), ("flops", "2. Achieved FLOP/s", _flops),
             ("levers", "3. Levers", _levers), ("inference", "4. Inference", _inference),
-            ("scaling", "5. Scaling", _scaling)]
+            ("scaling", "5. Scaling", _scaling), ("profile", "6. Profile: where a step's time goes", _profile)]
 
 
 def render(results: dict) -> str:
@@ -313,5 +478,7 @@ def render(results: dict) -> str:
             lines += [f"Failed: `{section['error']}`", ""]
             continue
         lines += [f"_Measured {section.get('measured_at', '?')} in {section.get('wall_s', 0):.0f} s._", ""]
+        if key == "profile" and "load_average_at_start" not in section and section.get("measured_at") == machine["date_utc"]:
+            section = {**section, "load_average_at_start": load, "cores": machine["cores_usable"]}
         lines += renderer(section) + [""]
     return "\n".join(lines).rstrip() + "\n"

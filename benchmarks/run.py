@@ -2,7 +2,7 @@
 
     python -m benchmarks.run                  # everything, full sizes (~25 min on 2 cores)
     python -m benchmarks.run --quick          # tiny sizes, ~2 min: checks the code, not a result
-    python -m benchmarks.run --only levers    # one or more of: step_cost flops levers inference scaling
+    python -m benchmarks.run --only levers    # one or more of: step_cost flops levers inference scaling profile
 
 Full runs write benchmarks/RESULTS.md and benchmarks/results.json; quick runs write to
 benchmarks/quick/ (ignored by git) unless --out says otherwise. With --only, the sections run
@@ -33,10 +33,12 @@ from benchmarks.common import FULL, QUICK, Bench, children_peak_rss_mb, machine_
 from benchmarks.flops import flops
 from benchmarks.inference import inference
 from benchmarks.levers import levers
+from benchmarks.profiling import profile
 from benchmarks.scaling import scaling
 from benchmarks.step_cost import step_cost
 
-BENCHMARKS = {"step_cost": step_cost, "flops": flops, "levers": levers, "inference": inference, "scaling": scaling}
+BENCHMARKS = {"step_cost": step_cost, "flops": flops, "levers": levers, "inference": inference, "scaling": scaling,
+              "profile": profile}
 HERE = Path(__file__).resolve().parent
 
 

@@ -10,6 +10,8 @@ plus, to explain the ratios: (a0) kd_tf output-only distillation, (f) the studen
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -46,13 +48,14 @@ def _float32_output(teacher: keras.Model) -> keras.Model:
     return keras.Model(teacher.inputs, output, name=teacher.name)
 
 
-def keras_distiller(bench: Bench, precision: str, student: keras.Model | None = None):
+def keras_distiller(bench: Bench, precision: str, student: keras.Model | None = None,
+                    teacher: keras.Model | None = None):
     """(d): Keras' own distiller set up with kd_tf's losses: 0.5 own MSE + 0.5 output MSE + 0.1 feature.
 
     Keras weighs the student loss by w and the sum of distillation losses by 1 - w, so w = 0.5
     and distillation weights (1, 0.2) give kd_tf's 0.5 / 0.5 / 0.1.
     """
-    teacher = _float32_output(bench.teacher(precision))
+    teacher = _float32_output(teacher or bench.teacher(precision))
     student = student or bench.student(precision, name="student_keras")
     (teacher_layer, student_layer, weight), = FEATURES
     feature_loss = AdapterMSE(teacher.get_layer(teacher_layer).output.shape[-1],
@@ -81,9 +84,10 @@ def same_losses(bench: Bench, precision: str) -> dict:
             "relative_difference": abs(loss_ours - loss_theirs) / max(abs(loss_ours), 1e-12)}
 
 
-def naive_loop_step(bench: Bench, precision: str):
+def naive_loop_step(bench: Bench, precision: str, annotate: bool = False):
     """(e) as the seed scripts write distillation: predict() the teacher (output and feature),
-    predict() the student (to log its PSNR), then an eager GradientTape step on the same losses."""
+    predict() the student (to log its PSNR), then an eager GradientTape step on the same losses.
+    `annotate`: mark each part for the profiler (benchmarks.profiling); no cost otherwise."""
     teacher = bench.teacher(precision)
     student = bench.student(precision, name="student_naive")
     (teacher_layer, student_layer, weight), = FEATURES
@@ -94,18 +98,25 @@ def naive_loop_step(bench: Bench, precision: str):
     optimizer = keras.optimizers.Adam(1e-3)
     mse = keras.losses.MeanSquaredError()
 
+    part = tf.profiler.experimental.Trace if annotate else (lambda name: contextlib.nullcontext())
+
     def step(batch):
         noisy, clean = batch
-        teacher_out, teacher_feature = teacher_taps.predict(noisy, verbose=0)
-        logged = student.predict(noisy, verbose=0)
-        psnr = float(np.mean(tf.image.psnr(clean, np.clip(logged, 0, 1), 1.0)))
-        with tf.GradientTape() as tape:
-            out, feature = student_taps(noisy, training=True)
-            out = tf.cast(out, tf.float32)
-            loss = (ALPHA * mse(teacher_out, out) + (1 - ALPHA) * mse(clean, out)
-                    + weight * feature_loss(teacher_feature, feature))
-        optimizer.apply(tape.gradient(loss, variables), variables)
-        return float(loss), psnr
+        with part("teacher.predict"):
+            teacher_out, teacher_feature = teacher_taps.predict(noisy, verbose=0)
+        with part("student.predict"):
+            logged = student.predict(noisy, verbose=0)
+        with part("PSNR on the host"):
+            psnr = float(np.mean(tf.image.psnr(clean, np.clip(logged, 0, 1), 1.0)))
+        with part("eager tape step"):
+            with tf.GradientTape() as tape:
+                out, feature = student_taps(noisy, training=True)
+                out = tf.cast(out, tf.float32)
+                loss = (ALPHA * mse(teacher_out, out) + (1 - ALPHA) * mse(clean, out)
+                        + weight * feature_loss(teacher_feature, feature))
+            optimizer.apply(tape.gradient(loss, variables), variables)
+            loss = float(loss)
+        return loss, psnr
 
     return step
 
