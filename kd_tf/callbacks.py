@@ -1,4 +1,5 @@
-"""Keras callbacks: TensorBoard image grids of fixed validation crops, a stop on divergence."""
+"""Keras callbacks: TensorBoard image grids of fixed validation crops, generator metrics and sample
+grids (FID/KID every N epochs), a stop on divergence."""
 
 from __future__ import annotations
 
@@ -71,3 +72,59 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             terms = ", ".join(f"{key}={value}" for key, value in bad.items())
             raise TrainingDiverged(f"training diverged at step {step}: {terms}{where}. Lower "
                                    f"train.learning_rate or check the data, then rerun the same command to resume")
+
+
+def digit_grid(images, columns: int) -> np.ndarray:
+    """N x 28 x 28 x 1 images in [-1, 1] -> one gray image in [0, 1], `columns` per row, 2 px gutters."""
+    images = np.clip((np.asarray(images, np.float32) + 1.0) / 2.0, 0.0, 1.0)[..., 0]
+    rows = -(-len(images) // columns)
+    size = images.shape[1]
+    grid = np.ones((rows * (size + 2) - 2, columns * (size + 2) - 2), np.float32)
+    for index, image in enumerate(images):
+        top, left = (index // columns) * (size + 2), (index % columns) * (size + 2)
+        grid[top:top + size, left:left + size] = image
+    return grid
+
+
+def side_by_side(panels: dict, columns: int) -> np.ndarray:
+    """Grids of each panel (teacher | student), separated by a 6 px black bar."""
+    grids = [digit_grid(images, columns) for images in panels.values()]
+    bar = np.zeros((grids[0].shape[0], 6), np.float32)
+    return np.concatenate([part for grid in grids for part in (grid, bar)][:-1], axis=1)
+
+
+class GeneratorMetricsCallback(keras.callbacks.Callback):
+    """Every `every` epochs: FID, KID, precision/recall/coverage of the trained generator against
+    the real digits' features, and a fixed-z grid of teacher | student (or the generator alone)
+    to TensorBoard; warns when the samples look collapsed (kd_tf.gan_jobs.score_generator).
+
+    `score(generate)` does the scoring (features, real statistics, collapse check); the latents
+    of the grid are fixed, so successive epochs show the same z.
+    """
+
+    def __init__(self, score, grid_latents, log_dir, every: int = 1, columns: int = 8):
+        super().__init__()
+        self.score = score
+        self.grid_latents = np.asarray(grid_latents, np.float32)
+        self.every, self.columns = max(1, int(every)), columns
+        self._writer = tf.summary.create_file_writer(str(log_dir))
+        self.history = []
+
+    def _generator(self):
+        return getattr(self.model, "student", None) or self.model.generator
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every:
+            return
+        generator = self._generator()
+        scores = self.score(lambda z: generator(z, training=False))
+        panels = self.model.panels(self.grid_latents)
+        with self._writer.as_default():
+            for key in ("fid", "kid", "precision", "recall", "coverage", "diversity_ratio"):
+                tf.summary.scalar(f"generator/{key}", scores[key], step=epoch + 1)
+            tf.summary.image("samples", side_by_side(panels, self.columns)[None, ..., None], step=epoch + 1,
+                             description=" | ".join(panels))
+        self._writer.flush()
+        self.history.append({"epoch": epoch + 1, **scores})
+        if logs is not None:
+            logs.update({f"val_{key}": scores[key] for key in ("fid", "kid")})

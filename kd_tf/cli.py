@@ -1,4 +1,4 @@
-"""`python -m kd_tf <verb>`: train-teacher, distill, evaluate, export, denoise.
+"""`python -m kd_tf <verb>`: train-teacher, distill, evaluate, export, denoise, train-classifier, generate.
 
 Every verb takes --config FILE (YAML) plus a few direct options, prints a summary table at the
 end and writes the same figures to a JSON report in its run folder.
@@ -13,7 +13,7 @@ import sys
 
 import yaml
 
-from kd_tf.config import STRATEGIES
+from kd_tf.config import STRATEGIES, TASKS
 
 
 def _parse_set(items):
@@ -68,16 +68,20 @@ def _overrides(args):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kd_tf", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
-    teacher = verbs.add_parser("train-teacher", help="train the residual U-Net teacher")
+    teacher = verbs.add_parser("train-teacher", help="train the teacher: residual U-Net, or DCGAN with --task gan")
     distill = verbs.add_parser("distill", help="distill the teacher into a small student (the main job)")
     for training in (teacher, distill):
         _common(training)
+        training.add_argument("--task", choices=TASKS, default="denoise",
+                              help="denoise (default) or gan (digits: DCGAN teacher, small generator student)")
         training.add_argument("--strategy", choices=STRATEGIES,
                               help="tf.distribute strategy (overrides train.strategy; default: one device); "
                                    "multiworker reads TF_CONFIG, see docs/DISTRIBUTED.md")
     distill.add_argument("--teacher", help="teacher model: .keras, .h5 or SavedModel dir")
     evaluate = verbs.add_parser("evaluate", help="held-out report of saved models and classical baselines")
     _common(evaluate)
+    evaluate.add_argument("--task", choices=TASKS, default="denoise",
+                          help="gan: FID/KID/precision/recall of saved generators (.keras, SavedModel, .tflite)")
     evaluate.add_argument("--teacher", help="teacher model (default: the shipped one)")
     evaluate.add_argument("--student", action="append", default=[], metavar="[NAME=]PATH",
                           help="a student model to score, repeatable")
@@ -92,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--data", help="image folder for calibration and the held-out report")
     export.add_argument("--run-name", help="run folder name under runs/")
     export.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
+    classifier = verbs.add_parser("train-classifier", help="train the digit classifier whose features FID/KID use")
+    _common(classifier)
+    generate = verbs.add_parser("generate", help="digits from a generator (.keras, SavedModel or .tflite)")
+    generate.add_argument("--model", default="models/gan/student_generator.keras",
+                          help="generator (default: the shipped student)")
+    generate.add_argument("--num", type=_positive_int(1), default=64, help="images to generate (default 64)")
+    generate.add_argument("--seed", type=int, default=0, help="latent seed: the same seed gives the same images")
+    generate.add_argument("--out", required=True, help="FILE.png for one grid, or a folder for one PNG per image")
     denoise = verbs.add_parser("denoise", help="denoise an image or a folder with any exported model")
     denoise.add_argument("--model", required=True, help=".keras, .h5, SavedModel dir or .tflite")
     denoise.add_argument("--input", required=True, help="an image file or a folder (searched recursively)")
@@ -112,7 +124,10 @@ def main(argv=None) -> int:
 
     overrides = _overrides(args)
     try:
-        if args.verb == "train-teacher":
+        if getattr(args, "task", "denoise") == "gan" or args.verb in ("train-classifier", "generate") \
+                or (args.verb == "export" and _is_generator(args.model)):
+            report = _gan_verb(args, overrides)
+        elif args.verb == "train-teacher":
             report = jobs.train_teacher(cfg.load(cfg.TeacherJobConfig, args.config, overrides))
         elif args.verb == "denoise":
             report = jobs.denoise(args.model, args.input, args.output, args.threads, args.overlap)
@@ -149,6 +164,42 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _gan_verb(args, overrides) -> dict:
+    """The GAN task's verbs (kd_tf.gan_jobs, imported only when asked for)."""
+    from kd_tf import config as cfg
+    from kd_tf import gan_jobs
+
+    if args.verb == "generate":
+        return gan_jobs.generate(args.model, args.num, args.seed, args.out)
+    if "data.data_dir" in overrides:                 # --data: a digit set name or an image folder
+        overrides["data.source"] = overrides.pop("data.data_dir")
+    if args.verb == "train-classifier":
+        return gan_jobs.train_classifier(cfg.load(cfg.ClassifierJobConfig, args.config, overrides))
+    if args.verb == "train-teacher":
+        return gan_jobs.train_teacher(cfg.load(cfg.GanTeacherJobConfig, args.config, overrides))
+    if args.verb == "export":
+        return gan_jobs.export_saved(cfg.load(cfg.GanEvaluateJobConfig, args.config, overrides), args.model, args.out)
+    if args.verb == "evaluate":
+        models = {"teacher": args.teacher or cfg.DEFAULT_GAN_TEACHER, **dict(_named(s) for s in args.student)}
+        return gan_jobs.evaluate_saved(cfg.load(cfg.GanEvaluateJobConfig, args.config, overrides), models)
+    if args.teacher:
+        overrides["distill.teacher"] = args.teacher
+    return gan_jobs.distill(cfg.load(cfg.GanDistillJobConfig, args.config, overrides))
+
+
+def _is_generator(path) -> bool:
+    """Whether `export --model PATH` names a generator (a latent-vector input): the GAN exporter."""
+    if not path or not os.path.isfile(path) or not path.endswith((".keras", ".h5")):
+        return False
+    from kd_tf.export import takes_latent
+    from kd_tf.model_io import load_model
+
+    try:
+        return takes_latent(load_model(path))
+    except ValueError:
+        return False
 
 
 def _describe(error: Exception) -> str:

@@ -98,21 +98,25 @@ class FeaturePair:
     weight: float = 1.0
 
 
+STUDENT_INITS = ("auto", "teacher", "random")
+
+
 @dataclasses.dataclass
 class AlphaConfig:
-    """alpha as a constant (kind=constant, start) or a ramp from start to end over the steps."""
+    """alpha as a constant (kind=constant, start), a ramp from start to end over the steps, or
+    adaptive (kind=adaptive: balanced from the loss terms, starting at start)."""
 
     kind: str = "constant"
     start: float = 0.5
     end: float | None = None
 
     def validate(self):
-        kinds = ("constant", "linear", "cosine")
+        kinds = ("constant", "linear", "cosine", "adaptive")
         _check(self.kind in kinds, "distill.alpha.kind", self.kind, f"one of {kinds}")
         for key, value in (("start", self.start), ("end", self.end)):
             if value is not None:
                 _check(0.0 <= value <= 1.0, f"distill.alpha.{key}", value, "0 <= value <= 1")
-        if self.kind != "constant":
+        if self.kind in ("linear", "cosine"):
             _check(self.end is not None, "distill.alpha.end", self.end, f"a float for kind={self.kind!r}")
 
 
@@ -126,6 +130,11 @@ class DistillConfig:
     features: list[FeaturePair] = dataclasses.field(default_factory=list)
     attention: list[FeaturePair] = dataclasses.field(default_factory=list)
     compare_scratch: bool = True          # also train the same student with alpha = 0
+    # Where the distilled student's weights start: "teacher" (the teacher's strongest channels and
+    # blocks, kd_tf.nets.inherit), "random", or "auto" (teacher when both are build_unet networks).
+    # The scratch comparison always starts from the random weights.
+    student_init: str = "auto"
+    jacobian: float = 0.0                 # weight of Jacobian matching (kd_tf.losses.JacobianTerm); 0: off
     # Offline distillation: the teacher runs once on this many batches, then its outputs are reused.
     # None: min(1000, steps) when only outputs are distilled; 0 (the live teacher) with features/attention.
     cache_batches: int | None = None
@@ -133,11 +142,14 @@ class DistillConfig:
     def validate(self):
         _check(self.output_loss in ("mse", "l1"), "distill.output_loss", self.output_loss, "'mse' or 'l1'")
         self.alpha.validate()
+        _check(self.student_init in STUDENT_INITS, "distill.student_init", self.student_init, f"one of {STUDENT_INITS}")
         _check(self.cache_batches is None or self.cache_batches >= 0, "distill.cache_batches",
                self.cache_batches, "an int >= 0 (0: the teacher runs on every batch) or null (automatic)")
-        if self.cache_batches and (self.features or self.attention):
+        _check(self.jacobian >= 0, "distill.jacobian", self.jacobian, "a float >= 0 (0: off)")
+        if self.cache_batches and (self.features or self.attention or self.jacobian):
             raise ConfigError(f"distill.cache_batches={self.cache_batches} caches only the teacher's output; "
-                              f"features/attention need the live teacher: set distill.cache_batches=0 or drop them")
+                              f"features/attention/jacobian need the live teacher: set distill.cache_batches=0 "
+                              f"or drop them")
         for kind, pairs in (("features", self.features), ("attention", self.attention)):
             for pair in pairs:
                 _check(pair.weight >= 0, f"distill.{kind}[{pair.teacher}->{pair.student}].weight",
@@ -259,6 +271,237 @@ class ExportJobConfig:
                "50 < value <= 100")
         _check(0 < self.sigma <= 255, "sigma", self.sigma, "0 < value <= 255 (0-255 scale)")
         _check(all(int(t) >= 1 for t in self.threads), "threads", self.threads, "ints >= 1")
+        return self
+
+
+# -- the GAN task (kd_tf.gan_jobs) ----------------------------------------------------------------
+
+GAN_DIR = "models/gan"
+DEFAULT_CLASSIFIER = f"{GAN_DIR}/feature_classifier.keras"
+DEFAULT_GAN_TEACHER = f"{GAN_DIR}/teacher_generator.keras"
+DEFAULT_GAN_DISCRIMINATOR = f"{GAN_DIR}/teacher_discriminator.keras"
+DEFAULT_GAN_STUDENT = f"{GAN_DIR}/student_generator.keras"
+ADVERSARIAL_LOSSES = ("non-saturating", "hinge")
+TASKS = ("denoise", "gan")
+
+
+@dataclasses.dataclass
+class DigitsConfig:
+    """Which digit set (kd_tf.digits: auto, pureml, fashion, keras-mnist, keras-fashion, or an image
+    folder) and the global batch."""
+
+    source: str = "auto"
+    batch_size: int = 64
+
+    def validate(self):
+        from kd_tf.digits import SOURCES
+
+        _check(self.source in SOURCES or Path(self.source).is_dir(), "data.source", self.source,
+               f"one of {SOURCES} or an existing image folder")
+        _check(self.batch_size >= 2, "data.batch_size", self.batch_size, "an int >= 2")
+
+
+@dataclasses.dataclass
+class GeneratorConfig:
+    """A DCGAN generator of kd_tf.nets.dcgan: latent size and channels at 7x7, 14x14, 28x28."""
+
+    latent_dim: int = 64
+    widths: list[int] = dataclasses.field(default_factory=lambda: [128, 64, 32])
+
+    def validate(self, where):
+        _check(self.latent_dim >= 1, f"{where}.latent_dim", self.latent_dim, "an int >= 1")
+        _check(len(self.widths) == 3 and all(int(w) >= 1 for w in self.widths), f"{where}.widths", self.widths,
+               "three positive ints (channels at 7x7, 14x14, 28x28)")
+
+
+@dataclasses.dataclass
+class AdversarialConfig:
+    """The adversarial objective: its loss, the discriminator's optimizer, updates, R1 penalty."""
+
+    loss: str = "non-saturating"
+    d_steps: int = 1
+    r1_weight: float = 0.0
+    learning_rate: float = 2e-4          # the discriminator's Adam (beta_1 0.5, as DCGAN)
+    discriminator_widths: list[int] = dataclasses.field(default_factory=lambda: [64, 128])   # new discriminators only
+
+    def validate(self):
+        _check(self.loss in ADVERSARIAL_LOSSES, "adversarial.loss", self.loss, f"one of {ADVERSARIAL_LOSSES}")
+        _check(self.d_steps >= 1, "adversarial.d_steps", self.d_steps, "an int >= 1")
+        _check(self.r1_weight >= 0, "adversarial.r1_weight", self.r1_weight, "a float >= 0")
+        _check(self.learning_rate > 0, "adversarial.learning_rate", self.learning_rate, "a float > 0")
+        _check(len(self.discriminator_widths) >= 1 and all(int(w) >= 1 for w in self.discriminator_widths),
+               "adversarial.discriminator_widths", self.discriminator_widths, "a list of positive ints")
+
+
+@dataclasses.dataclass
+class GanEvalConfig:
+    """FID / KID / precision-recall: how many samples, how often during training, the grids."""
+
+    classifier: str = DEFAULT_CLASSIFIER
+    samples: int = 10000                 # generated images scored against the 10k test digits
+    every_epochs: int = 1                # the TensorBoard callback (fewer samples there: callback_samples)
+    callback_samples: int = 2000
+    grid: int = 8                        # fixed-z sample grids: grid x grid per model
+    seed: int = 1234
+    collapse_ratio: float = 0.5          # warn when samples' diversity < ratio x the real digits'
+
+    def validate(self):
+        _check(self.samples >= 100, "eval.samples", self.samples, "an int >= 100")
+        _check(self.callback_samples >= 100, "eval.callback_samples", self.callback_samples, "an int >= 100")
+        _check(self.every_epochs >= 1, "eval.every_epochs", self.every_epochs, "an int >= 1")
+        _check(1 <= self.grid <= 32, "eval.grid", self.grid, "1 <= grid <= 32")
+        _check(0 < self.collapse_ratio < 1, "eval.collapse_ratio", self.collapse_ratio, "0 < value < 1")
+
+
+# Nested sections are rebuilt from their own class when a config names any of their keys, so
+# the GAN task's different defaults live in subclasses, not in default_factory lambdas.
+
+@dataclasses.dataclass
+class GanTrainConfig(TrainConfig):
+    """The teacher GAN's budget: Adam(2e-4, beta_1 0.5) decayed along a cosine to 0.1x, float32
+    (1.0: a constant rate; see kd_tf.gan_jobs.gan_optimizer for why it decays)."""
+
+    steps: int = 4000
+    steps_per_epoch: int = 500
+    learning_rate: float = 2e-4
+    final_learning_rate_fraction: float = 0.1
+    mixed_precision: bool = False
+
+
+@dataclasses.dataclass
+class GanDistillTrainConfig(GanTrainConfig):
+    steps: int = 3000
+
+
+@dataclasses.dataclass
+class ClassifierTrainConfig(TrainConfig):
+    steps: int = 1500
+    steps_per_epoch: int = 500
+    mixed_precision: bool = False
+
+
+@dataclasses.dataclass
+class ClassifierDataConfig(DigitsConfig):
+    batch_size: int = 128
+
+
+@dataclasses.dataclass
+class StudentGeneratorConfig(GeneratorConfig):
+    """The default student: 9.3x fewer MACs than the default teacher generator."""
+
+    widths: list[int] = dataclasses.field(default_factory=lambda: [40, 20, 10])
+
+
+@dataclasses.dataclass
+class GanAlphaConfig(AlphaConfig):
+    start: float = 0.9
+
+
+def _check_gan_train(train: TrainConfig):
+    train.validate()
+    _check(not train.mixed_precision, "train.mixed_precision", train.mixed_precision,
+           "false for the GAN task (its float32 models are small; bfloat16 would change the samples)")
+
+
+@dataclasses.dataclass
+class ClassifierJobConfig:
+    """`python -m kd_tf train-classifier`: the digit classifier whose features FID/KID use."""
+
+    data: ClassifierDataConfig = dataclasses.field(default_factory=ClassifierDataConfig)
+    train: ClassifierTrainConfig = dataclasses.field(default_factory=ClassifierTrainConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    save_to: str = DEFAULT_CLASSIFIER
+
+    def validate(self):
+        self.data.validate()
+        _check_gan_train(self.train)
+        _check_writable("save_to", self.save_to)
+        return self
+
+
+@dataclasses.dataclass
+class GanTeacherJobConfig:
+    """`python -m kd_tf train-teacher --task gan`: the teacher GAN (generator and discriminator)."""
+
+    data: DigitsConfig = dataclasses.field(default_factory=DigitsConfig)
+    train: GanTrainConfig = dataclasses.field(default_factory=GanTrainConfig)
+    generator: GeneratorConfig = dataclasses.field(default_factory=GeneratorConfig)
+    adversarial: AdversarialConfig = dataclasses.field(default_factory=AdversarialConfig)
+    eval: GanEvalConfig = dataclasses.field(default_factory=GanEvalConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    save_to: str = DEFAULT_GAN_TEACHER
+    save_discriminator_to: str = DEFAULT_GAN_DISCRIMINATOR
+
+    def validate(self):
+        self.data.validate()
+        _check_gan_train(self.train)
+        self.generator.validate("generator")
+        self.adversarial.validate()
+        self.eval.validate()
+        _check_writable("save_to", self.save_to)
+        _check_writable("save_discriminator_to", self.save_discriminator_to)
+        return self
+
+
+@dataclasses.dataclass
+class GanDistillConfig:
+    """How the teacher GAN teaches: alpha (image MSE vs adversarial), feature pairs."""
+
+    teacher: str = DEFAULT_GAN_TEACHER
+    discriminator: str = DEFAULT_GAN_DISCRIMINATOR     # the adversarial objective starts from a copy
+    output_loss: str = "mse"
+    alpha: GanAlphaConfig = dataclasses.field(default_factory=GanAlphaConfig)
+    features: list[FeaturePair] = dataclasses.field(default_factory=list)
+    compare_scratch: bool = True          # the same student as a plain GAN, same steps and seed
+
+    def validate(self):
+        _check(self.output_loss in ("mse", "l1"), "distill.output_loss", self.output_loss, "'mse' or 'l1'")
+        self.alpha.validate()
+        for pair in self.features:
+            _check(pair.weight >= 0, f"distill.features[{pair.teacher}->{pair.student}].weight", pair.weight,
+                   "a float >= 0")
+
+
+@dataclasses.dataclass
+class GanDistillJobConfig:
+    """`python -m kd_tf distill --task gan`."""
+
+    data: DigitsConfig = dataclasses.field(default_factory=DigitsConfig)
+    train: GanDistillTrainConfig = dataclasses.field(default_factory=GanDistillTrainConfig)
+    student: StudentGeneratorConfig = dataclasses.field(default_factory=StudentGeneratorConfig)
+    distill: GanDistillConfig = dataclasses.field(default_factory=GanDistillConfig)
+    adversarial: AdversarialConfig = dataclasses.field(default_factory=AdversarialConfig)
+    eval: GanEvalConfig = dataclasses.field(default_factory=GanEvalConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    save_to: str | None = None            # default: <run dir>/student_generator.keras
+    export_int8: bool = True              # int8 TFLite of the student, scored like the float one
+    calibration_batches: int = 16         # x 64 latents from N(0, 1)
+
+    def validate(self):
+        self.data.validate()
+        _check_gan_train(self.train)
+        self.student.validate("student")
+        self.distill.validate()
+        self.adversarial.validate()
+        self.eval.validate()
+        _check(self.calibration_batches >= 1, "calibration_batches", self.calibration_batches, "an int >= 1")
+        _check_writable("save_to", self.save_to)
+        return self
+
+
+@dataclasses.dataclass
+class GanEvaluateJobConfig:
+    """`python -m kd_tf evaluate --task gan` and `export` of a generator: scores saved generators."""
+
+    data: DigitsConfig = dataclasses.field(default_factory=DigitsConfig)
+    eval: GanEvalConfig = dataclasses.field(default_factory=GanEvalConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    calibration_batches: int = 16
+
+    def validate(self):
+        self.data.validate()
+        self.eval.validate()
+        _check(self.calibration_batches >= 1, "calibration_batches", self.calibration_batches, "an int >= 1")
         return self
 
 

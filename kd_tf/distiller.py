@@ -9,6 +9,10 @@ this one does not.
            + sum_i lambda_i * feature_i
 
 Nothing here is task-specific: the student's own objective is passed in (kd_tf.objectives).
+Generators fit the same step: with a `latent_sampler` (kd_tf.data.LatentSampler) the batch holds
+real images, which become the objective's targets, and the teacher and the student both get the
+same latent z drawn inside the step; an objective that trains a model of its own (a GAN
+discriminator) gets its update after the student's, with that step's student outputs.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import keras
 import tensorflow as tf
 
 from kd_tf.distribute import global_batch_size, mean_results
-from kd_tf.losses import AttentionTerm, FeatureTerm
+from kd_tf.losses import AttentionTerm, FeatureTerm, JacobianTerm, projected_input_gradient
 from kd_tf.losses import output_loss as distance_for
 from kd_tf.objectives import Reconstruction
 from kd_tf.schedules import as_schedule
@@ -39,11 +43,20 @@ def _tap_model(model: keras.Model, layer_names, role: str) -> keras.Model:
 
 
 def _input_channels(model):
-    """Channels of a built model's image input; None for a subclassed model never called."""
+    """Channels of a built model's image input (the size of a latent vector input); None for a
+    subclassed model never called."""
     try:
         return model.input_shape[-1]
     except (AttributeError, ValueError):
         return None
+
+
+def _takes_vectors(model) -> bool:
+    """Whether the model's input is a (batch, size) vector: a generator's latent z."""
+    try:
+        return len(model.input_shape) == 2
+    except (AttributeError, ValueError, TypeError):
+        return False
 
 
 def _with_weight(pair):
@@ -69,6 +82,13 @@ class Distiller(keras.Model):
       objective: the student's own loss against the targets (default: MSE reconstruction).
         With unlabeled data (no targets) this term is dropped and alpha is taken as 1.
       probe_size: side of the zero image used once to check shapes up front.
+      jacobian: weight of Jacobian matching (Srinivas & Fleuret, 2018; kd_tf.losses.JacobianTerm),
+        0 for none: the input-gradients of a random projection of both outputs should agree. It
+        costs a backward pass through the teacher and a second-order pass through the student.
+      jacobian_seed: seed of the random projections (one per step, shared by both models).
+      latent_sampler: for generators: a callable (local batch size, step) -> z that the step calls
+        to draw the latents that teacher and student share (kd_tf.data.LatentSampler); the
+        batches then hold real images, passed to the objective as targets.
 
     Inputs are images, or {"inputs": images, "teacher_outputs": outputs} batches from
     kd_tf.teacher_cache, in which case the teacher's forward pass is skipped (output terms only).
@@ -79,16 +99,26 @@ class Distiller(keras.Model):
     """
 
     def __init__(self, teacher: keras.Model, student: keras.Model, alpha=0.5, output_loss: str = "mse",
-                 features=(), attention=(), objective=None, probe_size: int = 64, name: str = "distiller",
-                 **kwargs):
+                 features=(), attention=(), objective=None, probe_size: int = 64, latent_sampler=None,
+                 jacobian: float = 0.0, jacobian_seed: int = 0, name: str = "distiller", **kwargs):
         super().__init__(name=name, **kwargs)
         teacher.trainable = False
         self.teacher = teacher
         self.student = student
         self.alpha = as_schedule(alpha)
+        if hasattr(self.alpha, "build"):        # an adaptive alpha: its state is checkpointed with the student
+            self.alpha.build()
+            self.alpha_state = list(self.alpha.variables)
+        self.jacobian_term = JacobianTerm(jacobian) if jacobian else None
+        self.jacobian_seed = int(jacobian_seed)
         self.output_loss_kind = output_loss
         self._distance = distance_for(output_loss)
         self.objective = objective if objective is not None else Reconstruction("mse")
+        self.latent_sampler = latent_sampler
+        # a model the objective trains (a discriminator) and its optimizer become attributes, so that
+        # save_weights / BackupAndRestore checkpoint and restore them with the student
+        for key, value in (objective.trackables() if hasattr(objective, "trackables") else {}).items():
+            setattr(self, f"objective_{key}", value)
 
         pairs = [("feature", *_with_weight(p)) for p in features] + [("attention", *_with_weight(p)) for p in attention]
         self.teacher_taps = _tap_model(teacher, [t for _, t, _, _ in pairs], "teacher")
@@ -99,24 +129,37 @@ class Distiller(keras.Model):
         self.total_tracker = keras.metrics.Mean(name="loss")
         self.distill_tracker = keras.metrics.Mean(name="distill")
         self.own_tracker = keras.metrics.Mean(name="own")
-        self.layer_trackers = [keras.metrics.Mean(name=term.name) for term in self.layer_terms]
+        self.layer_trackers = [keras.metrics.Mean(name=term.name)
+                               for term in self.layer_terms + ([self.jacobian_term] if self.jacobian_term else [])]
         self.alpha_tracker = keras.metrics.Mean(name="alpha")
         metric_name = getattr(self.objective, "metric_name", None)
         self.quality_tracker = keras.metrics.Mean(name=metric_name) if metric_name else None
+        self.objective_trackers = list(getattr(self.objective, "metrics", []))
         self.built = True                   # every sub-model is built; lets BackupAndRestore save at once
 
     def _check_shapes_and_make_terms(self, pairs, probe_size):
         channels, teacher_channels = _input_channels(self.student), _input_channels(self.teacher)
         if channels is None:
             raise ValueError("the student has no known input shape; build it on a keras.Input first")
+        vectors = _takes_vectors(self.student)
         if teacher_channels is not None and teacher_channels != channels:
+            if vectors:
+                raise ValueError(f"latent size differs: teacher takes z of size {teacher_channels}, "
+                                 f"student takes z of size {channels}")
             raise ValueError(f"teacher takes {teacher_channels} input channels, student takes {channels}")
-        probe = tf.zeros((1, probe_size, probe_size, channels))
-        teacher_out = self.teacher_taps(probe, training=False)
-        student_out = self.student_taps(probe, training=False)
+        sampled = getattr(self.latent_sampler, "latent_dim", channels)
+        if self.latent_sampler is not None and (not vectors or sampled != channels):
+            raise ValueError(f"the latent sampler draws z of size {sampled}, but the student takes inputs of "
+                             f"shape {tuple(self.student.input_shape)}; expected (None, {sampled})")
+        probe = tf.zeros((1, channels) if vectors else (1, probe_size, probe_size, channels))
+        teacher_out = tf.nest.flatten(self.teacher_taps(probe, training=False))
+        student_out = tf.nest.flatten(self.student_taps(probe, training=False))
+        where = "one latent vector" if vectors else f"a {probe_size}x{probe_size} input"
         if tuple(teacher_out[0].shape) != tuple(student_out[0].shape):
             raise ValueError(f"teacher output shape {tuple(teacher_out[0].shape)} differs from student "
-                             f"output shape {tuple(student_out[0].shape)} on a {probe_size}x{probe_size} input")
+                             f"output shape {tuple(student_out[0].shape)} on {where}")
+        if hasattr(self.objective, "check_prediction_shape"):
+            self.objective.check_prediction_shape(tuple(student_out[0].shape))
         terms = []
         for (kind, t_name, s_name, weight), t_feat, s_feat in zip(pairs, teacher_out[1:], student_out[1:]):
             if t_feat.shape[1:-1] != s_feat.shape[1:-1]:
@@ -139,7 +182,7 @@ class Distiller(keras.Model):
     @property
     def metrics(self):
         return [self.total_tracker, self.distill_tracker, self.own_tracker, *self.layer_trackers,
-                self.alpha_tracker] + ([self.quality_tracker] if self.quality_tracker else [])
+                self.alpha_tracker] + ([self.quality_tracker] if self.quality_tracker else []) + self.objective_trackers
 
     @property
     def trained_variables(self):
@@ -158,16 +201,34 @@ class Distiller(keras.Model):
     def _teacher_outputs(self, inputs):
         """(student inputs, [teacher output, *teacher features]): cached, or one teacher pass."""
         if is_cached_batch(inputs):
-            if self.layer_terms:
-                raise ValueError("cached teacher outputs hold only the teacher's output; feature and "
-                                 "attention terms need the live teacher (pass plain images)")
+            if self.layer_terms or self.jacobian_term:
+                raise ValueError("cached teacher outputs hold only the teacher's output; feature, "
+                                 "attention and Jacobian terms need the live teacher (pass plain images)")
             return inputs[INPUTS_KEY], [tf.cast(inputs[TEACHER_OUTPUTS_KEY], tf.float32)]
-        outputs = tf.nest.flatten(self.teacher_taps(inputs, training=False))
+        if self.jacobian_term is not None:
+            gradient, outputs = projected_input_gradient(
+                lambda x: self.teacher_taps(x, training=False), inputs, self._projection)
+            outputs = tf.nest.flatten(outputs) + [gradient]
+        else:
+            outputs = tf.nest.flatten(self.teacher_taps(inputs, training=False))
         return inputs, [tf.stop_gradient(tf.cast(t, tf.float32)) for t in outputs]
+
+    def _projection(self, shape):
+        """This step's random output direction for Jacobian matching, the same for both models."""
+        step = tf.cast(self.optimizer.iterations, tf.int32)
+        return tf.random.stateless_normal(shape, seed=tf.stack([tf.constant(self.jacobian_seed), step]))
+
+    def _student_outputs(self, inputs, training):
+        """[student output, *student features(, input-gradient for Jacobian matching)]: one pass."""
+        if self.jacobian_term is None:
+            return tf.nest.flatten(self.student_taps(inputs, training=training))
+        gradient, outputs = projected_input_gradient(
+            lambda x: self.student_taps(x, training=training), inputs, self._projection)
+        return tf.nest.flatten(outputs) + [gradient]
 
     def _terms(self, inputs, targets, sample_weight, training):
         inputs, teacher_out = self._teacher_outputs(inputs)
-        student_out = tf.nest.flatten(self.student_taps(inputs, training=training))
+        student_out = self._student_outputs(inputs, training)
         prediction = tf.cast(student_out[0], tf.float32)
         if sample_weight is not None:
             sample_weight = tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
@@ -184,9 +245,10 @@ class Distiller(keras.Model):
             alpha, own = tf.constant(1.0), tf.zeros_like(distill)
         else:
             own = self.objective(inputs, targets, prediction)
-        features = [term(t, s) for term, t, s in zip(self.layer_terms, teacher_out[1:], student_out[1:])]
+        layer_terms = self.layer_terms + ([self.jacobian_term] if self.jacobian_term else [])
+        features = [term(t, s) for term, t, s in zip(layer_terms, teacher_out[1:], student_out[1:])]
         per_sample = alpha * distill + (1.0 - alpha) * own
-        for term, value in zip(self.layer_terms, features):
+        for term, value in zip(layer_terms, features):
             per_sample = per_sample + term.weight * value
         return {"loss": reduce(per_sample), "distill": reduce(distill), "own": reduce(own),
                 "features": [reduce(value) for value in features], "alpha": alpha, "inputs": inputs,
@@ -208,8 +270,15 @@ class Distiller(keras.Model):
                                               sample_weight=samples)
         return mean_results(self.metrics)
 
+    def _latents(self, inputs, targets):
+        """(inputs, targets) of the step: as given, or (z drawn for this step, the real images)."""
+        if self.latent_sampler is None:
+            return inputs, targets
+        return self.latent_sampler(tf.shape(inputs)[0], self.optimizer.iterations), inputs
+
     def train_step(self, data):
         inputs, targets, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        inputs, targets = self._latents(inputs, targets)
         variables = self.trained_variables
         with tf.GradientTape() as tape:
             terms = self._terms(inputs, targets, sample_weight, training=True)
@@ -219,8 +288,13 @@ class Distiller(keras.Model):
                                               global_batch_size=global_batch_size(tf.shape(terms["per_sample"])[0]))
         gradients = tape.gradient(loss, variables)
         self.optimizer.apply(gradients, variables)
+        if hasattr(self.alpha, "observe") and targets is not None:   # an adaptive alpha learns from the terms
+            self.alpha.observe(terms["distill"], terms["own"])
+        if hasattr(self.objective, "discriminator_step"):    # its own model's phase, on this step's outputs
+            self.objective.discriminator_step(targets, terms["prediction"])
         return self._track(terms, targets)
 
     def test_step(self, data):
         inputs, targets, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        inputs, targets = self._latents(inputs, targets)
         return self._track(self._terms(inputs, targets, sample_weight, training=False), targets)

@@ -22,18 +22,24 @@ class FlexOpsError(RuntimeError):
     """A converted model needs TensorFlow ops outside the TFLite builtins (it would not run on a phone)."""
 
 
-def export_saved_model(model: keras.Model, directory: str | os.PathLike, input_name: str = "noisy",
+def export_saved_model(model: keras.Model, directory: str | os.PathLike, input_name: str | None = None,
                        tile: int | None = None) -> Path:
     """SavedModel with `serve` and `serving_default` signatures and a named input.
 
-    Height and width are dynamic unless `tile` fixes the input to 1 x tile x tile (for runtimes
-    and delegates that want static shapes; kd_tf.inference then tiles large images).
+    Image models take NHWC batches (input "noisy"); height and width are dynamic unless `tile`
+    fixes the input to 1 x tile x tile (for runtimes and delegates that want static shapes;
+    kd_tf.inference then tiles large images). Generators take (batch, latent_dim) vectors
+    (input "latent"), batch dynamic.
     """
     directory = Path(directory)
     channels = model.input_shape[-1]
     archive = keras.export.ExportArchive()
     archive.track(model)
-    shape = (None, None, None, channels) if tile is None else (1, tile, tile, channels)
+    if takes_latent(model):
+        shape, input_name = (None, channels), input_name or "latent"
+    else:
+        shape = (None, None, None, channels) if tile is None else (1, tile, tile, channels)
+        input_name = input_name or "noisy"
     spec = tf.TensorSpec(shape, tf.float32, name=input_name)
     archive.add_endpoint("serve", lambda images: model(images, training=False), input_signature=[spec])
     partial = directory.with_name(directory.name + ".partial")
@@ -41,6 +47,17 @@ def export_saved_model(model: keras.Model, directory: str | os.PathLike, input_n
     archive.write_out(str(partial), verbose=False)
     replace_directory(partial, directory)
     return directory
+
+
+def takes_latent(model: keras.Model) -> bool:
+    """Whether the model takes (batch, size) vectors, a generator's latent z, rather than images."""
+    return len(model.input_shape) == 2
+
+
+def latent_calibration(latent_dim: int, batches: int = 16, batch_size: int = 64, seed: int = 0) -> list:
+    """Representative data for a generator's int8 conversion: N(0, 1) latents, as in training."""
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((batch_size, latent_dim)).astype(np.float32) for _ in range(batches)]
 
 
 def replace_directory(new: Path, final: Path):
@@ -59,7 +76,7 @@ def to_tflite(saved_model_dir: str | os.PathLike, mode: str = "float32", represe
 
     mode: float32, float16 (weights), dynamic (int8 weights, float activations), int8 (full
     integer, calibrated on `representative`: an iterable of float32 NHWC batches preprocessed as
-    in training), int16x8 (int16 activations, int8 weights). Inputs and outputs stay float32,
+    in training, or latent batches for a generator, see `latent_calibration`), int16x8 (int16 activations, int8 weights). Inputs and outputs stay float32,
     so every mode is a drop-in replacement for the others.
     """
     if mode not in TFLITE_MODES:
@@ -135,7 +152,8 @@ def check_builtin_only(flatbuffer: bytes) -> list[str]:
 
 
 class LiteRTModel:
-    """A TFLite model run by the LiteRT interpreter, callable like a Keras model on NHWC batches.
+    """A TFLite model run by the LiteRT interpreter, callable like a Keras model on NHWC batches
+    (or on latent batches, for a generator).
 
     Inputs of a new shape resize the interpreter's input (models converted with dynamic H/W);
     a fixed-shape model raises a clear error instead (use kd_tf.inference tiling for those).

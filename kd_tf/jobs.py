@@ -28,6 +28,7 @@ from kd_tf.metrics import psnr_metric
 from kd_tf.distiller import Distiller
 from kd_tf.model_io import float32_copy, load_model, save_model, with_dtype_policy
 from kd_tf.nets import build_unet
+from kd_tf.nets.inherit import inherit_from_teacher
 from kd_tf.teacher_cache import cache_teacher_outputs
 
 log = logging.getLogger(__name__)
@@ -188,12 +189,31 @@ def load_teacher(path: str, mixed_precision: bool) -> keras.Model:
     return teacher
 
 
+def start_from_teacher(student_init: str, teacher: keras.Model, student: keras.Model, batches,
+                       energy_batches: int = 8) -> dict | None:
+    """Gives the student its teacher's strongest channels and blocks (kd_tf.nets.inherit) when
+    `student_init` asks for it ("auto": whenever both are build_unet networks that fit); returns
+    what was kept, or None when the student keeps its random weights."""
+    if student_init == "random":
+        return None
+    try:
+        kept = inherit_from_teacher(teacher, student, batches.take(energy_batches).map(lambda noisy, clean: noisy))
+    except ValueError as error:
+        if student_init == "teacher":
+            raise ValueError(f"distill.student_init=teacher: {error}") from None
+        log.info("the student starts from random weights (distill.student_init=auto: %s)", error)
+        return None
+    log.info("the student starts from the teacher's strongest channels; residual blocks kept: %s", kept["blocks"])
+    return kept
+
+
 def batches_to_cache(config: cfg.DistillJobConfig) -> int:
     """Teacher batches for offline distillation: as configured, else min(1000, steps) when only
-    outputs are distilled (features need the live teacher). 1000 batches of 64x64 take 1.2 GB."""
+    outputs are distilled (features, attention and Jacobian need the live teacher). 1000 batches of 64x64 take 1.2 GB."""
     if config.distill.cache_batches is not None:
         return config.distill.cache_batches
-    return 0 if config.distill.features or config.distill.attention else min(1000, config.train.steps)
+    live = config.distill.features or config.distill.attention or config.distill.jacobian
+    return 0 if live else min(1000, config.train.steps)
 
 
 def distill(config: cfg.DistillJobConfig, strategy=None) -> dict:
@@ -208,16 +228,18 @@ def distill(config: cfg.DistillJobConfig, strategy=None) -> dict:
                                   config.distill.alpha.end, config.train.steps)
     features = [(p.teacher, p.student, p.weight) for p in config.distill.features]
     attention = [(p.teacher, p.student, p.weight) for p in config.distill.attention]
+    split, stream, val_noisy, val_clean = _data(config.data, config.train.seed)
     with strategy.scope():                          # teacher (frozen), student, adapters, optimizer on every replica
         teacher = load_teacher(config.distill.teacher, config.train.mixed_precision)
         student = build_unet(config.student.widths, config.student.blocks, name="student",
                              mixed_precision=config.train.mixed_precision)
         initial_weights = student.get_weights()     # the scratch run starts from the very same point
+        inherited = start_from_teacher(config.distill.student_init, teacher, student, stream())
         distiller = Distiller(teacher, student, alpha=alpha, output_loss=config.distill.output_loss,
-                              features=features, attention=attention)   # checks shapes and layer names first
+                              features=features, attention=attention, jacobian=config.distill.jacobian,
+                              jacobian_seed=config.train.seed)          # checks shapes and layer names first
         distiller.compile(optimizer=cosine_optimizer(config.train))
     paths = RunPaths(config.output, "distill", chief=distribute.is_chief(strategy))
-    split, stream, val_noisy, val_clean = _data(config.data, config.train.seed)
     val_noisy, val_clean, val_batch = distribute.even_validation(val_noisy, val_clean, strategy)
     epochs, per_epoch = epochs_for(config.train)
     fit_args = dict(epochs=epochs, steps_per_epoch=per_epoch, validation_data=(val_noisy, val_clean),
@@ -259,7 +281,8 @@ def distill(config: cfg.DistillJobConfig, strategy=None) -> dict:
 
     evaluated = {"teacher": load_model(config.distill.teacher), **students}
     report = _report(config, paths, split, evaluated, "distill")
-    report.update(timings=timings, history=histories)
+    report.update(timings=timings, history=histories, student_init="teacher" if inherited else "random",
+                  inherited=inherited)
     report["report_path"] = str(paths.write_json("report.json", report))      # kept even if export fails
     if config.export_formats:
         exported = export_student(cfg.ExportJobConfig(

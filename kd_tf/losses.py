@@ -91,14 +91,18 @@ class AttentionTerm:
 
 def projected_input_gradient(forward, inputs, projection):
     """d<projection, forward(inputs)>/d inputs, and forward(inputs), from one forward and one
-    backward pass. A random projection of the output stands for the whole Jacobian (an image
+    backward pass. `projection`: a tensor shaped like the output, or a callable of the output's
+    shape that draws one; `forward` may return several outputs (feature taps): the first is
+    projected. A random projection of the output stands for the whole Jacobian (an image
     model's Jacobian has (H x W x C)^2 entries): matching it for random directions matches the
     Jacobian in expectation. Called under an outer GradientTape, the gradient stays
     differentiable with respect to the model's weights (double backpropagation)."""
     with tf.GradientTape() as tape:
         tape.watch(inputs)
         outputs = forward(inputs)
-        scalar = tf.reduce_sum(tf.cast(outputs, tf.float32) * projection)
+        first = tf.cast(tf.nest.flatten(outputs)[0], tf.float32)
+        direction = projection(tf.shape(first)) if callable(projection) else projection
+        scalar = tf.reduce_sum(first * tf.stop_gradient(direction))
     return tape.gradient(scalar, inputs), outputs
 
 

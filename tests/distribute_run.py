@@ -6,6 +6,8 @@ must be configured before TensorFlow starts, which a pytest process has long don
     python tests/distribute_run.py compare          # 2 logical CPUs: one device vs MirroredStrategy
     python tests/distribute_run.py worker BACKUP    # one worker of TF_CONFIG's cluster (multiworker)
     python tests/distribute_run.py time             # step time, 1 vs 2 replicas (docs/DISTRIBUTED.md)
+    python tests/distribute_run.py gan              # the GAN objective: one device vs MirroredStrategy
+    python tests/distribute_run.py gan-worker BACKUP  # the GAN objective, one worker of TF_CONFIG's cluster
 """
 
 from __future__ import annotations
@@ -86,6 +88,74 @@ def run(strategy, cached: bool = False, features: bool = False, partial: bool = 
             "teacher_replicated": all(isinstance(w.value, tf.distribute.DistributedValues) for w in teacher.weights)}
 
 
+GAN_LATENT = 8
+
+
+def gan_data():
+    """Real images in [-1, 1] for STEPS global batches, the last one of 5 (split 3 + 2)."""
+    rng = np.random.default_rng(11)
+    real = np.tanh(rng.normal(0, 1, (STEPS * BATCH - 3, 28, 28, 1))).astype("float32")
+    return tf.data.Dataset.from_tensor_slices(real).batch(BATCH)
+
+
+def run_gan(strategy, callbacks=()) -> dict:
+    """A few steps of the GAN objective: a tiny teacher and student generator (synchronized batch
+    norm), a discriminator started from the teacher's, an R1 penalty, 2 discriminator steps per
+    generator step, a feature term through an adapter, plain SGD on both sides."""
+    import keras
+
+    from kd_tf.data import LatentSampler
+    from kd_tf.distiller import Distiller
+    from kd_tf.nets import build_discriminator, build_generator
+    from kd_tf.objectives import Adversarial, clone_discriminator
+
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        teacher = build_generator(GAN_LATENT, (8, 4, 4), name="teacher")
+        teacher_d = build_discriminator((4, 8), name="teacher_d")
+        student = build_generator(GAN_LATENT, (4, 4, 2), name="student")
+        objective = Adversarial(clone_discriminator(teacher_d), keras.optimizers.SGD(0.05, momentum=0.5),
+                                d_steps=2, r1_weight=0.5)
+        distiller = Distiller(teacher, student, alpha=0.5, features=[("up0", "up0", 0.5)], objective=objective,
+                              latent_sampler=LatentSampler(GAN_LATENT, seed=3))
+        distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.5))
+    before = {"teacher": [w.copy() for w in teacher.get_weights()],
+              "teacher_d": [w.copy() for w in teacher_d.get_weights()]}
+    record = []
+
+    class Recorder(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            record.append({key: float(logs[key]) for key in ("loss", "distill", "own", "d_loss", "r1")})
+
+    distiller.fit(gan_data(), epochs=1, steps_per_epoch=STEPS, verbose=0, shuffle=False,
+                  callbacks=[Recorder(), *callbacks])
+    flat = lambda model: np.concatenate([np.ravel(w) for w in model.get_weights()]).tolist()
+    change = lambda model, key: max(float(np.max(np.abs(a - b))) for a, b in zip(model.get_weights(), before[key]))
+    return {"replicas": strategy.num_replicas_in_sync, "steps": record, "student": flat(student),
+            "discriminator": flat(objective.discriminator),
+            "discriminator_optimizer": [np.ravel(np.asarray(v)).tolist() for v in objective.optimizer.variables],
+            "teacher_change": change(teacher, "teacher"), "teacher_d_change": change(teacher_d, "teacher_d"),
+            "discriminator_replicated": all(isinstance(w.value, tf.distribute.DistributedValues)
+                                            for w in objective.discriminator.weights)}
+
+
+def gan_compare() -> dict:
+    split_cpu(2)
+    from kd_tf.distribute import strategy_from_name
+
+    return {"single": run_gan(strategy_from_name("default")), "mirrored": run_gan(strategy_from_name("mirrored"))}
+
+
+def gan_worker(backup_dir: str) -> dict:
+    from kd_tf.distribute import BackupAndRestore, is_chief, strategy_from_name
+
+    strategy = strategy_from_name("multiworker")
+    chief = is_chief(strategy)
+    result = run_gan(strategy, callbacks=[BackupAndRestore(backup_dir, chief=chief, delete_checkpoint=False)])
+    result.update(chief=chief, task=json.loads(os.environ["TF_CONFIG"])["task"])
+    return result
+
+
 def compare() -> dict:
     split_cpu(2)
     from kd_tf.distribute import strategy_from_name
@@ -157,6 +227,10 @@ if __name__ == "__main__":
         output = worker(sys.argv[2])
     elif mode == "time":
         output = step_time()
+    elif mode == "gan":
+        output = gan_compare()
+    elif mode == "gan-worker":
+        output = gan_worker(sys.argv[2])
     else:
-        raise SystemExit(f"unknown mode {mode!r}; expected compare, worker or time")
+        raise SystemExit(f"unknown mode {mode!r}; expected compare, worker, time, gan or gan-worker")
     print(json.dumps(output))

@@ -72,7 +72,9 @@ def _free_ports(count):
             sock.close()
 
 
-def test_two_workers_match_one_process_and_only_the_chief_writes(compared, tmp_path):
+def _two_workers(mode, tmp_path):
+    """Runs the helper's `mode` in 2 worker processes (TF_CONFIG on 127.0.0.1); their results,
+    after checking that only the chief wrote a checkpoint and that both freed their ports."""
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     workers = []
@@ -80,7 +82,7 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(compared, tmp_p
         for index in range(2):
             task = {"type": "worker", "index": index}
             env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": task}))
-            command = [sys.executable, str(HELPER), "worker", str(tmp_path / f"backup{index}")]
+            command = [sys.executable, str(HELPER), mode, str(tmp_path / f"backup{index}")]
             with open(tmp_path / f"worker{index}.out", "w") as out, open(tmp_path / f"worker{index}.err", "w") as err:
                 workers.append(subprocess.Popen(command, env=env, stdout=out, stderr=err))
         codes = [worker.wait(timeout=240) for worker in workers]
@@ -91,17 +93,59 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(compared, tmp_p
             worker.wait()
     assert codes == [0, 0], [(tmp_path / f"worker{i}.err").read_text()[-3000:] for i in range(2)]
     results = [json.loads((tmp_path / f"worker{i}.out").read_text().strip().splitlines()[-1]) for i in range(2)]
-
     assert [r["chief"] for r in results] == [True, False]
-    for result in results:
-        assert result["replicas"] == 2 and result["teacher_replicated"]
-        _assert_same_run(result, compared["plain"]["single"])
     assert (tmp_path / "backup0" / "latest.weights.h5").is_file()      # the chief's checkpoint
     assert not (tmp_path / "backup1").exists()                         # the other worker wrote nothing
     for port in ports:                                                 # both servers are gone
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", port))
+    return results
+
+
+def test_two_workers_match_one_process_and_only_the_chief_writes(compared, tmp_path):
+    for result in _two_workers("worker", tmp_path):
+        assert result["replicas"] == 2 and result["teacher_replicated"]
+        _assert_same_run(result, compared["plain"]["single"])
+
+
+# -- the GAN objective: generator phase, discriminator phase (own optimizer), shared latents -----
+
+GAN_LOSS_RTOL = 5e-6    # loss, distill, own, d_loss and r1, every step (measured: 7.8e-7 at most)
+GAN_WEIGHT_ATOL = 2e-6  # student, discriminator and its optimizer's state (measured: 3.4e-7; largest about 1)
+
+
+@pytest.fixture(scope="module")
+def gan_compared():
+    """One device vs MirroredStrategy, 6 steps of global batch 8 (the last one 5, split 3 + 2):
+    synchronized batch norm, a feature term, d_steps=2 and an R1 penalty (tests/distribute_run.py)."""
+    return _helper("gan")
+
+
+def _assert_same_gan_run(result, reference):
+    for key in ("loss", "distill", "own", "d_loss", "r1"):
+        np.testing.assert_allclose([s[key] for s in result["steps"]], [s[key] for s in reference["steps"]],
+                                   rtol=GAN_LOSS_RTOL, err_msg=key)
+    np.testing.assert_allclose(result["student"], reference["student"], rtol=0, atol=GAN_WEIGHT_ATOL)
+    np.testing.assert_allclose(result["discriminator"], reference["discriminator"], rtol=0, atol=GAN_WEIGHT_ATOL)
+    assert result["discriminator_optimizer"][0] == reference["discriminator_optimizer"][0] == [12]   # 6 x d_steps
+    for mine, theirs in zip(result["discriminator_optimizer"], reference["discriminator_optimizer"]):
+        np.testing.assert_allclose(mine, theirs, rtol=0, atol=GAN_WEIGHT_ATOL)
+    assert result["teacher_change"] == 0.0 and result["teacher_d_change"] == 0.0
+
+
+def test_gan_mirrored_two_replicas_match_one_device_with_the_global_batch(gan_compared):
+    single, mirrored = gan_compared["single"], gan_compared["mirrored"]
+    assert (single["replicas"], mirrored["replicas"]) == (1, 2)
+    assert mirrored["discriminator_replicated"]
+    _assert_same_gan_run(mirrored, single)
+    assert single["steps"][-1]["distill"] < single["steps"][0]["distill"]      # it did train
+
+
+def test_gan_two_workers_match_one_process_and_only_the_chief_writes(gan_compared, tmp_path):
+    for result in _two_workers("gan-worker", tmp_path):
+        assert result["replicas"] == 2 and result["discriminator_replicated"]
+        _assert_same_gan_run(result, gan_compared["single"])
 
 
 # -- in-process: names, configuration, errors -------------------------------------------------

@@ -83,3 +83,64 @@ def test_jacobian_term_trains_the_student_by_double_backpropagation():
     assert float(loss) > 0.0
     kernels = [g for g, v in zip(weight_gradients, student.trainable_variables) if "kernel" in v.path]
     assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0.0 for g in kernels)
+
+
+def _tiny_pair():
+    keras.utils.set_random_seed(2)
+    teacher = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(3, 3, padding="same", activation="tanh")],
+                               name="teacher")
+    student = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(3, 3, padding="same")], name="student")
+    return teacher, student
+
+
+def test_distiller_jacobian_term_equals_a_hand_computation_and_trains_only_the_student():
+    from kd_tf import Distiller
+
+    teacher, student = _tiny_pair()
+    distiller = Distiller(teacher, student, alpha=0.25, jacobian=0.5, jacobian_seed=7, probe_size=8)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1))
+    noisy = tf.random.stateless_uniform((4, 8, 8, 3), seed=(1, 2))
+    clean = tf.random.stateless_uniform((4, 8, 8, 3), seed=(3, 4))
+
+    projection = tf.random.stateless_normal((4, 8, 8, 3), seed=(7, 0))        # seed, step 0
+    t_grad, t_out = projected_input_gradient(teacher, noisy, projection)
+    s_grad, s_out = projected_input_gradient(student, noisy, projection)
+    distill = tf.reduce_mean(tf.square(s_out - t_out), axis=[1, 2, 3])
+    own = tf.reduce_mean(tf.square(s_out - clean), axis=[1, 2, 3])
+    jacobian = JacobianTerm(0.5)(t_grad, s_grad)
+    expected = float(tf.reduce_mean(0.25 * distill + 0.75 * own + 0.5 * jacobian))
+
+    logs = distiller.test_on_batch(noisy, clean, return_dict=True)
+    assert logs["loss"] == pytest.approx(expected, rel=1e-5)
+    assert logs["jacobian"] == pytest.approx(float(tf.reduce_mean(jacobian)), rel=1e-5)
+
+    teacher_before = [w.copy() for w in teacher.get_weights()]
+    student_before = [w.copy() for w in student.get_weights()]
+    distiller.train_on_batch(noisy, clean)
+    assert all(np.array_equal(a, b) for a, b in zip(teacher_before, teacher.get_weights()))
+    assert not any(np.array_equal(a, b) for a, b in zip(student_before, student.get_weights()))
+    with pytest.raises(ValueError, match="Jacobian terms need the live teacher"):
+        distiller.test_on_batch({"inputs": noisy, "teacher_outputs": t_out}, clean)
+
+
+def test_distiller_adaptive_alpha_follows_the_terms_and_is_checkpointed(tmp_path):
+    from kd_tf import Distiller
+
+    teacher, student = _tiny_pair()
+    alpha = schedules.LossRatio(start=0.5, momentum=0.0)        # no averaging: the last step's terms
+    distiller = Distiller(teacher, student, alpha=alpha, probe_size=8)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.01))
+    noisy = tf.random.stateless_uniform((4, 8, 8, 3), seed=(5, 6))
+    clean = tf.random.stateless_uniform((4, 8, 8, 3), seed=(7, 8))
+    first = distiller.train_on_batch(noisy, clean, return_dict=True)
+    assert first["alpha"] == pytest.approx(0.5)                   # nothing observed before the first step
+    assert float(alpha.variables[2].numpy()) == 1.0
+    logs = distiller.test_on_batch(noisy, clean, return_dict=True)
+    # after one observed step alpha balances the last step's means: own / (distill + own)
+    ratio = first["own"] / (first["distill"] + first["own"])
+    assert logs["alpha"] == pytest.approx(float(np.clip(ratio, 0.05, 0.95)), rel=1e-5)
+    assert all(any(v is w for w in distiller.non_trainable_variables) for v in alpha.variables)
+    distiller.save_weights(tmp_path / "d.weights.h5")
+    alpha.variables[2].assign(0.0)
+    distiller.load_weights(tmp_path / "d.weights.h5")
+    assert float(alpha.variables[2].numpy()) == 1.0

@@ -1,0 +1,473 @@
+"""The work behind the GAN task's CLI verbs: the feature classifier, the teacher GAN, distillation
+into a small generator (with the from-scratch baseline), scoring, export and `generate`.
+
+Same habits as kd_tf.jobs: a run folder `runs/<run>` with a JSON report, TensorBoard logs in
+`tensorboard_logs/<run>`, resume from the last completed epoch when rerun with the same run name,
+only the chief writes under tf.distribute. Generators map N(0, 1) latents to 28x28 digits in
+[-1, 1]; the classifier and the metrics see [0, 1].
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kd_tf import config as cfg
+from kd_tf import distribute, schedules
+from kd_tf.callbacks import GeneratorMetricsCallback, StopOnNonFiniteLoss, digit_grid
+from kd_tf.complexity import count_macs, count_params
+from kd_tf.data import LatentSampler, write_image
+from kd_tf.digits import as_unit, load_digits, real_dataset
+from kd_tf.distiller import Distiller
+from kd_tf.evaluation import render_table
+from kd_tf.jobs import RunPaths, _worker_report, epochs_for, resumed_batches
+from kd_tf.metrics import diversity, frechet_distance, kernel_inception_distance, precision_recall_coverage
+from kd_tf.model_io import load_model, save_model
+from kd_tf.nets import build_classifier, build_discriminator, build_generator, feature_extractor, latent_dim_of
+from kd_tf.objectives import Adversarial, AdversarialTraining, clone_discriminator
+
+log = logging.getLogger(__name__)
+
+PR_SAMPLES = 5000          # precision/recall/coverage use k-NN balls: O(n^2) distances, so a subset
+
+
+def _verbose():
+    return 2 if os.environ.get("KD_TF_QUIET") else "auto"
+
+
+def gan_optimizer(learning_rate: float, steps: int = 1, final_fraction: float = 1.0) -> keras.optimizers.Optimizer:
+    """DCGAN's Adam (beta_1 = 0.5), its rate decayed along a cosine to `final_fraction` of it over
+    `steps` updates (1.0: constant). At a constant rate the FID of successive epochs swings by
+    3x (5.7 -> 18.5 between the last two epochs of the first teacher run): the decay lets the
+    last epoch, the one that is saved and compared, settle."""
+    if final_fraction >= 1.0:
+        return keras.optimizers.Adam(learning_rate, beta_1=0.5)
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=final_fraction)
+    return keras.optimizers.Adam(schedule, beta_1=0.5)
+
+
+# -- scoring -----------------------------------------------------------------------------------
+
+class Scorer:
+    """FID, KID, precision/recall/coverage and the mode-collapse check of a generator, in the
+    feature space of the shipped digit classifier, against the 10k test digits.
+
+    The collapse criterion: the mean feature distance between random pairs of samples, divided by
+    the same for real digits (`diversity_ratio`); below `collapse_ratio` (0.5 by default) every
+    sample looks nearly alike and a warning goes to the log.
+    """
+
+    def __init__(self, classifier_path: str, real_images: np.ndarray, collapse_ratio: float = 0.5, seed: int = 0):
+        if not Path(classifier_path).exists():
+            raise FileNotFoundError(f"feature classifier {classifier_path!r} does not exist: train it with "
+                                    f"`python -m kd_tf train-classifier` or set eval.classifier")
+        self.features_model = feature_extractor(load_model(classifier_path))
+        self._features = tf.function(lambda x: self.features_model(x, training=False))
+        self.real = self.features(as_unit(real_images))
+        self.real_diversity = diversity(self.real, seed=seed)
+        self.collapse_ratio, self.seed = collapse_ratio, seed
+
+    def features(self, images01: np.ndarray, batch: int = 500) -> np.ndarray:
+        return np.concatenate([self._features(tf.constant(images01[i:i + batch], tf.float32)).numpy()
+                               for i in range(0, len(images01), batch)])
+
+    def __call__(self, generate, count: int = 10000, latent_dim: int | None = None, latents=None,
+                 name: str = "generator") -> dict:
+        """`generate`: z batch -> images in [-1, 1]; scored on `latents` (or `count` N(0, 1) draws)."""
+        if latents is None:
+            latents = np.random.default_rng(self.seed).standard_normal((count, latent_dim)).astype(np.float32)
+        images = np.concatenate([np.asarray(generate(latents[i:i + 500])) for i in range(0, len(latents), 500)])
+        fake = self.features(np.clip((images + 1.0) / 2.0, 0.0, 1.0))
+        kid, kid_std = kernel_inception_distance(self.real, fake, seed=self.seed)
+        scores = {"fid": frechet_distance(self.real, fake), "kid": kid, "kid_std": kid_std,
+                  **precision_recall_coverage(self.real[:PR_SAMPLES], fake[:PR_SAMPLES]),
+                  "diversity_ratio": diversity(fake, seed=self.seed) / self.real_diversity, "samples": len(images)}
+        if scores["diversity_ratio"] < self.collapse_ratio:
+            log.warning("mode collapse suspected for %s: its samples are %.2fx as diverse as real digits "
+                        "(mean pairwise feature distance; warning below %.2fx). Lower the learning rate, "
+                        "add adversarial.r1_weight or raise distill.alpha", name, scores["diversity_ratio"],
+                        self.collapse_ratio)
+        return scores
+
+
+def ms_per_64(generate, latent_dim: int, repeats: int = 20) -> float:
+    """Median milliseconds for one batch of 64 images, after 3 warm-up batches."""
+    z = np.random.default_rng(0).standard_normal((64, latent_dim)).astype(np.float32)
+    for _ in range(3):
+        np.asarray(generate(z))
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        np.asarray(generate(z))
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.median(times))
+
+
+def describe(model: keras.Model, generate, scorer: Scorer, eval_config: cfg.GanEvalConfig, name: str) -> dict:
+    """One row of the comparison: params, MACs per image, ms per 64 images, the scores."""
+    latent = latent_dim_of(model)
+    row = {"params": count_params(model), "macs": count_macs(model, (latent,)),
+           "ms_per_64": ms_per_64(generate, latent)}
+    row.update(scorer(generate, eval_config.samples, latent, name=name))
+    return row
+
+
+def keras_generate(model: keras.Model):
+    """z (numpy) -> images (numpy), one traced function for any batch size."""
+    serve = tf.function(lambda z: model(z, training=False),
+                        input_signature=[tf.TensorSpec((None, latent_dim_of(model)), tf.float32)])
+    return lambda z: serve(tf.constant(z, tf.float32)).numpy()
+
+
+def format_table(rows: dict) -> str:
+    header = ["generator", "params", "MACs", "ms/64", "FID", "KID", "precision", "recall", "coverage"]
+    lines = [[name, f"{r['params']:,}" if r.get("params") else "-", f"{r['macs'] / 1e6:.2f}M" if r.get("macs") else "-",
+              f"{r['ms_per_64']:.1f}", f"{r['fid']:.3f}", f"{r['kid']:.4f}", f"{r['precision']:.3f}",
+              f"{r['recall']:.3f}", f"{r['coverage']:.3f}"] for name, r in rows.items()]
+    return render_table(header, lines)
+
+
+def _callbacks(paths: RunPaths, scorer: Scorer, config, latent_dim: int, tag: str):
+    """TensorBoard scalars, FID/KID + fixed-z grids every N epochs, BackupAndRestore, divergence stop."""
+    grid = LatentSampler(latent_dim).fixed(config.eval.grid ** 2, seed=config.eval.seed)
+    count = config.eval.callback_samples
+    monitor = GeneratorMetricsCallback(lambda generate: scorer(generate, count, latent_dim, name=tag), grid,
+                                       paths.logs / tag / "generator", every=config.eval.every_epochs,
+                                       columns=config.eval.grid)
+    return [keras.callbacks.TensorBoard(log_dir=str(paths.logs / tag), update_freq="epoch", write_graph=False),
+            monitor,
+            distribute.BackupAndRestore(str(paths.backup / tag), chief=paths.chief, delete_checkpoint=False,
+                                        double_checkpoint=True),
+            StopOnNonFiniteLoss(paths.backup / tag)], monitor
+
+
+# -- the feature classifier -------------------------------------------------------------------
+
+def train_classifier(config: cfg.ClassifierJobConfig) -> dict:
+    """The digit classifier behind FID/KID: trained on the 60k training digits, its accuracy on the
+    10k test digits goes into the report (and the model card)."""
+    config.validate()
+    keras.utils.set_random_seed(config.train.seed)
+    paths = RunPaths(config.output, "classifier")
+    digits = load_digits(config.data.source)
+    if not digits.labeled:
+        raise ValueError(f"data.source={config.data.source!r} has no class labels; the feature classifier needs "
+                         f"them (folders named 0-9, or a labeled set such as 'pureml')")
+    classes = int(max(digits.train_labels.max(), digits.test_labels.max())) + 1
+    model = build_classifier(classes)
+    schedule = keras.optimizers.schedules.CosineDecay(config.train.learning_rate, config.train.steps,
+                                                      alpha=config.train.final_learning_rate_fraction)
+    model.compile(optimizer=keras.optimizers.Adam(schedule),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    data = tf.data.Dataset.from_tensor_slices((as_unit(digits.train_images), digits.train_labels))
+    data = data.shuffle(len(digits.train_images), seed=config.train.seed).repeat().batch(config.data.batch_size)
+    epochs, per_epoch = epochs_for(config.train)
+    started = time.time()
+    history = model.fit(data.skip(resumed_batches(paths.backup / "classifier", per_epoch)).prefetch(2),
+                        epochs=epochs, steps_per_epoch=per_epoch, verbose=_verbose(), callbacks=[
+        keras.callbacks.TensorBoard(log_dir=str(paths.logs / "classifier"), update_freq="epoch", write_graph=False),
+        distribute.BackupAndRestore(str(paths.backup / "classifier"), delete_checkpoint=False)])
+    seconds = time.time() - started
+    loss, accuracy = model.evaluate(as_unit(digits.test_images), digits.test_labels, batch_size=500, verbose=0)
+    save_model(model, paths.root / "feature_classifier.keras")
+    if config.save_to:
+        save_model(model, config.save_to)
+    report = {"job": "train-classifier", "run": paths.name, "data": digits.source,
+              "train_images": len(digits.train_images), "test_images": len(digits.test_images),
+              "test_accuracy": float(accuracy), "test_loss": float(loss), "params": count_params(model),
+              "train_seconds": seconds, "history": history.history, "saved_to": config.save_to,
+              "config": cfg.to_dict(config)}
+    report["table"] = render_table(["model", "params", "test accuracy", "train s"], [
+        ["feature classifier", f"{report['params']:,}", f"{accuracy:.4f}", f"{seconds:.0f}"]])
+    report["report_path"] = str(paths.write_json("report.json", report))
+    return report
+
+
+# -- the teacher GAN --------------------------------------------------------------------------
+
+def _adversarial(config: cfg.AdversarialConfig, discriminator, train: cfg.TrainConfig) -> Adversarial:
+    """The objective; the discriminator's rate follows the generator's schedule (d_steps per step)."""
+    optimizer = gan_optimizer(config.learning_rate, train.steps * config.d_steps, train.final_learning_rate_fraction)
+    return Adversarial(discriminator, optimizer, loss=config.loss, d_steps=config.d_steps, r1_weight=config.r1_weight)
+
+
+def _generator_optimizer(train: cfg.TrainConfig):
+    return gan_optimizer(train.learning_rate, train.steps, train.final_learning_rate_fraction)
+
+
+def train_teacher(config: cfg.GanTeacherJobConfig, strategy=None) -> dict:
+    """Trains the DCGAN teacher (generator and discriminator) on the training digits and saves both."""
+    config.validate()
+    strategy = strategy or distribute.strategy_from_name(config.train.strategy)
+    distribute.check_batch_size(config.data.batch_size, strategy)
+    keras.utils.set_random_seed(config.train.seed)
+    paths = RunPaths(config.output, "gan-teacher", chief=distribute.is_chief(strategy))
+    digits = load_digits(config.data.source)
+    scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed)
+    latent = config.generator.latent_dim
+    with strategy.scope():
+        generator = build_generator(latent, config.generator.widths, name="teacher_generator")
+        discriminator = build_discriminator(config.adversarial.discriminator_widths, name="teacher_discriminator")
+        gan = AdversarialTraining(generator, _adversarial(config.adversarial, discriminator, config.train),
+                                  LatentSampler(latent, config.train.seed), name="teacher_gan")
+        gan.compile(optimizer=_generator_optimizer(config.train))
+    epochs, per_epoch = epochs_for(config.train)
+    callbacks, monitor = _callbacks(paths, scorer, config, latent, "teacher")
+    started = time.time()
+    history = gan.fit(real_dataset(digits.train_images, config.data.batch_size, config.train.seed,
+                                   resumed_batches(paths.backup / "teacher", per_epoch)),
+                      epochs=epochs, steps_per_epoch=per_epoch, callbacks=callbacks, verbose=_verbose())
+    seconds = time.time() - started
+    if not paths.chief:
+        return _worker_report(paths, "train-teacher --task gan", history)
+    save_model(generator, paths.root / "teacher_generator.keras")
+    save_model(discriminator, paths.root / "teacher_discriminator.keras")
+    if config.save_to:
+        save_model(generator, config.save_to)
+    if config.save_discriminator_to:
+        save_model(discriminator, config.save_discriminator_to)
+    rows = {"teacher": describe(generator, keras_generate(generator), scorer, config.eval, "teacher")}
+    report = {"job": "train-teacher --task gan", "run": paths.name, "data": digits.source, "train_seconds": seconds,
+              "generators": rows, "discriminator_params": count_params(discriminator),
+              "history": history.history, "metrics_during_training": monitor.history,
+              "saved_to": [config.save_to, config.save_discriminator_to], "config": cfg.to_dict(config)}
+    report["table"] = format_table(rows)
+    report["report_path"] = str(paths.write_json("report.json", report))
+    return report
+
+
+# -- distillation -----------------------------------------------------------------------------
+
+def load_frozen(path: str, what: str) -> keras.Model:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{what} {path!r} does not exist: train one with "
+                                f"`python -m kd_tf train-teacher --task gan` or set its path in the config")
+    model = load_model(path)
+    model.trainable = False
+    return model
+
+
+def distill(config: cfg.GanDistillJobConfig, strategy=None) -> dict:
+    """Distills the teacher generator into the small student (MSE to the teacher's images on the same
+    z, optional feature terms, and the adversarial loss against a discriminator started from the
+    teacher's); trains the same student as a plain GAN from scratch with the same steps and seed;
+    scores teacher, both students and the int8 TFLite student."""
+    config.validate()
+    strategy = strategy or distribute.strategy_from_name(config.train.strategy)
+    distribute.check_batch_size(config.data.batch_size, strategy)
+    keras.utils.set_random_seed(config.train.seed)
+    latent = config.student.latent_dim
+    alpha = schedules.from_config(config.distill.alpha.kind, config.distill.alpha.start, config.distill.alpha.end,
+                                  config.train.steps)
+    features = [(p.teacher, p.student, p.weight) for p in config.distill.features]
+    with strategy.scope():
+        teacher = load_frozen(config.distill.teacher, "teacher generator")
+        teacher_latent = latent_dim_of(teacher)
+        if teacher_latent != latent:
+            raise ValueError(f"student.latent_dim={latent} is not accepted: the teacher {config.distill.teacher!r} "
+                             f"takes z of size {teacher_latent}; set student.latent_dim={teacher_latent}")
+        teacher_discriminator = load_frozen(config.distill.discriminator, "teacher discriminator")
+        student = build_generator(latent, config.student.widths, name="student_generator")
+        initial_weights = student.get_weights()      # the scratch run starts from the very same point
+        objective = _adversarial(config.adversarial, clone_discriminator(teacher_discriminator), config.train)
+        distiller = Distiller(teacher, student, alpha=alpha, output_loss=config.distill.output_loss,
+                              features=features, objective=objective,
+                              latent_sampler=LatentSampler(latent, config.train.seed))   # checks shapes first
+        distiller.compile(optimizer=_generator_optimizer(config.train))
+    paths = RunPaths(config.output, "distill-gan", chief=distribute.is_chief(strategy))
+    digits = load_digits(config.data.source)
+    scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed)
+    epochs, per_epoch = epochs_for(config.train)
+
+    def stream(tag):
+        return real_dataset(digits.train_images, config.data.batch_size, config.train.seed,
+                            resumed_batches(paths.backup / tag, per_epoch))
+
+    log.info("distilling the GAN: teacher %s -> student %s", config.distill.teacher, config.student)
+    timings, histories, monitors = {}, {}, {}
+    callbacks, monitors["distill"] = _callbacks(paths, scorer, config, latent, "distill")
+    started = time.time()
+    histories["distill"] = distiller.fit(stream("distill"), epochs=epochs, steps_per_epoch=per_epoch,
+                                         callbacks=callbacks, verbose=_verbose()).history
+    timings["distill_seconds"] = time.time() - started
+    students = {"student (distilled)": student}
+    save_model(student, paths.root / "student_generator.keras")
+    if config.save_to and paths.chief:
+        save_model(student, config.save_to)
+
+    if config.distill.compare_scratch:
+        keras.utils.set_random_seed(config.train.seed)
+        with strategy.scope():
+            scratch = build_generator(latent, config.student.widths, name="student_scratch")
+            scratch.set_weights(initial_weights)
+            fresh = keras.models.clone_model(teacher_discriminator)   # the teacher's architecture, new weights
+            fresh.trainable = True
+            gan = AdversarialTraining(scratch, _adversarial(config.adversarial, fresh, config.train),
+                                      LatentSampler(latent, config.train.seed), name="scratch_gan")
+            gan.compile(optimizer=_generator_optimizer(config.train))
+        log.info("training the same student as a plain GAN from scratch, same steps and seed")
+        callbacks, monitors["scratch"] = _callbacks(paths, scorer, config, latent, "scratch")
+        started = time.time()
+        histories["scratch"] = gan.fit(stream("scratch"), epochs=epochs, steps_per_epoch=per_epoch,
+                                       callbacks=callbacks, verbose=_verbose()).history
+        timings["scratch_seconds"] = time.time() - started
+        students["student (scratch)"] = scratch
+        save_model(scratch, paths.root / "student_scratch.keras")
+    if not paths.chief:
+        return _worker_report(paths, "distill --task gan", distiller.history)
+
+    rows = {"teacher": describe(teacher, keras_generate(teacher), scorer, config.eval, "teacher")}
+    for name, model in students.items():
+        rows[name] = describe(model, keras_generate(model), scorer, config.eval, name)
+    report = {"job": "distill --task gan", "run": paths.name, "data": digits.source, "timings": timings,
+              "generators": rows, "history": histories,
+              "metrics_during_training": {tag: m.history for tag, m in monitors.items()},
+              "config": cfg.to_dict(config)}
+    report["report_path"] = str(paths.write_json("report.json", report))      # kept even if export fails
+    if config.export_int8:
+        path = export_generator(student, paths.root / "export", config.calibration_batches, config.train.seed)
+        rows["student int8 TFLite"] = score_tflite(path, scorer, config.eval)
+        report["int8_tflite"] = str(path)
+    distilled = rows["student (distilled)"]
+    report["targets"] = {
+        "mac_ratio_teacher_over_student": rows["teacher"]["macs"] / distilled["macs"],
+        "fid_ratio_student_over_teacher": distilled["fid"] / rows["teacher"]["fid"],
+        "student_fid_below_scratch": (distilled["fid"] < rows["student (scratch)"]["fid"]
+                                      if "student (scratch)" in rows else None),
+        "int8_fid_change": (rows["student int8 TFLite"]["fid"] / distilled["fid"] - 1.0
+                            if "student int8 TFLite" in rows else None)}
+    report["table"] = format_table(rows)
+    report["report_path"] = str(paths.write_json("report.json", report))
+    return report
+
+
+# -- export and generate ----------------------------------------------------------------------
+
+def export_generator(generator: keras.Model, out_dir, calibration_batches: int = 16, seed: int = 0) -> Path:
+    """The generator's SavedModel (input "latent") and full-integer TFLite, calibrated on N(0, 1)
+    latents; float32 input and output, as every kd_tf TFLite model."""
+    from kd_tf import export
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    saved = export.export_saved_model(generator, out_dir / "savedmodel")
+    calibration = export.latent_calibration(latent_dim_of(generator), calibration_batches, seed=seed)
+    flatbuffer = export.to_tflite(saved, "int8", calibration)
+    path = out_dir / "student_generator_int8.tflite"
+    temporary = path.with_suffix(".partial")
+    temporary.write_bytes(flatbuffer)
+    os.replace(temporary, path)
+    return path
+
+
+def evaluate_saved(config: cfg.GanEvaluateJobConfig, models: dict) -> dict:
+    """`python -m kd_tf evaluate --task gan`: params, MACs, ms per 64 images and the scores of saved
+    generators ({name: .keras / SavedModel / .tflite path}), all on the same latents."""
+    config.validate()
+    paths = RunPaths(config.output, "evaluate-gan")
+    digits = load_digits(config.data.source)
+    scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed)
+    rows = {}
+    for name, path in models.items():
+        if str(path).endswith(".tflite"):
+            rows[name] = score_tflite(path, scorer, config.eval)
+        else:
+            model = load_model(path)
+            rows[name] = describe(model, keras_generate(model), scorer, config.eval, name)
+        rows[name]["path"] = str(path)
+    report = {"job": "evaluate --task gan", "run": paths.name, "data": digits.source, "generators": rows,
+              "config": cfg.to_dict(config)}
+    report["table"] = format_table(rows)
+    report["report_path"] = str(paths.write_json("report.json", report))
+    return report
+
+
+def export_saved(config: cfg.GanEvaluateJobConfig, model_path: str, out_dir: str | None) -> dict:
+    """`python -m kd_tf export --model GENERATOR`: SavedModel (input "latent") and int8 TFLite of a
+    generator, with the FID/KID of the float model and of the int8 one on the same latents."""
+    config.validate()
+    paths = RunPaths(config.output, "export-gan")
+    out = Path(out_dir) if out_dir else paths.root / "export"
+    generator = load_model(model_path)
+    latent_dim_of(generator)
+    tflite = export_generator(generator, out, config.calibration_batches)
+    report = evaluate_saved(config, {"float (Keras)": model_path, "int8 TFLite": str(tflite)})
+    rows = report["generators"]
+    report.update(job="export (generator)", out_dir=str(out), int8_tflite=str(tflite),
+                  int8_fid_change=rows["int8 TFLite"]["fid"] / rows["float (Keras)"]["fid"] - 1.0)
+    report["report_path"] = str(paths.write_json("export_report.json", report))
+    return report
+
+
+def tflite_generate(path, threads: int = 2):
+    from kd_tf.export import LiteRTModel
+
+    runner = LiteRTModel(path, num_threads=threads)
+    return runner, (lambda z: runner(np.asarray(z, np.float32)))
+
+
+def score_tflite(path, scorer: Scorer, eval_config: cfg.GanEvalConfig) -> dict:
+    runner, generate = tflite_generate(path)
+    latent = runner.input_signature[-1]
+    row = {"params": None, "macs": None, "bytes": Path(path).stat().st_size, "ms_per_64": ms_per_64(generate, latent)}
+    row.update(scorer(generate, eval_config.samples, latent, name=str(path)))
+    return row
+
+
+def load_generator(path: str):
+    """(latent_dim, z -> images in [-1, 1]) for a .keras/.h5/SavedModel generator or a .tflite one."""
+    if str(path).endswith(".tflite"):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"model {path!r} does not exist")
+        runner, generate = tflite_generate(path)
+        signature = runner.input_signature
+        if len(signature) != 2:
+            raise ValueError(f"{path!r} takes inputs of shape {signature}; expected a generator taking (batch, latent_dim)")
+        return signature[-1], generate
+    model = load_model(path)
+    return latent_dim_of(model), keras_generate(model)
+
+
+def generate(model: str, num: int, seed: int, out: str, columns: int | None = None) -> dict:
+    """`python -m kd_tf generate`: `num` digits from latents drawn with `seed`; a grid PNG when `out`
+    ends in .png, else one PNG per image in the folder `out`. The same seed gives the same images."""
+    from kd_tf.data import writable_folder
+
+    if num < 1:
+        raise ValueError(f"--num {num} is not accepted; expected an int >= 1")
+    latent, run = load_generator(model)
+    started = time.time()
+    z = np.random.default_rng(seed).standard_normal((num, latent)).astype(np.float32)
+    images = np.concatenate([np.asarray(run(z[i:i + 256])) for i in range(0, num, 256)])
+    seconds = time.time() - started
+    out_path = Path(out)
+    if out_path.suffix.lower() == ".png":
+        writable_folder(out_path.parent if str(out_path.parent) else ".")
+        write_image(out_path, digit_grid(images, columns or int(np.ceil(np.sqrt(num)))))
+        written = [str(out_path)]
+        report_path = out_path.with_suffix(".json")
+    else:
+        writable_folder(out_path)
+        written = []
+        for index, image in enumerate(images):
+            target = out_path / f"{index:05d}.png"
+            write_image(target, np.clip((image[..., 0] + 1.0) / 2.0, 0.0, 1.0))
+            written.append(str(target))
+        report_path = out_path / "generate_report.json"
+    report = {"job": "generate", "model": model, "num": num, "seed": seed, "latent_dim": latent, "out": out,
+              "written": len(written), "seconds": seconds}
+    report["table"] = render_table(["model", "images", "seed", "written to", "seconds"],
+                                   [[model, str(num), str(seed), out, f"{seconds:.2f}"]])
+    temporary = report_path.with_name(report_path.name + ".partial")
+    import json
+
+    temporary.write_text(json.dumps(report, indent=2))
+    os.replace(temporary, report_path)
+    report["report_path"] = str(report_path)
+    return report

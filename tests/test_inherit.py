@@ -1,0 +1,75 @@
+"""Weight inheritance (kd_tf.nets.inherit): a student U-Net that starts from its teacher's
+strongest channels and residual blocks."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kd_tf import jobs
+from kd_tf.nets import build_unet
+from kd_tf.nets.inherit import inherit_from_teacher
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    keras.utils.set_random_seed(3)
+    return build_unet((8, 16), 2, name="teacher")
+
+
+@pytest.fixture(scope="module")
+def batches():
+    return [tf.random.stateless_uniform((2, 16, 16, 3), seed=(i, 1)) for i in range(2)]
+
+
+def test_a_student_as_wide_and_deep_as_the_teacher_is_the_teacher(teacher, batches):
+    copy = build_unet((8, 16), 2, name="copy")
+    inherit_from_teacher(teacher, copy, batches)
+    np.testing.assert_array_equal(copy(batches[0]).numpy(), teacher(batches[0]).numpy())
+
+
+def test_the_student_takes_the_teachers_weights_at_the_strongest_channels(teacher, batches):
+    loud = build_unet((8, 16), 2, name="loud")
+    loud.set_weights(teacher.get_weights())
+    kernel, bias = loud.get_layer("head").get_weights()
+    kernel[..., 5] *= 50.0                                    # channel 5 of level 0 now dominates the stream
+    loud.get_layer("head").set_weights([kernel, bias])
+    conv2 = loud.get_layer("dec0_block0_conv2")               # dec0's first block adds nothing now
+    conv2.set_weights([np.zeros_like(w) for w in conv2.get_weights()])
+
+    student = build_unet((3, 6), 1, name="student")
+    kept = inherit_from_teacher(loud, student, batches)
+    channels = kept["stream_channels"][0]
+    assert 5 in channels and len(channels) == 3 and channels == sorted(channels)
+    assert kept["blocks"]["dec0"] == [1]
+    np.testing.assert_array_equal(student.get_layer("head").get_weights()[0], kernel[..., channels])
+    np.testing.assert_array_equal(student.get_layer("tail").get_weights()[0],
+                                  loud.get_layer("tail").get_weights()[0][:, :, channels, :])
+    up = loud.get_layer("up0").get_weights()[0]               # transposed: (h, w, out, in)
+    np.testing.assert_array_equal(student.get_layer("up0").get_weights()[0],
+                                  up[:, :, channels, :][:, :, :, kept["stream_channels"][1]])
+
+
+@pytest.mark.parametrize("widths, blocks, message", [
+    ((16, 16), 1, r"level 0: the student is wider \(16 channels\) than the teacher \(8\)"),
+    ((4, 8, 16), 1, r"the student has 3 levels, the teacher 2"),
+    ((4, 8), 3, r"enc0: the student has 3 residual blocks, the teacher 2"),
+])
+def test_students_that_do_not_fit_are_named(teacher, batches, widths, blocks, message):
+    with pytest.raises(ValueError, match=message):
+        inherit_from_teacher(teacher, build_unet(widths, blocks, name="s"), batches)
+
+
+def test_auto_falls_back_to_random_weights_and_teacher_insists(teacher, batches, caplog):
+    plain = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(3, 3, padding="same")])
+    student = build_unet((4, 8), 1, name="student")
+    before = [w.copy() for w in student.get_weights()]
+    stream = tf.data.Dataset.from_tensor_slices((tf.concat(batches, 0), tf.concat(batches, 0))).batch(2)
+    with caplog.at_level("INFO", logger="kd_tf.jobs"):
+        assert jobs.start_from_teacher("auto", plain, student, stream) is None
+    assert "random weights" in caplog.text and "not a kd_tf.nets.build_unet network" in caplog.text
+    assert all(np.array_equal(a, b) for a, b in zip(before, student.get_weights()))
+    with pytest.raises(ValueError, match="distill.student_init=teacher: the teacher is not"):
+        jobs.start_from_teacher("teacher", plain, student, stream)
+    assert jobs.start_from_teacher("random", teacher, student, stream) is None
+    assert jobs.start_from_teacher("auto", teacher, student, stream)["blocks"]["bottleneck"] in ([0], [1])
