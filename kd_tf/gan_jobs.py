@@ -201,6 +201,19 @@ def _generator_optimizer(train: cfg.TrainConfig):
     return gan_optimizer(train.learning_rate, train.steps, train.final_learning_rate_fraction)
 
 
+class EpochSnapshots(keras.callbacks.Callback):
+    """Saves the generator and the discriminator after every epoch as epochs/{generator,discriminator}_NN.keras."""
+
+    def __init__(self, folder: Path, generator: keras.Model, discriminator: keras.Model):
+        super().__init__()
+        self.folder, self.generator, self.discriminator = Path(folder), generator, discriminator
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        save_model(self.generator, self.folder / f"generator_{epoch + 1:02d}.keras")
+        save_model(self.discriminator, self.folder / f"discriminator_{epoch + 1:02d}.keras")
+
+
 def train_teacher(config: cfg.GanTeacherJobConfig, strategy=None) -> dict:
     """Trains the DCGAN teacher (generator and discriminator) on the training digits and saves both."""
     config.validate()
@@ -219,6 +232,8 @@ def train_teacher(config: cfg.GanTeacherJobConfig, strategy=None) -> dict:
         gan.compile(optimizer=_generator_optimizer(config.train))
     epochs, per_epoch = epochs_for(config.train)
     callbacks, monitor = _callbacks(paths, scorer, config, latent, "teacher")
+    if paths.chief:      # every epoch's generator and discriminator, to pick one that is not in a bad phase
+        callbacks.insert(2, EpochSnapshots(paths.root / "epochs", generator, discriminator))
     started = time.time()
     history = gan.fit(real_dataset(digits.train_images, config.data.batch_size, config.train.seed,
                                    resumed_batches(paths.backup / "teacher", per_epoch)),
@@ -307,7 +322,6 @@ def distill(config: cfg.GanDistillJobConfig, strategy=None) -> dict:
             scratch = build_generator(latent, config.student.widths, name="student_scratch")
             scratch.set_weights(initial_weights)
             fresh = keras.models.clone_model(teacher_discriminator)   # the teacher's architecture, new weights
-            fresh.trainable = True
             gan = AdversarialTraining(scratch, _adversarial(config.adversarial, fresh, config.train),
                                       LatentSampler(latent, config.train.seed), name="scratch_gan")
             gan.compile(optimizer=_generator_optimizer(config.train))

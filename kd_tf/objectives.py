@@ -65,8 +65,7 @@ class Adversarial:
             raise ValueError(f"d_steps={d_steps!r} is not accepted; expected an int >= 1")
         if not r1_weight >= 0:
             raise ValueError(f"r1_weight={r1_weight!r} is not accepted; expected a float >= 0")
-        self.discriminator = discriminator
-        self.discriminator.trainable = True
+        self.discriminator = make_trainable(discriminator)
         self.optimizer = optimizer if optimizer is not None else keras.optimizers.Adam(2e-4, beta_1=0.5)
         self.optimizer.build(discriminator.trainable_variables)   # here, so a checkpoint always holds its state
         self.kind, self.d_steps, self.r1_weight = loss, d_steps, float(r1_weight)
@@ -141,13 +140,23 @@ class Adversarial:
         return {"name": self.name, "loss": self.kind, "d_steps": self.d_steps, "r1_weight": self.r1_weight}
 
 
+def make_trainable(model):
+    """Every layer of `model` trainable. A clone of a frozen model keeps its layers frozen while
+    Keras 3 reports `clone.trainable == True`, so `clone.trainable = True` changes nothing: set
+    on each layer (a discriminator with no trainable variables never learns, and nothing says so)."""
+    for layer in model.layers:
+        layer.trainable = True
+    if not model.trainable_variables:
+        raise ValueError(f"discriminator {model.name!r} has no trainable variables")
+    return model
+
+
 def clone_discriminator(discriminator, name: str = "discriminator"):
     """A trainable copy of a (teacher's) discriminator with the same weights: the objective trains
     the copy, so the shipped teacher discriminator never changes."""
     copy = keras.models.clone_model(discriminator)
     copy.set_weights(discriminator.get_weights())
-    copy.trainable = True
-    return copy
+    return make_trainable(copy)
 
 
 class AdversarialTraining(keras.Model):

@@ -351,3 +351,19 @@ def test_export_and_evaluate_verbs_take_generators(cli_run, tmp_path):
     evaluated = json.loads((root / "runs" / "evaluate" / "report.json").read_text())
     assert set(evaluated["generators"]) == {"teacher", "int8"}
     assert evaluated["generators"]["int8"]["fid"] == pytest.approx(exported["generators"]["int8 TFLite"]["fid"])
+
+
+def test_discriminator_cloned_from_a_frozen_one_learns(nets, real):
+    """distill --task gan loads the teacher's discriminator frozen; the copy it trains (and the
+    from-scratch run's fresh clone) must have every variable trainable and move in a D step."""
+    frozen = keras.models.clone_model(nets["teacher_d"])
+    frozen.set_weights(nets["teacher_d"].get_weights())
+    frozen.trainable = False
+    expected = len(nets["teacher_d"].trainable_variables)
+    for copy in (clone_discriminator(frozen), keras.models.clone_model(frozen)):
+        adversarial = Adversarial(copy, keras.optimizers.SGD(0.05))     # makes every layer trainable
+        assert len(copy.trainable_variables) == expected > 0
+        before = _snapshot(copy)
+        adversarial.discriminator_step(tf.constant(real), tf.constant(-real))
+        assert _changed(before, copy)
+    assert not frozen.trainable_variables                      # the teacher's file is never trained

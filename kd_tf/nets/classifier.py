@@ -14,13 +14,20 @@ FEATURE_LAYER = "features"
 
 
 def build_classifier(classes: int = 10, name: str = "feature_classifier") -> keras.Model:
+    """conv 32-64-128 (3x3, batch norm, ReLU, two max-pools), flattened 7x7x128, dense 128 (`features`).
+
+    The first version pooled the 7x7x128 map globally and had no batch norm: 95.6 % test accuracy
+    after 3.2 passes. This one keeps where each stroke is (flatten) and adds batch norm, at about
+    the same MACs (8.2 M per image); its measured accuracy is in models/gan/MODEL_CARD.md."""
     image = keras.Input(shape=(28, 28, 1), name="image")
-    x = layers.Conv2D(32, 3, padding="same", activation="relu", name="conv0")(image)
-    x = layers.MaxPooling2D(name="pool0")(x)
-    x = layers.Conv2D(64, 3, padding="same", activation="relu", name="conv1")(x)
-    x = layers.MaxPooling2D(name="pool1")(x)
-    x = layers.Conv2D(128, 3, padding="same", activation="relu", name="conv2")(x)
-    x = layers.GlobalAveragePooling2D(name="pool2")(x)
+    x = image
+    for index, width in enumerate((32, 64, 128)):
+        x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{index}")(x)
+        x = layers.BatchNormalization(name=f"bn{index}")(x)
+        x = layers.ReLU(name=f"relu{index}")(x)
+        if index < 2:
+            x = layers.MaxPooling2D(name=f"pool{index}")(x)
+    x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(128, activation="relu", name=FEATURE_LAYER)(x)
     x = layers.Dropout(0.3, name="dropout")(x)
     logits = layers.Dense(classes, name="logits")(x)
