@@ -130,7 +130,7 @@ class Distiller(keras.Model):
         self.distill_tracker = keras.metrics.Mean(name="distill")
         self.own_tracker = keras.metrics.Mean(name="own")
         self.layer_trackers = [keras.metrics.Mean(name=term.name)
-                               for term in self.layer_terms + ([self.jacobian_term] if self.jacobian_term else [])]
+                               for term in self.matched_terms]
         self.alpha_tracker = keras.metrics.Mean(name="alpha")
         metric_name = getattr(self.objective, "metric_name", None)
         self.quality_tracker = keras.metrics.Mean(name=metric_name) if metric_name else None
@@ -183,6 +183,12 @@ class Distiller(keras.Model):
     def metrics(self):
         return [self.total_tracker, self.distill_tracker, self.own_tracker, *self.layer_trackers,
                 self.alpha_tracker] + ([self.quality_tracker] if self.quality_tracker else []) + self.objective_trackers
+
+    @property
+    def matched_terms(self):
+        """The terms beside the output: feature and attention pairs, then Jacobian matching; their
+        teacher and student tensors follow the outputs in the same order."""
+        return self.layer_terms + ([self.jacobian_term] if self.jacobian_term else [])
 
     @property
     def trained_variables(self):
@@ -245,7 +251,7 @@ class Distiller(keras.Model):
             alpha, own = tf.constant(1.0), tf.zeros_like(distill)
         else:
             own = self.objective(inputs, targets, prediction)
-        layer_terms = self.layer_terms + ([self.jacobian_term] if self.jacobian_term else [])
+        layer_terms = self.matched_terms
         features = [term(t, s) for term, t, s in zip(layer_terms, teacher_out[1:], student_out[1:])]
         per_sample = alpha * distill + (1.0 - alpha) * own
         for term, value in zip(layer_terms, features):
