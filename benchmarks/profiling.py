@@ -374,11 +374,11 @@ def analyse_loop_trace(captured: dict) -> dict:
 
 # -- the variant: a teacher whose weights are bfloat16 already -------------------------------
 
-def bf16_weight_teacher() -> keras.Model:
-    """The shipped teacher cloned under the pure `bfloat16` policy (weights stored in bfloat16, so
-    no per-step kernel casts), output layer kept float32 as kd_tf.model_io.with_dtype_policy does."""
+def mixed_precision_teacher() -> keras.Model:
+    """The shipped teacher as kd_tf loaded it before it stored frozen teachers in bfloat16: cloned
+    under `mixed_bfloat16`, float32 weights cast to bfloat16 on every step, output layer float32."""
     from kd_tf.model_io import load_model, with_dtype_policy
-    teacher = with_dtype_policy(load_model(TEACHER_PATH), "bfloat16")
+    teacher = with_dtype_policy(load_model(TEACHER_PATH), "mixed_bfloat16")
     teacher.trainable = False
     return teacher
 
@@ -390,12 +390,13 @@ def _timed_fit(model, dataset, warmup, steps) -> float:
 
 
 def teacher_weights_variant(bench: Bench, precision: str) -> dict:
-    """(a) with the shipped mixed_bfloat16 teacher vs (a) with a bfloat16-weight teacher; alternating
-    rounds in one process so that load drifts hit both alike. Also the teacher forward alone."""
+    """(a) with a mixed_bfloat16 teacher (float32 weights) vs (a) with kd_tf's bfloat16-weight teacher
+    (kd_tf.jobs.load_teacher); alternating rounds in one process so that load drifts hit both alike.
+    Also the teacher forward alone."""
     from kd_tf.distiller import Distiller
     from benchmarks.common import ALPHA, FEATURES
     sizes = bench.sizes
-    mixed, pure = bench.teacher(precision), bf16_weight_teacher()
+    mixed, pure = mixed_precision_teacher(), bench.teacher(precision)
     noisy, _ = next(iter(bench.patches()))
     out_mixed = tf.cast(mixed(noisy, training=False), tf.float32).numpy()
     out_pure = tf.cast(pure(noisy, training=False), tf.float32).numpy()
@@ -457,6 +458,6 @@ def profile(bench: Bench) -> dict:
     out["setups"]["e"] = analyse_loop_trace(trace_loop(e, iter(bench.patches()), "e", max(2, warmup // 2),
                                                        sizes.profile_naive_unprofiled_steps, sizes.profile_naive_steps))
 
-    bench.log("  variant: teacher with bfloat16 weights (no per-step kernel casts)")
+    bench.log("  variant: teacher with float32 weights under mixed_bfloat16 (per-step kernel casts)")
     out["variant_bf16_teacher_weights"] = teacher_weights_variant(bench, precision)
     return out

@@ -44,8 +44,13 @@ def _positive_int(minimum):
     return parse
 
 
-def _common(parser):
-    parser.add_argument("--config", help="YAML config file (see configs/)")
+def _common(parser, chain: bool = False):
+    if chain:
+        parser.add_argument("--config", action="append", metavar="FILE",
+                            help="YAML config file (see configs/); repeat it for multi-stage distillation "
+                                 "(teacher -> assistant -> student): each stage's student teaches the next")
+    else:
+        parser.add_argument("--config", help="YAML config file (see configs/)")
     parser.add_argument("--steps", type=int, help="training steps (overrides train.steps)")
     parser.add_argument("--data", help="folder of your own images (default: the embedded photos)")
     parser.add_argument("--run-name", help="run folder name under runs/ and tensorboard_logs/; reuse it to resume")
@@ -71,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     teacher = verbs.add_parser("train-teacher", help="train the teacher: residual U-Net, or DCGAN with --task gan")
     distill = verbs.add_parser("distill", help="distill the teacher into a small student (the main job)")
     for training in (teacher, distill):
-        _common(training)
+        _common(training, chain=training is distill)
         training.add_argument("--task", choices=TASKS, default="denoise",
                               help="denoise (default) or gan (digits: DCGAN teacher, small generator student)")
         training.add_argument("--strategy", choices=STRATEGIES,
@@ -138,9 +143,10 @@ def main(argv=None) -> int:
                     overrides[key] = value
             report = jobs.export_student(cfg.load(cfg.ExportJobConfig, args.config, overrides))
         elif args.verb == "distill":
-            if args.teacher:
-                overrides["distill.teacher"] = args.teacher
-            report = jobs.distill(cfg.load(cfg.DistillJobConfig, args.config, overrides))
+            first = {"distill.teacher": args.teacher} if args.teacher else {}   # later stages: the stage before
+            configs = [cfg.load(cfg.DistillJobConfig, path, {**overrides, **(first if stage == 0 else {})})
+                       for stage, path in enumerate(args.config or [None])]
+            report = jobs.distill(configs[0]) if len(configs) == 1 else jobs.distill_chain(configs)
         else:
             overrides.setdefault("eval.cbm3d_sigmas", None)        # the full report: CBM3D at every sigma
             students = dict(_named(s) for s in args.student)
@@ -186,7 +192,10 @@ def _gan_verb(args, overrides) -> dict:
         return gan_jobs.evaluate_saved(cfg.load(cfg.GanEvaluateJobConfig, args.config, overrides), models)
     if args.teacher:
         overrides["distill.teacher"] = args.teacher
-    return gan_jobs.distill(cfg.load(cfg.GanDistillJobConfig, args.config, overrides))
+    if args.config and len(args.config) > 1:
+        raise ValueError(f"--task gan takes one --config, got {len(args.config)}; multi-stage distillation "
+                         f"is for the denoising task")
+    return gan_jobs.distill(cfg.load(cfg.GanDistillJobConfig, args.config[0] if args.config else None, overrides))
 
 
 def _is_generator(path) -> bool:

@@ -157,6 +157,25 @@ class DistillConfig:
 
 
 @dataclasses.dataclass
+class FinetuneConfig:
+    """The optional last phase: the student alone on its own objective (alpha = 0), no teacher.
+
+    Its steps come out of train.steps, so the student's budget stays train.steps: distillation
+    runs train.steps - finetune.steps steps, then this phase runs its own cosine schedule."""
+
+    steps: int = 0                        # 0: no fine-tuning
+    learning_rate: float = 1e-4
+    final_learning_rate_fraction: float = 0.01
+
+    def validate(self, train_steps: int):
+        _check(isinstance(self.steps, int) and 0 <= self.steps < train_steps, "finetune.steps", self.steps,
+               f"an int >= 0 and below train.steps={train_steps} (its steps come out of the budget)")
+        _check(self.learning_rate > 0, "finetune.learning_rate", self.learning_rate, "a float > 0")
+        _check(0 <= self.final_learning_rate_fraction <= 1, "finetune.final_learning_rate_fraction",
+               self.final_learning_rate_fraction, "0 <= value <= 1")
+
+
+@dataclasses.dataclass
 class EvalConfig:
     """The held-out report: which noise levels, which classical baselines."""
 
@@ -215,6 +234,7 @@ class DistillJobConfig:
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(steps=3000))   # 15 min on 2 cores
     student: NetConfig = dataclasses.field(default_factory=lambda: NetConfig(widths=[12, 24, 48, 96], blocks=1))
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
     eval: EvalConfig = dataclasses.field(default_factory=lambda: EvalConfig(cbm3d_sigmas=[25.0]))
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     save_to: str | None = None            # default: <run dir>/student.keras
@@ -226,6 +246,7 @@ class DistillJobConfig:
         self.train.validate()
         self.student.validate("student")
         self.distill.validate()
+        self.finetune.validate(self.train.steps)
         self.eval.validate()
         for name in self.export_formats:
             _check(name in EXPORT_FORMATS, "export_formats", name, f"any of {EXPORT_FORMATS}")

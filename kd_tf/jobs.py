@@ -173,16 +173,25 @@ def _limit(heldout: dict, eval_config: cfg.EvalConfig) -> dict:
     return {name: heldout[name] for name in sorted(heldout)[:eval_config.max_images]}
 
 
-def load_teacher(path: str, mixed_precision: bool) -> keras.Model:
-    """The frozen teacher; its forward pass runs in bfloat16 when mixed precision is on."""
+def load_float_teacher(path: str) -> keras.Model:
+    """The teacher as saved (float32), frozen: what weight inheritance copies and the report scores."""
     if not Path(path).exists():
         raise FileNotFoundError(f"teacher {path!r} does not exist: train one with "
                                 f"`python -m kd_tf train-teacher` or pass --teacher PATH (.keras, .h5, SavedModel dir)")
     teacher = load_model(path)
     teacher.trainable = False
+    return teacher
+
+
+def load_teacher(path: str, mixed_precision: bool) -> keras.Model:
+    """The frozen teacher. With mixed precision it computes in bfloat16 and keeps its weights in
+    bfloat16 too: a frozen model needs no float32 master copy, and under `mixed_bfloat16` it would
+    cast every kernel on every step (5.5 ms of Cast ops per distillation step in the profile,
+    benchmarks/RESULTS.md). Its outputs are the same to the bit; its output layers stay float32."""
+    teacher = load_float_teacher(path)
     if mixed_precision and Path(path).is_file():
         try:
-            teacher = with_dtype_policy(teacher, "mixed_bfloat16")
+            teacher = with_dtype_policy(teacher, "bfloat16")
         except ValueError as error:                  # subclassed models cannot be cloned
             log.warning("teacher stays in float32 (%s)", error)
         teacher.trainable = False
@@ -207,44 +216,67 @@ def start_from_teacher(student_init: str, teacher: keras.Model, student: keras.M
     return kept
 
 
+def distill_steps(config: cfg.DistillJobConfig) -> int:
+    """Steps of the distillation phase: the budget less the fine-tuning phase's."""
+    return config.train.steps - config.finetune.steps
+
+
 def batches_to_cache(config: cfg.DistillJobConfig) -> int:
-    """Teacher batches for offline distillation: as configured, else min(1000, steps) when only
-    outputs are distilled (features, attention and Jacobian need the live teacher). 1000 batches of 64x64 take 1.2 GB."""
+    """Teacher batches for offline distillation: as configured, else min(1000, distillation steps)
+    when only outputs are distilled (features, attention and Jacobian need the live teacher).
+    1000 batches of 64x64 take 1.2 GB."""
     if config.distill.cache_batches is not None:
         return config.distill.cache_batches
     live = config.distill.features or config.distill.attention or config.distill.jacobian
-    return 0 if live else min(1000, config.train.steps)
+    return 0 if live else min(1000, distill_steps(config))
+
+
+def train_own_objective(model: keras.Model, train: cfg.TrainConfig, stream, skip: int, paths: RunPaths,
+                        validation: tuple, output: cfg.OutputConfig, tag: str, strategy):
+    """Trains `model` on its own objective alone (reconstruction MSE, no teacher) for train.steps,
+    on the patch stream from batch `skip` on: the from-scratch comparison, and the fine-tuning
+    phase after distillation. Resumes from its own checkpoints (`tag`)."""
+    epochs, per_epoch = epochs_for(train)
+    with strategy.scope():
+        model.compile(optimizer=cosine_optimizer(train), loss="mse", metrics=[psnr_metric])
+    val_noisy, val_clean, val_batch = validation
+    return model.fit(stream(skip + resumed_batches(paths.backup / tag, per_epoch)), epochs=epochs,
+                     steps_per_epoch=per_epoch, validation_data=(val_noisy, val_clean),
+                     validation_batch_size=val_batch, shuffle=False,
+                     callbacks=standard_callbacks(paths, val_noisy, val_clean, output, tag),
+                     verbose=2 if os.environ.get("KD_TF_QUIET") else "auto")
 
 
 def distill(config: cfg.DistillJobConfig, strategy=None) -> dict:
-    """The main job: distill the teacher into the student, train the same student from scratch
-    with the same budget for comparison, evaluate all of them on the held-out photos.
+    """The main job: distill the teacher into the student (then, optionally, fine-tune it on its own
+    objective), train the same student from scratch with the same budget for comparison, evaluate
+    all of them on the held-out photos.
     `strategy`: a tf.distribute strategy instead of train.strategy's (a TPUStrategy, say)."""
     config.validate()
     strategy = strategy or distribute.strategy_from_name(config.train.strategy)   # first: may set up collectives
     distribute.check_batch_size(config.data.batch_size, strategy)
     keras.utils.set_random_seed(config.train.seed)
+    distill_train = dataclasses.replace(config.train, steps=distill_steps(config))
     alpha = schedules.from_config(config.distill.alpha.kind, config.distill.alpha.start,
-                                  config.distill.alpha.end, config.train.steps)
+                                  config.distill.alpha.end, distill_train.steps)
     features = [(p.teacher, p.student, p.weight) for p in config.distill.features]
     attention = [(p.teacher, p.student, p.weight) for p in config.distill.attention]
     split, stream, val_noisy, val_clean = _data(config.data, config.train.seed)
+    reference_teacher = load_float_teacher(config.distill.teacher)     # weight inheritance and the report
     with strategy.scope():                          # teacher (frozen), student, adapters, optimizer on every replica
         teacher = load_teacher(config.distill.teacher, config.train.mixed_precision)
         student = build_unet(config.student.widths, config.student.blocks, name="student",
                              mixed_precision=config.train.mixed_precision)
         initial_weights = student.get_weights()     # the scratch run starts from the very same point
-        inherited = start_from_teacher(config.distill.student_init, teacher, student, stream())
+        inherited = start_from_teacher(config.distill.student_init, reference_teacher, student, stream())
         distiller = Distiller(teacher, student, alpha=alpha, output_loss=config.distill.output_loss,
                               features=features, attention=attention, jacobian=config.distill.jacobian,
                               jacobian_seed=config.train.seed)          # checks shapes and layer names first
-        distiller.compile(optimizer=cosine_optimizer(config.train))
+        distiller.compile(optimizer=cosine_optimizer(distill_train))
     paths = RunPaths(config.output, "distill", chief=distribute.is_chief(strategy))
-    val_noisy, val_clean, val_batch = distribute.even_validation(val_noisy, val_clean, strategy)
-    epochs, per_epoch = epochs_for(config.train)
-    fit_args = dict(epochs=epochs, steps_per_epoch=per_epoch, validation_data=(val_noisy, val_clean),
-                    validation_batch_size=val_batch, shuffle=False,
-                    verbose=2 if os.environ.get("KD_TF_QUIET") else "auto")
+    validation = distribute.even_validation(val_noisy, val_clean, strategy)
+    val_noisy, val_clean, val_batch = validation
+    epochs, per_epoch = epochs_for(distill_train)
     log.info("distilling: teacher %s -> student %s", config.distill.teacher, config.student)
     started = time.time()
     done, timings = resumed_batches(paths.backup / "distill", per_epoch), {}
@@ -253,36 +285,45 @@ def distill(config: cfg.DistillJobConfig, strategy=None) -> dict:
         cache = cache_teacher_outputs(teacher, stream(), batches_to_cache(config), progress=log.info)
         distill_ds = cache.dataset(config.data.batch_size, seed=config.train.seed, skip_batches=done)
         timings.update(teacher_cache_seconds=cache.seconds, teacher_cache_samples=len(cache))
-    history = distiller.fit(distill_ds, callbacks=standard_callbacks(paths, val_noisy, val_clean, config.output,
-                                                                   "distill"), **fit_args)
+    history = distiller.fit(distill_ds, epochs=epochs, steps_per_epoch=per_epoch,
+                            validation_data=(val_noisy, val_clean), validation_batch_size=val_batch, shuffle=False,
+                            callbacks=standard_callbacks(paths, val_noisy, val_clean, config.output, "distill"),
+                            verbose=2 if os.environ.get("KD_TF_QUIET") else "auto")
     timings["distill_seconds"] = time.time() - started
-    students = {"student (distilled)": float32_copy(student, config.student.widths, config.student.blocks)}
-    save_model(students["student (distilled)"], paths.root / "student.keras")
-    if config.save_to and paths.chief:
-        save_model(students["student (distilled)"], config.save_to)
-
     histories = {"distill": history.history}
+    if config.finetune.steps:
+        log.info("fine-tuning the student on its own objective alone: %d steps", config.finetune.steps)
+        finetune_train = dataclasses.replace(
+            config.train, steps=config.finetune.steps, learning_rate=config.finetune.learning_rate,
+            final_learning_rate_fraction=config.finetune.final_learning_rate_fraction)
+        started = time.time()     # fresh patches: the ones after those the distillation phase drew
+        histories["finetune"] = train_own_objective(student, finetune_train, stream, distill_train.steps, paths,
+                                                    validation, config.output, "finetune", strategy).history
+        timings["finetune_seconds"] = time.time() - started
+    students = {"student (distilled)": float32_copy(student, config.student.widths, config.student.blocks)}
+    student_path = save_model(students["student (distilled)"], paths.root / "student.keras")
+    if config.save_to and paths.chief:
+        student_path = save_model(students["student (distilled)"], config.save_to)
+
     if config.distill.compare_scratch:
         with strategy.scope():
             scratch = build_unet(config.student.widths, config.student.blocks, name="student_scratch",
                                  mixed_precision=config.train.mixed_precision)
             scratch.set_weights(initial_weights)
-            scratch.compile(optimizer=cosine_optimizer(config.train), loss="mse", metrics=[psnr_metric])
         log.info("training the same student from scratch (alpha = 0) with the same budget")
         started = time.time()
-        histories["scratch"] = scratch.fit(stream(resumed_batches(paths.backup / "scratch", per_epoch)),
-                                           callbacks=standard_callbacks(
-            paths, val_noisy, val_clean, config.output, "scratch"), **fit_args).history
+        histories["scratch"] = train_own_objective(scratch, config.train, stream, 0, paths, validation,
+                                                   config.output, "scratch", strategy).history
         timings["scratch_seconds"] = time.time() - started
         students["student (scratch)"] = float32_copy(scratch, config.student.widths, config.student.blocks)
         save_model(students["student (scratch)"], paths.root / "student_scratch.keras")
     if not paths.chief:
         return _worker_report(paths, "distill", history)
 
-    evaluated = {"teacher": load_model(config.distill.teacher), **students}
+    evaluated = {"teacher": reference_teacher, **students}
     report = _report(config, paths, split, evaluated, "distill")
     report.update(timings=timings, history=histories, student_init="teacher" if inherited else "random",
-                  inherited=inherited)
+                  inherited=inherited, student_path=str(student_path), teacher_path=config.distill.teacher)
     report["report_path"] = str(paths.write_json("report.json", report))      # kept even if export fails
     if config.export_formats:
         exported = export_student(cfg.ExportJobConfig(
@@ -292,6 +333,47 @@ def distill(config: cfg.DistillJobConfig, strategy=None) -> dict:
         report["export"] = {key: exported[key] for key in ("formats", "float_keras_psnr", "report_path")}
         report["table"] += "\n\nDeployment parity (distilled student):\n" + exported["table"]
     report["report_path"] = str(paths.write_json("report.json", report))
+    return report
+
+
+def distill_chain(configs: list[cfg.DistillJobConfig]) -> dict:
+    """Multi-stage distillation (teacher -> assistant -> ... -> student; Mirzadeh et al., 2020):
+    each config is one whole `distill` stage, and from the second on its teacher is the student
+    the stage before saved. A run name shared by the stages becomes <name>-stage<k>, so that
+    rerunning the chain resumes each stage in its own folder."""
+    if not configs:
+        raise ValueError("distill_chain needs at least one config")
+    names = [c.output.run_name for c in configs]
+    reports, teacher = [], None
+    for index, config in enumerate(configs, start=1):
+        changes = {}
+        if teacher is not None:
+            if config.distill.teacher not in (cfg.DEFAULT_TEACHER, teacher):
+                log.info("stage %d: its teacher is stage %d's student %s (distill.teacher=%s is replaced)",
+                         index, index - 1, teacher, config.distill.teacher)
+            changes["distill"] = dataclasses.replace(config.distill, teacher=teacher)
+        if config.output.run_name is not None and names.count(config.output.run_name) > 1:
+            changes["output"] = dataclasses.replace(config.output, run_name=f"{config.output.run_name}-stage{index}")
+        config = dataclasses.replace(config, **changes)
+        log.info("stage %d of %d: %s -> student %s", index, len(configs), config.distill.teacher, config.student)
+        reports.append(distill(config))
+        teacher = reports[-1]["student_path"]
+    summary = [[str(k), r["teacher_path"], str(r["config"]["student"]["widths"]),
+                f"{r['methods']['teacher']['macs_512'] / 1e9:.2f}" if r["methods"]["teacher"]["macs_512"] else "-",
+                f"{r['methods']['student (distilled)']['macs_512'] / 1e9:.2f}", r["student_path"]]
+               for k, r in enumerate(reports, start=1)]
+    table = "\n\n".join(f"Stage {k}: {r['teacher_path']} -> {r['student_path']}\n{r['table']}"
+                         for k, r in enumerate(reports, start=1))
+    report = {"job": "distill (chain)", "stages": [{key: r[key] for key in ("run", "teacher_path", "student_path",
+                                                                             "report_path", "methods")}
+                                                   for r in reports]}
+    report["table"] = render_table(["stage", "teacher", "student widths", "teacher GMACs@512",
+                                    "student GMACs@512", "student saved to"], summary) + "\n\n" + table
+    last = Path(reports[-1]["report_path"]).parent
+    temporary = last / "chain_report.partial"
+    temporary.write_text(json.dumps(report, indent=2, default=_jsonable))
+    os.replace(temporary, last / "chain_report.json")
+    report["report_path"] = str(last / "chain_report.json")
     return report
 
 

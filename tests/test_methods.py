@@ -144,3 +144,81 @@ def test_distiller_adaptive_alpha_follows_the_terms_and_is_checkpointed(tmp_path
     alpha.variables[2].assign(0.0)
     distiller.load_weights(tmp_path / "d.weights.h5")
     assert float(alpha.variables[2].numpy()) == 1.0
+
+
+# -- the fine-tuning stage and multi-stage distillation (kd_tf.jobs) ------------------------------
+
+CHAIN_BASE = """
+data: {patch_size: 32, batch_size: 4, val_crop: 32, val_crops_per_image: 1}
+train: {steps: 6, steps_per_epoch: 3, seed: 3}
+distill: {compare_scratch: false, cache_batches: 2}
+eval: {sigmas: [25], baselines: [], max_images: 1, timing_size: 64}
+export_formats: []
+"""
+
+
+@pytest.fixture(scope="module")
+def chain_run(tmp_path_factory):
+    """teacher (8-16, 2 blocks) -> assistant (6-12, 1 block) -> student (4-8, 1 block, fine-tuned)."""
+    from kd_tf.cli import main
+    from kd_tf.nets import build_unet
+
+    root = tmp_path_factory.mktemp("chain")
+    keras.utils.set_random_seed(0)
+    build_unet((8, 16), 2, name="teacher").save(root / "teacher.keras")
+    where = f"output: {{runs_dir: {root / 'runs'}, log_dir: {root / 'tb'}}}\n"
+    (root / "assistant.yaml").write_text(CHAIN_BASE + "student: {widths: [6, 12], blocks: 1}\n" + where)
+    (root / "student.yaml").write_text(CHAIN_BASE + "student: {widths: [4, 8], blocks: 1}\n"
+                                       "finetune: {steps: 2, learning_rate: 0.0005}\n" + where)
+    code = main(["distill", "--config", str(root / "assistant.yaml"), "--config", str(root / "student.yaml"),
+                 "--teacher", str(root / "teacher.keras"), "--run-name", "chain"])
+    return root, code
+
+
+def test_chain_each_stage_learns_from_the_stage_before(chain_run):
+    import json
+
+    root, code = chain_run
+    assert code == 0
+    first = json.loads((root / "runs" / "chain-stage1" / "report.json").read_text())
+    second = json.loads((root / "runs" / "chain-stage2" / "report.json").read_text())
+    assert first["teacher_path"] == str(root / "teacher.keras")
+    assert second["teacher_path"] == first["student_path"] == str(root / "runs" / "chain-stage1" / "student.keras")
+    assert second["student_init"] == "teacher"            # inherited from the assistant, which is a build_unet too
+    macs = [first["methods"]["teacher"]["macs_512"], first["methods"]["student (distilled)"]["macs_512"],
+            second["methods"]["student (distilled)"]["macs_512"]]
+    assert macs == sorted(macs, reverse=True) and second["methods"]["teacher"]["macs_512"] == macs[1]
+    chain = json.loads((root / "runs" / "chain-stage2" / "chain_report.json").read_text())
+    assert [s["run"] for s in chain["stages"]] == ["chain-stage1", "chain-stage2"]
+
+
+def test_finetune_phase_takes_its_steps_from_the_budget_and_skips_the_teacher(chain_run):
+    import json
+
+    root, _ = chain_run
+    first = json.loads((root / "runs" / "chain-stage1" / "report.json").read_text())
+    second = json.loads((root / "runs" / "chain-stage2" / "report.json").read_text())
+    assert "finetune" not in first["history"]
+    # 6 steps: 4 of distillation (2 epochs of at most 3), 2 of fine-tuning on the reconstruction loss alone
+    assert len(second["history"]["distill"]["loss"]) == 2 and len(second["history"]["finetune"]["loss"]) == 1
+    assert "distill" not in second["history"]["finetune"] and "psnr" in second["history"]["finetune"]
+    assert second["timings"]["finetune_seconds"] > 0
+    assert list((root / "tb" / "chain-stage2" / "finetune").rglob("events.out.tfevents.*"))
+
+
+def test_finetune_steps_must_leave_distillation_steps():
+    from kd_tf import config as cfg
+
+    with pytest.raises(cfg.ConfigError, match=r"finetune.steps=6 .*below train.steps=6"):
+        cfg.from_dict(cfg.DistillJobConfig, {"train": {"steps": 6}, "finetune": {"steps": 6}})
+    with pytest.raises(cfg.ConfigError, match="finetune.learning_rate"):
+        cfg.from_dict(cfg.DistillJobConfig, {"finetune": {"steps": 1, "learning_rate": 0}})
+
+
+def test_gan_distill_takes_one_config(tmp_path, capsys):
+    from kd_tf.cli import main
+
+    config = tmp_path / "a.yaml"
+    config.write_text("{}\n")
+    assert main(["distill", "--task", "gan", "--config", str(config), "--config", str(config)]) == 2
+    assert "takes one --config" in capsys.readouterr().err

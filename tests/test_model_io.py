@@ -57,3 +57,24 @@ def test_bf16_model_has_same_weights_as_float32_copy():
     back = with_dtype_policy(plain, "mixed_bfloat16")
     assert back.get_layer("head").dtype_policy.name == "mixed_bfloat16"
     assert np.abs(np.asarray(back(x), np.float32) - np.asarray(plain(x))).mean() < 0.02
+
+
+def test_teacher_is_stored_in_bfloat16_and_computes_what_mixed_precision_did(tmp_path, rng):
+    """kd_tf.jobs.load_teacher keeps a frozen teacher's weights in bfloat16 (no per-step casts)."""
+    import keras
+
+    from kd_tf.jobs import load_teacher
+    from kd_tf.nets import build_unet
+
+    keras.utils.set_random_seed(0)
+    build_unet((8, 16), 1, name="teacher").save(tmp_path / "teacher.keras")
+    teacher = load_teacher(str(tmp_path / "teacher.keras"), mixed_precision=True)
+    mixed = with_dtype_policy(load_model(tmp_path / "teacher.keras"), "mixed_bfloat16")
+    assert not teacher.trainable and not teacher.trainable_weights
+    float32 = [w.path for w in teacher.weights if w.dtype == "float32"]
+    output_layers = {t._keras_history[0].name for t in teacher.outputs}
+    assert all(path.split("/")[0] in output_layers for path in float32)
+    assert sum(w.dtype == "bfloat16" for w in teacher.weights) > len(float32)
+    batch = rng.random((2, 32, 32, 3), dtype=np.float32)
+    assert np.array_equal(np.asarray(teacher(batch)), np.asarray(mixed(batch)))
+    assert teacher.output.dtype == "float32"

@@ -1,0 +1,247 @@
+"""Issue 9's ablation: which ways of passing and balancing knowledge help the denoising student.
+
+    python -m benchmarks.ablation                      # every variant x seeds 0 1 2 at 1,000 steps
+    python -m benchmarks.ablation --quick              # tiny budget: checks the code; figures mean nothing
+    python -m benchmarks.ablation --only output finetune --seeds 0
+
+Every run is a whole `python -m kd_tf distill` job (kd_tf.jobs.distill, or distill_chain for the
+assistant) on the main job's data, student, teacher and settings, changed only by the variant's
+overrides below, and scored on the held-out photos at sigma 25. Runs go seed by seed, so that a
+partial ablation already compares every variant. A run whose report exists in runs/ is read back,
+not rerun: a killed ablation continues where it stopped. Results: benchmarks/ABLATION.md and
+benchmarks/ablation.json (quick runs: benchmarks/quick/).
+
+Budget: the same `train.steps` for every student. Output-only variants distill offline from a
+bank of steps / 3 teacher batches, each reused 3 times as in the main job (1,000 of 3,000);
+feature, attention and Jacobian terms need the live teacher, which sees a fresh batch every step,
+so `output-live` (the default losses with the live teacher) is their like-for-like reference.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import machine_info
+from kd_tf import config as cfg
+
+HERE = Path(__file__).resolve().parent
+SIGMA = 25.0
+LAYER_PAIRS = [["dec0", "dec0"], ["dec1", "dec1"], ["bottleneck", "bottleneck"]]
+FEATURE_WEIGHT = 0.05          # each pair; from the measured magnitudes (configs/ablation/README.md)
+ATTENTION_WEIGHT = 0.02
+JACOBIAN_WEIGHT = 1e-4         # the normalised Jacobian distance is ~1.4 where the output MSE is ~1e-3
+ASSISTANT = {"widths": [20, 40, 80, 160], "blocks": 2}   # between teacher (32-256, 2) and student (12-96, 1)
+FINETUNE_FRACTION = 0.2        # of the budget: the last 20% of the student's steps on its own objective
+
+
+def variants(steps: int) -> dict:
+    """name -> (what it tests, overrides on the main job's config). `scratch` comes from the
+    `output` run's from-scratch comparison (same seed, initial weights and patch stream)."""
+    live = {"distill.cache_batches": 0}
+    return {
+        "output": ("output MSE only, alpha 0.5 (the main job's losses), offline teacher",
+                   {"distill.compare_scratch": True}),
+        "output-live": ("output MSE only, alpha 0.5, live teacher (reference for the next three)", live),
+        "features": ("+ features of dec0, dec1, bottleneck through 1x1 adapters (0.05 each), live",
+                     {**live, "distill.features": [p + [FEATURE_WEIGHT] for p in LAYER_PAIRS]}),
+        "attention": ("+ attention transfer on dec0, dec1, bottleneck (0.02 each), live",
+                      {**live, "distill.attention": [p + [ATTENTION_WEIGHT] for p in LAYER_PAIRS]}),
+        "jacobian": (f"+ Jacobian matching ({JACOBIAN_WEIGHT:g}), live", {**live, "distill.jacobian": JACOBIAN_WEIGHT}),
+        "alpha-linear": ("alpha scheduled linearly 1 -> 0", {"distill.alpha.kind": "linear",
+                                                             "distill.alpha.start": 1.0, "distill.alpha.end": 0.0}),
+        "alpha-adaptive": ("alpha adaptive (loss-ratio rule, kd_tf.schedules.LossRatio)",
+                           {"distill.alpha.kind": "adaptive"}),
+        "assistant": (f"via an assistant (widths {ASSISTANT['widths']}, {ASSISTANT['blocks']} blocks), "
+                      f"itself distilled with the same steps", {}),
+        "finetune": (f"+ fine-tuning: the last {FINETUNE_FRACTION:.0%} of the steps on the own objective alone",
+                     {"finetune.steps": max(1, int(round(steps * FINETUNE_FRACTION)))}),
+    }
+
+
+def base_overrides(steps: int, seed: int, quick: bool) -> dict:
+    overrides = {"train.steps": steps, "train.steps_per_epoch": max(1, steps // 4), "train.seed": seed,
+                 "distill.compare_scratch": False, "distill.cache_batches": max(1, steps // 3),
+                 "eval.sigmas": [SIGMA], "eval.baselines": [], "export_formats": []}
+    if quick:
+        overrides.update({"data.patch_size": 32, "data.batch_size": 4, "data.val_crop": 32,
+                          "data.val_crops_per_image": 1, "eval.max_images": 1, "eval.timing_size": 64})
+    return overrides
+
+
+def _config(overrides: dict) -> cfg.DistillJobConfig:
+    return cfg.load(cfg.DistillJobConfig, None, overrides)
+
+
+def _finished(run_name: str, runs_dir: str) -> dict | None:
+    path = Path(runs_dir) / run_name / "report.json"
+    if path.is_file():
+        report = json.loads(path.read_text())
+        if "methods" in report:
+            return report
+    return None
+
+
+def run_variant(name: str, overrides: dict, steps: int, seed: int, quick: bool, prefix: str) -> dict:
+    """The job's report for one variant and seed (read back when it already ran)."""
+    from kd_tf import jobs
+
+    run = f"{prefix}-{name}-s{seed}"
+    settings = {**base_overrides(steps, seed, quick), **overrides, "output.run_name": run}
+    if name != "assistant":
+        return _finished(run, "runs") or jobs.distill(_config(settings))
+    assistant = {**settings, "student.widths": ASSISTANT["widths"], "student.blocks": ASSISTANT["blocks"],
+                 "output.run_name": f"{run}-assistant"}
+    if _finished(run, "runs") is None:
+        jobs.distill_chain([_config(assistant), _config(settings)])
+    report = _finished(run, "runs")
+    # the student's budget is the same as every other row's; the assistant's stage is extra time
+    report["timings"]["assistant_seconds"] = _finished(f"{run}-assistant", "runs")["timings"]["distill_seconds"]
+    return report
+
+
+def scores(report: dict, method: str) -> dict:
+    entry = report["methods"][method]
+    at_sigma = next(v for k, v in entry["scores"].items() if float(k) == SIGMA)
+    return {"psnr": at_sigma["psnr"], "ssim": at_sigma["ssim"], "macs_512": entry["macs_512"]}
+
+
+def summarise(results: dict) -> dict:
+    """Per variant: mean and spread over seeds, and paired differences against output-only and scratch."""
+    summary = {}
+    for name, by_seed in results.items():
+        seeds = sorted(by_seed)
+        psnr = np.array([by_seed[s]["psnr"] for s in seeds])
+        row = {"seeds": [int(s) for s in seeds], "psnr_mean": float(psnr.mean()),
+               "psnr_std": float(psnr.std(ddof=1)) if len(seeds) > 1 else 0.0,
+               "psnr_min": float(psnr.min()), "psnr_max": float(psnr.max()),
+               "ssim_mean": float(np.mean([by_seed[s]["ssim"] for s in seeds])),
+               "seconds_mean": float(np.mean([by_seed[s]["seconds"] for s in seeds]))}
+        for reference in ("output", "scratch"):
+            paired = [by_seed[s]["psnr"] - results[reference][s]["psnr"]
+                      for s in seeds if reference in results and s in results[reference]]
+            if paired and name != reference:
+                row[f"minus_{reference}_mean"] = float(np.mean(paired))
+                row[f"minus_{reference}_std"] = float(np.std(paired, ddof=1)) if len(paired) > 1 else 0.0
+                row[f"minus_{reference}_seeds"] = len(paired)
+        summary[name] = row
+    return summary
+
+
+def render(payload: dict) -> str:
+    summary, described = payload["summary"], payload["variants"]
+    steps = payload["steps"]
+    lines = [f"# Distillation ablation (issue 9): denoising at sigma {SIGMA:g}",
+             "",
+             f"Written by `python -m benchmarks.ablation{' --quick' if payload['quick'] else ''}` on "
+             f"{payload['machine']['date_utc']} ({payload['machine']['cpu_model']}, "
+             f"{payload['machine']['cores_usable']} cores). Each row: the main job (`python -m kd_tf distill`: "
+             f"student 12-24-48-96 with 1 block, inheriting the teacher's strongest channels; shipped "
+             f"teacher; batch 16 of 64x64) at **{steps} steps**, changed only as the row says; PSNR/SSIM "
+             f"on the 5 held-out photos (full size) at sigma {SIGMA:g}. Mean ± sample standard deviation "
+             f"over seeds {payload['seeds']} (`train.seed`: the student's initial weights, the patch stream, "
+             f"the cache order); differences are paired by seed. Wall time {payload['wall_s'] / 60:.1f} min.",
+             "",
+             "| variant | what | PSNR (mean ± sd) | min-max | SSIM | - output only (dB) | - from scratch (dB) | s per run |",
+             "|---|---|---|---|---|---|---|---|"]
+    order = ["scratch"] + [n for n in described if n != "scratch"]
+    for name in order:
+        row = summary.get(name)
+        if row is None:
+            continue
+
+        def diff(reference):
+            key = f"minus_{reference}_mean"
+            return "-" if key not in row else f"{row[key]:+.3f} ± {row[f'minus_{reference}_std']:.3f}"
+
+        lines.append(f"| `{name}` | {described.get(name, '')} | {row['psnr_mean']:.3f} ± {row['psnr_std']:.3f} | "
+                     f"{row['psnr_min']:.2f}-{row['psnr_max']:.2f} | {row['ssim_mean']:.4f} | {diff('output')} | "
+                     f"{diff('scratch')} | {row['seconds_mean']:.0f} |")
+    ranked = sorted((n for n in summary if n != "scratch"), key=lambda n: -summary[n]["psnr_mean"])
+    if ranked:
+        best = summary[ranked[0]]
+        lines += ["", f"**Winner: `{ranked[0]}`**, {best['psnr_mean']:.3f} dB: "
+                      f"{best.get('minus_output_mean', 0.0):+.3f} ± {best.get('minus_output_std', 0.0):.3f} dB "
+                      f"over output-only and {best.get('minus_scratch_mean', float('nan')):+.3f} ± "
+                      f"{best.get('minus_scratch_std', float('nan')):.3f} dB over the from-scratch student "
+                      f"(paired over {best.get('minus_scratch_seeds', 0)} seeds)."]
+    lines += ["", "Per seed (PSNR / SSIM):", "",
+              "| variant | " + " | ".join(f"seed {s}" for s in payload["seeds"]) + " |",
+              "|---|" + "---|" * len(payload["seeds"])]
+    for name in order:
+        if name in payload["results"]:
+            by_seed = payload["results"][name]
+            cells = [f"{by_seed[str(s)]['psnr']:.3f} / {by_seed[str(s)]['ssim']:.4f}" if str(s) in by_seed else "-"
+                     for s in payload["seeds"]]
+            lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    lines += ["", "Run folders: `runs/ablation-<variant>-s<seed>` (reports, TensorBoard logs in "
+                  "`tensorboard_logs/` under the same names)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ablation", description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1000, help="student steps per run (default 1000)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed values (default 0 1 2)")
+    parser.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants")
+    parser.add_argument("--quick", action="store_true", help="a tiny budget and crops: checks the code")
+    parser.add_argument("--out", help="folder for ABLATION.md and ablation.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("KD_TF_QUIET", "1")
+    steps = 8 if args.quick and args.steps == 1000 else args.steps
+    table = variants(steps)
+    unknown = sorted(set(args.only or []) - set(table))
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; accepted: {sorted(table)}")
+    names = [n for n in table if n in (args.only or table)]
+    out = Path(args.out) if args.out else (HERE / "quick" if args.quick else HERE)
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = "ablation-quick" if args.quick else f"ablation{steps}"
+    started = time.perf_counter()
+    previous = out / "ablation.json"
+    results = {}
+    if previous.is_file():
+        kept = json.loads(previous.read_text())
+        if kept.get("steps") == steps and kept.get("quick") == args.quick:
+            results = kept.get("results", {})
+    payload = {"machine": machine_info(), "steps": steps, "quick": args.quick,
+               "seeds": sorted({*args.seeds, *(int(s) for r in results.values() for s in r)}),
+               "variants": {"scratch": "the same student trained alone (alpha 0), from random weights",
+                            **{n: what for n, (what, _) in table.items()}}}
+    for seed in args.seeds:
+        for name in names:
+            what, overrides = table[name]
+            logging.info("ablation: %s, seed %d (%s)", name, seed, what)
+            report = run_variant(name, overrides, steps, seed, args.quick, prefix)
+            timings = report.get("timings", {})
+            results.setdefault(name, {})[str(seed)] = {
+                **scores(report, "student (distilled)"), "run": report["run"],
+                "seconds": sum(timings.get(k, 0.0) for k in ("distill_seconds", "finetune_seconds",
+                                                              "assistant_seconds"))}
+            if "student (scratch)" in report["methods"]:
+                results.setdefault("scratch", {})[str(seed)] = {
+                    **scores(report, "student (scratch)"), "run": report["run"],
+                    "seconds": timings.get("scratch_seconds", 0.0)}
+            payload.update(results=results, summary=summarise(results), wall_s=time.perf_counter() - started)
+            temporary = out / "ablation.json.partial"
+            temporary.write_text(json.dumps(payload, indent=2))
+            os.replace(temporary, out / "ablation.json")
+            (out / "ABLATION.md").write_text(render(payload))
+    print(render(payload))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
