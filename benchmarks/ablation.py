@@ -185,8 +185,9 @@ def render(payload: dict) -> str:
             cells = [f"{by_seed[str(s)]['psnr']:.3f} / {by_seed[str(s)]['ssim']:.4f}" if str(s) in by_seed else "-"
                      for s in payload["seeds"]]
             lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
-    lines += ["", "Run folders: `runs/ablation-<variant>-s<seed>` (reports, TensorBoard logs in "
-                  "`tensorboard_logs/` under the same names)."]
+    lines += ["", f"Run folders: `runs/{payload['prefix']}-<variant>-s<seed>` (each job's report.json; the "
+                  f"assistant's own stage in `...-assistant-s<seed>-assistant`), TensorBoard logs under the "
+                  f"same names in `tensorboard_logs/`. Reproduce: `python -m benchmarks.ablation --steps {steps}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -216,7 +217,7 @@ def main(argv=None) -> int:
         kept = json.loads(previous.read_text())
         if kept.get("steps") == steps and kept.get("quick") == args.quick:
             results = kept.get("results", {})
-    payload = {"machine": machine_info(), "steps": steps, "quick": args.quick,
+    payload = {"machine": machine_info(), "steps": steps, "quick": args.quick, "prefix": prefix,
                "seeds": sorted({*args.seeds, *(int(s) for r in results.values() for s in r)}),
                "variants": {"scratch": "the same student trained alone (alpha 0), from random weights",
                             **{n: what for n, (what, _) in table.items()}}}

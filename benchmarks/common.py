@@ -211,7 +211,26 @@ def machine_info() -> dict:
         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "load_average_at_start": list(os.getloadavg()),
+        "cores_busy_at_start": cores_busy_by_others(),
     }
+
+
+def cores_busy_by_others(seconds: float = 1.0) -> float | None:
+    """Cores busy over `seconds` while this process sleeps (from /proc/stat): what the rest of the
+    machine uses right now. The load average cannot tell: it decays over a minute after a job ends."""
+    def snapshot():
+        with open("/proc/stat") as stat:
+            ticks = [int(x) for x in stat.readline().split()[1:]]
+        return sum(ticks), ticks[3] + ticks[4]             # all, idle + iowait
+    try:
+        total0, idle0 = snapshot()
+        time.sleep(seconds)
+        total1, idle1 = snapshot()
+    except (OSError, IndexError, ValueError):
+        return None
+    if total1 == total0:
+        return None
+    return (1.0 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
 
 
 # -- models and data -----------------------------------------------------------------------

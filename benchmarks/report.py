@@ -134,8 +134,10 @@ def _profile_clause_keras(profile, t, r):
     casts = a["casts_ms_per_step"].get("teacher forward: kernel (weight) casts")
     if v:
         gain = v["step_speedup"]
+        cast_text = ("no kernel Cast op in its scope" if casts is None
+                     else f"{_f(casts, '.1f')} ms/step of kernel casts in its scope")
         text += (f" The frozen teacher keeps its weights in bfloat16 (kd_tf.jobs.load_teacher), so it casts no "
-                 f"kernel per step ({_f(casts, '.1f')} ms/step of kernel casts in its scope); against the "
+                 f"kernel per step ({cast_text}); against the "
                  f"`mixed_bfloat16` teacher it replaced (float32 weights cast on every step, same outputs: max "
                  f"difference {v['max_abs_output_difference']:.1e}) that measured {gain:.2f}x on (a) and "
                  f"{v['forward_speedup']:.2f}x on the teacher's forward alone (section 6).")
@@ -458,9 +460,14 @@ def render(results: dict) -> str:
              f"{results['peak_rss_mb']:.0f} MB (probes: {results['children_peak_rss_mb']:.0f} MB).", ""]
     if results["quick"]:
         lines += ["> **Quick mode**: tiny sizes to check the code; these figures are not results.", ""]
-    if load > 0.5:
+    busy = machine.get("cores_busy_at_start")
+    if busy is not None and busy > 0.25:
+        lines += [f"> **Warning**: other processes kept {busy:.2f} cores busy in the second before the run started, "
+                  f"so the timings are not trustworthy.", ""]
+    elif busy is None and load > 0.5:
         lines += [f"> **Warning**: the 1-minute load average was {load:.2f} when the run started: another process "
-                  f"was using the CPU, so the timings are not trustworthy.", ""]
+                  f"was using the CPU, or one had just ended (the average decays over about a minute; this run "
+                  f"did not sample the CPU itself), so check the timings against another run.", ""]
     stale = sorted({s.get("measured_at") for s in results["sections"].values()} - {machine["date_utc"]} - {None})
     if stale:
         lines += [f"> Some sections come from earlier runs ({', '.join(stale)}); rerun without --only for one run.", ""]
