@@ -186,8 +186,8 @@ def load_float_teacher(path: str) -> keras.Model:
 def load_teacher(path: str, mixed_precision: bool) -> keras.Model:
     """The frozen teacher. With mixed precision it computes in bfloat16 and keeps its weights in
     bfloat16 too: a frozen model needs no float32 master copy, and under `mixed_bfloat16` it would
-    cast every kernel on every step (5.5 ms of Cast ops per distillation step in the profile,
-    benchmarks/RESULTS.md). Its outputs are the same to the bit; its output layers stay float32."""
+    cast every kernel on every step. Its outputs are the same to the bit and its output layers stay
+    float32; the gain is small (1.02x on the distillation step, benchmarks/RESULTS.md section 6)."""
     teacher = load_float_teacher(path)
     if mixed_precision and Path(path).is_file():
         try:
