@@ -128,7 +128,7 @@ def summarise(results: dict) -> dict:
                "psnr_min": float(psnr.min()), "psnr_max": float(psnr.max()),
                "ssim_mean": float(np.mean([by_seed[s]["ssim"] for s in seeds])),
                "seconds_mean": float(np.mean([by_seed[s]["seconds"] for s in seeds]))}
-        for reference in ("output", "scratch"):
+        for reference in ("output", "scratch", "output-live"):
             paired = [by_seed[s]["psnr"] - results[reference][s]["psnr"]
                       for s in seeds if reference in results and s in results[reference]]
             if paired and name != reference:
@@ -153,8 +153,9 @@ def render(payload: dict) -> str:
              f"over seeds {payload['seeds']} (`train.seed`: the student's initial weights, the patch stream, "
              f"the cache order); differences are paired by seed. Wall time {payload['wall_s'] / 60:.1f} min.",
              "",
-             "| variant | what | PSNR (mean ± sd) | min-max | SSIM | - output only (dB) | - from scratch (dB) | s per run |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| variant | what | PSNR (mean ± sd) | min-max | SSIM | - output only (dB) | - output, live teacher (dB) "
+             "| - from scratch (dB) | s per run |",
+             "|---|---|---|---|---|---|---|---|---|"]
     order = ["scratch"] + [n for n in described if n != "scratch"]
     for name in order:
         row = summary.get(name)
@@ -167,8 +168,9 @@ def render(payload: dict) -> str:
 
         lines.append(f"| `{name}` | {described.get(name, '')} | {row['psnr_mean']:.3f} ± {row['psnr_std']:.3f} | "
                      f"{row['psnr_min']:.2f}-{row['psnr_max']:.2f} | {row['ssim_mean']:.4f} | {diff('output')} | "
-                     f"{diff('scratch')} | {row['seconds_mean']:.0f} |")
-    ranked = sorted((n for n in summary if n != "scratch"), key=lambda n: -summary[n]["psnr_mean"])
+                     f"{diff('output-live')} | {diff('scratch')} | {row['seconds_mean']:.0f} |")
+    complete = [n for n in summary if n != "scratch" and summary[n]["seeds"] == payload["seeds"]]
+    ranked = sorted(complete, key=lambda n: -summary[n]["psnr_mean"])
     if ranked:
         best = summary[ranked[0]]
         lines += ["", f"**Winner: `{ranked[0]}`**, {best['psnr_mean']:.3f} dB: "
@@ -185,7 +187,9 @@ def render(payload: dict) -> str:
             cells = [f"{by_seed[str(s)]['psnr']:.3f} / {by_seed[str(s)]['ssim']:.4f}" if str(s) in by_seed else "-"
                      for s in payload["seeds"]]
             lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
-    lines += ["", f"Run folders: `runs/{payload['prefix']}-<variant>-s<seed>` (each job's report.json; the "
+    if payload.get("notes"):
+        lines += ["", "Notes:", ""] + [f"- {note}" for note in payload["notes"]]
+    lines += ["", f"Run folders: `runs/{payload.get('prefix', 'ablation' + str(steps))}-<variant>-s<seed>` (each job's report.json; the "
                   f"assistant's own stage in `...-assistant-s<seed>-assistant`), TensorBoard logs under the "
                   f"same names in `tensorboard_logs/`. Reproduce: `python -m benchmarks.ablation --steps {steps}`."]
     return "\n".join(lines) + "\n"
@@ -198,6 +202,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants")
     parser.add_argument("--quick", action="store_true", help="a tiny budget and crops: checks the code")
     parser.add_argument("--out", help="folder for ABLATION.md and ablation.json")
+    parser.add_argument("--render", action="store_true", help="only rewrite ABLATION.md from ablation.json")
+    parser.add_argument("--note", action="append", default=[], help="a line for the notes under the tables")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("KD_TF_QUIET", "1")
@@ -210,6 +216,14 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else (HERE / "quick" if args.quick else HERE)
     out.mkdir(parents=True, exist_ok=True)
     prefix = "ablation-quick" if args.quick else f"ablation{steps}"
+    if args.render:
+        payload = json.loads((out / "ablation.json").read_text())
+        payload["summary"] = summarise(payload["results"])
+        payload["notes"] = payload.get("notes", []) + args.note
+        (out / "ablation.json").write_text(json.dumps(payload, indent=2))
+        (out / "ABLATION.md").write_text(render(payload))
+        print(render(payload))
+        return 0
     started = time.perf_counter()
     previous = out / "ablation.json"
     results = {}
