@@ -5,7 +5,8 @@
     python -m benchmarks.ablation --only output finetune --seeds 0
 
 Every run is a whole `python -m kd_tf distill` job (kd_tf.jobs.distill, or distill_chain for the
-assistant) on the main job's data, student, teacher and settings, changed only by the variant's
+`assistant` variant; `assistant-short` is the main job's own assistant stage, config.assistant)
+on the main job's data, student, teacher and settings, changed only by the variant's
 overrides below, and scored on the held-out photos at sigma 25. Runs go seed by seed, so that a
 partial ablation already compares every variant. A run whose report exists in runs/ is read back,
 not rerun: a killed ablation continues where it stopped. Results: benchmarks/ABLATION.md and
@@ -65,6 +66,8 @@ def variants(steps: int) -> dict:
                            {"distill.alpha.kind": "adaptive"}),
         "assistant": (f"via an assistant (widths {ASSISTANT['widths']}, {ASSISTANT['blocks']} blocks), "
                       f"itself distilled with the same steps", {}),
+        "assistant-short": ("via the main job's built-in assistant (config.assistant: the same network, "
+                            "distilled for a sixth of the steps)", {"assistant.use": "always"}),
         "finetune": (f"+ fine-tuning: the last {FINETUNE_FRACTION:.0%} of the steps on the own objective alone",
                      {"finetune.steps": max(1, int(round(steps * FINETUNE_FRACTION)))}),
     }
@@ -73,7 +76,8 @@ def variants(steps: int) -> dict:
 def base_overrides(steps: int, seed: int, quick: bool) -> dict:
     overrides = {"train.steps": steps, "train.steps_per_epoch": max(1, steps // 4), "train.seed": seed,
                  "distill.compare_scratch": False, "distill.cache_batches": max(1, steps // 3),
-                 "eval.sigmas": [SIGMA], "eval.baselines": [], "export_formats": []}
+                 "eval.sigmas": [SIGMA], "eval.baselines": [], "export_formats": [],
+                 "assistant.use": "never"}           # direct distillation unless the variant says otherwise
     if quick:
         overrides.update({"data.patch_size": 32, "data.batch_size": 4, "data.val_crop": 32,
                           "data.val_crops_per_image": 1, "eval.max_images": 1, "eval.timing_size": 64})

@@ -175,6 +175,33 @@ class FinetuneConfig:
                self.final_learning_rate_fraction, "0 <= value <= 1")
 
 
+ASSISTANT_USES = ("auto", "always", "never")
+
+
+@dataclasses.dataclass
+class AssistantConfig:
+    """Multi-stage distillation inside the main job (teacher -> assistant -> student; Mirzadeh et
+    al., 2020): the teacher first teaches this mid-sized U-Net, which then teaches the student.
+    It won issue 9's ablation (benchmarks/ABLATION.md). Its steps are extra: the student keeps
+    train.steps. `use`: "auto" runs it when the assistant fits between teacher and student (both
+    build_unet networks, the assistant at most the teacher's widths and blocks and at least the
+    student's, and neither of them), "always" runs it whatever the networks, "never" skips it."""
+
+    use: str = "auto"
+    widths: list[int] = dataclasses.field(default_factory=lambda: [20, 40, 80, 160])
+    blocks: int | list[int] = 2
+    steps: int | None = None              # None: a sixth of train.steps (500 of the main job's 3,000)
+
+    def validate(self):
+        _check(self.use in ASSISTANT_USES, "assistant.use", self.use, f"one of {ASSISTANT_USES}")
+        NetConfig(self.widths, self.blocks).validate("assistant")
+        _check(self.steps is None or (isinstance(self.steps, int) and self.steps >= 1), "assistant.steps",
+               self.steps, "an int >= 1, or null (a sixth of train.steps)")
+
+    def steps_for(self, train_steps: int) -> int:
+        return self.steps if self.steps is not None else max(1, train_steps // 6)
+
+
 @dataclasses.dataclass
 class EvalConfig:
     """The held-out report: which noise levels, which classical baselines."""
@@ -234,6 +261,7 @@ class DistillJobConfig:
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(steps=3000))   # 15 min on 2 cores
     student: NetConfig = dataclasses.field(default_factory=lambda: NetConfig(widths=[12, 24, 48, 96], blocks=1))
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+    assistant: AssistantConfig = dataclasses.field(default_factory=AssistantConfig)
     finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
     eval: EvalConfig = dataclasses.field(default_factory=lambda: EvalConfig(cbm3d_sigmas=[25.0]))
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
@@ -246,6 +274,7 @@ class DistillJobConfig:
         self.train.validate()
         self.student.validate("student")
         self.distill.validate()
+        self.assistant.validate()
         self.finetune.validate(self.train.steps)
         self.eval.validate()
         for name in self.export_formats:

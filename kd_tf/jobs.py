@@ -22,6 +22,7 @@ import numpy as np
 from kd_tf import config as cfg
 from kd_tf import distribute, schedules
 from kd_tf.callbacks import ImageGridCallback, StopOnNonFiniteLoss
+from kd_tf.complexity import count_params
 from kd_tf.data import fixed_crops, load_split, patch_dataset
 from kd_tf.evaluation import evaluate, format_table, methods_for, render_table
 from kd_tf.metrics import psnr_metric
@@ -122,9 +123,9 @@ def resumed_batches(backup_dir: Path, steps_per_epoch: int) -> int:
     return epoch * steps_per_epoch
 
 
-def _worker_report(paths: RunPaths, job: str, history) -> dict:
+def _worker_report(paths: RunPaths, job: str, history: dict) -> dict:
     """What a multi-worker run's other workers return: the chief evaluates, saves and reports."""
-    return {"job": job, "run": paths.name, "history": history.history, "report_path": None,
+    return {"job": job, "run": paths.name, "history": history, "report_path": None,
             "table": f"{job}: this worker trained in sync with the chief, which writes the run folder"}
 
 
@@ -155,7 +156,7 @@ def train_teacher(config: cfg.TeacherJobConfig, strategy=None) -> dict:
                         verbose=2 if os.environ.get("KD_TF_QUIET") else "auto")
     seconds = time.time() - started
     if not paths.chief:
-        return _worker_report(paths, "train-teacher", history)
+        return _worker_report(paths, "train-teacher", history.history)
 
     teacher = float32_copy(model, config.net.widths, config.net.blocks)
     save_model(teacher, paths.root / "teacher.keras")
@@ -221,14 +222,14 @@ def distill_steps(config: cfg.DistillJobConfig) -> int:
     return config.train.steps - config.finetune.steps
 
 
-def batches_to_cache(config: cfg.DistillJobConfig) -> int:
-    """Teacher batches for offline distillation: as configured, else min(1000, distillation steps)
-    when only outputs are distilled (features, attention and Jacobian need the live teacher).
-    1000 batches of 64x64 take 1.2 GB."""
+def batches_to_cache(config: cfg.DistillJobConfig, steps: int | None = None) -> int:
+    """Teacher batches for offline distillation of a phase of `steps` steps (default: the
+    student's distillation phase): as configured, else min(1000, steps) when only outputs are
+    distilled (features, attention and Jacobian need the live teacher). 1000 batches of 64x64 take 1.2 GB."""
     if config.distill.cache_batches is not None:
         return config.distill.cache_batches
     live = config.distill.features or config.distill.attention or config.distill.jacobian
-    return 0 if live else min(1000, distill_steps(config))
+    return 0 if live else min(1000, distill_steps(config) if steps is None else steps)
 
 
 def train_own_objective(model: keras.Model, train: cfg.TrainConfig, stream, skip: int, paths: RunPaths,
@@ -247,57 +248,122 @@ def train_own_objective(model: keras.Model, train: cfg.TrainConfig, stream, skip
                      verbose=2 if os.environ.get("KD_TF_QUIET") else "auto")
 
 
-def distill(config: cfg.DistillJobConfig, strategy=None) -> dict:
-    """The main job: distill the teacher into the student (then, optionally, fine-tune it on its own
-    objective), train the same student from scratch with the same budget for comparison, evaluate
-    all of them on the held-out photos.
-    `strategy`: a tf.distribute strategy instead of train.strategy's (a TPUStrategy, say)."""
-    config.validate()
-    strategy = strategy or distribute.strategy_from_name(config.train.strategy)   # first: may set up collectives
-    distribute.check_batch_size(config.data.batch_size, strategy)
-    keras.utils.set_random_seed(config.train.seed)
-    distill_train = dataclasses.replace(config.train, steps=distill_steps(config))
-    alpha = schedules.from_config(config.distill.alpha.kind, config.distill.alpha.start,
-                                  config.distill.alpha.end, distill_train.steps)
+@dataclasses.dataclass
+class DistillPhase:
+    """What one distillation phase left: the trained network (in the training dtype policy), its
+    random starting weights, what it inherited, its history and what it cost."""
+
+    model: keras.Model
+    initial_weights: list
+    inherited: dict | None
+    history: dict
+    timings: dict
+
+
+def distill_phase(config: cfg.DistillJobConfig, teacher_path: str, reference_teacher: keras.Model,
+                  net: cfg.NetConfig, name: str, steps: int, stream, paths: RunPaths, validation: tuple,
+                  strategy, tag: str) -> DistillPhase:
+    """`teacher_path` (loaded as `reference_teacher` in float32, which weight inheritance copies) teaches a new build_unet `net` for `steps` steps with config.distill's losses
+    and alpha (offline, from cached teacher outputs, when only outputs are distilled); the new
+    network starts from its teacher's strongest channels when distill.student_init allows.
+    Resumes from its own checkpoints (`tag`)."""
+    train = dataclasses.replace(config.train, steps=steps)
+    alpha = schedules.from_config(config.distill.alpha.kind, config.distill.alpha.start, config.distill.alpha.end,
+                                  steps)
     features = [(p.teacher, p.student, p.weight) for p in config.distill.features]
     attention = [(p.teacher, p.student, p.weight) for p in config.distill.attention]
-    split, stream, val_noisy, val_clean = _data(config.data, config.train.seed)
-    reference_teacher = load_float_teacher(config.distill.teacher)     # weight inheritance and the report
     with strategy.scope():                          # teacher (frozen), student, adapters, optimizer on every replica
-        teacher = load_teacher(config.distill.teacher, config.train.mixed_precision)
-        student = build_unet(config.student.widths, config.student.blocks, name="student",
-                             mixed_precision=config.train.mixed_precision)
+        teacher = load_teacher(teacher_path, config.train.mixed_precision)
+        student = build_unet(net.widths, net.blocks, name=name, mixed_precision=config.train.mixed_precision)
         initial_weights = student.get_weights()     # the scratch run starts from the very same point
         inherited = start_from_teacher(config.distill.student_init, reference_teacher, student, stream())
         distiller = Distiller(teacher, student, alpha=alpha, output_loss=config.distill.output_loss,
                               features=features, attention=attention, jacobian=config.distill.jacobian,
                               jacobian_seed=config.train.seed)          # checks shapes and layer names first
-        distiller.compile(optimizer=cosine_optimizer(distill_train))
+        distiller.compile(optimizer=cosine_optimizer(train))
+    val_noisy, val_clean, val_batch = validation
+    epochs, per_epoch = epochs_for(train)
+    log.info("distilling: teacher %s -> %s %s, %d steps", teacher_path, name, net, steps)
+    started = time.time()
+    done, timings = resumed_batches(paths.backup / tag, per_epoch), {}
+    dataset = stream(done)
+    cached = batches_to_cache(config, steps)
+    if cached and done < epochs * per_epoch:
+        cache = cache_teacher_outputs(teacher, stream(), cached, progress=log.info)
+        dataset = cache.dataset(config.data.batch_size, seed=config.train.seed, skip_batches=done)
+        timings.update(cache_seconds=cache.seconds, cache_samples=len(cache))
+    history = distiller.fit(dataset, epochs=epochs, steps_per_epoch=per_epoch,
+                            validation_data=(val_noisy, val_clean), validation_batch_size=val_batch, shuffle=False,
+                            callbacks=standard_callbacks(paths, val_noisy, val_clean, config.output, tag),
+                            verbose=2 if os.environ.get("KD_TF_QUIET") else "auto")
+    timings["seconds"] = time.time() - started
+    return DistillPhase(student, initial_weights, inherited, history.history, timings)
+
+
+def assistant_plan(config: cfg.DistillJobConfig, teacher: keras.Model) -> tuple[bool, str]:
+    """Whether the main job distills through config.assistant, and why (logged and reported)."""
+    from kd_tf.nets.inherit import inheritance_problem
+
+    use = config.assistant.use
+    if use != "auto":
+        return use == "always", f"assistant.use={use}"
+    assistant = build_unet(config.assistant.widths, config.assistant.blocks, name="assistant_probe")
+    student = build_unet(config.student.widths, config.student.blocks, name="student_probe")
+    for upper, lower, pair in ((teacher, assistant, "teacher -> assistant"), (assistant, student, "assistant -> student")):
+        problem = inheritance_problem(upper, lower)
+        if problem:
+            return False, f"assistant.use=auto, skipped: {pair}: {problem}"
+    sizes = [count_params(m) for m in (teacher, assistant, student)]
+    if not sizes[0] > sizes[1] > sizes[2]:
+        return False, (f"assistant.use=auto, skipped: the assistant ({sizes[1]:,} params) is not strictly "
+                       f"between the teacher ({sizes[0]:,}) and the student ({sizes[2]:,})")
+    return True, f"assistant.use=auto: {sizes[0]:,} -> {sizes[1]:,} -> {sizes[2]:,} params"
+
+
+def distill(config: cfg.DistillJobConfig, strategy=None) -> dict:
+    """The main job: distill the teacher into the student (through the assistant first, when
+    config.assistant says so; then, optionally, fine-tune it on its own objective), train the same
+    student from scratch with the same budget for comparison, evaluate all of them on the held-out photos.
+    `strategy`: a tf.distribute strategy instead of train.strategy's (a TPUStrategy, say)."""
+    config.validate()
+    strategy = strategy or distribute.strategy_from_name(config.train.strategy)   # first: may set up collectives
+    distribute.check_batch_size(config.data.batch_size, strategy)
+    keras.utils.set_random_seed(config.train.seed)
+    split, stream, val_noisy, val_clean = _data(config.data, config.train.seed)
+    reference_teacher = load_float_teacher(config.distill.teacher)     # the report's teacher row
     paths = RunPaths(config.output, "distill", chief=distribute.is_chief(strategy))
     validation = distribute.even_validation(val_noisy, val_clean, strategy)
-    val_noisy, val_clean, val_batch = validation
-    epochs, per_epoch = epochs_for(distill_train)
-    log.info("distilling: teacher %s -> student %s", config.distill.teacher, config.student)
-    started = time.time()
-    done, timings = resumed_batches(paths.backup / "distill", per_epoch), {}
-    distill_ds = stream(done)
-    if batches_to_cache(config) and done < epochs * per_epoch:
-        cache = cache_teacher_outputs(teacher, stream(), batches_to_cache(config), progress=log.info)
-        distill_ds = cache.dataset(config.data.batch_size, seed=config.train.seed, skip_batches=done)
-        timings.update(teacher_cache_seconds=cache.seconds, teacher_cache_samples=len(cache))
-    history = distiller.fit(distill_ds, epochs=epochs, steps_per_epoch=per_epoch,
-                            validation_data=(val_noisy, val_clean), validation_batch_size=val_batch, shuffle=False,
-                            callbacks=standard_callbacks(paths, val_noisy, val_clean, config.output, "distill"),
-                            verbose=2 if os.environ.get("KD_TF_QUIET") else "auto")
-    timings["distill_seconds"] = time.time() - started
-    histories = {"distill": history.history}
+    timings, histories, evaluated = {}, {}, {"teacher": reference_teacher}
+
+    use_assistant, why = assistant_plan(config, reference_teacher)
+    log.info("assistant: %s", why)
+    teacher_path, assistant = config.distill.teacher, None
+    if use_assistant:
+        steps = config.assistant.steps_for(config.train.steps)
+        phase = distill_phase(config, teacher_path, reference_teacher,
+                              cfg.NetConfig(config.assistant.widths, config.assistant.blocks), "assistant", steps,
+                              stream, paths, validation, strategy, "assistant")
+        evaluated["assistant"] = float32_copy(phase.model, config.assistant.widths, config.assistant.blocks)
+        teacher_path = str(save_model(evaluated["assistant"], paths.root / "assistant.keras"))
+        histories["assistant"] = phase.history
+        timings.update({f"assistant_{key}": value for key, value in phase.timings.items()})
+        assistant = {"widths": config.assistant.widths, "blocks": config.assistant.blocks, "steps": steps,
+                     "path": teacher_path, "inherited": phase.inherited is not None}
+
+    phase = distill_phase(config, teacher_path, evaluated.get("assistant", reference_teacher), config.student,
+                          "student", distill_steps(config), stream, paths, validation, strategy, "distill")
+    student, inherited, histories["distill"] = phase.model, phase.inherited, phase.history
+    timings.update(distill_seconds=phase.timings["seconds"])
+    if "cache_seconds" in phase.timings:
+        timings.update(teacher_cache_seconds=phase.timings["cache_seconds"],
+                       teacher_cache_samples=phase.timings["cache_samples"])
     if config.finetune.steps:
         log.info("fine-tuning the student on its own objective alone: %d steps", config.finetune.steps)
         finetune_train = dataclasses.replace(
             config.train, steps=config.finetune.steps, learning_rate=config.finetune.learning_rate,
             final_learning_rate_fraction=config.finetune.final_learning_rate_fraction)
         started = time.time()     # fresh patches: the ones after those the distillation phase drew
-        histories["finetune"] = train_own_objective(student, finetune_train, stream, distill_train.steps, paths,
+        histories["finetune"] = train_own_objective(student, finetune_train, stream, distill_steps(config), paths,
                                                     validation, config.output, "finetune", strategy).history
         timings["finetune_seconds"] = time.time() - started
     students = {"student (distilled)": float32_copy(student, config.student.widths, config.student.blocks)}
@@ -309,7 +375,7 @@ def distill(config: cfg.DistillJobConfig, strategy=None) -> dict:
         with strategy.scope():
             scratch = build_unet(config.student.widths, config.student.blocks, name="student_scratch",
                                  mixed_precision=config.train.mixed_precision)
-            scratch.set_weights(initial_weights)
+            scratch.set_weights(phase.initial_weights)
         log.info("training the same student from scratch (alpha = 0) with the same budget")
         started = time.time()
         histories["scratch"] = train_own_objective(scratch, config.train, stream, 0, paths, validation,
@@ -318,12 +384,12 @@ def distill(config: cfg.DistillJobConfig, strategy=None) -> dict:
         students["student (scratch)"] = float32_copy(scratch, config.student.widths, config.student.blocks)
         save_model(students["student (scratch)"], paths.root / "student_scratch.keras")
     if not paths.chief:
-        return _worker_report(paths, "distill", history)
+        return _worker_report(paths, "distill", histories["distill"])
 
-    evaluated = {"teacher": reference_teacher, **students}
-    report = _report(config, paths, split, evaluated, "distill")
+    report = _report(config, paths, split, {**evaluated, **students}, "distill")
     report.update(timings=timings, history=histories, student_init="teacher" if inherited else "random",
-                  inherited=inherited, student_path=str(student_path), teacher_path=config.distill.teacher)
+                  inherited=inherited, student_path=str(student_path), teacher_path=config.distill.teacher,
+                  assistant=assistant, assistant_decision=why)
     report["report_path"] = str(paths.write_json("report.json", report))      # kept even if export fails
     if config.export_formats:
         exported = export_student(cfg.ExportJobConfig(
@@ -340,7 +406,9 @@ def distill_chain(configs: list[cfg.DistillJobConfig]) -> dict:
     """Multi-stage distillation (teacher -> assistant -> ... -> student; Mirzadeh et al., 2020):
     each config is one whole `distill` stage, and from the second on its teacher is the student
     the stage before saved. A run name shared by the stages becomes <name>-stage<k>, so that
-    rerunning the chain resumes each stage in its own folder."""
+    rerunning the chain resumes each stage in its own folder. Each stage is a whole job, its own
+    assistant stage included when its config.assistant fits (the built-in assistant is the short
+    form of this chain: one job, one report)."""
     if not configs:
         raise ValueError("distill_chain needs at least one config")
     names = [c.output.run_name for c in configs]

@@ -1,6 +1,8 @@
 """Issue 9's distillation methods, checked against hand computations: the adaptive alpha
 (kd_tf.schedules.LossRatio) and Jacobian matching (kd_tf.losses.JacobianTerm)."""
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -222,3 +224,67 @@ def test_gan_distill_takes_one_config(tmp_path, capsys):
     config.write_text("{}\n")
     assert main(["distill", "--task", "gan", "--config", str(config), "--config", str(config)]) == 2
     assert "takes one --config" in capsys.readouterr().err
+
+
+# -- the main job's built-in assistant (config.assistant) -----------------------------------------
+
+def test_main_job_distills_through_its_assistant_when_it_fits(tmp_path, monkeypatch):
+    """teacher (8-16, 2 blocks) -> built-in assistant (6-12, 1 block, 2 steps) -> student (4-8):
+    the assistant learns from the teacher, the student from the assistant, and the report scores all."""
+    import json
+
+    from kd_tf import jobs
+    from kd_tf.cli import main
+    from kd_tf.nets import build_unet
+
+    keras.utils.set_random_seed(0)
+    build_unet((8, 16), 2, name="teacher").save(tmp_path / "teacher.keras")
+    (tmp_path / "job.yaml").write_text(
+        CHAIN_BASE.replace("compare_scratch: false", "compare_scratch: true")
+        + "student: {widths: [4, 8], blocks: 1}\nassistant: {widths: [6, 12], blocks: 1, steps: 2}\n"
+        + f"output: {{runs_dir: {tmp_path / 'runs'}, log_dir: {tmp_path / 'tb'}}}\n")
+    phases, original = [], jobs.distill_phase
+
+    def recording(config, teacher_path, reference_teacher, net, name, steps, *args, **kwargs):
+        phases.append((Path(teacher_path).name, name, steps, reference_teacher.count_params()))
+        return original(config, teacher_path, reference_teacher, net, name, steps, *args, **kwargs)
+
+    monkeypatch.setattr(jobs, "distill_phase", recording)
+    assert main(["distill", "--config", str(tmp_path / "job.yaml"), "--teacher", str(tmp_path / "teacher.keras"),
+                 "--run-name", "helped"]) == 0
+    run = tmp_path / "runs" / "helped"
+    report = json.loads((run / "report.json").read_text())
+    assistant = keras.models.load_model(run / "assistant.keras")
+    teacher_params = keras.models.load_model(tmp_path / "teacher.keras").count_params()
+    assert phases == [("teacher.keras", "assistant", 2, teacher_params),
+                      ("assistant.keras", "student", 6, assistant.count_params())]
+    assert report["assistant"] == {"widths": [6, 12], "blocks": 1, "steps": 2, "path": str(run / "assistant.keras"),
+                                   "inherited": True}
+    assert report["assistant_decision"].startswith("assistant.use=auto: ")
+    assert report["teacher_path"] == str(tmp_path / "teacher.keras")      # the report's teacher is the real one
+    assert list(report["methods"])[:5] == ["noisy input", "teacher", "assistant", "student (distilled)",
+                                          "student (scratch)"]
+    macs = [report["methods"][m]["macs_512"] for m in ("teacher", "assistant", "student (distilled)")]
+    assert macs == sorted(macs, reverse=True) and len(set(macs)) == 3
+    assert report["student_init"] == "teacher"
+    assert report["timings"]["assistant_cache_samples"] == 2 * 4 and report["timings"]["assistant_seconds"] > 0
+    assert len(report["history"]["assistant"]["loss"]) == 1 and len(report["history"]["distill"]["loss"]) == 2
+    assert list((tmp_path / "tb" / "helped" / "assistant").rglob("events.out.tfevents.*"))
+
+
+def test_assistant_is_skipped_when_it_does_not_fit_and_validated(chain_run):
+    import json
+
+    from kd_tf import config as cfg
+
+    root, _ = chain_run               # teacher 2 levels; the default assistant has 4: auto skips it
+    first = json.loads((root / "runs" / "chain-stage1" / "report.json").read_text())
+    assert first["assistant"] is None and "assistant" not in first["methods"]
+    assert first["assistant_decision"].startswith("assistant.use=auto, skipped: teacher -> assistant: ")
+    with pytest.raises(cfg.ConfigError, match=r"assistant.use='sometimes' .*one of \('auto', 'always', 'never'\)"):
+        cfg.from_dict(cfg.DistillJobConfig, {"assistant": {"use": "sometimes"}})
+    with pytest.raises(cfg.ConfigError, match=r"assistant.steps=0"):
+        cfg.from_dict(cfg.DistillJobConfig, {"assistant": {"steps": 0}})
+    with pytest.raises(cfg.ConfigError, match=r"assistant.widths"):
+        cfg.from_dict(cfg.DistillJobConfig, {"assistant": {"widths": [8]}})
+    assert cfg.from_dict(cfg.DistillJobConfig, {}).assistant.steps_for(3000) == 500

@@ -60,6 +60,15 @@ def _check_pair(teacher: keras.Model, student: keras.Model):
                              f"teacher {_block_count(teacher, prefix)}; accepted: at most the teacher's")
 
 
+def inheritance_problem(teacher: keras.Model, student: keras.Model) -> str | None:
+    """Why `student` cannot inherit from `teacher`, or None when it can."""
+    try:
+        _check_pair(teacher, student)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def _energies(teacher: keras.Model, names: list[str], batches) -> dict[str, np.ndarray]:
     """Mean squared activation per channel of each named layer's output, over `batches`."""
     taps = keras.Model(teacher.input, [teacher.get_layer(name).output for name in names])
