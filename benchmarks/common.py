@@ -23,7 +23,7 @@ import tensorflow as tf
 from kd_tf import config as cfg
 from kd_tf.data import load_split, patch_dataset
 from kd_tf.distiller import Distiller
-from kd_tf.jobs import load_teacher
+from kd_tf.model_io import load_teacher
 from kd_tf.nets import build_unet
 
 TEACHER_PATH = cfg.DEFAULT_TEACHER
@@ -55,7 +55,7 @@ class Sizes:
     xla_precisions: tuple = ("fp32", "bf16")               # XLA compiles take tens of seconds each
     inference_size: int = 512
     heldout_crop: int | None = None                        # None: whole held-out photos
-    calibration_batches: int = 32                          # kd_tf.jobs.export_student's default
+    calibration_batches: int = 32                          # kd_tf.export_job.export_student's default
     scaling_batches: tuple = (4, 8, 16, 32, 64)
     scaling_patches: tuple = (32, 64, 128, 192)
     scaling_steps: int = 6

@@ -1,7 +1,7 @@
 """Benchmark 4: ms per 512x512 photo and held-out PSNR (sigma 25) of every way to denoise.
 
 The student's deployable formats (Keras, SavedModel, TFLite float32 and full int8) come from
-kd_tf.jobs.export_student, the same parity report `python -m kd_tf export` prints: its PSNR is
+kd_tf.export_job.export_student, the same parity report `python -m kd_tf export` prints: its PSNR is
 on the held-out photos, its latency the median of 5 runs on one 512x512 image (TensorFlow with
 every core; LiteRT with 1 and 2 threads). The teacher, OpenCV NL-means and CBM3D go through
 kd_tf.evaluation, with the same noisy images (seed 2024 + image index).
@@ -15,7 +15,7 @@ from pathlib import Path
 from benchmarks.common import EVAL_SEED, EVAL_SIGMA, STUDENT_PATH, Bench
 from kd_tf import config as cfg
 from kd_tf.evaluation import Method, evaluate
-from kd_tf.jobs import export_student
+from kd_tf.export_job import export_student
 from kd_tf.model_io import load_model, with_dtype_policy
 
 STUDENT_FORMATS = ["keras", "savedmodel", "float32", "int8"]

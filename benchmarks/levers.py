@@ -28,7 +28,7 @@ from benchmarks.common import (DEFAULT_PRECISION, EVAL_SEED, EVAL_SIGMA, STUDENT
                                forward_pass, student_step, time_loop)
 from kd_tf import config as cfg
 from kd_tf.evaluation import Method, evaluate
-from kd_tf.jobs import cosine_optimizer
+from kd_tf.runs import cosine_optimizer
 from kd_tf.model_io import float32_copy
 from kd_tf.teacher_cache import cache_teacher_outputs
 

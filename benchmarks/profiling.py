@@ -391,7 +391,7 @@ def _timed_fit(model, dataset, warmup, steps) -> float:
 
 def teacher_weights_variant(bench: Bench, precision: str) -> dict:
     """(a) with a mixed_bfloat16 teacher (float32 weights) vs (a) with kd_tf's bfloat16-weight teacher
-    (kd_tf.jobs.load_teacher); alternating rounds in one process so that load drifts hit both alike.
+    (kd_tf.model_io.load_teacher); alternating rounds in one process so that load drifts hit both alike.
     Also the teacher forward alone."""
     from kd_tf.distiller import Distiller
     from benchmarks.common import ALPHA, FEATURES

@@ -136,7 +136,7 @@ def _profile_clause_keras(profile, t, r):
         gain = v["step_speedup"]
         cast_text = ("no kernel Cast op in its scope" if casts is None
                      else f"{_f(casts, '.1f')} ms/step of kernel casts in its scope")
-        text += (f" The frozen teacher keeps its weights in bfloat16 (kd_tf.jobs.load_teacher), so it casts no "
+        text += (f" The frozen teacher keeps its weights in bfloat16 (kd_tf.model_io.load_teacher), so it casts no "
                  f"kernel per step ({cast_text}); against the "
                  f"`mixed_bfloat16` teacher it replaced (float32 weights cast on every step, same outputs: max "
                  f"difference {v['max_abs_output_difference']:.1e}) that measured {gain:.2f}x on (a) and "

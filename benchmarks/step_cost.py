@@ -40,7 +40,7 @@ class AdapterMSE:
 
 def _float32_output(teacher: keras.Model) -> keras.Model:
     """The teacher with its output cast to float32: Keras' Distiller insists on equal output dtypes,
-    and kd_tf's bf16 teacher clone (kd_tf.jobs.load_teacher) ends in bfloat16, unlike the student.
+    and kd_tf's bf16 teacher clone (kd_tf.model_io.load_teacher) ends in bfloat16, unlike the student.
     kd_tf's Distiller does the same cast inside its step."""
     if teacher.output.dtype == "float32":
         return teacher

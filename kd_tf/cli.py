@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     from kd_tf import config as cfg
-    from kd_tf import jobs
+    from kd_tf import export_job, jobs
     from kd_tf.callbacks import TrainingDiverged
 
     overrides = _overrides(args)
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
                                ("qat_steps", args.qat_steps)):
                 if value is not None:
                     overrides[key] = value
-            report = jobs.export_student(cfg.load(cfg.ExportJobConfig, args.config, overrides))
+            report = export_job.export_student(cfg.load(cfg.ExportJobConfig, args.config, overrides))
         elif args.verb == "distill":
             first = {"distill.teacher": args.teacher} if args.teacher else {}   # later stages: the stage before
             configs = [cfg.load(cfg.DistillJobConfig, path, {**overrides, **(first if stage == 0 else {})})

@@ -1,7 +1,7 @@
 """The work behind the GAN task's CLI verbs: the feature classifier, the teacher GAN, distillation
 into a small generator (with the from-scratch baseline), scoring, export and `generate`.
 
-Same habits as kd_tf.jobs: a run folder `runs/<run>` with a JSON report, TensorBoard logs in
+Same habits as kd_tf.jobs (shared in kd_tf.runs): a run folder `runs/<run>` with a JSON report, TensorBoard logs in
 `tensorboard_logs/<run>`, resume from the last completed epoch when rerun with the same run name,
 only the chief writes under tf.distribute. Generators map N(0, 1) latents to 28x28 digits in
 [-1, 1]; the classifier and the metrics see [0, 1].
@@ -26,7 +26,7 @@ from kd_tf.data import LatentSampler, write_image
 from kd_tf.digits import as_unit, load_digits, real_dataset
 from kd_tf.distiller import Distiller
 from kd_tf.evaluation import render_table
-from kd_tf.jobs import RunPaths, _worker_report, epochs_for, resumed_batches
+from kd_tf.runs import RunPaths, epochs_for, resumed_batches, worker_report
 from kd_tf.metrics import diversity, frechet_distance, kernel_inception_distance, precision_recall_coverage
 from kd_tf.model_io import load_model, save_model
 from kd_tf.nets import build_classifier, build_discriminator, build_generator, feature_extractor, latent_dim_of
@@ -240,7 +240,7 @@ def train_teacher(config: cfg.GanTeacherJobConfig, strategy=None) -> dict:
                       epochs=epochs, steps_per_epoch=per_epoch, callbacks=callbacks, verbose=_verbose())
     seconds = time.time() - started
     if not paths.chief:
-        return _worker_report(paths, "train-teacher --task gan", history)
+        return worker_report(paths, "train-teacher --task gan", history)
     save_model(generator, paths.root / "teacher_generator.keras")
     save_model(discriminator, paths.root / "teacher_discriminator.keras")
     if config.save_to:
@@ -334,7 +334,7 @@ def distill(config: cfg.GanDistillJobConfig, strategy=None) -> dict:
         students["student (scratch)"] = scratch
         save_model(scratch, paths.root / "student_scratch.keras")
     if not paths.chief:
-        return _worker_report(paths, "distill --task gan", distiller.history)
+        return worker_report(paths, "distill --task gan", distiller.history)
 
     rows = {"teacher": describe(teacher, keras_generate(teacher), scorer, config.eval, "teacher")}
     for name, model in students.items():

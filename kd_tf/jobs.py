@@ -1,98 +1,38 @@
-"""The work behind each CLI verb: train a teacher, distill a student, evaluate.
+"""The denoising jobs behind the CLI verbs: train a teacher, distill a student (directly,
+through an assistant, or as a chain of stages), evaluate saved models, denoise files.
 
-Each job writes its artifacts and a JSON report to a run folder (`runs/<run>`), logs to
-`tensorboard_logs/<run>`, resumes from its last completed epoch when rerun with the same run
-name, and returns its report so that the CLI (or a notebook) can print it.
+Each job writes its artifacts and a JSON report to its run folder (kd_tf.runs), resumes from its
+last completed epoch when rerun with the same run name, and returns its report so that the CLI
+(or a notebook) can print it. Exporting is kd_tf.export_job.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from kd_tf import config as cfg
 from kd_tf import distribute, schedules
-from kd_tf.callbacks import ImageGridCallback, StopOnNonFiniteLoss
 from kd_tf.complexity import count_params
 from kd_tf.data import fixed_crops, load_split, patch_dataset
-from kd_tf.evaluation import evaluate, format_table, methods_for, render_table
-from kd_tf.metrics import psnr_metric
 from kd_tf.distiller import Distiller
-from kd_tf.model_io import float32_copy, load_model, save_model, with_dtype_policy
+from kd_tf.evaluation import evaluate, format_table, methods_for, render_table
+from kd_tf.export_job import export_student
+from kd_tf.metrics import psnr_metric
+from kd_tf.model_io import float32_copy, load_float_teacher, load_model, load_teacher, save_model
 from kd_tf.nets import build_unet
 from kd_tf.nets.inherit import inherit_from_teacher
+from kd_tf.runs import (RunPaths, cosine_optimizer, epochs_for, resumed_batches, standard_callbacks, worker_report,
+                        write_json)
 from kd_tf.teacher_cache import cache_teacher_outputs
 
 log = logging.getLogger(__name__)
 
-
-class RunPaths:
-    """The folders of one run: artifacts in runs/<name>, TensorBoard logs in tensorboard_logs/<name>.
-
-    On a multi-worker run's other workers (chief=False) artifacts and logs go to a scratch folder
-    removed at exit; `backup` stays the chief's, which every worker restores from."""
-
-    def __init__(self, output: cfg.OutputConfig, verb: str, chief: bool = True):
-        self.name = output.run_name or f"{verb}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-        self.root = Path(output.runs_dir) / self.name
-        self.logs = Path(output.log_dir) / self.name
-        self.backup = self.root / "backup"
-        self.chief = chief
-        if not chief:
-            scratch = Path(distribute.scratch_dir())
-            self.root, self.logs = scratch / "runs" / self.name, scratch / "logs" / self.name
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.logs.mkdir(parents=True, exist_ok=True)
-
-    def write_json(self, name: str, payload: dict) -> Path:
-        path = self.root / name
-        temporary = path.with_suffix(".partial")
-        temporary.write_text(json.dumps(payload, indent=2, default=_jsonable))
-        os.replace(temporary, path)
-        return path
-
-
-def _jsonable(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
-def cosine_optimizer(train: cfg.TrainConfig) -> keras.optimizers.Optimizer:
-    """Adam with cosine decay over the whole step budget (the schedule resumes with the step)."""
-    schedule = keras.optimizers.schedules.CosineDecay(
-        train.learning_rate, decay_steps=train.steps, alpha=train.final_learning_rate_fraction)
-    return keras.optimizers.Adam(schedule)
-
-
-def epochs_for(train: cfg.TrainConfig) -> tuple[int, int]:
-    """(epochs, steps_per_epoch) covering at least `train.steps` steps."""
-    per_epoch = min(train.steps_per_epoch, train.steps)
-    return -(-train.steps // per_epoch), per_epoch
-
-
-def standard_callbacks(paths: RunPaths, val_noisy, val_clean, output: cfg.OutputConfig, tag: str):
-    """TensorBoard scalars, image grids, and BackupAndRestore so a killed run resumes."""
-    spread = max(1, len(val_noisy) // 6)                 # grid rows from as many held-out photos as possible
-    return [
-        keras.callbacks.TensorBoard(log_dir=str(paths.logs / tag), update_freq="epoch", write_graph=False),
-        ImageGridCallback(val_noisy[::spread], val_clean[::spread], paths.logs / tag / "images",
-                          every=output.image_grid_every),
-        distribute.BackupAndRestore(str(paths.backup / tag), chief=paths.chief, delete_checkpoint=False,
-                                    double_checkpoint=True),   # a kill mid-save falls back one epoch
-        StopOnNonFiniteLoss(paths.backup / tag),
-    ]
 
 
 def _data(config_data: cfg.DataConfig, seed: int):
@@ -109,24 +49,6 @@ def _data(config_data: cfg.DataConfig, seed: int):
     log.info("training on %d images, holding out %d: %s", len(split.train), len(split.heldout),
              ", ".join(sorted(split.heldout)))
     return split, stream, val_noisy, val_clean
-
-
-def resumed_batches(backup_dir: Path, steps_per_epoch: int) -> int:
-    """Batches a run already trained on, from its BackupAndRestore metadata (0 for a new run),
-    so its data stream continues where it stopped instead of replaying the first batches."""
-    metadata = Path(backup_dir) / "training_metadata.json"
-    if not metadata.is_file():
-        return 0
-    epoch = int(json.loads(metadata.read_text()).get("epoch", 0))
-    if epoch:
-        log.info("resuming %s after epoch %d", backup_dir.name, epoch)
-    return epoch * steps_per_epoch
-
-
-def _worker_report(paths: RunPaths, job: str, history: dict) -> dict:
-    """What a multi-worker run's other workers return: the chief evaluates, saves and reports."""
-    return {"job": job, "run": paths.name, "history": history, "report_path": None,
-            "table": f"{job}: this worker trained in sync with the chief, which writes the run folder"}
 
 
 def train_teacher(config: cfg.TeacherJobConfig, strategy=None) -> dict:
@@ -156,7 +78,7 @@ def train_teacher(config: cfg.TeacherJobConfig, strategy=None) -> dict:
                         verbose=2 if os.environ.get("KD_TF_QUIET") else "auto")
     seconds = time.time() - started
     if not paths.chief:
-        return _worker_report(paths, "train-teacher", history.history)
+        return worker_report(paths, "train-teacher", history.history)
 
     teacher = float32_copy(model, config.net.widths, config.net.blocks)
     save_model(teacher, paths.root / "teacher.keras")
@@ -172,31 +94,6 @@ def _limit(heldout: dict, eval_config: cfg.EvalConfig) -> dict:
     if eval_config.max_images is None:
         return heldout
     return {name: heldout[name] for name in sorted(heldout)[:eval_config.max_images]}
-
-
-def load_float_teacher(path: str) -> keras.Model:
-    """The teacher as saved (float32), frozen: what weight inheritance copies and the report scores."""
-    if not Path(path).exists():
-        raise FileNotFoundError(f"teacher {path!r} does not exist: train one with "
-                                f"`python -m kd_tf train-teacher` or pass --teacher PATH (.keras, .h5, SavedModel dir)")
-    teacher = load_model(path)
-    teacher.trainable = False
-    return teacher
-
-
-def load_teacher(path: str, mixed_precision: bool) -> keras.Model:
-    """The frozen teacher. With mixed precision it computes in bfloat16 and keeps its weights in
-    bfloat16 too: a frozen model needs no float32 master copy, and under `mixed_bfloat16` it would
-    cast every kernel on every step. Its outputs are the same to the bit and its output layers stay
-    float32; the gain is small (1.02x on the distillation step, benchmarks/RESULTS.md section 6)."""
-    teacher = load_float_teacher(path)
-    if mixed_precision and Path(path).is_file():
-        try:
-            teacher = with_dtype_policy(teacher, "bfloat16")
-        except ValueError as error:                  # subclassed models cannot be cloned
-            log.warning("teacher stays in float32 (%s)", error)
-        teacher.trainable = False
-    return teacher
 
 
 def start_from_teacher(student_init: str, teacher: keras.Model, student: keras.Model, batches,
@@ -384,7 +281,7 @@ def distill(config: cfg.DistillJobConfig, strategy=None) -> dict:
         students["student (scratch)"] = float32_copy(scratch, config.student.widths, config.student.blocks)
         save_model(students["student (scratch)"], paths.root / "student_scratch.keras")
     if not paths.chief:
-        return _worker_report(paths, "distill", histories["distill"])
+        return worker_report(paths, "distill", histories["distill"])
 
     report = _report(config, paths, split, {**evaluated, **students}, "distill")
     report.update(timings=timings, history=histories, student_init="teacher" if inherited else "random",
@@ -437,11 +334,7 @@ def distill_chain(configs: list[cfg.DistillJobConfig]) -> dict:
                                                    for r in reports]}
     report["table"] = render_table(["stage", "teacher", "student widths", "teacher GMACs@512",
                                     "student GMACs@512", "student saved to"], summary) + "\n\n" + table
-    last = Path(reports[-1]["report_path"]).parent
-    temporary = last / "chain_report.partial"
-    temporary.write_text(json.dumps(report, indent=2, default=_jsonable))
-    os.replace(temporary, last / "chain_report.json")
-    report["report_path"] = str(last / "chain_report.json")
+    report["report_path"] = str(write_json(Path(reports[-1]["report_path"]).parent / "chain_report.json", report))
     return report
 
 
@@ -473,144 +366,6 @@ def _report(config, paths, split, models, job) -> dict:
     return report
 
 
-def calibration_batches(images: dict, batches: int, seed: int = 7, data: cfg.DataConfig | None = None) -> list:
-    """Real training crops with training's noise, for full-integer calibration."""
-    data = data or cfg.DataConfig()
-    stream = patch_dataset(images, data.patch_size, 8, (data.sigma_min, data.sigma_max), seed=seed)
-    return [noisy.numpy() for noisy, _ in stream.take(batches)]
-
-
-def _directory_bytes(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _latency_ms(predict, size: int, repeats: int = 5) -> float:
-    batch = np.random.default_rng(0).random((1, size, size, 3), dtype=np.float32)
-    predict(batch)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        predict(batch)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * float(np.median(times))
-
-
-def quantization_aware_finetune(aware: keras.Model, config: cfg.ExportJobConfig, images: dict) -> keras.Model:
-    """Fine-tunes the int8-ready copy with its calibrated ranges frozen, distilling from the
-    teacher on cached outputs as the student itself was trained; its weights learn to sit well
-    on the int8 grid (1,000 steps: from 0.117 to 0.070 dB lost on the shipped student, see the model card)."""
-    from kd_tf.nets.fake_quant import freeze_ranges
-
-    keras.utils.set_random_seed(config.eval_seed)
-    teacher = load_teacher(config.qat_teacher, mixed_precision=True)
-    stream = patch_dataset(images, config.data.patch_size, config.data.batch_size,
-                           (config.data.sigma_min, config.data.sigma_max), seed=config.eval_seed)
-    cache = cache_teacher_outputs(teacher, stream, min(config.qat_steps, 300))
-    distiller = Distiller(teacher, freeze_ranges(aware), alpha=0.5)
-    schedule = keras.optimizers.schedules.CosineDecay(config.qat_learning_rate, config.qat_steps, alpha=0.01)
-    distiller.compile(optimizer=keras.optimizers.Adam(schedule))
-    log.info("quantization-aware fine-tuning: %d steps", config.qat_steps)
-    distiller.fit(cache.dataset(config.data.batch_size, seed=config.eval_seed), epochs=1,
-                  steps_per_epoch=config.qat_steps, verbose=2 if os.environ.get("KD_TF_QUIET") else "auto")
-    return aware
-
-
-def export_student(config: cfg.ExportJobConfig) -> dict:
-    """Exports the student to every requested format and measures each one against the Keras
-    float student: PSNR/SSIM on the held-out photos, size, op count, latency."""
-    import tensorflow as tf
-
-    from kd_tf import export
-    from kd_tf.data import noisy_copy
-    from kd_tf.inference import Runner, load_runner, run_rgb
-    from kd_tf.metrics import image_scores
-
-    config.validate()
-    paths = RunPaths(config.output, "export")
-    out = Path(config.out_dir) if config.out_dir else paths.root / "export"
-    out.mkdir(parents=True, exist_ok=True)
-    student = load_model(config.model)
-    split = load_split(config.data.data_dir, config.data.heldout_fraction, config.data.split_seed,
-                       min_size=config.data.patch_size)          # calibration crops need whole patches
-    names = sorted(split.heldout)
-    pairs = [(split.heldout[n], noisy_copy(split.heldout[n], config.sigma, config.eval_seed + i))
-             for i, n in enumerate(names)]
-    keras_runner = Runner(lambda batch: np.asarray(student(batch, training=False)))
-    reference = [np.clip(run_rgb(keras_runner, noisy), 0.0, 1.0) for _, noisy in pairs]
-
-    saved_dir = out / "savedmodel"
-    if any(f != "keras" for f in config.formats):
-        export.export_saved_model(student, saved_dir)
-    calibration = None
-    if {"int8", "int16x8"} & set(config.formats):
-        calibration = calibration_batches(split.train, config.calibration_batches, data=config.data)
-
-    rows = {}
-    for fmt in config.formats:
-        if fmt == "keras":
-            path, runner, ops = save_model(student, out / "student.keras"), keras_runner, None
-            serve = tf.function(lambda x: student(x, training=False))
-            latency = {f"{s}px_all_threads": _latency_ms(lambda b: serve(b).numpy(), s) for s in config.latency_sizes}
-        elif fmt == "savedmodel":
-            path, runner, ops = saved_dir, load_runner(saved_dir), None
-            latency = {f"{s}px_all_threads": _latency_ms(runner.predict, s) for s in config.latency_sizes}
-        else:
-            source_dir = saved_dir
-            if fmt == "int8" and config.int8_calibration == "percentile":
-                source_dir = out / "savedmodel_int8_ready.partial"
-                ready = export.int8_ready(student, calibration, config.calibration_percentile)
-                if config.qat_steps:
-                    ready = quantization_aware_finetune(ready, config, split.train)
-                export.export_saved_model(ready, source_dir)
-            flatbuffer = export.to_tflite(source_dir, fmt, calibration)
-            if source_dir != saved_dir:
-                shutil.rmtree(source_dir, ignore_errors=True)
-            path = out / f"student_{fmt}.tflite"
-            temporary = path.with_suffix(".partial")
-            temporary.write_bytes(flatbuffer)
-            os.replace(temporary, path)
-            runner, ops = load_runner(path), export.op_names(flatbuffer)
-            latency = {}
-            for threads in config.threads:
-                timed = load_runner(path, num_threads=threads)
-                for size in config.latency_sizes:
-                    latency[f"{size}px_{threads}_threads"] = _latency_ms(timed.predict, size)
-        scores = [image_scores(clean, run_rgb(runner, noisy)) for clean, noisy in pairs]
-        agreement = [image_scores(ref, run_rgb(runner, noisy))[0] for ref, (_, noisy) in zip(reference, pairs)]
-        rows[fmt] = {"path": str(path), "bytes": _directory_bytes(Path(path)),
-                     "psnr": float(np.mean([p for p, _ in scores])), "ssim": float(np.mean([s for _, s in scores])),
-                     "psnr_vs_keras_output": float(np.mean(agreement)),
-                     "ops": ops, "op_count": None if ops is None else len(ops), "latency_ms": latency}
-        log.info("exported %s: %s", fmt, path)
-    float_psnr = float(np.mean([image_scores(c, r)[0] for (c, _), r in zip(pairs, reference)]))
-    for row in rows.values():
-        row["delta_psnr_vs_float"] = row["psnr"] - float_psnr
-    report = {"job": "export", "run": paths.name, "model": config.model, "out_dir": str(out), "sigma": config.sigma,
-              "heldout": names, "float_keras_psnr": float_psnr, "formats": rows, "config": cfg.to_dict(config)}
-    report["table"] = format_export_table(report, config)
-    report["report_path"] = str(paths.write_json("export_report.json", report))
-    return report
-
-
-def format_export_table(report: dict, config: cfg.ExportJobConfig) -> str:
-    """One row per format. TensorFlow rows (keras, savedmodel) use every core: their latency
-    appears under the largest thread count."""
-    columns = [(size, threads) for size in config.latency_sizes for threads in config.threads]
-    header = ["format", f"PSNR s{report['sigma']:g}", "SSIM", "dPSNR vs float", "MB", "ops"] + [
-        f"ms {size}px {threads}t" for size, threads in columns]
-    lines = []
-    for name, row in report["formats"].items():
-        cells = [name, f"{row['psnr']:.2f}", f"{row['ssim']:.4f}", f"{row['delta_psnr_vs_float']:+.3f}",
-                 f"{row['bytes'] / 2**20:.2f}", "-" if row["op_count"] is None else str(row["op_count"])]
-        for size, threads in columns:
-            value = row["latency_ms"].get(f"{size}px_{threads}_threads")
-            if value is None and threads == max(config.threads):
-                value = row["latency_ms"].get(f"{size}px_all_threads")
-            cells.append("-" if value is None else f"{value:.1f}")
-        lines.append(cells)
-    return render_table(header, lines)
-
-
 def denoise(model: str, source: str, output_dir: str, threads: int = 2, overlap: int = 32) -> dict:
     """`python -m kd_tf denoise`: any exported model over a file or a folder."""
     from kd_tf.inference import denoise_path
@@ -623,7 +378,5 @@ def denoise(model: str, source: str, output_dir: str, threads: int = 2, overlap:
     report["table"] = render_table(["model", "written", "skipped", "seconds"],
                                    [[model, str(report["written"]), str(report["skipped"]), f"{report['seconds']:.1f}"]])
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    path = Path(output_dir) / "denoise_report.json"
-    path.write_text(json.dumps(report, indent=2))
-    report["report_path"] = str(path)
+    report["report_path"] = str(write_json(Path(output_dir) / "denoise_report.json", report))
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import zipfile
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import keras
 
 from kd_tf.nets.unet import build_unet
+
+log = logging.getLogger(__name__)
 
 ACCEPTED = "a .keras file, a legacy Keras 2 .h5/.hdf5 file, or a SavedModel directory"
 
@@ -122,3 +125,28 @@ def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
     copy.set_weights(model.get_weights())
     copy.trainable = model.trainable
     return copy
+
+
+def load_float_teacher(path: str) -> keras.Model:
+    """The teacher as saved (float32), frozen: what weight inheritance copies and the report scores."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"teacher {path!r} does not exist: train one with "
+                                f"`python -m kd_tf train-teacher` or pass --teacher PATH (.keras, .h5, SavedModel dir)")
+    teacher = load_model(path)
+    teacher.trainable = False
+    return teacher
+
+
+def load_teacher(path: str, mixed_precision: bool) -> keras.Model:
+    """The frozen teacher. With mixed precision it computes in bfloat16 and keeps its weights in
+    bfloat16 too: a frozen model needs no float32 master copy, and under `mixed_bfloat16` it would
+    cast every kernel on every step. Its outputs are the same to the bit and its output layers stay
+    float32; the gain is small (1.02x on the distillation step, benchmarks/RESULTS.md section 6)."""
+    teacher = load_float_teacher(path)
+    if mixed_precision and Path(path).is_file():
+        try:
+            teacher = with_dtype_policy(teacher, "bfloat16")
+        except ValueError as error:                  # subclassed models cannot be cloned
+            log.warning("teacher stays in float32 (%s)", error)
+        teacher.trainable = False
+    return teacher

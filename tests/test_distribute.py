@@ -196,7 +196,7 @@ def test_global_batch_must_split_evenly_over_the_replicas():
 
 
 def test_only_the_chief_writes_backups_and_run_folders(tmp_path):
-    from kd_tf.jobs import RunPaths
+    from kd_tf.runs import RunPaths
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")

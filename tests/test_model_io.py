@@ -60,10 +60,10 @@ def test_bf16_model_has_same_weights_as_float32_copy():
 
 
 def test_teacher_is_stored_in_bfloat16_and_computes_what_mixed_precision_did(tmp_path, rng):
-    """kd_tf.jobs.load_teacher keeps a frozen teacher's weights in bfloat16 (no per-step casts)."""
+    """kd_tf.model_io.load_teacher keeps a frozen teacher's weights in bfloat16 (no per-step casts)."""
     import keras
 
-    from kd_tf.jobs import load_teacher
+    from kd_tf.model_io import load_teacher
     from kd_tf.nets import build_unet
 
     keras.utils.set_random_seed(0)

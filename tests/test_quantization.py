@@ -101,7 +101,7 @@ def test_frozen_ranges_do_not_move_in_training(uneven_unet, batches):
 
 def test_export_with_qat_writes_an_int8_model(tmp_path, tiny_teacher):
     """The CLI path: percentile calibration plus a few QAT steps, on tiny models."""
-    from kd_tf.jobs import export_student
+    from kd_tf.export_job import export_student
     from kd_tf.model_io import save_model
 
     teacher_path = save_model(tiny_teacher, tmp_path / "teacher.keras")

@@ -1,0 +1,106 @@
+"""What every job shares: its run folder, atomic JSON reports, the cosine optimizer, the
+epoch plan, the standard callbacks and resuming after an interruption.
+
+A run writes its artifacts and report to `runs/<run>`, its TensorBoard logs to
+`tensorboard_logs/<run>`, and resumes from its last completed epoch when rerun with the same name.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from kd_tf import config as cfg
+from kd_tf import distribute
+from kd_tf.callbacks import ImageGridCallback, StopOnNonFiniteLoss
+
+log = logging.getLogger(__name__)
+
+
+
+class RunPaths:
+    """The folders of one run: artifacts in runs/<name>, TensorBoard logs in tensorboard_logs/<name>.
+
+    On a multi-worker run's other workers (chief=False) artifacts and logs go to a scratch folder
+    removed at exit; `backup` stays the chief's, which every worker restores from."""
+
+    def __init__(self, output: cfg.OutputConfig, verb: str, chief: bool = True):
+        self.name = output.run_name or f"{verb}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+        self.root = Path(output.runs_dir) / self.name
+        self.logs = Path(output.log_dir) / self.name
+        self.backup = self.root / "backup"
+        self.chief = chief
+        if not chief:
+            scratch = Path(distribute.scratch_dir())
+            self.root, self.logs = scratch / "runs" / self.name, scratch / "logs" / self.name
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+    def write_json(self, name: str, payload: dict) -> Path:
+        return write_json(self.root / name, payload)
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    """Writes `payload` next to `path` first, then renames: a killed job never leaves half a report."""
+    temporary = path.with_suffix(".partial")
+    temporary.write_text(json.dumps(payload, indent=2, default=_jsonable))
+    os.replace(temporary, path)
+    return path
+
+
+def _jsonable(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def cosine_optimizer(train: cfg.TrainConfig) -> keras.optimizers.Optimizer:
+    """Adam with cosine decay over the whole step budget (the schedule resumes with the step)."""
+    schedule = keras.optimizers.schedules.CosineDecay(
+        train.learning_rate, decay_steps=train.steps, alpha=train.final_learning_rate_fraction)
+    return keras.optimizers.Adam(schedule)
+
+
+def epochs_for(train: cfg.TrainConfig) -> tuple[int, int]:
+    """(epochs, steps_per_epoch) covering at least `train.steps` steps."""
+    per_epoch = min(train.steps_per_epoch, train.steps)
+    return -(-train.steps // per_epoch), per_epoch
+
+
+def standard_callbacks(paths: RunPaths, val_noisy, val_clean, output: cfg.OutputConfig, tag: str):
+    """TensorBoard scalars, image grids, and BackupAndRestore so a killed run resumes."""
+    spread = max(1, len(val_noisy) // 6)                 # grid rows from as many held-out photos as possible
+    return [
+        keras.callbacks.TensorBoard(log_dir=str(paths.logs / tag), update_freq="epoch", write_graph=False),
+        ImageGridCallback(val_noisy[::spread], val_clean[::spread], paths.logs / tag / "images",
+                          every=output.image_grid_every),
+        distribute.BackupAndRestore(str(paths.backup / tag), chief=paths.chief, delete_checkpoint=False,
+                                    double_checkpoint=True),   # a kill mid-save falls back one epoch
+        StopOnNonFiniteLoss(paths.backup / tag),
+    ]
+
+
+def resumed_batches(backup_dir: Path, steps_per_epoch: int) -> int:
+    """Batches a run already trained on, from its BackupAndRestore metadata (0 for a new run),
+    so its data stream continues where it stopped instead of replaying the first batches."""
+    metadata = Path(backup_dir) / "training_metadata.json"
+    if not metadata.is_file():
+        return 0
+    epoch = int(json.loads(metadata.read_text()).get("epoch", 0))
+    if epoch:
+        log.info("resuming %s after epoch %d", backup_dir.name, epoch)
+    return epoch * steps_per_epoch
+
+
+def worker_report(paths: RunPaths, job: str, history: dict) -> dict:
+    """What a multi-worker run's other workers return: the chief evaluates, saves and reports."""
+    return {"job": job, "run": paths.name, "history": history, "report_path": None,
+            "table": f"{job}: this worker trained in sync with the chief, which writes the run folder"}
