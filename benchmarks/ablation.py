@@ -68,6 +68,8 @@ def variants(steps: int) -> dict:
                       f"itself distilled with the same steps", {}),
         "assistant-short": ("via the main job's built-in assistant (config.assistant: the same network, "
                             "distilled for a sixth of the steps)", {"assistant.use": "always"}),
+        "assistant-third": ("via the built-in assistant distilled for a third of the steps",
+                            {"assistant.use": "always", "assistant.steps": max(1, steps // 3)}),
         "finetune": (f"+ fine-tuning: the last {FINETUNE_FRACTION:.0%} of the steps on the own objective alone",
                      {"finetune.steps": max(1, int(round(steps * FINETUNE_FRACTION)))}),
     }

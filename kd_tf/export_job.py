@@ -26,7 +26,6 @@ from kd_tf.teacher_cache import cache_teacher_outputs
 log = logging.getLogger(__name__)
 
 
-
 def calibration_batches(images: dict, batches: int, seed: int = 7, data: cfg.DataConfig | None = None) -> list:
     """Real training crops with training's noise, for full-integer calibration."""
     data = data or cfg.DataConfig()

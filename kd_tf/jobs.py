@@ -34,7 +34,6 @@ from kd_tf.teacher_cache import cache_teacher_outputs
 log = logging.getLogger(__name__)
 
 
-
 def _data(config_data: cfg.DataConfig, seed: int):
     """The split, a function giving the training stream from a batch on, and validation crops."""
     split = load_split(config_data.data_dir, config_data.heldout_fraction, config_data.split_seed,

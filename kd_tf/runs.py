@@ -23,7 +23,6 @@ from kd_tf.callbacks import ImageGridCallback, StopOnNonFiniteLoss
 log = logging.getLogger(__name__)
 
 
-
 class RunPaths:
     """The folders of one run: artifacts in runs/<name>, TensorBoard logs in tensorboard_logs/<name>.
 
