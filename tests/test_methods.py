@@ -241,7 +241,7 @@ def test_main_job_distills_through_its_assistant_when_it_fits(tmp_path, monkeypa
     build_unet((8, 16), 2, name="teacher").save(tmp_path / "teacher.keras")
     (tmp_path / "job.yaml").write_text(
         CHAIN_BASE.replace("compare_scratch: false", "compare_scratch: true")
-        + "student: {widths: [4, 8], blocks: 1}\nassistant: {widths: [6, 12], blocks: 1, steps: 2}\n"
+        + "student: {widths: [4, 8], blocks: 1}\nassistant: {use: auto, widths: [6, 12], blocks: 1, steps: 2}\n"
         + f"output: {{runs_dir: {tmp_path / 'runs'}, log_dir: {tmp_path / 'tb'}}}\n")
     phases, original = [], jobs.distill_phase
 
@@ -272,15 +272,29 @@ def test_main_job_distills_through_its_assistant_when_it_fits(tmp_path, monkeypa
     assert list((tmp_path / "tb" / "helped" / "assistant").rglob("events.out.tfevents.*"))
 
 
-def test_assistant_is_skipped_when_it_does_not_fit_and_validated(chain_run):
+def test_assistant_is_off_by_default_skipped_when_it_does_not_fit_and_validated(chain_run):
     import json
 
     from kd_tf import config as cfg
+    from kd_tf.jobs import assistant_plan
+    from kd_tf.nets import build_unet
 
-    root, _ = chain_run               # teacher 2 levels; the default assistant has 4: auto skips it
+    root, _ = chain_run
     first = json.loads((root / "runs" / "chain-stage1" / "report.json").read_text())
     assert first["assistant"] is None and "assistant" not in first["methods"]
-    assert first["assistant_decision"].startswith("assistant.use=auto, skipped: teacher -> assistant: ")
+    assert first["assistant_decision"] == "assistant.use=never"
+    teacher = build_unet((8, 16), 2, name="teacher")
+
+    def plan(**assistant):
+        return assistant_plan(cfg.from_dict(cfg.DistillJobConfig, {
+            "student": {"widths": [4, 8], "blocks": 1}, "assistant": assistant}), teacher)
+
+    assert plan() == (False, "assistant.use=never") and plan(use="always") == (True, "assistant.use=always")
+    used, why = plan(use="auto")                 # the default assistant has 4 levels, this teacher 2
+    assert not used and why.startswith("assistant.use=auto, skipped: teacher -> assistant: the student has 4 levels")
+    used, why = plan(use="auto", widths=[8, 16], blocks=2)          # the teacher's own size
+    assert not used and "is not strictly between the teacher" in why
+    assert plan(use="auto", widths=[6, 12], blocks=1)[0]
     with pytest.raises(cfg.ConfigError, match=r"assistant.use='sometimes' .*one of \('auto', 'always', 'never'\)"):
         cfg.from_dict(cfg.DistillJobConfig, {"assistant": {"use": "sometimes"}})
     with pytest.raises(cfg.ConfigError, match=r"assistant.steps=0"):
