@@ -88,7 +88,12 @@ def cache_teacher_outputs(teacher, batches: tf.data.Dataset, num_batches: int,
     banks = None                         # filled in place: a list of batches plus a concatenate would
     filled = 0                           # hold every sample twice at the peak
     started = time.time()
-    for index, element in enumerate(batches.take(num_batches)):
+    stream = iter(batches)
+    for index in range(num_batches):     # never asks past the last batch: on an endless stream that
+        try:                             # has a sibling pipeline, take()'s end could wait ~40 s
+            element = next(stream)
+        except StopIteration:
+            break
         noisy, clean = element if isinstance(element, tuple) else (element, None)
         parts = [noisy, forward(noisy)] + ([clean] if clean is not None else [])
         if banks is None:

@@ -37,3 +37,14 @@ def test_the_winner_is_measured_on_every_seed():
     text = render(payload)
     assert "**Winner: `assistant`**" in text and "- a note" in text
     assert "| `features` | 30.000 / 0.7500 | - | - |" in text
+
+
+def test_a_gain_within_one_standard_error_does_not_change_the_default():
+    from benchmarks.ablation import winner_line
+
+    noisy = {**RESULTS, "assistant": {"0": _row(28.6), "1": _row(28.7), "2": _row(29.4)}}   # paired: -0.4, +0.1, +0.6
+    line = winner_line(summarise(noisy), [0, 1, 2])
+    assert line.startswith("**Winner: `output`** (output-only), 28.800 dB, +1.300 ± 1.100 dB over the from-scratch")
+    assert "`assistant` has a higher mean (+0.100 ± 0.500 dB paired)" in line and "within one standard error" in line
+    assert winner_line(summarise(RESULTS), [0, 1, 2]).startswith("**Winner: `assistant`**, 29.033 dB: +0.233 ± 0.153")
+    assert winner_line(summarise({"scratch": RESULTS["scratch"]}), [0, 1, 2]).startswith("No winner yet")
