@@ -141,6 +141,11 @@ def summarise(results: dict) -> dict:
                 row[f"minus_{reference}_mean"] = float(np.mean(paired))
                 row[f"minus_{reference}_std"] = float(np.std(paired, ddof=1)) if len(paired) > 1 else 0.0
                 row[f"minus_{reference}_seeds"] = len(paired)
+        paired_ssim = [by_seed[s]["ssim"] - results["output"][s]["ssim"]
+                       for s in seeds if "output" in results and s in results["output"]]
+        if paired_ssim and name != "output":
+            row["ssim_minus_output_mean"] = float(np.mean(paired_ssim))
+            row["ssim_minus_output_std"] = float(np.std(paired_ssim, ddof=1)) if len(paired_ssim) > 1 else 0.0
         summary[name] = row
     return summary
 
@@ -177,6 +182,23 @@ def winner_line(summary: dict, seeds: list) -> str:
     return text
 
 
+def default_out(steps: int, quick: bool) -> Path:
+    """benchmarks/ for the 1,000-step ablation, benchmarks/ablation<steps>/ for other budgets (so
+    that one never overwrites the other), benchmarks/quick/ for --quick."""
+    return HERE / "quick" if quick else HERE if steps == 1000 else HERE / f"ablation{steps}"
+
+
+def reproduce(payload: dict) -> str:
+    """The command that reruns every variant this payload holds."""
+    ran = [n for n in payload["variants"] if n in payload["results"] and n != "scratch"]
+    command = f"python -m benchmarks.ablation --steps {payload['steps']}"
+    if set(ran) != set(variants(payload["steps"])):
+        command += " --only " + " ".join(ran)
+    if payload["seeds"] != [0, 1, 2]:
+        command += " --seeds " + " ".join(str(s) for s in payload["seeds"])
+    return command + (" --quick" if payload["quick"] else "")
+
+
 def render(payload: dict) -> str:
     summary, described = payload["summary"], payload["variants"]
     steps = payload["steps"]
@@ -191,9 +213,9 @@ def render(payload: dict) -> str:
              f"over seeds {payload['seeds']} (`train.seed`: the student's initial weights, the patch stream, "
              f"the cache order); differences are paired by seed. Wall time {payload['wall_s'] / 60:.1f} min.",
              "",
-             "| variant | what | PSNR (mean ± sd) | min-max | SSIM | - output only (dB) | - output, live teacher (dB) "
-             "| - from scratch (dB) | s per run |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| variant | what | PSNR (mean ± sd) | min-max | SSIM | - output only (dB) | SSIM - output only "
+             "| - output, live teacher (dB) | - from scratch (dB) | s per run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     order = ["scratch"] + [n for n in described if n != "scratch"]
     for name in order:
         row = summary.get(name)
@@ -204,9 +226,12 @@ def render(payload: dict) -> str:
             key = f"minus_{reference}_mean"
             return "-" if key not in row else f"{row[key]:+.3f} ± {row[f'minus_{reference}_std']:.3f}"
 
+        ssim_diff = ("-" if "ssim_minus_output_mean" not in row else
+                     f"{row['ssim_minus_output_mean']:+.4f} ± {row['ssim_minus_output_std']:.4f}")
+
         lines.append(f"| `{name}` | {described.get(name, '')} | {row['psnr_mean']:.3f} ± {row['psnr_std']:.3f} | "
                      f"{row['psnr_min']:.2f}-{row['psnr_max']:.2f} | {row['ssim_mean']:.4f} | {diff('output')} | "
-                     f"{diff('output-live')} | {diff('scratch')} | {row['seconds_mean']:.0f} |")
+                     f"{ssim_diff} | {diff('output-live')} | {diff('scratch')} | {row['seconds_mean']:.0f} |")
     lines += ["", winner_line(summary, payload["seeds"])]
     lines += ["", "Per seed (PSNR / SSIM):", "",
               "| variant | " + " | ".join(f"seed {s}" for s in payload["seeds"]) + " |",
@@ -221,7 +246,7 @@ def render(payload: dict) -> str:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in payload["notes"]]
     lines += ["", f"Run folders: `runs/{payload.get('prefix', 'ablation' + str(steps))}-<variant>-s<seed>` (each job's report.json; the "
                   f"assistant's own stage in `...-assistant-s<seed>-assistant`), TensorBoard logs under the "
-                  f"same names in `tensorboard_logs/`. Reproduce: `python -m benchmarks.ablation --steps {steps}`."]
+                  f"same names in `tensorboard_logs/`. Reproduce: `{reproduce(payload)}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -231,7 +256,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed values (default 0 1 2)")
     parser.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants")
     parser.add_argument("--quick", action="store_true", help="a tiny budget and crops: checks the code")
-    parser.add_argument("--out", help="folder for ABLATION.md and ablation.json")
+    parser.add_argument("--out", help="folder for ABLATION.md and ablation.json (default: benchmarks/ at 1,000 "
+                                      "steps, benchmarks/ablation<steps>/ otherwise)")
     parser.add_argument("--render", action="store_true", help="only rewrite ABLATION.md from ablation.json")
     parser.add_argument("--note", action="append", default=[], help="a line for the notes under the tables")
     args = parser.parse_args(argv)
@@ -243,7 +269,7 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; accepted: {sorted(table)}")
     names = [n for n in table if n in (args.only or table)]
-    out = Path(args.out) if args.out else (HERE / "quick" if args.quick else HERE)
+    out = Path(args.out) if args.out else default_out(steps, args.quick)
     out.mkdir(parents=True, exist_ok=True)
     prefix = "ablation-quick" if args.quick else f"ablation{steps}"
     if args.render:

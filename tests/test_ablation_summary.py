@@ -48,3 +48,11 @@ def test_a_gain_within_one_standard_error_does_not_change_the_default():
     assert "`assistant` has a higher mean (+0.100 ± 0.500 dB paired)" in line and "within one standard error" in line
     assert winner_line(summarise(RESULTS), [0, 1, 2]).startswith("**Winner: `assistant`**, 29.033 dB: +0.233 ± 0.153")
     assert winner_line(summarise({"scratch": RESULTS["scratch"]}), [0, 1, 2]).startswith("No winner yet")
+
+
+def test_ssim_differences_are_paired_too():
+    summary = summarise(RESULTS)
+    paired = np.array([29.1 - 29.0, 29.0 - 28.6, 29.0 - 28.8]) / 40.0
+    assert summary["assistant"]["ssim_minus_output_mean"] == pytest.approx(paired.mean())
+    assert summary["assistant"]["ssim_minus_output_std"] == pytest.approx(paired.std(ddof=1))
+    assert "ssim_minus_output_mean" not in summary["output"]
