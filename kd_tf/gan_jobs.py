@@ -28,7 +28,7 @@ from kd_tf.distiller import Distiller
 from kd_tf.evaluation import render_table
 from kd_tf.runs import RunPaths, epochs_for, resumed_batches, worker_report
 from kd_tf.metrics import diversity, frechet_distance, kernel_inception_distance, precision_recall_coverage
-from kd_tf.model_io import load_model, save_model
+from kd_tf.model_io import load_frozen, load_model, save_model
 from kd_tf.nets import build_classifier, build_discriminator, build_generator, feature_extractor, latent_dim_of
 from kd_tf.objectives import Adversarial, AdversarialTraining, clone_discriminator
 
@@ -259,13 +259,7 @@ def train_teacher(config: cfg.GanTeacherJobConfig, strategy=None) -> dict:
 
 # -- distillation -----------------------------------------------------------------------------
 
-def load_frozen(path: str, what: str) -> keras.Model:
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{what} {path!r} does not exist: train one with "
-                                f"`python -m kd_tf train-teacher --task gan` or set its path in the config")
-    model = load_model(path)
-    model.trainable = False
-    return model
+TRAIN_GAN_TEACHER = "train one with `python -m kd_tf train-teacher --task gan` or set its path in the config"
 
 
 def distill(config: cfg.GanDistillJobConfig, strategy=None) -> dict:
@@ -282,12 +276,12 @@ def distill(config: cfg.GanDistillJobConfig, strategy=None) -> dict:
                                   config.train.steps)
     features = [(p.teacher, p.student, p.weight) for p in config.distill.features]
     with strategy.scope():
-        teacher = load_frozen(config.distill.teacher, "teacher generator")
+        teacher = load_frozen(config.distill.teacher, "teacher generator", TRAIN_GAN_TEACHER)
         teacher_latent = latent_dim_of(teacher)
         if teacher_latent != latent:
             raise ValueError(f"student.latent_dim={latent} is not accepted: the teacher {config.distill.teacher!r} "
                              f"takes z of size {teacher_latent}; set student.latent_dim={teacher_latent}")
-        teacher_discriminator = load_frozen(config.distill.discriminator, "teacher discriminator")
+        teacher_discriminator = load_frozen(config.distill.discriminator, "teacher discriminator", TRAIN_GAN_TEACHER)
         student = build_generator(latent, config.student.widths, name="student_generator")
         initial_weights = student.get_weights()      # the scratch run starts from the very same point
         objective = _adversarial(config.adversarial, clone_discriminator(teacher_discriminator), config.train)

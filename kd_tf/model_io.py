@@ -127,14 +127,19 @@ def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
     return copy
 
 
+def load_frozen(path: str, what: str, how_to_make_one: str) -> keras.Model:
+    """A saved model, frozen (a teacher, a discriminator it brings), or an error naming it and how to make one."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{what} {path!r} does not exist: {how_to_make_one}")
+    model = load_model(path)
+    model.trainable = False
+    return model
+
+
 def load_float_teacher(path: str) -> keras.Model:
     """The teacher as saved (float32), frozen: what weight inheritance copies and the report scores."""
-    if not Path(path).exists():
-        raise FileNotFoundError(f"teacher {path!r} does not exist: train one with "
-                                f"`python -m kd_tf train-teacher` or pass --teacher PATH (.keras, .h5, SavedModel dir)")
-    teacher = load_model(path)
-    teacher.trainable = False
-    return teacher
+    return load_frozen(path, "teacher", "train one with `python -m kd_tf train-teacher` or pass "
+                                        "--teacher PATH (.keras, .h5, SavedModel dir)")
 
 
 def load_teacher(path: str, mixed_precision: bool) -> keras.Model:
