@@ -26,7 +26,7 @@ from kd_tf.export_job import export_student
 from kd_tf.metrics import psnr_metric
 from kd_tf.model_io import float32_copy, load_float_teacher, load_model, load_teacher, save_model
 from kd_tf.nets import build_unet
-from kd_tf.nets.inherit import inherit_from_teacher
+from kd_tf.nets.inherit import inherit_from_teacher, inheritance_problem
 from kd_tf.runs import (RunPaths, cosine_optimizer, epochs_for, resumed_batches, standard_callbacks, worker_report,
                         write_json)
 from kd_tf.teacher_cache import cache_teacher_outputs
@@ -159,10 +159,10 @@ class DistillPhase:
 def distill_phase(config: cfg.DistillJobConfig, teacher_path: str, reference_teacher: keras.Model,
                   net: cfg.NetConfig, name: str, steps: int, stream, paths: RunPaths, validation: tuple,
                   strategy, tag: str) -> DistillPhase:
-    """`teacher_path` (loaded as `reference_teacher` in float32, which weight inheritance copies) teaches a new build_unet `net` for `steps` steps with config.distill's losses
+    """`teacher_path` teaches a new build_unet `net` for `steps` steps with config.distill's losses
     and alpha (offline, from cached teacher outputs, when only outputs are distilled); the new
-    network starts from its teacher's strongest channels when distill.student_init allows.
-    Resumes from its own checkpoints (`tag`)."""
+    network starts from the strongest channels of `reference_teacher` (the same teacher in
+    float32) when distill.student_init allows. Resumes from its own checkpoints (`tag`)."""
     train = dataclasses.replace(config.train, steps=steps)
     alpha = schedules.from_config(config.distill.alpha.kind, config.distill.alpha.start, config.distill.alpha.end,
                                   steps)
@@ -198,14 +198,13 @@ def distill_phase(config: cfg.DistillJobConfig, teacher_path: str, reference_tea
 
 def assistant_plan(config: cfg.DistillJobConfig, teacher: keras.Model) -> tuple[bool, str]:
     """Whether the main job distills through config.assistant, and why (logged and reported)."""
-    from kd_tf.nets.inherit import inheritance_problem
-
     use = config.assistant.use
     if use != "auto":
         return use == "always", f"assistant.use={use}"
     assistant = build_unet(config.assistant.widths, config.assistant.blocks, name="assistant_probe")
     student = build_unet(config.student.widths, config.student.blocks, name="student_probe")
-    for upper, lower, pair in ((teacher, assistant, "teacher -> assistant"), (assistant, student, "assistant -> student")):
+    pairs = ((teacher, assistant, "teacher -> assistant"), (assistant, student, "assistant -> student"))
+    for upper, lower, pair in pairs:
         problem = inheritance_problem(upper, lower)
         if problem:
             return False, f"assistant.use=auto, skipped: {pair}: {problem}"
