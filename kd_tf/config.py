@@ -183,8 +183,8 @@ class AssistantConfig:
     """Multi-stage distillation inside the main job (teacher -> assistant -> student; Mirzadeh et
     al., 2020): the teacher first teaches this mid-sized U-Net, which then teaches the student.
     Its steps are extra: the student keeps train.steps. Off by default: it won issue 9's
-    ablation at 1,000 steps, but at the main job's 3,000 it made the student worse
-    (benchmarks/ablation3000/ABLATION.md). `use`: "auto" runs it when the assistant fits
+    ablation at 1,000 steps, but at the main job's 3,000 it only ties direct distillation and
+    costs minutes (benchmarks/ablation3000/ABLATION.md). `use`: "auto" runs it when the assistant fits
     between teacher and student (both build_unet networks, the assistant at most the teacher's
     widths and blocks and at least the student's, and strictly between them in size), "always"
     runs it whatever the networks, "never" skips it."""
