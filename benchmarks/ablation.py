@@ -282,15 +282,16 @@ def main(argv=None) -> int:
         return 0
     started = time.perf_counter()
     previous = out / "ablation.json"
-    results = {}
+    results, notes = {}, []
     if previous.is_file():
         kept = json.loads(previous.read_text())
         if kept.get("steps") == steps and kept.get("quick") == args.quick:
-            results = kept.get("results", {})
+            results, notes = kept.get("results", {}), kept.get("notes", [])    # a later run adds seeds or variants
     payload = {"machine": machine_info(), "steps": steps, "quick": args.quick, "prefix": prefix,
                "seeds": sorted({*args.seeds, *(int(s) for r in results.values() for s in r)}),
                "variants": {"scratch": "the same student trained alone (alpha 0), from random weights",
-                            **{n: what for n, (what, _) in table.items()}}}
+                            **{n: what for n, (what, _) in table.items()}},
+               "notes": notes + args.note}
     for seed in args.seeds:
         for name in names:
             what, overrides = table[name]
