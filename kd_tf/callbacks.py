@@ -8,6 +8,14 @@ import tensorflow as tf
 import keras
 
 
+def first_images(inputs):
+    """The images in a model's inputs: the inputs themselves, the first of (images, noise level),
+    or a Distiller batch's "inputs"."""
+    if isinstance(inputs, dict):
+        return inputs["inputs"]
+    return inputs[0] if isinstance(inputs, (tuple, list)) else inputs
+
+
 class ImageGridCallback(keras.callbacks.Callback):
     """Writes noisy | <model panels> | clean grids to TensorBoard every `every` epochs.
 
@@ -18,7 +26,10 @@ class ImageGridCallback(keras.callbacks.Callback):
 
     def __init__(self, noisy, clean, log_dir, every: int = 1, max_rows: int = 6, tag: str = "denoising"):
         super().__init__()
-        self.noisy = np.asarray(noisy[:max_rows], np.float32)
+        # `noisy` is what the model takes: images, (images, noise level), or a Distiller's
+        # {"inputs": images, "teacher_inputs": ...}; the grid's first column shows the images
+        self.inputs = tf.nest.map_structure(lambda a: np.asarray(a[:max_rows], np.float32), noisy)
+        self.noisy = first_images(self.inputs)
         self.clean = np.asarray(clean[:max_rows], np.float32)
         self.every = max(1, int(every))
         self.tag = tag
@@ -26,8 +37,8 @@ class ImageGridCallback(keras.callbacks.Callback):
 
     def _panels(self):
         if hasattr(self.model, "panels"):
-            return self.model.panels(self.noisy)
-        return {"output": self.model(self.noisy, training=False)}
+            return self.model.panels(self.inputs)
+        return {"output": self.model(self.inputs, training=False)}
 
     def grid(self, panels: dict) -> np.ndarray:
         """One image: a row per crop, columns noisy | panels | clean, with 2 px gutters."""

@@ -34,12 +34,16 @@ def _layer_macs(layer, input_shape, output_shape) -> int:
 
 
 def count_macs(model: keras.Model, input_shape=(256, 256, 3)) -> int:
-    """MACs for one input of `input_shape` (without the batch axis).
+    """MACs for one input of `input_shape` (without the batch axis; a list of shapes for a
+    multi-input model, such as FFDNet's image and noise level).
 
     The model is cloned onto a fixed-size input so every layer has a concrete shape; nested
     functional models are counted recursively.
     """
-    fixed_input = keras.Input(shape=tuple(input_shape), batch_size=1)
+    if input_shape and isinstance(input_shape[0], (tuple, list)):     # a multi-input model: one shape each
+        fixed_input = [keras.Input(shape=tuple(shape), batch_size=1) for shape in input_shape]
+    else:
+        fixed_input = keras.Input(shape=tuple(input_shape), batch_size=1)
     fixed = keras.models.clone_model(model, input_tensors=fixed_input)
     total = 0
     for layer in fixed.layers:

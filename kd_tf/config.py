@@ -38,6 +38,17 @@ class DataConfig:
     val_sigma: float = 25.0
     val_crop: int = 128
     val_crops_per_image: int = 4
+    # the photo corpus (`python -m kd_tf photos fetch`): its training photos join the training
+    # images; its second held-out set is scored beside the first whenever the corpus is there
+    corpus: bool = False
+    corpus_path: str | None = None       # None: $KD_TF_PHOTOS or ~/.cache/kd_tf/photos
+
+    def corpus_dir(self) -> Path:
+        if self.corpus_path is not None:
+            return Path(self.corpus_path)
+        from kd_tf.photo_corpus import default_corpus_dir
+
+        return Path(default_corpus_dir())
 
     def validate(self):
         _check(self.patch_size >= 8 and self.patch_size % 8 == 0, "data.patch_size", self.patch_size,
@@ -51,6 +62,9 @@ class DataConfig:
                "a multiple of 8, at least 8")
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise ConfigError(f"data.data_dir={self.data_dir!r} is not a directory")
+        if self.corpus and not (self.corpus_dir() / "manifest.json").is_file():
+            raise ConfigError(f"data.corpus=true but {str(self.corpus_dir())!r} holds no photo corpus "
+                              f"(manifest.json); run `python -m kd_tf photos fetch` first, or set data.corpus_path")
 
 
 @dataclasses.dataclass

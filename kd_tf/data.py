@@ -391,29 +391,68 @@ def add_gaussian_noise(clean, sigma, seed):
     return clean + tf.cast(sigma, tf.float32) / 255.0 * noise
 
 
+def to_8bit(image: np.ndarray) -> np.ndarray:
+    """An image as an 8-bit file holds it (clipped to [0, 1], rounded to 1/255), still float32.
+
+    >>> to_8bit(np.array([-0.2, 0.5, 0.1234, 1.7], np.float32)) * 255
+    array([  0., 128.,  31., 255.], dtype=float32)
+    """
+    return (np.round(np.clip(np.asarray(image, np.float32), 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
+
+
+def with_noise_level(noisy, sigma):
+    """x for a Distiller whose teacher also takes the noise level: the student gets `noisy`, the
+    teacher (noisy, sigma / 255). `sigma` (0-255 scale) is a number or one value per image.
+
+    >>> x = with_noise_level(np.zeros((2, 8, 8, 3), np.float32), 25.0)
+    >>> sorted(x), x["teacher_inputs"][1].shape, round(float(x["teacher_inputs"][1][0, 0]) * 255, 3)
+    (['inputs', 'teacher_inputs'], (2, 1), 25.0)
+    """
+    if isinstance(noisy, np.ndarray):
+        level = np.broadcast_to(np.reshape(np.asarray(sigma, np.float32) / 255.0, (-1, 1)), (len(noisy), 1)).copy()
+    else:
+        level = tf.cast(sigma, tf.float32) / 255.0
+    return {"inputs": noisy, "teacher_inputs": (noisy, level)}
+
+
 def noisy_copy(clean: np.ndarray, sigma: float, seed: int) -> np.ndarray:
     """A reproducible noisy version of one image (numpy in, numpy out) for evaluation."""
     return add_gaussian_noise(clean, sigma, [seed, 0]).numpy()
 
 
+FLOAT_BANK_LIMIT = 2**28         # values (1 GiB of float32); a photo corpus above it is kept as 8-bit
+
+
 def _pack(images):
-    """Flattens images of different sizes into one tensor plus offsets, so crops stay in-graph."""
-    arrays = [np.asarray(img, np.float32) for img in images]
+    """Flattens images of different sizes into one tensor plus offsets, so crops stay in-graph.
+
+    A bank above FLOAT_BANK_LIMIT values (the photo corpus: ~400 MP) is stored as uint8 and each
+    crop converted back to float: 4x less memory, and a graph constant must stay under 2 GB. The
+    corpus photos are 8-bit PNGs, so nothing is lost; smaller banks keep float32 exactly.
+    """
+    sizes = np.array([np.size(img) for img in images], np.int64)
+    as_bytes = int(sizes.sum()) > FLOAT_BANK_LIMIT
+    dtype = np.uint8 if as_bytes else np.float32
+    arrays = [np.asarray(np.round(np.clip(img, 0, 1) * 255) if as_bytes else img, dtype) for img in images]
     shapes = np.array([a.shape[:2] for a in arrays], np.int64)
-    sizes = np.array([a.size for a in arrays], np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     flat = np.concatenate([a.reshape(-1) for a in arrays])
+    del arrays
     return tf.constant(flat), tf.constant(offsets), tf.constant(shapes), sizes
 
 
 def patch_dataset(images, patch_size: int = 64, batch_size: int = 16,
                   sigma_range=(0.0, 55.0), seed: int = 0, augment: bool = True,
-                  skip_batches: int = 0) -> tf.data.Dataset:
+                  skip_batches: int = 0, noise_level_for_teacher: bool = False) -> tf.data.Dataset:
     """An endless, seeded stream of (noisy, clean) patch batches.
 
     Images are sampled in proportion to their area; each patch gets a random crop, one of the
     8 flip/rot90 variants, and its own sigma drawn uniformly from `sigma_range` (blind
     denoising). Everything runs inside tf.data with parallel map and prefetch.
+
+    `noise_level_for_teacher`: batches are ({"inputs": noisy, "teacher_inputs": (noisy, sigma)},
+    clean) with each patch's sigma/255 of shape (1,), for a non-blind teacher (FFDNet) that
+    teaches a blind student: the Distiller gives each model its own inputs (`with_noise_level`).
     """
     images = list(images.values()) if isinstance(images, dict) else list(images)
     if not images:
@@ -433,18 +472,49 @@ def patch_dataset(images, patch_size: int = 64, batch_size: int = 16,
         height, width = shapes[index][0], shapes[index][1]
         image = tf.reshape(flat[offsets[index]:offsets[index] + height * width * 3], [height, width, 3])
         patch = tf.image.stateless_random_crop(image, [patch_size, patch_size, 3], seeds[1])
+        if patch.dtype == tf.uint8:
+            patch = tf.cast(patch, tf.float32) / 255.0
         if augment:
             patch = tf.image.stateless_random_flip_left_right(patch, seeds[2])
             turns = tf.random.stateless_uniform([], seeds[3], 0, 4, dtype=tf.int32)
             patch = tf.image.rot90(patch, turns)
         sigma = tf.random.stateless_uniform([], seeds[4], low, high) if high > low else tf.constant(low)
-        return add_gaussian_noise(patch, sigma, seeds[5]), patch
+        noisy = add_gaussian_noise(patch, sigma, seeds[5])
+        if noise_level_for_teacher:
+            return with_noise_level(noisy, tf.reshape(sigma, [1])), patch
+        return noisy, patch
 
     return (tf.data.Dataset.random(seed=seed)
             .skip(skip_batches * batch_size)         # a resumed run continues the very same stream
             .map(make_sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .batch(batch_size, drop_remainder=True)
             .prefetch(tf.data.AUTOTUNE))
+
+
+def most_textured_window(image: np.ndarray, size: int, stride: int = 64) -> np.ndarray:
+    """The size x size window (on a `stride` grid) with the largest mean gradient magnitude, the
+    whole image if it is smaller: a fixed, content-chosen crop for scoring large photos.
+
+    >>> flat = np.zeros((256, 256, 3), np.float32); flat[200:, 200:] = np.indices((56, 56)).sum(0)[..., None] % 2
+    >>> crop = most_textured_window(flat, 64); crop.shape, float(crop.mean()) > 0.2
+    ((64, 64, 3), True)
+    """
+    height, width = image.shape[:2]
+    if height <= size and width <= size:
+        return image
+    size_h, size_w = min(size, height), min(size, width)
+    gray = image.mean(axis=-1)
+    energy = np.abs(np.diff(gray, axis=0, append=gray[-1:])) + np.abs(np.diff(gray, axis=1, append=gray[:, -1:]))
+    integral = np.pad(energy.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    best, where = -1.0, (0, 0)
+    for top in sorted({*range(0, height - size_h + 1, stride), height - size_h}):
+        for left in sorted({*range(0, width - size_w + 1, stride), width - size_w}):
+            total = (integral[top + size_h, left + size_w] - integral[top, left + size_w]
+                     - integral[top + size_h, left] + integral[top, left])
+            if total > best:
+                best, where = total, (top, left)
+    top, left = where
+    return image[top:top + size_h, left:left + size_w]
 
 
 def fixed_crops(images, crop_size: int = 128, per_image: int = 4, sigma: float = 25.0,

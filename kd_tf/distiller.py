@@ -25,7 +25,7 @@ from kd_tf.losses import AttentionTerm, FeatureTerm, JacobianTerm, projected_inp
 from kd_tf.losses import output_loss as distance_for
 from kd_tf.objectives import Reconstruction
 from kd_tf.schedules import as_schedule
-from kd_tf.teacher_cache import INPUTS_KEY, TEACHER_OUTPUTS_KEY, is_cached_batch
+from kd_tf.teacher_cache import INPUTS_KEY, TEACHER_OUTPUTS_KEY, is_cached_batch, split_inputs
 
 
 def _tap_model(model: keras.Model, layer_names, role: str) -> keras.Model:
@@ -42,13 +42,23 @@ def _tap_model(model: keras.Model, layer_names, role: str) -> keras.Model:
     return keras.Model(model.inputs, outputs, name=f"{model.name}_taps")
 
 
+def _probe_inputs(model, probe_size: int, fallback):
+    """Zeros shaped like each of a multi-input model's inputs (unknown sizes -> probe_size, batch
+    1), so that a teacher that takes more than the student (a noise level) can be checked up front."""
+    inputs = getattr(model, "inputs", None)
+    if not inputs or len(inputs) < 2:
+        return fallback
+    return [tf.zeros([1] + [probe_size if d is None else d for d in tuple(t.shape)[1:]], t.dtype) for t in inputs]
+
+
 def _input_channels(model):
     """Channels of a built model's image input (the size of a latent vector input); None for a
-    subclassed model never called."""
+    subclassed model never called. A multi-input model's first input is its image."""
     try:
-        return model.input_shape[-1]
+        shape = model.input_shape
     except (AttributeError, ValueError):
         return None
+    return shape[0][-1] if isinstance(shape, list) else shape[-1]
 
 
 def _takes_vectors(model) -> bool:
@@ -91,7 +101,9 @@ class Distiller(keras.Model):
         batches then hold real images, passed to the objective as targets.
 
     Inputs are images, or {"inputs": images, "teacher_outputs": outputs} batches from
-    kd_tf.teacher_cache, in which case the teacher's forward pass is skipped (output terms only).
+    kd_tf.teacher_cache, in which case the teacher's forward pass is skipped (output terms only),
+    or {"inputs": images, "teacher_inputs": x} when the teacher takes more than the student (a
+    non-blind denoiser's noise level beside the image, kd_tf.data.patch_dataset(teacher_inputs=...)).
 
     Under tf.distribute (build and compile it in `strategy.scope()`, see kd_tf.distribute) the
     loss is the mean over the global batch and the logged terms are global means, so R replicas
@@ -152,7 +164,8 @@ class Distiller(keras.Model):
             raise ValueError(f"the latent sampler draws z of size {sampled}, but the student takes inputs of "
                              f"shape {tuple(self.student.input_shape)}; expected (None, {sampled})")
         probe = tf.zeros((1, channels) if vectors else (1, probe_size, probe_size, channels))
-        teacher_out = tf.nest.flatten(self.teacher_taps(probe, training=False))
+        teacher_out = tf.nest.flatten(self.teacher_taps(_probe_inputs(self.teacher, probe_size, probe),
+                                                        training=False))
         student_out = tf.nest.flatten(self.student_taps(probe, training=False))
         where = "one latent vector" if vectors else f"a {probe_size}x{probe_size} input"
         if tuple(teacher_out[0].shape) != tuple(student_out[0].shape):
@@ -175,9 +188,7 @@ class Distiller(keras.Model):
     # -- Keras API -------------------------------------------------------------------------
 
     def call(self, inputs, training=False):
-        if is_cached_batch(inputs):
-            inputs = inputs[INPUTS_KEY]
-        return self.student(inputs, training=training)
+        return self.student(split_inputs(inputs)[0], training=training)
 
     @property
     def metrics(self):
@@ -200,7 +211,9 @@ class Distiller(keras.Model):
 
     def panels(self, inputs) -> dict:
         """Teacher and student outputs for image grids (kd_tf.callbacks)."""
-        return {"teacher": self.teacher(inputs, training=False), "student": self.student(inputs, training=False)}
+        student_inputs, teacher_inputs = split_inputs(inputs)
+        return {"teacher": self.teacher(teacher_inputs, training=False),
+                "student": self.student(student_inputs, training=False)}
 
     # -- the step --------------------------------------------------------------------------
 
@@ -211,12 +224,16 @@ class Distiller(keras.Model):
                 raise ValueError("cached teacher outputs hold only the teacher's output; feature, "
                                  "attention and Jacobian terms need the live teacher (pass plain images)")
             return inputs[INPUTS_KEY], [tf.cast(inputs[TEACHER_OUTPUTS_KEY], tf.float32)]
+        inputs, teacher_inputs = split_inputs(inputs)
         if self.jacobian_term is not None:
+            if teacher_inputs is not inputs:
+                raise ValueError("Jacobian matching needs a teacher that takes the student's inputs; this "
+                                 "batch gives the teacher inputs of its own ('teacher_inputs')")
             gradient, outputs = projected_input_gradient(
                 lambda x: self.teacher_taps(x, training=False), inputs, self._projection)
             outputs = tf.nest.flatten(outputs) + [gradient]
         else:
-            outputs = tf.nest.flatten(self.teacher_taps(inputs, training=False))
+            outputs = tf.nest.flatten(self.teacher_taps(teacher_inputs, training=False))
         return inputs, [tf.stop_gradient(tf.cast(t, tf.float32)) for t in outputs]
 
     def _projection(self, shape):

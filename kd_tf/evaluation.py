@@ -11,18 +11,32 @@ import keras
 
 from kd_tf import baselines as classical
 from kd_tf.complexity import count_macs, count_params
-from kd_tf.data import noisy_copy
+from kd_tf.data import noisy_copy, to_8bit
 from kd_tf.metrics import image_scores
+from kd_tf.model_io import takes_noise_level
 from kd_tf.nets import stride_of
 
 
-def run_on_image(model: keras.Model, image: np.ndarray, stride: int | None = None) -> np.ndarray:
-    """Runs a fully convolutional model on one HxWxC image of any size (reflect-padded to `stride`)."""
+def model_inputs(model: keras.Model, batch: np.ndarray, sigma: float | None):
+    """What `model` takes for a batch of noisy images: the images, plus sigma / 255 per image for a
+    non-blind denoiser (FFDNet), which then needs `sigma`."""
+    if not takes_noise_level(model):
+        return batch
+    if sigma is None:
+        raise ValueError(f"model {model.name!r} takes the noise level beside the image; give sigma "
+                         f"(0-255 scale, e.g. --sigma 25)")
+    return [batch, np.full((len(batch), 1), float(sigma) / 255.0, np.float32)]
+
+
+def run_on_image(model: keras.Model, image: np.ndarray, stride: int | None = None,
+                 sigma: float | None = None) -> np.ndarray:
+    """Runs a fully convolutional model on one HxWxC image of any size (reflect-padded to
+    `stride`); `sigma` (0-255) for models that take the noise level."""
     stride = stride_of(model) if stride is None else stride
     height, width = image.shape[:2]
     pad_h, pad_w = (-height) % stride, (-width) % stride
     padded = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect") if pad_h or pad_w else image
-    out = model(padded[None].astype(np.float32), training=False)
+    out = model(model_inputs(model, padded[None].astype(np.float32), sigma), training=False)
     return np.asarray(out)[0, :height, :width]
 
 
@@ -36,7 +50,7 @@ class Method:
 
     def denoise(self, noisy, sigma):
         if self.model is not None:
-            return run_on_image(self.model, noisy)
+            return run_on_image(self.model, noisy, sigma=sigma)
         if self.classical is not None:
             return classical.BASELINES[self.classical](noisy, sigma)
         return noisy                                  # the "noisy input" row
@@ -65,14 +79,17 @@ def timing_ms(method: Method, size: int = 512, sigma: float = 25.0, repeats: int
     image = rng.random((size, size, 3), dtype=np.float32)
     if method.model is not None:
         serve = tf.function(lambda x: method.model(x, training=False))
-        batch = tf.constant(image[None])
+        batch = tf.nest.map_structure(tf.constant, model_inputs(method.model, image[None], sigma))
         return _time_ms(lambda: serve(batch).numpy(), repeats)
     return _time_ms(lambda: method.denoise(image, sigma), 1 if method.classical == "cbm3d" else repeats)
 
 
 def evaluate(methods: list[Method], heldout: dict[str, np.ndarray], sigmas=(15, 25, 50), seed: int = 2024,
-             timing_size: int = 512, cbm3d_sigmas=None, progress=print) -> dict:
+             timing_size: int = 512, cbm3d_sigmas=None, progress=print, timing: bool = True) -> dict:
     """Scores every method on every held-out image at every sigma (same noisy images for all).
+
+    The protocol of a user's photo: the noisy image is rounded and clipped to 8 bits, and each
+    output is clipped and rounded to 8 bits before PSNR/SSIM (kd_tf.data.to_8bit).
 
     CBM3D, which takes ~20 s per photo on 2 cores, runs only at `cbm3d_sigmas` (None: all).
 
@@ -93,14 +110,14 @@ def evaluate(methods: list[Method], heldout: dict[str, np.ndarray], sigmas=(15, 
             per_image = {}
             for index, name in enumerate(names):
                 clean = heldout[name]
-                noisy = noisy_copy(clean, sigma, seed + index)
-                per_image[name] = image_scores(clean, method.denoise(noisy, sigma))
+                noisy = to_8bit(noisy_copy(clean, sigma, seed + index))
+                per_image[name] = image_scores(clean, to_8bit(method.denoise(noisy, sigma)))
             entry["scores"][str(float(sigma))] = {
                 "psnr": float(np.mean([p for p, _ in per_image.values()])),
                 "ssim": float(np.mean([s for _, s in per_image.values()])),
                 "per_image": {n: {"psnr": p, "ssim": s} for n, (p, s) in per_image.items()},
             }
-        entry[f"ms_per_{timing_size}"] = timing_ms(method, timing_size)
+        entry[f"ms_per_{timing_size}"] = timing_ms(method, timing_size) if timing else None
         report["methods"][method.name] = entry
         progress(f"evaluated {method.name}")
     return report
@@ -108,6 +125,8 @@ def evaluate(methods: list[Method], heldout: dict[str, np.ndarray], sigmas=(15, 
 
 def _macs_or_none(model, size):
     try:
+        if takes_noise_level(model):                 # (image, noise level)
+            return count_macs(model, [(size, size, model.input_shape[0][-1]), (1,)])
         return count_macs(model, (size, size, model.input_shape[-1]))
     except Exception:                          # a wrapped SavedModel has no countable layers
         return None

@@ -15,16 +15,18 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from kd_tf import config as cfg
 from kd_tf import distribute, schedules
 from kd_tf.complexity import count_params
-from kd_tf.data import fixed_crops, load_split, patch_dataset
+from kd_tf.data import fixed_crops, load_split, most_textured_window, patch_dataset
 from kd_tf.distiller import Distiller
 from kd_tf.evaluation import evaluate, format_table, methods_for, render_table
 from kd_tf.export_job import export_student
 from kd_tf.metrics import psnr_metric
-from kd_tf.model_io import float32_copy, load_float_teacher, load_model, load_teacher, save_model
+from kd_tf.model_io import (float32_copy, load_float_teacher, load_model, load_teacher, save_model, takes_noise_level,
+                            with_dtype_policy)
 from kd_tf.nets import build_unet
 from kd_tf.nets.inherit import inherit_from_teacher, inheritance_problem
 from kd_tf.runs import (RunPaths, cosine_optimizer, epochs_for, resumed_batches, standard_callbacks, worker_report,
@@ -35,13 +37,25 @@ log = logging.getLogger(__name__)
 
 
 def _data(config_data: cfg.DataConfig, seed: int):
-    """The split, a function giving the training stream from a batch on, and validation crops."""
+    """The split, a function giving the training stream from a batch on, and validation crops.
+
+    With data.corpus the photo corpus's training photos join the split's (kd_tf.photo_corpus);
+    its second held-out set never trains and is scored beside the first (split.heldout2).
+    `stream(skip, noise_level_for_teacher=True)` yields the teacher's inputs with each patch's sigma."""
     split = load_split(config_data.data_dir, config_data.heldout_fraction, config_data.split_seed,
                        min_size=config_data.patch_size)
+    train_images = dict(split.train)
+    if config_data.corpus:
+        from kd_tf.photo_corpus import load_corpus
 
-    def stream(skip_batches: int = 0):
-        return patch_dataset(split.train, config_data.patch_size, config_data.batch_size,
-                             (config_data.sigma_min, config_data.sigma_max), seed=seed, skip_batches=skip_batches)
+        corpus = load_corpus(config_data.corpus_dir(), "train")
+        train_images.update({f"corpus/{name}": image for name, image in corpus.items()})
+        log.info("photo corpus %s: %d training photos", config_data.corpus_dir(), len(corpus))
+
+    def stream(skip_batches: int = 0, noise_level_for_teacher: bool = False):
+        return patch_dataset(train_images, config_data.patch_size, config_data.batch_size,
+                             (config_data.sigma_min, config_data.sigma_max), seed=seed, skip_batches=skip_batches,
+                             noise_level_for_teacher=noise_level_for_teacher)
 
     val_noisy, val_clean = fixed_crops(split.heldout, config_data.val_crop, config_data.val_crops_per_image,
                                        config_data.val_sigma)
@@ -61,16 +75,29 @@ def train_teacher(config: cfg.TeacherJobConfig, strategy=None) -> dict:
     split, stream, val_noisy, val_clean = _data(config.data, config.train.seed)
     val_noisy, val_clean, val_batch = distribute.even_validation(val_noisy, val_clean, strategy)
 
+    start = load_model(config.init_from) if config.init_from else None
+    non_blind = start is not None and takes_noise_level(start)
     with strategy.scope():                          # the model, optimizer and metrics on every replica
-        model = build_unet(config.net.widths, config.net.blocks, name="teacher",
-                           mixed_precision=config.train.mixed_precision)
-        if config.init_from:
-            model.set_weights(load_model(config.init_from).get_weights())
-            log.info("continuing from the weights of %s", config.init_from)
+        if non_blind:                               # fine-tune a non-blind denoiser (FFDNet) as it is
+            model = with_dtype_policy(start, "mixed_bfloat16") if config.train.mixed_precision else start
+            model.trainable = True
+            log.info("fine-tuning %s (takes the noise level) from %s", start.name, config.init_from)
+        else:
+            model = build_unet(config.net.widths, config.net.blocks, name="teacher",
+                               mixed_precision=config.train.mixed_precision)
+            if start is not None:
+                model.set_weights(start.get_weights())
+                log.info("continuing from the weights of %s", config.init_from)
         model.compile(optimizer=cosine_optimizer(config.train), loss="mse", metrics=[psnr_metric])
+    if non_blind:                                   # fit() takes (image, sigma) pairs: the teacher's inputs
+        val_noisy = (val_noisy, np.full((len(val_noisy), 1), config.data.val_sigma / 255.0, np.float32))
+        training = lambda skip: stream(skip, noise_level_for_teacher=True).map(
+            lambda x, clean: (x["teacher_inputs"], clean))
+    else:
+        training = stream
     epochs, per_epoch = epochs_for(config.train)
     started = time.time()
-    history = model.fit(stream(resumed_batches(paths.backup / "teacher", per_epoch)), epochs=epochs,
+    history = model.fit(training(resumed_batches(paths.backup / "teacher", per_epoch)), epochs=epochs,
                         steps_per_epoch=per_epoch,
                         validation_data=(val_noisy, val_clean), validation_batch_size=val_batch, shuffle=False,
                         callbacks=standard_callbacks(paths, val_noisy, val_clean, config.output, "teacher"),
@@ -79,7 +106,10 @@ def train_teacher(config: cfg.TeacherJobConfig, strategy=None) -> dict:
     if not paths.chief:
         return worker_report(paths, "train-teacher", history.history)
 
-    teacher = float32_copy(model, config.net.widths, config.net.blocks)
+    if non_blind:
+        teacher = with_dtype_policy(model, "float32") if config.train.mixed_precision else model
+    else:
+        teacher = float32_copy(model, config.net.widths, config.net.blocks)
     save_model(teacher, paths.root / "teacher.keras")
     if config.save_to:
         save_model(teacher, config.save_to)
@@ -360,8 +390,35 @@ def _report(config, paths, split, models, job) -> dict:
             entry["teacher_macs_ratio"] = teacher_macs / entry["macs_512"]
     report.update(job=job, run=paths.name, config=cfg.to_dict(config), heldout=sorted(split.heldout),
                   tensorboard=str(paths.logs))
-    report["table"] = format_table(report, config.eval.timing_size)
+    report["table"] = "held-out set 1:\n" + format_table(report, config.eval.timing_size)
+    heldout2 = second_heldout(config.data)
+    if heldout2:
+        second = evaluate(methods_for(models, config.eval.baselines), _limit(heldout2, config.eval),
+                          config.eval.sigmas, config.eval.seed, config.eval.timing_size, config.eval.cbm3d_sigmas,
+                          progress=log.info, timing=False)
+        report["heldout2"] = second
+        report["table"] += (f"\n\nheld-out set 2 (photo corpus, the most textured {HELDOUT2_CROP} px window "
+                            f"of each):\n" + format_table(second, config.eval.timing_size))
     return report
+
+
+HELDOUT2_CROP = 512
+
+
+def second_heldout(config_data: cfg.DataConfig) -> dict:
+    """The photo corpus's second held-out set as evaluation crops, or {} when it is not fetched
+    (the main job needs no fetch): each photo's most textured HELDOUT2_CROP-px square, so that
+    a 4K wallpaper is scored on detail rather than on sky, in seconds rather than minutes."""
+    try:
+        directory = config_data.corpus_dir()
+    except ImportError:
+        return {}
+    if not (directory / "manifest.json").is_file():
+        return {}
+    from kd_tf.photo_corpus import load_corpus
+
+    return {name: most_textured_window(image, HELDOUT2_CROP)
+            for name, image in load_corpus(directory, "heldout2").items()}
 
 
 def denoise(model: str, source: str, output_dir: str, threads: int = 2, overlap: int = 32) -> dict:

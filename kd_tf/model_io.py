@@ -46,6 +46,13 @@ def load_model(path: str | os.PathLike) -> keras.Model:
         raise ValueError(_unloadable(path, error)) from error
 
 
+def takes_noise_level(model) -> bool:
+    """Whether `model` is a non-blind denoiser: (image, noise level) in, image out, the level a
+    (batch, 1) input on the 0-1 scale (sigma / 255), as FFDNet (kd_tf.ffdnet) takes it."""
+    inputs = getattr(model, "inputs", None) or []
+    return len(inputs) == 2 and tuple(inputs[1].shape)[1:] == (1,)
+
+
 def _is_hdf5(path: Path) -> bool:
     import h5py
 

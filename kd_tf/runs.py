@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 import numpy as np
 
 from kd_tf import config as cfg
@@ -76,10 +77,11 @@ def epochs_for(train: cfg.TrainConfig) -> tuple[int, int]:
 
 def standard_callbacks(paths: RunPaths, val_noisy, val_clean, output: cfg.OutputConfig, tag: str):
     """TensorBoard scalars, image grids, and BackupAndRestore so a killed run resumes."""
-    spread = max(1, len(val_noisy) // 6)                 # grid rows from as many held-out photos as possible
+    spread = max(1, len(val_clean) // 6)                 # grid rows from as many held-out photos as possible
+    rows = tf.nest.map_structure(lambda a: a[::spread], val_noisy)   # images, or (images, noise level)
     return [
         keras.callbacks.TensorBoard(log_dir=str(paths.logs / tag), update_freq="epoch", write_graph=False),
-        ImageGridCallback(val_noisy[::spread], val_clean[::spread], paths.logs / tag / "images",
+        ImageGridCallback(rows, val_clean[::spread], paths.logs / tag / "images",
                           every=output.image_grid_every),
         distribute.BackupAndRestore(str(paths.backup / tag), chief=paths.chief, delete_checkpoint=False,
                                     double_checkpoint=True),   # a kill mid-save falls back one epoch

@@ -24,11 +24,29 @@ log = logging.getLogger(__name__)
 
 INPUTS_KEY = "inputs"
 TEACHER_OUTPUTS_KEY = "teacher_outputs"
+TEACHER_INPUTS_KEY = "teacher_inputs"
 
 
 def is_cached_batch(inputs) -> bool:
     """Whether a Distiller input carries precomputed teacher outputs."""
     return isinstance(inputs, dict) and TEACHER_OUTPUTS_KEY in inputs
+
+
+def split_inputs(inputs):
+    """(student inputs, teacher inputs) of a batch's x.
+
+    A teacher may need more than the student sees: FFDNet takes the noise level beside the image
+    while the student stays blind. The data pipeline then yields x = {"inputs": images,
+    "teacher_inputs": what the teacher takes}; plain x goes to both models.
+
+    >>> split_inputs({"inputs": 1, "teacher_inputs": (1, 0.1)})
+    (1, (1, 0.1))
+    >>> split_inputs(2)
+    (2, 2)
+    """
+    if isinstance(inputs, dict) and INPUTS_KEY in inputs:
+        return inputs[INPUTS_KEY], inputs.get(TEACHER_INPUTS_KEY, inputs[INPUTS_KEY])
+    return inputs, inputs
 
 
 @dataclasses.dataclass
@@ -77,7 +95,8 @@ class TeacherCache:
 
 def cache_teacher_outputs(teacher, batches: tf.data.Dataset, num_batches: int,
                           dtype=np.float16, progress=None) -> TeacherCache:
-    """Runs the frozen teacher once over `num_batches` batches of `batches` ((noisy, clean) or noisy).
+    """Runs the frozen teacher once over `num_batches` batches of `batches` ((x, clean) or x, where
+    x is the noisy images or {"inputs": noisy, "teacher_inputs": ...}, see `split_inputs`).
 
     float16 storage keeps 11 significant bits, an error below 0.1/255 on [0, 1] images, at half
     the memory of float32 (a 64x64 patch triple takes 74 kB).
@@ -94,8 +113,9 @@ def cache_teacher_outputs(teacher, batches: tf.data.Dataset, num_batches: int,
             element = next(stream)
         except StopIteration:
             break
-        noisy, clean = element if isinstance(element, tuple) else (element, None)
-        parts = [noisy, forward(noisy)] + ([clean] if clean is not None else [])
+        x, clean = element if isinstance(element, tuple) else (element, None)
+        noisy, teacher_inputs = split_inputs(x)          # the teacher may take more (a noise level)
+        parts = [noisy, forward(teacher_inputs)] + ([clean] if clean is not None else [])
         if banks is None:
             samples = num_batches * int(noisy.shape[0])
             banks = [np.empty((samples, *part.shape[1:]), dtype) for part in parts]
