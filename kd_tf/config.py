@@ -255,7 +255,7 @@ class TeacherJobConfig:
     net: NetConfig = dataclasses.field(default_factory=NetConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
-    save_to: str = DEFAULT_TEACHER
+    save_to: str | None = None            # the run folder only; shipping into models/ is asked by name
     init_from: str | None = None          # continue from a saved teacher's weights (a new LR cycle)
 
     def validate(self):
@@ -476,7 +476,7 @@ class ClassifierJobConfig:
     data: ClassifierDataConfig = dataclasses.field(default_factory=ClassifierDataConfig)
     train: ClassifierTrainConfig = dataclasses.field(default_factory=ClassifierTrainConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
-    save_to: str = DEFAULT_CLASSIFIER
+    save_to: str | None = None            # the run folder only; configs/gan/classifier.yaml ships it
 
     def validate(self):
         self.data.validate()
@@ -495,8 +495,8 @@ class GanTeacherJobConfig:
     adversarial: AdversarialConfig = dataclasses.field(default_factory=AdversarialConfig)
     eval: GanEvalConfig = dataclasses.field(default_factory=GanEvalConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
-    save_to: str = DEFAULT_GAN_TEACHER
-    save_discriminator_to: str = DEFAULT_GAN_DISCRIMINATOR
+    save_to: str | None = None            # the run folder only; configs/gan/teacher.yaml ships both
+    save_discriminator_to: str | None = None
 
     def validate(self):
         self.data.validate()

@@ -100,7 +100,8 @@ def train_teacher(config: cfg.TeacherJobConfig, strategy=None) -> dict:
     history = model.fit(training(resumed_batches(paths.backup / "teacher", per_epoch)), epochs=epochs,
                         steps_per_epoch=per_epoch,
                         validation_data=(val_noisy, val_clean), validation_batch_size=val_batch, shuffle=False,
-                        callbacks=standard_callbacks(paths, val_noisy, val_clean, config.output, "teacher"),
+                        callbacks=standard_callbacks(paths, val_noisy, val_clean, config.output, "teacher",
+                                                     config.train.steps),
                         verbose=2 if os.environ.get("KD_TF_QUIET") else "auto")
     seconds = time.time() - started
     if not paths.chief:
@@ -114,7 +115,8 @@ def train_teacher(config: cfg.TeacherJobConfig, strategy=None) -> dict:
     if config.save_to:
         save_model(teacher, config.save_to)
     report = _report(config, paths, split, {"teacher": teacher}, "train-teacher")
-    report.update(train_seconds=seconds, history=history.history, saved_to=config.save_to)
+    report.update(train_seconds=seconds, history=history.history, saved_to=config.save_to,
+                  optimizer_steps=int(model.optimizer.iterations.numpy()))
     report["report_path"] = str(paths.write_json("report.json", report))
     return report
 
@@ -170,7 +172,7 @@ def train_own_objective(model: keras.Model, train: cfg.TrainConfig, stream, skip
     return model.fit(stream(skip + resumed_batches(paths.backup / tag, per_epoch)), epochs=epochs,
                      steps_per_epoch=per_epoch, validation_data=(val_noisy, val_clean),
                      validation_batch_size=val_batch, shuffle=False,
-                     callbacks=standard_callbacks(paths, val_noisy, val_clean, output, tag),
+                     callbacks=standard_callbacks(paths, val_noisy, val_clean, output, tag, train.steps),
                      verbose=2 if os.environ.get("KD_TF_QUIET") else "auto")
 
 
@@ -220,7 +222,7 @@ def distill_phase(config: cfg.DistillJobConfig, teacher_path: str, reference_tea
         timings.update(cache_seconds=cache.seconds, cache_samples=len(cache))
     history = distiller.fit(dataset, epochs=epochs, steps_per_epoch=per_epoch,
                             validation_data=(val_noisy, val_clean), validation_batch_size=val_batch, shuffle=False,
-                            callbacks=standard_callbacks(paths, val_noisy, val_clean, config.output, tag),
+                            callbacks=standard_callbacks(paths, val_noisy, val_clean, config.output, tag, steps),
                             verbose=2 if os.environ.get("KD_TF_QUIET") else "auto")
     timings["seconds"] = time.time() - started
     return DistillPhase(student, initial_weights, inherited, history.history, timings)

@@ -40,6 +40,8 @@ def load_model(path: str | os.PathLike) -> keras.Model:
     if path.suffix.lower() != ".keras" and not _is_hdf5(path):
         raise ValueError(f"model {str(path)!r} is not an HDF5 file (no HDF5 signature: another format "
                          f"renamed?); expected {ACCEPTED}")
+    import kd_tf.ffdnet  # noqa: F401  registers the layers of imported FFDNet weights (kd_tf>...)
+
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as error:             # zipfile.BadZipFile, OSError (h5py), KeyError, TypeError...

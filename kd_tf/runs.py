@@ -19,7 +19,7 @@ import numpy as np
 
 from kd_tf import config as cfg
 from kd_tf import distribute
-from kd_tf.callbacks import ImageGridCallback, StopOnNonFiniteLoss
+from kd_tf.callbacks import ImageGridCallback, StopAtStep, StopOnNonFiniteLoss
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,9 @@ def epochs_for(train: cfg.TrainConfig) -> tuple[int, int]:
     return -(-train.steps // per_epoch), per_epoch
 
 
-def standard_callbacks(paths: RunPaths, val_noisy, val_clean, output: cfg.OutputConfig, tag: str):
-    """TensorBoard scalars, image grids, and BackupAndRestore so a killed run resumes."""
+def standard_callbacks(paths: RunPaths, val_noisy, val_clean, output: cfg.OutputConfig, tag: str, steps: int):
+    """TensorBoard scalars, image grids, BackupAndRestore so a killed run resumes, and a stop after
+    exactly `steps` steps (the epochs may round the budget up)."""
     spread = max(1, len(val_clean) // 6)                 # grid rows from as many held-out photos as possible
     rows = tf.nest.map_structure(lambda a: a[::spread], val_noisy)   # images, or (images, noise level)
     return [
@@ -86,6 +87,7 @@ def standard_callbacks(paths: RunPaths, val_noisy, val_clean, output: cfg.Output
         distribute.BackupAndRestore(str(paths.backup / tag), chief=paths.chief, delete_checkpoint=False,
                                     double_checkpoint=True),   # a kill mid-save falls back one epoch
         StopOnNonFiniteLoss(paths.backup / tag),
+        StopAtStep(steps),
     ]
 
 

@@ -1,6 +1,7 @@
 """The main job end to end through the CLI, on a tiny teacher and a tiny config."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -128,6 +129,27 @@ def test_train_teacher_cli_saves_float32_teacher_and_report(tmp_path):
     report = json.loads((tmp_path / "runs" / "t" / "report.json").read_text())
     assert set(report["methods"]["teacher"]["scores"]) == {"15.0", "50.0"}
     assert len(report["history"]["val_psnr"]) == 2
+
+
+def test_train_teacher_runs_the_steps_asked_and_ships_nothing_unless_asked(tmp_path):
+    """--steps 5 with 2 steps per epoch: 5 optimizer steps, not 6 (the schedule decays over 5); with
+    no save_to the teacher stays in its run folder and models/ is not touched."""
+    import hashlib
+
+    shipped = Path(__file__).resolve().parents[1] / "models" / "denoise" / "teacher.keras"
+    before = hashlib.sha256(shipped.read_bytes()).hexdigest()
+    config = tmp_path / "teacher.yaml"
+    config.write_text(
+        "data: {patch_size: 32, batch_size: 4, val_crop: 32, val_crops_per_image: 1}\n"
+        "train: {steps: 5, steps_per_epoch: 2, mixed_precision: false}\n"
+        "net: {widths: [4, 8], blocks: 1}\n"
+        "eval: {sigmas: [25], baselines: [], max_images: 1, timing_size: 64}\n"
+        f"output: {{runs_dir: {tmp_path / 'runs'}, log_dir: {tmp_path / 'tb'}, run_name: t}}\n")
+    assert main(["train-teacher", "--config", str(config)]) == 0
+    report = json.loads((tmp_path / "runs" / "t" / "report.json").read_text())
+    assert report["optimizer_steps"] == 5
+    assert report["saved_to"] is None and (tmp_path / "runs" / "t" / "teacher.keras").is_file()
+    assert hashlib.sha256(shipped.read_bytes()).hexdigest() == before
 
 
 def test_distill_on_a_user_folder_splits_by_image(tiny_run, tmp_path):
