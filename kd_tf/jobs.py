@@ -20,7 +20,7 @@ import numpy as np
 from kd_tf import config as cfg
 from kd_tf import distribute, schedules
 from kd_tf.complexity import count_params
-from kd_tf.data import fixed_crops, load_split, most_textured_window, patch_dataset
+from kd_tf.data import fixed_crops, load_split, most_textured_window, patch_dataset, with_noise_level
 from kd_tf.distiller import Distiller
 from kd_tf.evaluation import evaluate, format_table, methods_for, render_table
 from kd_tf.export_job import export_student
@@ -203,21 +203,27 @@ def distill_phase(config: cfg.DistillJobConfig, teacher_path: str, reference_tea
     with strategy.scope():                          # teacher (frozen), student, adapters, optimizer on every replica
         teacher = load_teacher(teacher_path, config.train.mixed_precision)
         student = build_unet(net.widths, net.blocks, name=name, mixed_precision=config.train.mixed_precision)
+    val_noisy, val_clean, val_batch = validation
+    if takes_noise_level(teacher):                  # a non-blind teacher (FFDNet) gets each patch's sigma too
+        teacher_stream = lambda skip=0: stream(skip, noise_level_for_teacher=True)
+        val_noisy = with_noise_level(val_noisy, config.data.val_sigma)
+    else:
+        teacher_stream = stream
+    with strategy.scope():
         initial_weights = student.get_weights()     # the scratch run starts from the very same point
         inherited = start_from_teacher(config.distill.student_init, reference_teacher, student, stream())
         distiller = Distiller(teacher, student, alpha=alpha, output_loss=config.distill.output_loss,
                               features=features, attention=attention, jacobian=config.distill.jacobian,
                               jacobian_seed=config.train.seed)          # checks shapes and layer names first
         distiller.compile(optimizer=cosine_optimizer(train))
-    val_noisy, val_clean, val_batch = validation
     epochs, per_epoch = epochs_for(train)
     log.info("distilling: teacher %s -> %s %s, %d steps", teacher_path, name, net, steps)
     started = time.time()
     done, timings = resumed_batches(paths.backup / tag, per_epoch), {}
-    dataset = stream(done)
+    dataset = teacher_stream(done)
     cached = batches_to_cache(config, steps)
     if cached and done < epochs * per_epoch:
-        cache = cache_teacher_outputs(teacher, stream(), cached, progress=log.info)
+        cache = cache_teacher_outputs(teacher, teacher_stream(), cached, progress=log.info)
         dataset = cache.dataset(config.data.batch_size, seed=config.train.seed, skip_batches=done)
         timings.update(cache_seconds=cache.seconds, cache_samples=len(cache))
     history = distiller.fit(dataset, epochs=epochs, steps_per_epoch=per_epoch,
@@ -423,13 +429,15 @@ def second_heldout(config_data: cfg.DataConfig) -> dict:
             for name, image in load_corpus(directory, "heldout2").items()}
 
 
-def denoise(model: str, source: str, output_dir: str, threads: int = 2, overlap: int = 32) -> dict:
-    """`python -m kd_tf denoise`: any exported model over a file or a folder."""
+def denoise(model: str, source: str, output_dir: str, threads: int = 2, overlap: int = 32,
+            sigma: float | None = None) -> dict:
+    """`python -m kd_tf denoise`: any exported model over a file or a folder (`sigma`, 0-255, for a
+    model that takes the noise level)."""
     from kd_tf.inference import denoise_path
 
     started = time.time()
-    result = denoise_path(model, source, output_dir, num_threads=threads, overlap=overlap)
-    report = {"job": "denoise", "model": model, "input": source, "output": output_dir,
+    result = denoise_path(model, source, output_dir, num_threads=threads, overlap=overlap, sigma=sigma)
+    report = {"job": "denoise", "model": model, "input": source, "output": output_dir, "sigma": sigma,
               "written": len(result["written"]), "skipped": len(result["skipped"]),
               "seconds": time.time() - started, "files": result}
     report["table"] = render_table(["model", "written", "skipped", "seconds"],

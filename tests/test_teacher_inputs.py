@@ -82,3 +82,25 @@ def test_noise_level_is_required_for_a_non_blind_model():
 
     with pytest.raises(ValueError, match="noise level"):
         run_on_image(level_teacher(), np.zeros((16, 16, 3), np.float32))
+
+
+def test_denoise_cli_gives_a_non_blind_model_its_sigma(tmp_path, capsys):
+    import cv2
+
+    from kd_tf.cli import main
+
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    rng = np.random.default_rng(0)
+    clean = np.clip(np.indices((40, 52)).sum(0)[..., None] * np.array([2, 3, 4]), 0, 255).astype(np.uint8)
+    noisy = np.clip(clean + rng.normal(0, 25, clean.shape), 0, 255).astype(np.uint8)
+    cv2.imwrite(str(image), noisy)
+    model = tmp_path / "level.keras"
+    from kd_tf.ffdnet import build_ffdnet
+
+    build_ffdnet(features=8, depth=3).save(model)
+    assert main(["denoise", "--model", str(model), "--input", str(image), "--output", str(tmp_path / "no")]) == 2
+    assert "--sigma" in capsys.readouterr().err
+    assert main(["denoise", "--model", str(model), "--input", str(image), "--output", str(tmp_path / "out"),
+                 "--sigma", "25"]) == 0
+    assert cv2.imread(str(tmp_path / "out" / "a.png")).shape == (40, 52, 3)
