@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     classifier = verbs.add_parser("train-classifier", help="train the digit classifier whose features FID/KID use")
     _common(classifier)
     generate = verbs.add_parser("generate", help="digits from a generator (.keras, SavedModel or .tflite)")
-    generate.add_argument("--model", default="models/gan/student_generator.keras",
+    generate.add_argument("--model", default=None,
                           help="generator (default: the shipped student)")
     generate.add_argument("--num", type=_positive_int(1), default=64, help="images to generate (default 64)")
     generate.add_argument("--seed", type=int, default=0, help="latent seed: the same seed gives the same images")
@@ -219,7 +219,7 @@ def _gan_verb(args, overrides) -> dict:
     from kd_tf import gan_jobs
 
     if args.verb == "generate":
-        return gan_jobs.generate(args.model, args.num, args.seed, args.out)
+        return gan_jobs.generate(args.model or cfg.DEFAULT_GAN_STUDENT, args.num, args.seed, args.out)
     if "data.data_dir" in overrides:                 # --data: a digit set name or an image folder
         overrides["data.source"] = overrides.pop("data.data_dir")
     if args.verb == "train-classifier":

