@@ -25,6 +25,7 @@ from kd_tf.losses import AttentionTerm, FeatureTerm, JacobianTerm, projected_inp
 from kd_tf.losses import output_loss as distance_for
 from kd_tf.objectives import Reconstruction
 from kd_tf.schedules import as_schedule
+from kd_tf.schedules import deserialize as schedule_from_config
 from kd_tf.teacher_cache import INPUTS_KEY, TEACHER_OUTPUTS_KEY, is_cached_batch, split_inputs
 
 
@@ -75,6 +76,7 @@ def _with_weight(pair):
     return (pair[0], pair[1], float(pair[2]) if len(pair) == 3 else 1.0)
 
 
+@keras.saving.register_keras_serializable(package="kd_tf")
 class Distiller(keras.Model):
     """Trains `student` to imitate `teacher` with `fit()`; `call()` runs the student.
 
@@ -114,6 +116,9 @@ class Distiller(keras.Model):
                  features=(), attention=(), objective=None, probe_size: int = 64, latent_sampler=None,
                  jacobian: float = 0.0, jacobian_seed: int = 0, name: str = "distiller", **kwargs):
         super().__init__(name=name, **kwargs)
+        self._init_args = {"output_loss": output_loss, "features": [list(_with_weight(p)) for p in features],
+                           "attention": [list(_with_weight(p)) for p in attention], "probe_size": int(probe_size),
+                           "jacobian": float(jacobian), "jacobian_seed": int(jacobian_seed)}
         teacher.trainable = False
         self.teacher = teacher
         self.student = student
@@ -186,6 +191,43 @@ class Distiller(keras.Model):
         return terms
 
     # -- Keras API -------------------------------------------------------------------------
+
+    def get_config(self):
+        """Everything to rebuild this Distiller: `distiller.save("d.keras")` stores the teacher and
+        the student (architecture and weights, the teacher's frozen), the adapters' weights, alpha's
+        schedule (with an adaptive alpha's state) and the terms; `keras.saving.load_model` gives it
+        back, ready to `compile()` and continue. The student alone still saves as `student.save()`.
+
+        A generator's latent sampler and an adversarial objective (which trains a discriminator with
+        its own optimizer) are not serialized: save the student and the discriminator instead.
+        """
+        if self.latent_sampler is not None or not hasattr(self.objective, "get_config") \
+                or getattr(self.objective, "name", None) != "reconstruction":
+            raise NotImplementedError(
+                f"this Distiller cannot be saved whole: its objective ({type(self.objective).__name__}) or latent "
+                f"sampler is not serializable; save the student (distiller.student.save(...)) and, for a GAN, "
+                f"the discriminator")
+        if not hasattr(self.alpha, "get_config"):
+            raise NotImplementedError(f"alpha {self.alpha!r} is a plain callable; use a kd_tf.schedules schedule "
+                                      f"(Constant, LinearRamp, CosineRamp, LossRatio) to save the Distiller")
+        config = super().get_config()
+        config.update(self._init_args)
+        config.update(teacher=keras.saving.serialize_keras_object(self.teacher),
+                      student=keras.saving.serialize_keras_object(self.student),
+                      alpha=self.alpha.get_config(), objective=self.objective.get_config())
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("teacher", "student"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        config["alpha"] = schedule_from_config(config["alpha"])
+        objective = config.pop("objective")
+        config["objective"] = Reconstruction(objective.get("kind", "mse"))
+        config.pop("trainable", None)
+        config.pop("dtype", None)
+        return cls(**config)
 
     def call(self, inputs, training=False):
         return self.student(split_inputs(inputs)[0], training=training)

@@ -131,6 +131,22 @@ def as_schedule(alpha):
     return Constant(alpha)
 
 
+def deserialize(config: dict):
+    """The schedule a `get_config()` dict describes (what Distiller.from_config reads back).
+
+    >>> round(float(deserialize(LinearRamp(0.9, 0.5, steps=100).get_config())(50)), 3)
+    0.7
+    """
+    config = dict(config)
+    kind = config.pop("kind", None)
+    classes = {"constant": Constant, "linear": LinearRamp, "cosine": CosineRamp, "adaptive": LossRatio}
+    if kind not in classes:
+        raise ValueError(f"alpha schedule kind {kind!r}; accepted: {', '.join(classes)}")
+    if kind == "constant":
+        return Constant(config["start"])
+    return classes[kind](**config)
+
+
 def from_config(kind: str, start: float, end: float | None, steps: int):
     """The schedule a config names: constant, linear or cosine (ramping over `steps`), or
     adaptive (LossRatio, starting at `start`)."""

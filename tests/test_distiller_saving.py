@@ -1,0 +1,48 @@
+"""`distiller.save()` and `keras.saving.load_model()` round-trip a Distiller: teacher, student,
+adapters, alpha's schedule (an adaptive alpha's state too) and its terms."""
+
+import doctest
+
+import keras
+import numpy as np
+import pytest
+
+import kd_tf.schedules
+from kd_tf import schedules
+from kd_tf.distiller import Distiller
+from kd_tf.nets import build_unet
+
+
+def test_schedule_docstring_examples_run():
+    failed, tried = doctest.testmod(kd_tf.schedules)
+    assert tried and not failed
+
+
+@pytest.mark.parametrize("alpha", [0.3, schedules.LinearRamp(0.9, 0.5, steps=10), schedules.LossRatio(0.6)])
+def test_saved_distiller_loads_back_and_continues(tmp_path, alpha, rng):
+    teacher = build_unet((8, 16), 1, name="teacher")
+    student = build_unet((4, 8), 1, name="student")
+    distiller = Distiller(teacher, student, alpha=alpha, output_loss="l1", features=[("dec0", "dec0", 0.2)])
+    distiller.compile(optimizer="adam")
+    x = rng.random((4, 32, 32, 3)).astype(np.float32)
+    y = rng.random((4, 32, 32, 3)).astype(np.float32)
+    distiller.fit(x, y, epochs=1, batch_size=2, verbose=0)
+    distiller.save(tmp_path / "d.keras")
+
+    loaded = keras.saving.load_model(tmp_path / "d.keras", compile=False)
+    assert isinstance(loaded, Distiller) and loaded.output_loss_kind == "l1"
+    assert [(t.teacher_layer, t.student_layer, t.weight) for t in loaded.layer_terms] == [("dec0", "dec0", 0.2)]
+    assert type(loaded.alpha) is type(distiller.alpha)
+    np.testing.assert_allclose(loaded.student(x), distiller.student(x), atol=1e-6)
+    np.testing.assert_allclose(loaded.teacher(x), distiller.teacher(x), atol=1e-6)
+    np.testing.assert_allclose(loaded.adapters[0].get_weights()[0], distiller.adapters[0].get_weights()[0])
+    np.testing.assert_allclose(float(loaded.alpha(5)), float(distiller.alpha(5)), atol=1e-6)
+    assert not loaded.teacher.trainable
+    loaded.compile(optimizer="adam")
+    assert np.isfinite(loaded.fit(x, y, epochs=1, batch_size=2, verbose=0).history["loss"][0])
+
+
+def test_a_plain_callable_alpha_says_why_it_cannot_be_saved(tmp_path):
+    distiller = Distiller(build_unet((8, 16), 1), build_unet((4, 8), 1), alpha=lambda step: 0.5)
+    with pytest.raises(NotImplementedError, match="kd_tf.schedules"):
+        distiller.get_config()
