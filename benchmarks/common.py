@@ -29,7 +29,7 @@ from kd_tf.nets import build_unet
 # the kd_tf U-Net teacher: these benchmarks measure the Distiller's step mechanics with feature
 # terms (dec0 adapters), which the default FFDNet teacher (no U-Net layers) cannot serve;
 # FFDNet's own training step is benchmarks/teacher_step.py
-TEACHER_PATH = str(cfg.MODELS_DIR / "denoise" / "unet_teacher.keras")
+TEACHER_PATH = str(cfg.MODELS_DIR / "denoise" / "teacher.keras")
 STUDENT_PATH = cfg.DEFAULT_STUDENT
 STUDENT_NET = cfg.DistillJobConfig().student               # the shipped student: widths 12-24-48-96, 1 block
 DEFAULT_PRECISION = "bf16" if cfg.TrainConfig().mixed_precision else "fp32"

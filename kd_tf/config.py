@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 # FFDNet's published colour weights (kd_tf.ffdnet, MIT): on both held-out sets the strongest teacher
-# measured (models/denoise/MODEL_CARD.md); the U-Net kd_tf trained itself is unet_teacher.keras
+# measured (models/denoise/MODEL_CARD.md); the U-Net kd_tf trained itself stays models/denoise/teacher.keras
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"   # the shipped models, whatever the working directory
 DEFAULT_TEACHER = str(MODELS_DIR / "denoise" / "ffdnet_color.keras")
 DEFAULT_STUDENT = str(MODELS_DIR / "denoise" / "student.keras")
