@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from kd_tf.distribute import global_batch_size, mean_results
 from kd_tf.losses import AttentionTerm, FeatureTerm, JacobianTerm, projected_input_gradient
+from kd_tf.losses import deserialize_loss, serialize_loss
 from kd_tf.losses import output_loss as distance_for
 from kd_tf.objectives import Reconstruction
 from kd_tf.schedules import as_schedule
@@ -70,6 +71,17 @@ def _takes_vectors(model) -> bool:
         return False
 
 
+def _as_metric(metric):
+    """A Keras metric object from what compile(metrics=...) takes: a name, a function or a Metric."""
+    if isinstance(metric, keras.metrics.Metric):
+        return metric
+    function = keras.metrics.get(metric)
+    if isinstance(function, keras.metrics.Metric):     # logged under the name asked for ("mse", not
+        return type(function)(name=metric) if isinstance(metric, str) else function   # "mean_squared_error")
+    name = metric if isinstance(metric, str) else getattr(function, "__name__", "metric")
+    return keras.metrics.MeanMetricWrapper(function, name=name)
+
+
 def _with_weight(pair):
     if len(pair) not in (2, 3):
         raise ValueError(f"layer pair {pair!r}; expected (teacher layer, student layer[, weight])")
@@ -85,7 +97,8 @@ class Distiller(keras.Model):
       student: a Keras model with the teacher's input and output shapes.
       alpha: weight of the output-matching term, a float in [0, 1] or a callable of the
         optimizer step (see kd_tf.schedules).
-      output_loss: "mse" or "l1" between student and teacher outputs.
+      output_loss: the distance between student and teacher outputs: "mse", "l1", any Keras loss
+        by name or object (keras.losses.Huber(0.1)), or a callable (kd_tf.losses.output_loss).
       features: (teacher layer, student layer[, weight]) pairs; features of different channel
         counts go through a trainable 1x1 adapter owned by the Distiller. Spatial sizes must
         agree (a clear error otherwise: resizing would silently change what is being taught).
@@ -116,7 +129,7 @@ class Distiller(keras.Model):
                  features=(), attention=(), objective=None, probe_size: int = 64, latent_sampler=None,
                  jacobian: float = 0.0, jacobian_seed: int = 0, name: str = "distiller", **kwargs):
         super().__init__(name=name, **kwargs)
-        self._init_args = {"output_loss": output_loss, "features": [list(_with_weight(p)) for p in features],
+        self._init_args = {"features": [list(_with_weight(p)) for p in features],
                            "attention": [list(_with_weight(p)) for p in attention], "probe_size": int(probe_size),
                            "jacobian": float(jacobian), "jacobian_seed": int(jacobian_seed)}
         teacher.trainable = False
@@ -152,6 +165,7 @@ class Distiller(keras.Model):
         metric_name = getattr(self.objective, "metric_name", None)
         self.quality_tracker = keras.metrics.Mean(name=metric_name) if metric_name else None
         self.objective_trackers = list(getattr(self.objective, "metrics", []))
+        self.student_metrics = []           # compile(metrics=...): on the student's predictions
         self.built = True                   # every sub-model is built; lets BackupAndRestore save at once
 
     def _check_shapes_and_make_terms(self, pairs, probe_size):
@@ -211,7 +225,8 @@ class Distiller(keras.Model):
             raise NotImplementedError(f"alpha {self.alpha!r} is a plain callable; use a kd_tf.schedules schedule "
                                       f"(Constant, LinearRamp, CosineRamp, LossRatio) to save the Distiller")
         config = super().get_config()
-        config.update(self._init_args)
+        config.update(self._init_args, output_loss=serialize_loss(self.output_loss_kind),
+                      metrics_to_compile=[keras.saving.serialize_keras_object(m) for m in self.student_metrics])
         config.update(teacher=keras.saving.serialize_keras_object(self.teacher),
                       student=keras.saving.serialize_keras_object(self.student),
                       alpha=self.alpha.get_config(), objective=self.objective.get_config())
@@ -224,18 +239,43 @@ class Distiller(keras.Model):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         config["alpha"] = schedule_from_config(config["alpha"])
         objective = config.pop("objective")
-        config["objective"] = Reconstruction(objective.get("kind", "mse"))
+        config["objective"] = Reconstruction(deserialize_loss(objective.get("kind", "mse")))
+        config["output_loss"] = deserialize_loss(config["output_loss"])
+        metrics = [keras.saving.deserialize_keras_object(m) for m in config.pop("metrics_to_compile", [])]
         config.pop("trainable", None)
         config.pop("dtype", None)
-        return cls(**config)
+        distiller = cls(**config)
+        distiller.student_metrics = metrics
+        return distiller
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        """Like keras.Model.compile, with a Distiller's meaning for `loss` and `metrics`:
+
+        - `loss`: the student's own reconstruction loss against the targets ("mae", "huber", a
+          keras.losses.Loss, a callable), replacing the default MSE; refused for a Distiller whose
+          objective is not reconstruction (a GAN's adversarial objective).
+        - `metrics`: Keras metrics computed on the student's predictions against the targets, logged
+          by name beside the loss terms (`val_` ones on validation data); none on unlabeled batches.
+        """
+        if loss is not None:
+            if getattr(self.objective, "name", None) != "reconstruction":
+                raise ValueError(f"compile(loss={loss!r}) sets the student's reconstruction loss, but this "
+                                 f"Distiller's objective is {type(self.objective).__name__}; configure that "
+                                 f"objective instead")
+            if isinstance(loss, (list, dict)):
+                raise ValueError(f"compile(loss={loss!r}): the student has one output; give one loss")
+            self.objective = Reconstruction(loss)
+        self.student_metrics = [_as_metric(m) for m in (metrics or [])]
+        super().compile(optimizer=optimizer, **kwargs)
 
     def call(self, inputs, training=False):
         return self.student(split_inputs(inputs)[0], training=training)
 
     @property
     def metrics(self):
-        return [self.total_tracker, self.distill_tracker, self.own_tracker, *self.layer_trackers,
-                self.alpha_tracker] + ([self.quality_tracker] if self.quality_tracker else []) + self.objective_trackers
+        return ([self.total_tracker, self.distill_tracker, self.own_tracker, *self.layer_trackers,
+                 self.alpha_tracker] + ([self.quality_tracker] if self.quality_tracker else [])
+                + self.objective_trackers + list(getattr(self, "student_metrics", [])))
 
     @property
     def matched_terms(self):
@@ -333,6 +373,10 @@ class Distiller(keras.Model):
         if targets is not None and self.quality_tracker is not None:
             self.quality_tracker.update_state(self.objective.metric(terms["inputs"], targets, terms["prediction"]),
                                               sample_weight=samples)
+        if targets is not None:
+            for metric in getattr(self, "student_metrics", []):
+                metric.update_state(tf.cast(targets, tf.float32), terms["prediction"],
+                                    sample_weight=terms["sample_weight"])
         return mean_results(self.metrics)
 
     def _latents(self, inputs, targets):

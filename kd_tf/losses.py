@@ -6,6 +6,7 @@ averages them, so `sample_weight` works the same way for every term.
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 from keras import layers
 
@@ -27,13 +28,57 @@ def absolute_error(target, prediction):
     return _per_sample_mean(tf.abs(tf.cast(prediction, tf.float32) - tf.cast(target, tf.float32)))
 
 
-def output_loss(kind: str):
-    """The distance between student and teacher outputs (or student and clean image)."""
-    if kind == "mse":
-        return squared_error
-    if kind == "l1":
-        return absolute_error
-    raise ValueError(f"output loss {kind!r}; accepted: {', '.join(OUTPUT_LOSSES)}")
+def output_loss(kind):
+    """The per-sample distance between student and teacher outputs (or student and clean image).
+
+    `kind`: "mse" or "l1"; any Keras loss by name ("huber", "log_cosh", "mae"...) or as an object
+    (`keras.losses.Huber(delta=0.1)`); or a callable (target, prediction) -> per-element or
+    per-sample values. Whatever it returns is averaged per sample, so sample weights and the
+    Distiller's weighting work the same for every distance.
+
+    >>> import numpy as np
+    >>> target, prediction = np.zeros((2, 4, 4, 3), np.float32), np.full((2, 4, 4, 3), 0.5, np.float32)
+    >>> [round(float(output_loss(k)(target, prediction)[0]), 4) for k in ("mse", "l1", "huber")]
+    [0.25, 0.5, 0.125]
+    """
+    if isinstance(kind, str):
+        if kind == "mse":
+            return squared_error
+        if kind == "l1":
+            return absolute_error
+        try:
+            kind = keras.losses.get(kind)
+        except ValueError:
+            raise ValueError(f"output loss {kind!r}; accepted: {', '.join(OUTPUT_LOSSES)}, any Keras loss name "
+                             f"(e.g. 'huber', 'log_cosh'), a keras.losses.Loss or a callable") from None
+    if isinstance(kind, keras.losses.Loss):
+        loss = kind
+        return lambda target, prediction: _per_sample_mean(
+            loss.call(tf.cast(target, tf.float32), tf.cast(prediction, tf.float32)))
+    if callable(kind):
+        return lambda target, prediction: _per_sample_mean(
+            kind(tf.cast(target, tf.float32), tf.cast(prediction, tf.float32)))
+    raise ValueError(f"output loss {kind!r}; accepted: {', '.join(OUTPUT_LOSSES)}, any Keras loss name, "
+                     f"a keras.losses.Loss or a callable")
+
+
+def serialize_loss(kind):
+    """A saveable description of an output loss (what `output_loss` takes back)."""
+    if isinstance(kind, str):
+        return kind
+    if isinstance(kind, keras.losses.Loss) or getattr(kind, "__module__", "").startswith("keras"):
+        config = keras.saving.serialize_keras_object(kind)
+        # Keras 3.15's wrapped losses leave their arguments out of get_config (Huber(delta=0.05)
+        # reloads as delta=1.0): put them back
+        if isinstance(config, dict) and isinstance(config.get("config"), dict):
+            config["config"].update(getattr(kind, "_fn_kwargs", {}) or {})
+        return config
+    raise NotImplementedError(f"output loss {kind!r} is a plain callable and cannot be saved; register it "
+                              f"with @keras.saving.register_keras_serializable or pass a keras.losses.Loss")
+
+
+def deserialize_loss(config):
+    return config if isinstance(config, str) else keras.saving.deserialize_keras_object(config)
 
 
 class FeatureTerm:

@@ -12,12 +12,14 @@ import keras
 import tensorflow as tf
 
 from kd_tf.distribute import global_batch_size, mean_results
-from kd_tf.losses import output_loss
+from kd_tf.losses import output_loss, serialize_loss
 from kd_tf.metrics import psnr
 
 
 class Reconstruction:
-    """Distance between the student's output and the clean target (MSE or L1)."""
+    """Distance between the student's output and the clean target: "mse", "l1", any Keras loss
+    (name or object) or a callable, as kd_tf.losses.output_loss takes it. `Distiller.compile(loss=...)`
+    sets it."""
 
     name = "reconstruction"
     metric_name = "psnr"
@@ -34,7 +36,7 @@ class Reconstruction:
         return tf.reduce_mean(psnr(targets, prediction))
 
     def get_config(self):
-        return {"name": self.name, "kind": self.kind}
+        return {"name": self.name, "kind": serialize_loss(self.kind)}
 
 
 ADVERSARIAL_LOSSES = ("non-saturating", "hinge")

@@ -46,3 +46,46 @@ def test_a_plain_callable_alpha_says_why_it_cannot_be_saved(tmp_path):
     distiller = Distiller(build_unet((8, 16), 1), build_unet((4, 8), 1), alpha=lambda step: 0.5)
     with pytest.raises(NotImplementedError, match="kd_tf.schedules"):
         distiller.get_config()
+
+
+def test_compile_loss_sets_the_students_own_loss_and_metrics_are_logged(rng):
+    import tensorflow as tf
+
+    teacher, student = build_unet((8, 16), 1, name="teacher"), build_unet((4, 8), 1, name="student")
+    x = rng.random((4, 32, 32, 3)).astype(np.float32)
+    y = rng.random((4, 32, 32, 3)).astype(np.float32)
+    distiller = Distiller(teacher, student, alpha=0.0, output_loss=keras.losses.Huber(delta=0.05))
+    distiller.compile(optimizer="adam", loss="mae", metrics=["mse", keras.metrics.MeanAbsoluteError(name="l1")])
+    logs = distiller.evaluate(x, y, batch_size=4, return_dict=True, verbose=0)
+    prediction = student(x)
+    np.testing.assert_allclose(logs["own"], float(tf.reduce_mean(tf.abs(prediction - y))), rtol=1e-4)
+    np.testing.assert_allclose(logs["mse"], float(tf.reduce_mean(tf.square(prediction - y))), rtol=1e-4)
+    np.testing.assert_allclose(logs["l1"], logs["own"], rtol=1e-4)
+    huber = keras.losses.Huber(delta=0.05)(teacher(x), prediction)
+    np.testing.assert_allclose(logs["distill"], float(huber), rtol=1e-4)
+    history = distiller.fit(x, y, epochs=1, batch_size=2, verbose=0, validation_data=(x, y))
+    assert {"mse", "l1", "val_mse", "val_l1"} <= set(history.history)
+
+
+def test_compile_loss_is_refused_for_an_adversarial_objective():
+    from kd_tf.data import LatentSampler
+    from kd_tf.nets.dcgan import build_discriminator, build_generator
+    from kd_tf.objectives import Adversarial
+
+    generator = build_generator(latent_dim=8, name="g")
+    distiller = Distiller(generator, build_generator(latent_dim=8, name="s"), latent_sampler=LatentSampler(8),
+                          objective=Adversarial(build_discriminator()))
+    with pytest.raises(ValueError, match="Adversarial"):
+        distiller.compile(optimizer="adam", loss="mae")
+
+
+def test_keras_loss_objects_and_compiled_metrics_survive_saving(tmp_path, rng):
+    distiller = Distiller(build_unet((8, 16), 1), build_unet((4, 8), 1), output_loss=keras.losses.Huber(delta=0.05))
+    distiller.compile(optimizer="adam", loss="mae", metrics=["mse"])
+    x = rng.random((2, 32, 32, 3)).astype(np.float32)
+    distiller.fit(x, x, epochs=1, verbose=0)
+    distiller.save(tmp_path / "d.keras")
+    loaded = keras.saving.load_model(tmp_path / "d.keras", compile=False)
+    assert isinstance(loaded.output_loss_kind, keras.losses.Huber)
+    np.testing.assert_allclose(loaded._distance(x, x + 0.5), distiller._distance(x, x + 0.5))   # the same delta
+    assert loaded.objective.kind == "mae" and [m.name for m in loaded.student_metrics] == ["mse"]
