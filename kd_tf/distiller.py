@@ -395,7 +395,11 @@ class Distiller(keras.Model):
             # share of the global-batch mean (its loss / replicas for equal batches; 1 replica: the mean)
             loss = tf.nn.compute_average_loss(terms["per_sample"], sample_weight=terms["sample_weight"],
                                               global_batch_size=global_batch_size(tf.shape(terms["per_sample"])[0]))
-        gradients = tape.gradient(loss, variables)
+            # float16 mixed precision: a LossScaleOptimizer (which compile() makes under a
+            # mixed_float16 policy) scales the loss up so small gradients do not flush to zero in
+            # float16, and apply() scales them back down; other optimizers leave the loss as it is
+            scaled = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, variables)
         self.optimizer.apply(gradients, variables)
         if hasattr(self.alpha, "observe") and targets is not None:   # an adaptive alpha learns from the terms
             self.alpha.observe(terms["distill"], terms["own"])

@@ -89,3 +89,23 @@ def test_keras_loss_objects_and_compiled_metrics_survive_saving(tmp_path, rng):
     assert isinstance(loaded.output_loss_kind, keras.losses.Huber)
     np.testing.assert_allclose(loaded._distance(x, x + 0.5), distiller._distance(x, x + 0.5))   # the same delta
     assert loaded.objective.kind == "mae" and [m.name for m in loaded.student_metrics] == ["mse"]
+
+
+def test_loss_scaling_optimizer_trains_like_the_plain_one(rng):
+    """A LossScaleOptimizer divides the gradients by its scale in apply(): unless the step scales the
+    loss up first, every update is 32768x too small (float16 mixed precision would not learn)."""
+    x = rng.random((4, 16, 16, 3)).astype(np.float32)
+    y = rng.random((4, 16, 16, 3)).astype(np.float32)
+    teacher = build_unet((4, 8), 1, name="teacher")
+    changes = []
+    for optimizer in (keras.optimizers.SGD(0.5),
+                      keras.mixed_precision.LossScaleOptimizer(keras.optimizers.SGD(0.5), initial_scale=2.0 ** 15)):
+        keras.utils.set_random_seed(1)
+        student = build_unet((4, 8), 1, name="student")
+        before = [w.copy() for w in student.get_weights()]
+        distiller = Distiller(teacher, student, alpha=0.5)
+        distiller.compile(optimizer=optimizer)
+        distiller.train_on_batch(x, y)
+        changes.append(np.concatenate([(a - b).ravel() for a, b in zip(student.get_weights(), before)]))
+    assert np.abs(changes[0]).max() > 1e-6
+    np.testing.assert_allclose(changes[1], changes[0], rtol=1e-3, atol=1e-8)
