@@ -5,7 +5,7 @@ generator:     z -> Dense(7*7*w0) -> BN, ReLU -> [ConvTranspose(w_i, 4, stride 2
 discriminator: image -> [Conv(w_i, 4, stride 2) -> LeakyReLU(0.2)] x 2 -> Dense(1), a logit
 
 The generator's batch normalisation is `synchronized`: under tf.distribute its batch statistics
-are those of the global batch, so R replicas train exactly as one device (tests/test_gan_distribute.py).
+are those of the global batch, so R replicas train exactly as one device (tests/test_distribute.py::test_gan_mirrored_two_replicas_match_one_device_with_the_global_batch).
 The discriminator has no normalisation (nor dropout): its output for one image never depends on
 the rest of the batch, which the R1 penalty and the replica equality need. Layers are named
 `project`, `up0`, `up1`, `image` in every generator so that feature pairs line up by name.
