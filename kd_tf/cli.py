@@ -132,12 +132,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_tensorflow_start():
+    """Loads TensorFlow and its devices with the native start-up lines (absl's preamble, CUDA stub
+    probes on machines without a GPU) kept off the terminal: they come from C++ before
+    TF_CPP_MIN_LOG_LEVEL applies. The user's own TF_CPP_MIN_LOG_LEVEL keeps them (any value)."""
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            import tensorflow as tf
+            tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def main(argv=None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    if args.verb == "photos":                          # needs no config, no TensorFlow job
+    if args.verb == "photos":                          # needs no config, no TensorFlow
         return _photos_verb(args)
+    quiet_tensorflow_start()
     from kd_tf import config as cfg
     from kd_tf import export_job, jobs
     from kd_tf.callbacks import TrainingDiverged

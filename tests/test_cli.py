@@ -199,3 +199,16 @@ def test_same_seed_and_config_give_the_same_metrics(tiny_run):
     for name in ("student (distilled)", "student (scratch)"):
         assert again["methods"][name]["scores"]["25.0"]["psnr"] == pytest.approx(
             first["methods"][name]["scores"]["25.0"]["psnr"], rel=1e-5)
+
+
+def test_a_verb_prints_no_tensorflow_start_up_lines(tmp_path):
+    """The absl preamble and CUDA probes come from C++ before any log level applies: the CLI keeps
+    them off the terminal, so a user error is the one line the user sees."""
+    import os
+
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-m", "kd_tf", "denoise", "--model", "missing.keras", "--input",
+                             str(tmp_path), "--output", str(tmp_path / "out")], capture_output=True, text=True,
+                            env=env, cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and result.stderr.startswith("error: ")
