@@ -47,6 +47,9 @@ class ImageGridCallback(keras.callbacks.Callback):
         rows = np.concatenate([part for column in columns for part in (np.clip(column, 0, 1), gutter)][:-1], axis=2)
         return np.concatenate(list(rows), axis=0)[None]
 
+    def on_train_end(self, logs=None):
+        self._writer.close()             # flushes and releases the event file (one per fit)
+
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:
             return
@@ -137,6 +140,9 @@ class GeneratorMetricsCallback(keras.callbacks.Callback):
         self.every, self.columns = max(1, int(every)), columns
         self._writer = tf.summary.create_file_writer(str(log_dir))
         self.history = []
+
+    def on_train_end(self, logs=None):
+        self._writer.close()
 
     def _generator(self):
         return getattr(self.model, "student", None) or self.model.generator

@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from kd_tf.atomic import replace_durably
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
@@ -225,7 +227,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray, bit_depth: int = 8) 
     try:
         if not cv2.imwrite(str(temporary), quantized):
             raise OSError(f"OpenCV could not write {path} (unsupported extension {path.suffix!r}?)")
-        os.replace(temporary, path)
+        replace_durably(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
 

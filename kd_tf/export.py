@@ -15,6 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kd_tf.atomic import replace_directory
+
 TFLITE_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
 
 
@@ -60,15 +62,6 @@ def latent_calibration(latent_dim: int, batches: int = 16, batch_size: int = 64,
     return [rng.standard_normal((batch_size, latent_dim)).astype(np.float32) for _ in range(batches)]
 
 
-def replace_directory(new: Path, final: Path):
-    """Moves a finished directory to `final`: a reader sees the old or the new one, never half
-    of one (the old one is renamed away first, and removed only once the new one is in place)."""
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(new, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def to_tflite(saved_model_dir: str | os.PathLike, mode: str = "float32", representative=None) -> bytes:

@@ -15,6 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from kd_tf.atomic import write_bytes_atomically
 from kd_tf import config as cfg
 from kd_tf.data import load_split, patch_dataset
 from kd_tf.distiller import Distiller
@@ -119,9 +120,7 @@ def export_student(config: cfg.ExportJobConfig) -> dict:
             if source_dir != saved_dir:
                 shutil.rmtree(source_dir, ignore_errors=True)
             path = out / f"student_{fmt}.tflite"
-            temporary = path.with_suffix(".partial")
-            temporary.write_bytes(flatbuffer)
-            os.replace(temporary, path)
+            write_bytes_atomically(path, flatbuffer)
             runner, ops = load_runner(path), export.op_names(flatbuffer)
             latency = {}
             for threads in config.threads:

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kd_tf.atomic import write_bytes_atomically, write_text_atomically
 from kd_tf import config as cfg
 from kd_tf import distribute, schedules
 from kd_tf.callbacks import GeneratorMetricsCallback, StopOnNonFiniteLoss, digit_grid
@@ -368,10 +369,7 @@ def export_generator(generator: keras.Model, out_dir, calibration_batches: int =
     calibration = export.latent_calibration(latent_dim_of(generator), calibration_batches, seed=seed)
     flatbuffer = export.to_tflite(saved, "int8", calibration)
     path = out_dir / "student_generator_int8.tflite"
-    temporary = path.with_suffix(".partial")
-    temporary.write_bytes(flatbuffer)
-    os.replace(temporary, path)
-    return path
+    return write_bytes_atomically(path, flatbuffer)
 
 
 def evaluate_saved(config: cfg.GanEvaluateJobConfig, models: dict) -> dict:
@@ -472,10 +470,8 @@ def generate(model: str, num: int, seed: int, out: str, columns: int | None = No
               "written": len(written), "seconds": seconds}
     report["table"] = render_table(["model", "images", "seed", "written to", "seconds"],
                                    [[model, str(num), str(seed), out, f"{seconds:.2f}"]])
-    temporary = report_path.with_name(report_path.name + ".partial")
     import json
 
-    temporary.write_text(json.dumps(report, indent=2))
-    os.replace(temporary, report_path)
+    write_text_atomically(report_path, json.dumps(report, indent=2))
     report["report_path"] = str(report_path)
     return report

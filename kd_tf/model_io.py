@@ -9,6 +9,7 @@ from pathlib import Path
 
 import keras
 
+from kd_tf.atomic import replace_durably
 from kd_tf.nets.unet import build_unet
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
     temporary = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
         model.save(temporary)
-        os.replace(temporary, path)
+        replace_durably(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)    # a failed save leaves neither a half file nor a stray one
     return path

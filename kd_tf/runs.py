@@ -19,6 +19,7 @@ import tensorflow as tf
 import numpy as np
 
 from kd_tf import config as cfg
+from kd_tf.atomic import write_text_atomically
 from kd_tf import distribute
 from kd_tf.callbacks import ImageGridCallback, StopAtStep, StopOnNonFiniteLoss
 
@@ -49,10 +50,7 @@ class RunPaths:
 
 def write_json(path: Path, payload: dict) -> Path:
     """Writes `payload` next to `path` first, then renames: a killed job never leaves half a report."""
-    temporary = path.with_suffix(".partial")
-    temporary.write_text(json.dumps(payload, indent=2, default=_jsonable))
-    os.replace(temporary, path)
-    return path
+    return write_text_atomically(path, json.dumps(payload, indent=2, default=_jsonable))
 
 
 def image_digest(image: np.ndarray) -> str:

@@ -55,3 +55,32 @@ def test_export_killed_at_any_time_never_leaves_a_broken_artifact(tmp_path):
                 process.kill()
                 process.wait()
         assert _intact(out) >= 2, f"killed at {fraction:.0%}"   # at most one in its rename window
+
+
+def test_a_file_reaches_the_disk_before_its_name_changes(tmp_path, monkeypatch):
+    from kd_tf import atomic
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(atomic.os, "replace", lambda a, b: events.append("replace") or real_replace(a, b))
+    atomic.write_text_atomically(tmp_path / "report.json", "{}")
+    assert events == ["fsync", "replace", "fsync"]          # the file, the rename, the folder
+    assert (tmp_path / "report.json").read_text() == "{}" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_directory_swap_never_leaves_the_final_name_missing(tmp_path, monkeypatch):
+    from kd_tf import atomic
+
+    final, new = tmp_path / "savedmodel", tmp_path / "savedmodel.partial"
+    final.mkdir()
+    (final / "old.pb").write_text("old")
+    new.mkdir()
+    (new / "new.pb").write_text("new")
+
+    def no_plain_rename(a, b):          # the two-step fallback would leave a moment without `final`
+        raise AssertionError("the directory was moved in two steps")
+
+    monkeypatch.setattr(atomic.os, "replace", no_plain_rename)
+    atomic.replace_directory(new, final)
+    assert [p.name for p in final.iterdir()] == ["new.pb"] and sorted(p.name for p in tmp_path.iterdir()) == ["savedmodel"]
