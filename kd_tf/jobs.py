@@ -29,8 +29,8 @@ from kd_tf.model_io import (float32_copy, load_float_teacher, load_model, load_t
                             with_dtype_policy)
 from kd_tf.nets import build_unet
 from kd_tf.nets.inherit import inherit_from_teacher, inheritance_problem
-from kd_tf.runs import (RunPaths, cosine_optimizer, epochs_for, record_split, resumed_batches, standard_callbacks,
-                        trained_on, worker_report, write_json)
+from kd_tf.runs import (RunPaths, cosine_optimizer, epochs_for, record_config, record_split, resumed_batches,
+                        standard_callbacks, trained_on, worker_report, write_json)
 from kd_tf.teacher_cache import cache_teacher_outputs
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,11 @@ def _split(config_data: cfg.DataConfig):
                       min_size=config_data.patch_size)
 
 
-def _record_split(paths: RunPaths, config_data: cfg.DataConfig, split) -> None:
-    """runs/<run>/split.json: what trained and what is held out, by content (kd_tf.runs.record_split)."""
-    record_split(paths, {"train": split.train, "heldout": split.heldout, "heldout2": heldout2_photos(config_data)})
+def _record_run(paths: RunPaths, config, split) -> None:
+    """runs/<run>/split.json (what trained and what is held out, by content) and
+    training_config.json; a rerun that resumes the run must match both (kd_tf.runs)."""
+    record_config(paths, cfg.to_dict(config))
+    record_split(paths, {"train": split.train, "heldout": split.heldout, "heldout2": heldout2_photos(config.data)})
 
 
 def train_teacher(config: cfg.TeacherJobConfig, strategy=None) -> dict:
@@ -85,7 +87,7 @@ def train_teacher(config: cfg.TeacherJobConfig, strategy=None) -> dict:
     keras.utils.set_random_seed(config.train.seed)
     paths = RunPaths(config.output, "teacher", chief=distribute.is_chief(strategy))
     split, stream, val_noisy, val_clean = _data(config.data, config.train.seed)
-    _record_split(paths, config.data, split)
+    _record_run(paths, config, split)
     val_noisy, val_clean, val_batch = distribute.even_validation(val_noisy, val_clean, strategy)
 
     start = load_model(config.init_from) if config.init_from else None
@@ -278,7 +280,7 @@ def distill(config: cfg.DistillJobConfig, strategy=None) -> dict:
     split, stream, val_noisy, val_clean = _data(config.data, config.train.seed)
     reference_teacher = load_float_teacher(config.distill.teacher)     # the report's teacher row
     paths = RunPaths(config.output, "distill", chief=distribute.is_chief(strategy))
-    _record_split(paths, config.data, split)
+    _record_run(paths, config, split)
     validation = distribute.even_validation(val_noisy, val_clean, strategy)
     timings, histories, evaluated = {}, {}, {"teacher": reference_teacher}
 

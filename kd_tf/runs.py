@@ -84,6 +84,34 @@ def record_split(paths: "RunPaths", sets: dict[str, dict]) -> dict:
     return record
 
 
+TRAINING_SECTIONS = ("data", "train", "net", "student", "distill", "assistant", "finetune", "init_from")
+
+
+def record_config(paths: "RunPaths", config: dict) -> None:
+    """Saves what decides a run's training (runs/<run>/training_config.json), or checks that a rerun
+    resuming it asks for the same: resuming with other data, steps or losses would silently mix two
+    trainings. Evaluation and output settings may change between reruns."""
+    training = {key: config[key] for key in TRAINING_SECTIONS if key in config}
+    path = paths.root / "training_config.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        changed = [f"{section}.{key}" for section in sorted(set(saved) | set(training))
+                   for key in _diff(saved.get(section), training.get(section))]
+        if changed:
+            raise ValueError(f"run {paths.name!r} was started with other training settings ({', '.join(changed[:6])} "
+                             f"differ from {path}); rerun with the same settings to resume it, or give a new "
+                             f"--run-name")
+    elif paths.chief:
+        write_json(path, training)
+
+
+def _diff(saved, asked) -> list[str]:
+    saved, asked = json.loads(json.dumps(saved, default=_jsonable)), json.loads(json.dumps(asked, default=_jsonable))
+    if isinstance(saved, dict) and isinstance(asked, dict):
+        return [key for key in sorted(set(saved) | set(asked)) if saved.get(key) != asked.get(key)]
+    return [] if saved == asked else ["(value)"]
+
+
 def trained_on(model_path: str | os.PathLike, heldout: dict[str, np.ndarray]) -> list[str]:
     """The held-out images that the model at `model_path` trained on, by content, according to the
     split.json of its run folder ([] when the model has none, e.g. a shipped or foreign model)."""

@@ -59,3 +59,17 @@ def test_evaluate_refuses_a_model_on_images_it_trained_on(tmp_path):
     assert trained_on(teacher, images) == []                     # no split.json: a foreign model is scored
     report = evaluate_saved(config, str(teacher), {})
     assert len(report["images"]) == 1
+
+
+def test_a_rerun_with_other_training_settings_does_not_resume_silently(tmp_path):
+    from kd_tf.runs import record_config
+
+    output = cfg.OutputConfig(run_name="r", runs_dir=str(tmp_path / "runs"), log_dir=str(tmp_path / "tb"))
+    config = cfg.to_dict(cfg.DistillJobConfig())
+    record_config(RunPaths(output, "distill"), config)
+    record_config(RunPaths(output, "distill"), {**config, "eval": {"sigmas": [25.0]}})     # evaluation may change
+    other = json.loads(json.dumps(config))
+    other["distill"]["alpha"]["start"] = 0.9
+    other["train"]["steps"] = 10
+    with pytest.raises(ValueError, match=r"other training settings \(distill.alpha, train.steps"):
+        record_config(RunPaths(output, "distill"), other)
