@@ -73,3 +73,20 @@ def test_a_rerun_with_other_training_settings_does_not_resume_silently(tmp_path)
     other["train"]["steps"] = 10
     with pytest.raises(ValueError, match=r"other training settings \(distill.alpha, train.steps"):
         record_config(RunPaths(output, "distill"), other)
+
+
+def test_reports_score_the_second_heldout_set_when_the_corpus_is_there(tmp_path, monkeypatch):
+    from kd_tf import jobs
+    from kd_tf.nets import build_unet
+
+    big = np.random.default_rng(3).random((600, 700, 3)).astype(np.float32)
+    monkeypatch.setattr(jobs, "heldout2_photos", lambda data: {"wallpaper": big})
+    config = cfg.load(cfg.DistillJobConfig, None, {"eval.sigmas": [25], "eval.baselines": [], "eval.max_images": 1,
+                                                   "eval.timing_size": 64, "output.runs_dir": str(tmp_path)})
+    split = type("Split", (), {"heldout": {"tiny": big[:64, :64]}})()
+    paths = RunPaths(config.output, "evaluate")
+    report = jobs._report(config, paths, split, {"teacher": build_unet((4, 8), 1)}, "evaluate")
+    assert report["heldout2"]["images"] == ["wallpaper"] and "held-out set 2" in report["table"]
+    assert report["images"] == ["tiny"]
+    monkeypatch.setattr(jobs, "heldout2_photos", lambda data: {})
+    assert "heldout2" not in jobs._report(config, paths, split, {"teacher": build_unet((4, 8), 1)}, "evaluate")
