@@ -195,18 +195,27 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 3
     except (cfg.ConfigError, ValueError, OSError) as error:      # FileNotFoundError, PermissionError too
-        if os.environ.get("KD_TF_TRACEBACK"):
-            raise
-        print(f"error: {_describe(error)}", file=sys.stderr)
-        return 2
-    print()
-    print(report["table"])
-    print(f"\nreport: {report['report_path']}")
+        return _user_error(error)
+    _print_report(report)
     if args.verb == "denoise" and report["skipped"] and not report["written"]:
         print(f"error: none of the {report['skipped']} input file(s) could be denoised (see the warnings above)",
               file=sys.stderr)
         return 1
     return 0
+
+
+def _user_error(error: Exception) -> int:
+    """Exit status 2 with one line for the user (KD_TF_TRACEBACK=1: the whole traceback)."""
+    if os.environ.get("KD_TF_TRACEBACK"):
+        raise error
+    print(f"error: {_describe(error)}", file=sys.stderr)
+    return 2
+
+
+def _print_report(report: dict) -> None:
+    print()
+    print(report["table"])
+    print(f"\nreport: {report['report_path']}")
 
 
 def _photos_verb(args) -> int:
@@ -219,13 +228,8 @@ def _photos_verb(args) -> int:
         else:
             report = photo_corpus.describe(args.out)
     except (ValueError, OSError) as error:
-        if os.environ.get("KD_TF_TRACEBACK"):
-            raise
-        print(f"error: {_describe(error)}", file=sys.stderr)
-        return 2
-    print()
-    print(report["table"])
-    print(f"\nreport: {report['report_path']}")
+        return _user_error(error)
+    _print_report(report)
     if report.get("skipped"):
         print(f"error: {len(report['skipped'])} photo(s) skipped (reasons above and in the report)", file=sys.stderr)
         return 1
