@@ -25,6 +25,7 @@ from kd_tf.data import load_split, patch_dataset
 from kd_tf.distiller import Distiller
 from kd_tf.model_io import load_teacher
 from kd_tf.nets import build_unet
+from kd_tf.precision import bfloat16_is_fast
 
 # the kd_tf U-Net teacher: these benchmarks measure the Distiller's step mechanics with feature
 # terms (dec0 adapters), which the default FFDNet teacher (no U-Net layers) cannot serve;
@@ -32,7 +33,7 @@ from kd_tf.nets import build_unet
 TEACHER_PATH = str(cfg.MODELS_DIR / "denoise" / "teacher.keras")
 STUDENT_PATH = cfg.DEFAULT_STUDENT
 STUDENT_NET = cfg.DistillJobConfig().student               # the shipped student: widths 12-24-48-96, 1 block
-DEFAULT_PRECISION = "bf16" if cfg.TrainConfig().mixed_precision else "fp32"
+DEFAULT_PRECISION = "bf16" if bfloat16_is_fast() else "fp32"          # what train.mixed_precision=auto picks
 ALPHA = cfg.AlphaConfig().start                            # the main job's constant alpha (0.5)
 FEATURES = [("dec0", "dec0", 0.1)]                         # "output + feature distillation" of benchmark 1
 SIGMA_RANGE = (cfg.DataConfig().sigma_min, cfg.DataConfig().sigma_max)

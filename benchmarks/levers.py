@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from benchmarks.common import (DEFAULT_PRECISION, EVAL_SEED, EVAL_SIGMA, STUDENT_NET, Bench, distill_step,
                                forward_pass, student_step, time_loop)
+from kd_tf.precision import bfloat16_is_fast
 from kd_tf import config as cfg
 from kd_tf.evaluation import Method, evaluate
 from kd_tf.runs import cosine_optimizer
@@ -243,7 +244,7 @@ def levers(bench: Bench) -> dict:
         "mixed_bfloat16": {"speed": _ratio(speed, "distill fp32", "distill bf16"),
                            "psnr_cost_db": _delta(trainings, "bf16", "fp32"),
                            "cost_measured_by": "training fp32 vs bf16",
-                           "default_on": bool(cfg.TrainConfig().mixed_precision)},
+                           "default_on": bfloat16_is_fast()},
         "xla": {"speed": _ratio(speed, f"distill {DEFAULT_PRECISION}", f"distill {DEFAULT_PRECISION} + XLA"),
                 "speed_fp32": _ratio(speed, "distill fp32", "distill fp32 + XLA"),
                 "psnr_cost_db": _delta(trainings, "bf16 + XLA", "bf16"),

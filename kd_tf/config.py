@@ -78,7 +78,9 @@ class TrainConfig:
     steps_per_epoch: int = 250
     learning_rate: float = 1e-3
     final_learning_rate_fraction: float = 0.01   # cosine decay to lr * this
-    mixed_precision: bool = True                 # bfloat16 compute; 1.6-1.7x faster on this CPU
+    # bfloat16 compute: "auto" uses it where the hardware has it (kd_tf.precision; 1.6x faster on a
+    # CPU with AVX512_BF16, 5-15x slower where it is emulated), true/false force it
+    mixed_precision: bool | str = "auto"
     seed: int = 0
     strategy: str = "default"                    # one of STRATEGIES; data.batch_size is the global batch
 
@@ -89,6 +91,12 @@ class TrainConfig:
         _check(0 <= self.final_learning_rate_fraction <= 1, "train.final_learning_rate_fraction",
                self.final_learning_rate_fraction, "0 <= value <= 1")
         _check(self.strategy in STRATEGIES, "train.strategy", self.strategy, f"one of {STRATEGIES}")
+        _check(self.mixed_precision in (True, False, "auto"), "train.mixed_precision", self.mixed_precision,
+               "true, false or auto (bfloat16 where the hardware has it)")
+        if self.mixed_precision == "auto":
+            from kd_tf.precision import resolve_mixed_precision
+
+            self.mixed_precision = resolve_mixed_precision("auto")
 
 
 @dataclasses.dataclass

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from kd_tf.atomic import write_bytes_atomically
+from kd_tf.precision import bfloat16_is_fast
 from kd_tf import config as cfg
 from kd_tf.data import load_split, patch_dataset
 from kd_tf.distiller import Distiller
@@ -56,7 +57,7 @@ def quantization_aware_finetune(aware: keras.Model, config: cfg.ExportJobConfig,
     from kd_tf.nets.fake_quant import freeze_ranges
 
     keras.utils.set_random_seed(config.eval_seed)
-    teacher = load_teacher(config.qat_teacher, mixed_precision=True)
+    teacher = load_teacher(config.qat_teacher, mixed_precision=bfloat16_is_fast())
     stream = patch_dataset(images, config.data.patch_size, config.data.batch_size,
                            (config.data.sigma_min, config.data.sigma_max), seed=config.eval_seed)
     cache = cache_teacher_outputs(teacher, stream, min(config.qat_steps, 300))

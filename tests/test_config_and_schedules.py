@@ -78,3 +78,17 @@ def test_teacher_cache_is_automatic_for_output_only_distillation():
         cfg.from_dict(cfg.DistillJobConfig, {"distill": {"features": [["dec0", "dec0"]], "cache_batches": 10}})
     with pytest.raises(cfg.ConfigError, match="distill.cache_batches"):
         cfg.from_dict(cfg.DistillJobConfig, {"distill": {"cache_batches": -1}})
+
+
+def test_mixed_precision_auto_asks_the_hardware(monkeypatch, tmp_path):
+    from kd_tf import precision
+
+    for fast in (True, False):
+        monkeypatch.setattr(precision, "bfloat16_is_fast", lambda fast=fast: fast)
+        assert cfg.from_dict(cfg.DistillJobConfig, {}).train.mixed_precision is fast
+    assert cfg.from_dict(cfg.DistillJobConfig, {"train": {"mixed_precision": True}}).train.mixed_precision is True
+    with pytest.raises(cfg.ConfigError, match="train.mixed_precision"):
+        cfg.from_dict(cfg.DistillJobConfig, {"train": {"mixed_precision": "bf16"}})
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_bf16\n")
+    assert set(precision.CPU_BF16_FLAGS) & precision.cpu_flags(str(cpuinfo)) == {"avx512_bf16"}
