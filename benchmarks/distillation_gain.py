@@ -1,10 +1,10 @@
 """What distillation adds to the denoising student, paired by seed, on both held-out sets.
 
-    python -m benchmarks.distillation_gain                 # seeds 0 1 2, the main job's 3,000 steps
+    python -m benchmarks.distillation_gain                 # seeds 0 1 2, the main job's steps
     python -m benchmarks.distillation_gain --seeds 3 4     # more seeds; runs already done are read back
 
 Each seed is one main job (`kd_tf.jobs.distill` with the default config: the FFDNet teacher, the
-11-22-44-88 student, 3,000 steps), changed only by `train.seed`, with no classical baselines and no
+11-22-44-88 student, the main job's steps), changed only by `train.seed`, with no classical baselines and no
 export. Its report holds the arms that share seed, initial weights and patch stream:
 
 - (a) scratch: the student on its own objective alone (alpha 0) from random weights;
@@ -147,16 +147,19 @@ def render(summary: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=3000, help="student steps (default: the main job's 3000)")
+    parser.add_argument("--steps", type=int, default=None, help="student steps (default: the main job's)")
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--out", default=str(HERE / "distillation_gain"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    from kd_tf import config as cfg
+
+    steps = args.steps or cfg.DistillJobConfig().train.steps
     reports = {}
     for seed in args.seeds:
-        reports[seed] = run_seed(seed, args.steps, args.runs_dir)
+        reports[seed] = run_seed(seed, steps, args.runs_dir)
     summary = summarise(reports)
     summary["machine"] = machine_info()
     (out / "gain.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -167,12 +167,12 @@ def distill_steps(config: cfg.DistillJobConfig) -> int:
 
 def batches_to_cache(config: cfg.DistillJobConfig, steps: int | None = None) -> int:
     """Teacher batches for offline distillation of a phase of `steps` steps (default: the
-    student's distillation phase): as configured, else min(500, steps) when only outputs are
-    distilled (features, attention and Jacobian need the live teacher). 500 batches of 64x64 take 0.6 GB."""
+    student's distillation phase): as configured, else min(300, steps) when only outputs are
+    distilled (features, attention and Jacobian need the live teacher). 300 batches of 64x64 take 0.35 GB."""
     if config.distill.cache_batches is not None:
         return config.distill.cache_batches
     live = config.distill.features or config.distill.attention or config.distill.jacobian
-    return 0 if live else min(500, distill_steps(config) if steps is None else steps)
+    return 0 if live else min(300, distill_steps(config) if steps is None else steps)
 
 
 def train_own_objective(model: keras.Model, train: cfg.TrainConfig, stream, skip: int, paths: RunPaths,

@@ -70,7 +70,7 @@ def test_default_student_is_10x_cheaper_than_default_teacher():
 def test_teacher_cache_is_automatic_for_output_only_distillation():
     from kd_tf.jobs import batches_to_cache
 
-    assert batches_to_cache(cfg.from_dict(cfg.DistillJobConfig, {})) == 500
+    assert batches_to_cache(cfg.from_dict(cfg.DistillJobConfig, {})) == 300
     assert batches_to_cache(cfg.from_dict(cfg.DistillJobConfig, {"train": {"steps": 40}})) == 40
     with_features = {"distill": {"features": [["dec0", "dec0", 0.1]]}}
     assert batches_to_cache(cfg.from_dict(cfg.DistillJobConfig, with_features)) == 0
