@@ -52,7 +52,7 @@ def run_seed(seed: int, steps: int, runs_dir: str) -> dict:
     from kd_tf import config as cfg
     from kd_tf import jobs
 
-    overrides = {"train.seed": seed, "train.steps": steps, "output.run_name": name, "output.runs_dir": runs_dir,
+    overrides = {"train.seed": seed, "train.steps": steps, "distill.compare_scratch": True, "output.run_name": name, "output.runs_dir": runs_dir,
                  "eval.sigmas": [float(SIGMA)], "eval.baselines": [], "export_formats": []}
     return jobs.distill(cfg.load(cfg.DistillJobConfig, None, overrides))
 

@@ -154,7 +154,9 @@ class DistillConfig:
     alpha: AlphaConfig = dataclasses.field(default_factory=AlphaConfig)
     features: list[FeaturePair] = dataclasses.field(default_factory=list)
     attention: list[FeaturePair] = dataclasses.field(default_factory=list)
-    compare_scratch: bool = True          # also train the same student with alpha = 0
+    # also train the same student with alpha = 0 (doubles the main job's training time: off by
+    # default; benchmarks/distillation_gain.py measures it over seeds)
+    compare_scratch: bool = False
     # Where the distilled student's weights start: "teacher" (the teacher's strongest channels and
     # blocks, kd_tf.nets.inherit), "random", or "auto" (teacher when both are build_unet networks).
     # The scratch comparison always starts from the random weights.

@@ -17,6 +17,7 @@ student: {widths: [4, 8], blocks: 1}
 distill:
   alpha: {kind: linear, start: 0.9, end: 0.5}
   features: [[bottleneck, bottleneck, 0.1]]
+  compare_scratch: true
 eval: {sigmas: [25], baselines: [nlmeans], max_images: 1, timing_size: 64}
 export_formats: [keras, int8]
 """
