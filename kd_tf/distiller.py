@@ -118,7 +118,7 @@ class Distiller(keras.Model):
     Inputs are images, or {"inputs": images, "teacher_outputs": outputs} batches from
     kd_tf.teacher_cache, in which case the teacher's forward pass is skipped (output terms only),
     or {"inputs": images, "teacher_inputs": x} when the teacher takes more than the student (a
-    non-blind denoiser's noise level beside the image, kd_tf.data.patch_dataset(teacher_inputs=...)).
+    non-blind denoiser's noise level beside the image: kd_tf.data.patch_dataset(noise_level_for_teacher=True)).
 
     Under tf.distribute (build and compile it in `strategy.scope()`, see kd_tf.distribute) the
     loss is the mean over the global batch and the logged terms are global means, so R replicas

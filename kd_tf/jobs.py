@@ -40,7 +40,7 @@ def _data(config_data: cfg.DataConfig, seed: int):
     """The split, a function giving the training stream from a batch on, and validation crops.
 
     With data.corpus the photo corpus's training photos join the split's (kd_tf.photo_corpus);
-    its second held-out set never trains and is scored beside the first (split.heldout2).
+    its second held-out set never trains and is scored beside the first in reports (heldout2_photos).
     `stream(skip, noise_level_for_teacher=True)` yields the teacher's inputs with each patch's sigma."""
     split = _split(config_data)
     train_images = dict(split.train)
