@@ -335,7 +335,7 @@ def test_model_that_is_not_image_to_image(tmp_path):
     ({"train": "{stepz: 5}"}, r"unknown key\(s\) \['stepz'\] in train; accepted: .*'steps'"),
     ({"bogus": 1}, r"unknown key\(s\) \['bogus'\] in config"),
     ({"train": "{steps: ten}"}, "train.steps='ten' is not accepted: wrong type str; expected an int"),
-    ({"train": "{mixed_precision: maybe}"}, "train.mixed_precision='maybe' .* expected true or false"),
+    ({"train": "{mixed_precision: maybe}"}, "train.mixed_precision='maybe' .* expected true, false or auto"),
     ({"student": "{widths: 12}"}, "student.widths=12 .* expected a list of ints"),
     ({"distill": "{alpha: {start: 1.5}}"}, r"distill.alpha.start=1.5 is not accepted; expected 0 <= value <= 1"),
     ({"distill": "{alpha: {kind: linear, start: 0.9, end: -0.1}}"}, "distill.alpha.end=-0.1"),
