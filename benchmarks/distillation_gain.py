@@ -108,9 +108,17 @@ def summarise(reports: dict[int, dict]) -> dict:
     return summary
 
 
+def _relative(path: str | None) -> str | None:
+    """A path inside the repository as the README writes it (models/...), others as given."""
+    try:
+        return str(Path(path).resolve().relative_to(HERE.parent))
+    except (TypeError, ValueError):
+        return path
+
+
 def render(summary: dict) -> str:
     lines = [f"# What distillation adds (sigma {summary['sigma']:g}, seeds {summary['seeds']}, paired by seed)", "",
-             f"Teacher `{summary['teacher_path']}`; student widths {summary['student']['widths']}, "
+             f"Teacher `{_relative(summary['teacher_path'])}`; student widths {summary['student']['widths']}, "
              f"{summary['student']['blocks']} block(s); MACs at 512x512: teacher "
              f"{summary['macs_512']['teacher'] / 1e9:.2f} G, student {summary['macs_512']['distilled'] / 1e9:.2f} G "
              f"(1/{summary['macs_512']['teacher'] / summary['macs_512']['distilled']:.1f}). "
