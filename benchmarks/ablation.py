@@ -52,18 +52,19 @@ def variants(steps: int) -> dict:
     `output` run's from-scratch comparison (same seed, initial weights and patch stream)."""
     live = {"distill.cache_batches": 0}
     return {
-        "output": ("output MSE only, alpha 0.5 (the main job's losses), offline teacher",
+        "output": ("output MSE only, student_loss_weight 0.5 (the main job's losses), offline teacher",
                    {"distill.compare_scratch": True}),
-        "output-live": ("output MSE only, alpha 0.5, live teacher (reference for the next three)", live),
+        "output-live": ("output MSE only, student_loss_weight 0.5, live teacher (reference for the next three)", live),
         "features": ("+ features of dec0, dec1, bottleneck through 1x1 adapters (0.05 each), live",
                      {**live, "distill.features": [p + [FEATURE_WEIGHT] for p in LAYER_PAIRS]}),
         "attention": ("+ attention transfer on dec0, dec1, bottleneck (0.02 each), live",
                       {**live, "distill.attention": [p + [ATTENTION_WEIGHT] for p in LAYER_PAIRS]}),
         "jacobian": (f"+ Jacobian matching ({JACOBIAN_WEIGHT:g}), live", {**live, "distill.jacobian": JACOBIAN_WEIGHT}),
-        "alpha-linear": ("alpha scheduled linearly 1 -> 0", {"distill.alpha.kind": "linear",
-                                                             "distill.alpha.start": 1.0, "distill.alpha.end": 0.0}),
-        "alpha-adaptive": ("alpha adaptive (loss-ratio rule, kd_tf.schedules.LossRatio)",
-                           {"distill.alpha.kind": "adaptive"}),
+        "alpha-linear": ("teacher weight scheduled linearly 1 -> 0 (student_loss_weight 0 -> 1)",
+                         {"distill.student_loss_weight.kind": "linear", "distill.student_loss_weight.start": 0.0,
+                          "distill.student_loss_weight.end": 1.0}),
+        "alpha-adaptive": ("weights adaptive (loss-ratio rule, kd_tf.schedules.LossRatio)",
+                           {"distill.student_loss_weight.kind": "adaptive"}),
         "assistant": (f"via an assistant (widths {ASSISTANT['widths']}, {ASSISTANT['blocks']} blocks), "
                       f"itself distilled with the same steps", {}),
         "assistant-short": ("via the main job's built-in assistant (config.assistant: the same network, "
@@ -289,7 +290,7 @@ def main(argv=None) -> int:
             results, notes = kept.get("results", {}), kept.get("notes", [])    # a later run adds seeds or variants
     payload = {"machine": machine_info(), "steps": steps, "quick": args.quick, "prefix": prefix,
                "seeds": sorted({*args.seeds, *(int(s) for r in results.values() for s in r)}),
-               "variants": {"scratch": "the same student trained alone (alpha 0), from random weights",
+               "variants": {"scratch": "the same student trained alone (its own loss only), from random weights",
                             **{n: what for n, (what, _) in table.items()}},
                "notes": notes + args.note}
     for seed in args.seeds:

@@ -34,7 +34,7 @@ TEACHER_PATH = str(cfg.MODELS_DIR / "denoise" / "teacher.keras")
 STUDENT_PATH = cfg.DEFAULT_STUDENT
 STUDENT_NET = cfg.DistillJobConfig().student               # the shipped student: widths 12-24-48-96, 1 block
 DEFAULT_PRECISION = "bf16" if bfloat16_is_fast() else "fp32"          # what train.mixed_precision=auto picks
-ALPHA = cfg.AlphaConfig().start                            # the main job's constant alpha (0.5)
+STUDENT_LOSS_WEIGHT = cfg.WeightConfig().start              # the main job's constant weight (0.5)
 FEATURES = [("dec0", "dec0", 0.1)]                         # "output + feature distillation" of benchmark 1
 SIGMA_RANGE = (cfg.DataConfig().sigma_min, cfg.DataConfig().sigma_max)
 EVAL_SIGMA = 25.0
@@ -282,8 +282,8 @@ class Bench:
         return patch_dataset(images, patch, batch or self.sizes.batch, SIGMA_RANGE, seed=seed)
 
     def distiller(self, precision: str, features: bool, student: keras.Model | None = None) -> Distiller:
-        """kd_tf's Distiller as the main job builds it (alpha 0.5, output MSE), features optional."""
-        return Distiller(self.teacher(precision), student or self.student(precision), alpha=ALPHA,
+        """kd_tf's Distiller as the main job builds it (student_loss_weight 0.5, output MSE), features optional."""
+        return Distiller(self.teacher(precision), student or self.student(precision), student_loss_weight=STUDENT_LOSS_WEIGHT,
                          output_loss="mse", features=FEATURES if features else ())
 
     def measure(self, key: tuple, function):

@@ -7,8 +7,8 @@ Each seed is one main job (`kd_tf.jobs.distill` with the default config: the FFD
 11-22-44-88 student, the main job's steps), changed only by `train.seed`, with no classical baselines and no
 export. Its report holds the arms that share seed, initial weights and patch stream:
 
-- (a) scratch: the student on its own objective alone (alpha 0) from random weights;
-- (c) distilled: the same student from the same random weights, alpha 0.5, offline teacher.
+- (a) scratch: the student on its own objective alone (student_loss_weight 1) from random weights;
+- (c) distilled: the same student from the same random weights, student_loss_weight 0.5, offline teacher.
 
 (b) the teacher's weights without distillation and (d) both need a student of the teacher's family
 (weight inheritance copies a kd_tf U-Net's channels); FFDNet is not one, so with the shipped teacher

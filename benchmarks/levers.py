@@ -160,7 +160,7 @@ def cached_batches(config: cfg.DistillJobConfig) -> int:
 
 
 def train_and_score(bench: Bench, precision: str, xla: bool, dataset: tf.data.Dataset, initial_weights) -> dict:
-    """The main job's distillation (output MSE, alpha 0.5, cosine Adam) for the lever budget,
+    """The main job's distillation (output MSE, student_loss_weight 0.5, cosine Adam) for the lever budget,
     from `initial_weights`; scored as kd_tf scores students (float32 copy, held-out photos)."""
     steps = bench.sizes.lever_train_steps
     student = bench.student(precision)

@@ -394,7 +394,7 @@ def teacher_weights_variant(bench: Bench, precision: str) -> dict:
     (kd_tf.model_io.load_teacher); alternating rounds in one process so that load drifts hit both alike.
     Also the teacher forward alone."""
     from kd_tf.distiller import Distiller
-    from benchmarks.common import ALPHA, FEATURES
+    from benchmarks.common import FEATURES, STUDENT_LOSS_WEIGHT
     sizes = bench.sizes
     mixed, pure = mixed_precision_teacher(), bench.teacher(precision)
     noisy, _ = next(iter(bench.patches()))
@@ -403,7 +403,7 @@ def teacher_weights_variant(bench: Bench, precision: str) -> dict:
     max_diff = float(np.max(np.abs(out_mixed - out_pure)))
 
     def distiller(teacher):
-        model = Distiller(teacher, bench.student(precision), alpha=ALPHA, output_loss="mse", features=FEATURES)
+        model = Distiller(teacher, bench.student(precision), student_loss_weight=STUDENT_LOSS_WEIGHT, output_loss="mse", features=FEATURES)
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
         return model
 

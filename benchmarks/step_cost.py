@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.common import (ALPHA, DEFAULT_PRECISION, FEATURES, Bench, distill_step, forward_pass,
+from benchmarks.common import (DEFAULT_PRECISION, FEATURES, STUDENT_LOSS_WEIGHT, Bench, distill_step, forward_pass,
                                student_step, time_fit, time_loop)
 
 TARGET_VS_PARTS = 1.1          # (a) <= 1.1 x ((b) + (c))
@@ -64,7 +64,7 @@ def keras_distiller(bench: Bench, precision: str, student: keras.Model | None = 
         teacher, student,
         distillation_losses=[keras.distillation.FeatureDistillation("mse"),
                              keras.distillation.FeatureDistillation(feature_loss, teacher_layer, student_layer)],
-        distillation_loss_weights=[1.0, weight / (1.0 - ALPHA)], student_loss_weight=1.0 - ALPHA)
+        distillation_loss_weights=[1.0, weight / (1.0 - STUDENT_LOSS_WEIGHT)], student_loss_weight=STUDENT_LOSS_WEIGHT)
     distiller.feature_adapter = feature_loss.adapter          # tracked: its weights are trained
     distiller.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     return distiller, feature_loss
@@ -112,7 +112,7 @@ def naive_loop_step(bench: Bench, precision: str, annotate: bool = False):
             with tf.GradientTape() as tape:
                 out, feature = student_taps(noisy, training=True)
                 out = tf.cast(out, tf.float32)
-                loss = (ALPHA * mse(teacher_out, out) + (1 - ALPHA) * mse(clean, out)
+                loss = ((1 - STUDENT_LOSS_WEIGHT) * mse(teacher_out, out) + STUDENT_LOSS_WEIGHT * mse(clean, out)
                         + weight * feature_loss(teacher_feature, feature))
             optimizer.apply(tape.gradient(loss, variables), variables)
             loss = float(loss)

@@ -6,12 +6,16 @@ Errors name the bad key or value and what is accepted, before any training start
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import types
+import warnings
 import typing
 from pathlib import Path
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 # FFDNet's published colour weights (kd_tf.ffdnet, MIT): on both held-out sets the strongest teacher
 # measured (models/denoise/MODEL_CARD.md); the U-Net kd_tf trained itself stays models/denoise/teacher.keras
@@ -78,8 +82,9 @@ class TrainConfig:
     steps_per_epoch: int = 250
     learning_rate: float = 1e-3
     final_learning_rate_fraction: float = 0.01   # cosine decay to lr * this
-    # bfloat16 compute: "auto" uses it where the hardware has it (kd_tf.precision; 1.6x faster on a
-    # CPU with AVX512_BF16, 5-15x slower where it is emulated), true/false force it
+    # "auto": bfloat16 where the hardware has it (1.6x faster on a CPU with AVX512_BF16, 5-15x slower
+    # where it is emulated), float16 with loss scaling on GPUs without it, else float32 (kd_tf.precision);
+    # true/bfloat16, float16, false/float32 force one
     mixed_precision: bool | str = "auto"
     seed: int = 0
     strategy: str = "default"                    # one of STRATEGIES; data.batch_size is the global batch
@@ -91,12 +96,13 @@ class TrainConfig:
         _check(0 <= self.final_learning_rate_fraction <= 1, "train.final_learning_rate_fraction",
                self.final_learning_rate_fraction, "0 <= value <= 1")
         _check(self.strategy in STRATEGIES, "train.strategy", self.strategy, f"one of {STRATEGIES}")
-        _check(self.mixed_precision in (True, False, "auto"), "train.mixed_precision", self.mixed_precision,
-               "true, false or auto (bfloat16 where the hardware has it)")
-        if self.mixed_precision == "auto":
+        _check(self.mixed_precision in (True, False, "auto", "bfloat16", "float16", "float32"),
+               "train.mixed_precision", self.mixed_precision,
+               "auto (what the hardware runs fast), true/bfloat16, float16 (with loss scaling), false/float32")
+        if isinstance(self.mixed_precision, str):
             from kd_tf.precision import resolve_mixed_precision
 
-            self.mixed_precision = resolve_mixed_precision("auto")
+            self.mixed_precision = resolve_mixed_precision(self.mixed_precision)
 
 
 @dataclasses.dataclass
@@ -127,9 +133,10 @@ STUDENT_INITS = ("auto", "teacher", "random")
 
 
 @dataclasses.dataclass
-class AlphaConfig:
-    """alpha as a constant (kind=constant, start), a ramp from start to end over the steps, or
-    adaptive (kind=adaptive: balanced from the loss terms, starting at start)."""
+class WeightConfig:
+    """student_loss_weight (the weight of the student's own loss; the output-matching term gets 1
+    minus it, as in keras.distillation) as a constant (kind=constant, start), a ramp from start to
+    end over the steps, or adaptive (kind=adaptive: balanced from the loss terms, from start)."""
 
     kind: str = "constant"
     start: float = 0.5
@@ -137,12 +144,28 @@ class AlphaConfig:
 
     def validate(self):
         kinds = ("constant", "linear", "cosine", "adaptive")
-        _check(self.kind in kinds, "distill.alpha.kind", self.kind, f"one of {kinds}")
+        _check(self.kind in kinds, "distill.student_loss_weight.kind", self.kind, f"one of {kinds}")
         for key, value in (("start", self.start), ("end", self.end)):
             if value is not None:
-                _check(0.0 <= value <= 1.0, f"distill.alpha.{key}", value, "0 <= value <= 1")
+                _check(0.0 <= value <= 1.0, f"distill.student_loss_weight.{key}", value, "0 <= value <= 1")
         if self.kind in ("linear", "cosine"):
-            _check(self.end is not None, "distill.alpha.end", self.end, f"a float for kind={self.kind!r}")
+            _check(self.end is not None, "distill.student_loss_weight.end", self.end, f"a float for kind={self.kind!r}")
+
+
+def _alpha_as_weight(alpha):
+    """An old `distill.alpha` setting (the output term's weight) as a student_loss_weight (1 - it).
+
+    >>> _alpha_as_weight({"kind": "linear", "start": 1.0, "end": 0.25})
+    {'kind': 'linear', 'start': 0.0, 'end': 0.75}
+    """
+    if not isinstance(alpha, dict):
+        return alpha                       # _build names the type error
+    return {key: (round(1.0 - value, 12) if key in ("start", "end") and isinstance(value, (int, float))
+                  and not isinstance(value, bool) else value) for key, value in alpha.items()}
+
+
+# keys renamed in a config section: old name -> (new name, how an old value becomes a new one)
+RENAMED_KEYS = {"alpha": ("student_loss_weight", _alpha_as_weight)}
 
 
 @dataclasses.dataclass
@@ -151,10 +174,11 @@ class DistillConfig:
 
     teacher: str = DEFAULT_TEACHER
     output_loss: str = "mse"
-    alpha: AlphaConfig = dataclasses.field(default_factory=AlphaConfig)
+    # the weight of the student's own loss (Keras' name); the deprecated `alpha` is 1 - it
+    student_loss_weight: WeightConfig = dataclasses.field(default_factory=WeightConfig)
     features: list[FeaturePair] = dataclasses.field(default_factory=list)
     attention: list[FeaturePair] = dataclasses.field(default_factory=list)
-    # also train the same student with alpha = 0 (doubles the main job's training time: off by
+    # also train the same student on its own loss only (doubles the main job's training time: off by
     # default; benchmarks/distillation_gain.py measures it over seeds)
     compare_scratch: bool = False
     # Where the distilled student's weights start: "teacher" (the teacher's strongest channels and
@@ -168,7 +192,7 @@ class DistillConfig:
 
     def validate(self):
         _check(self.output_loss in ("mse", "l1"), "distill.output_loss", self.output_loss, "'mse' or 'l1'")
-        self.alpha.validate()
+        self.student_loss_weight.validate()
         _check(self.student_init in STUDENT_INITS, "distill.student_init", self.student_init, f"one of {STUDENT_INITS}")
         _check(self.cache_batches is None or self.cache_batches >= 0, "distill.cache_batches",
                self.cache_batches, "an int >= 0 (0: the teacher runs on every batch) or null (automatic)")
@@ -474,8 +498,8 @@ class StudentGeneratorConfig(GeneratorConfig):
 
 
 @dataclasses.dataclass
-class GanAlphaConfig(AlphaConfig):
-    start: float = 0.9
+class GanWeightConfig(WeightConfig):
+    start: float = 0.1
 
 
 def _check_gan_train(train: TrainConfig):
@@ -531,13 +555,13 @@ class GanDistillConfig:
     teacher: str = DEFAULT_GAN_TEACHER
     discriminator: str = DEFAULT_GAN_DISCRIMINATOR     # the adversarial objective starts from a copy
     output_loss: str = "mse"
-    alpha: GanAlphaConfig = dataclasses.field(default_factory=GanAlphaConfig)
+    student_loss_weight: GanWeightConfig = dataclasses.field(default_factory=GanWeightConfig)
     features: list[FeaturePair] = dataclasses.field(default_factory=list)
     compare_scratch: bool = True          # the same student as a plain GAN, same steps and seed
 
     def validate(self):
         _check(self.output_loss in ("mse", "l1"), "distill.output_loss", self.output_loss, "'mse' or 'l1'")
-        self.alpha.validate()
+        self.student_loss_weight.validate()
         for pair in self.features:
             _check(pair.weight >= 0, f"distill.features[{pair.teacher}->{pair.student}].weight", pair.weight,
                    "a float >= 0")
@@ -662,6 +686,7 @@ def _build(cls, values, where):
     if not isinstance(values, dict):
         raise ConfigError(f"{where or 'config'} must be a mapping, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = _renamed(values, fields, where)
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {where or 'config'}; accepted: {sorted(fields)}")
@@ -684,6 +709,24 @@ def _build(cls, values, where):
                 raise ConfigError(f"{key}={value!r} is not accepted: wrong type {type(value).__name__}; "
                                   f"expected {_type_name(hint)}") from None
     return cls(**kwargs)
+
+
+def _renamed(values, fields, where):
+    """values with deprecated keys (RENAMED_KEYS) under their new names, with a warning."""
+    for old, (new, convert) in RENAMED_KEYS.items():
+        if old in values and old not in fields and new in fields:
+            prefix = f"{where}." if where else ""
+            if new in values:
+                raise ConfigError(f"{prefix}{old} and {prefix}{new} are both set; {old} is the deprecated "
+                                  f"name of 1 - {new}: keep {new}")
+            converted = convert(values[old])
+            message = (f"{prefix}{old} is deprecated: read as {prefix}{new}={converted!r} (the weight of the "
+                       f"student's own loss, as keras.distillation names it); rename it in your config")
+            warnings.warn(message, DeprecationWarning, stacklevel=2)
+            log.warning(message)
+            values = {key: value for key, value in values.items() if key != old}
+            values[new] = converted
+    return values
 
 
 def _coerce_item(cls, item, where):

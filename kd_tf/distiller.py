@@ -5,8 +5,11 @@ multi-output "tap" model that returns its output and every distilled intermediat
 Keras' own `keras.distillation.Distiller` runs the student twice when features are distilled;
 this one does not.
 
-    loss = alpha * distill(student, teacher) + (1 - alpha) * own(student, target)
-           + sum_i lambda_i * feature_i
+    loss = (1 - w) * distill(student, teacher) + w * own(student, target) + sum_i lambda_i * term_i
+
+with w = `student_loss_weight`, Keras' name and meaning (keras.distillation.Distiller), and each
+term_i a kd_tf.losses.DistillationTerm (features through adapters, attention maps, softened
+logits, input-gradients, or a user's own subclass).
 
 Nothing here is task-specific: the student's own objective is passed in (kd_tf.objectives).
 Generators fit the same step: with a `latent_sampler` (kd_tf.data.LatentSampler) the batch holds
@@ -17,15 +20,17 @@ discriminator) gets its update after the student's, with that step's student out
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import tensorflow as tf
 
 from kd_tf.distribute import global_batch_size, mean_results
-from kd_tf.losses import AttentionTerm, FeatureTerm, JacobianTerm, projected_input_gradient
+from kd_tf.losses import AttentionTerm, FeatureTerm, JacobianTerm, OutputTerm, from_keras, projected_input_gradient
 from kd_tf.losses import deserialize_loss, serialize_loss
-from kd_tf.losses import output_loss as distance_for
 from kd_tf.objectives import Reconstruction
-from kd_tf.schedules import as_schedule
+from kd_tf.precision import with_loss_scaling
+from kd_tf.schedules import Complement, as_student_loss_weight, complement
 from kd_tf.schedules import deserialize as schedule_from_config
 from kd_tf.teacher_cache import INPUTS_KEY, TEACHER_OUTPUTS_KEY, is_cached_batch, split_inputs
 
@@ -95,8 +100,8 @@ class Distiller(keras.Model):
     Args:
       teacher: any Keras model; it is frozen here even if the caller forgot.
       student: a Keras model with the teacher's input and output shapes.
-      alpha: weight of the output-matching term, a float in [0, 1] or a callable of the
-        optimizer step (see kd_tf.schedules).
+      student_loss_weight: weight w of the student's own loss, a float in [0, 1] or a schedule of the
+        optimizer step (kd_tf.schedules); the output-matching term gets 1 - w. Default 0.5.
       output_loss: the distance between student and teacher outputs: "mse", "l1", any Keras loss
         by name or object (keras.losses.Huber(0.1)), or a callable (kd_tf.losses.output_loss).
       features: (teacher layer, student layer[, weight]) pairs; features of different channel
@@ -105,12 +110,15 @@ class Distiller(keras.Model):
       attention: (teacher layer, student layer[, weight]) pairs matched by attention transfer
         (normalised channel-pooled energy maps; channel counts may differ, no adapter).
       objective: the student's own loss against the targets (default: MSE reconstruction).
-        With unlabeled data (no targets) this term is dropped and alpha is taken as 1.
+        With unlabeled data (no targets) this term is dropped and w is taken as 0.
       probe_size: side of the zero image used once to check shapes up front.
       jacobian: weight of Jacobian matching (Srinivas & Fleuret, 2018; kd_tf.losses.JacobianTerm),
         0 for none: the input-gradients of a random projection of both outputs should agree. It
         costs a backward pass through the teacher and a second-order pass through the student.
       jacobian_seed: seed of the random projections (one per step, shared by both models).
+      terms: more kd_tf.losses.DistillationTerm instances (a user's own subclass), or
+        keras.distillation FeatureDistillation / LogitsDistillation objects (kd_tf.losses.from_keras).
+      alpha: deprecated, 1 - student_loss_weight (kd_tf's name before it followed Keras).
       latent_sampler: for generators: a callable (local batch size, step) -> z that the step calls
         to draw the latents that teacher and student share (kd_tf.data.LatentSampler); the
         batches then hold real images, passed to the objective as targets.
@@ -125,9 +133,10 @@ class Distiller(keras.Model):
     with a global batch B take the steps of one device with batch B.
     """
 
-    def __init__(self, teacher: keras.Model, student: keras.Model, alpha=0.5, output_loss: str = "mse",
+    def __init__(self, teacher: keras.Model, student: keras.Model, student_loss_weight=None, output_loss="mse",
                  features=(), attention=(), objective=None, probe_size: int = 64, latent_sampler=None,
-                 jacobian: float = 0.0, jacobian_seed: int = 0, name: str = "distiller", **kwargs):
+                 jacobian: float = 0.0, jacobian_seed: int = 0, terms=(), name: str = "distiller",
+                 alpha=None, **kwargs):
         super().__init__(name=name, **kwargs)
         self._init_args = {"features": [list(_with_weight(p)) for p in features],
                            "attention": [list(_with_weight(p)) for p in attention], "probe_size": int(probe_size),
@@ -135,14 +144,13 @@ class Distiller(keras.Model):
         teacher.trainable = False
         self.teacher = teacher
         self.student = student
-        self.alpha = as_schedule(alpha)
-        if hasattr(self.alpha, "build"):        # an adaptive alpha: its state is checkpointed with the student
-            self.alpha.build()
-            self.alpha_state = list(self.alpha.variables)
-        self.jacobian_term = JacobianTerm(jacobian) if jacobian else None
+        self.student_loss_weight = as_student_loss_weight(student_loss_weight, alpha)
+        if hasattr(self.student_loss_weight, "build"):   # adaptive: its state is checkpointed with the student
+            self.student_loss_weight.build()
+            self.weight_state = list(self.student_loss_weight.variables)
         self.jacobian_seed = int(jacobian_seed)
         self.output_loss_kind = output_loss
-        self._distance = distance_for(output_loss)
+        self.output_term = OutputTerm(distance=output_loss, name="distill")
         self.objective = objective if objective is not None else Reconstruction("mse")
         self.latent_sampler = latent_sampler
         # a model the objective trains (a discriminator) and its optimizer become attributes, so that
@@ -150,25 +158,49 @@ class Distiller(keras.Model):
         for key, value in (objective.trackables() if hasattr(objective, "trackables") else {}).items():
             setattr(self, f"objective_{key}", value)
 
-        pairs = [("feature", *_with_weight(p)) for p in features] + [("attention", *_with_weight(p)) for p in attention]
-        self.teacher_taps = _tap_model(teacher, [t for _, t, _, _ in pairs], "teacher")
-        self.student_taps = _tap_model(student, [s for _, _, s, _ in pairs], "student")
-        self.layer_terms = self._check_shapes_and_make_terms(pairs, probe_size)
+        user_terms = [from_keras(term) for term in terms]
+        self._init_args["terms"] = user_terms
+        layer_terms = ([FeatureTerm(*_with_weight(p)) for p in features] + [AttentionTerm(*_with_weight(p)) for p in attention]
+                       + [term for term in user_terms if not getattr(term, "input_gradient", False)])
+        gradient_terms = [term for term in user_terms if getattr(term, "input_gradient", False)]
+        if jacobian:
+            gradient_terms.append(JacobianTerm(jacobian))
+        if len(gradient_terms) > 1:
+            raise ValueError(f"one input-gradient term at most; got {gradient_terms}")
+        self.jacobian_term = gradient_terms[0] if gradient_terms else None
+        names = [term.name for term in layer_terms + gradient_terms]
+        if len(set(names)) != len(names) or {"distill", "own", "loss"} & set(names):
+            raise ValueError(f"distillation terms need distinct names other than loss/distill/own; got {names}")
+        teacher_layers = list(dict.fromkeys(t.teacher_layer for t in layer_terms if t.teacher_layer))
+        student_layers = list(dict.fromkeys(t.student_layer for t in layer_terms if t.student_layer))
+        self.teacher_taps = _tap_model(teacher, teacher_layers, "teacher")
+        self.student_taps = _tap_model(student, student_layers, "student")
+        # where each term's tensors are in the taps' outputs (0: the output itself)
+        self._tap_index = [(teacher_layers.index(t.teacher_layer) + 1 if t.teacher_layer else 0,
+                            student_layers.index(t.student_layer) + 1 if t.student_layer else 0) for t in layer_terms]
+        self.layer_terms = layer_terms
+        self._check_shapes_and_build_terms(probe_size)
         self.adapters = [term.adapter for term in self.layer_terms if term.adapter is not None]
 
         self.total_tracker = keras.metrics.Mean(name="loss")
         self.distill_tracker = keras.metrics.Mean(name="distill")
         self.own_tracker = keras.metrics.Mean(name="own")
-        self.layer_trackers = [keras.metrics.Mean(name=term.name)
-                               for term in self.matched_terms]
-        self.alpha_tracker = keras.metrics.Mean(name="alpha")
+        self.layer_trackers = [keras.metrics.Mean(name=term.name) for term in self.matched_terms]
+        self.weight_tracker = keras.metrics.Mean(name="student_loss_weight")
         metric_name = getattr(self.objective, "metric_name", None)
         self.quality_tracker = keras.metrics.Mean(name=metric_name) if metric_name else None
         self.objective_trackers = list(getattr(self.objective, "metrics", []))
         self.student_metrics = []           # compile(metrics=...): on the student's predictions
         self.built = True                   # every sub-model is built; lets BackupAndRestore save at once
 
-    def _check_shapes_and_make_terms(self, pairs, probe_size):
+    @property
+    def alpha(self):
+        """Deprecated: the weight of the output-matching term, 1 - student_loss_weight."""
+        warnings.warn("Distiller.alpha is deprecated: use Distiller.student_loss_weight (alpha = 1 - it)",
+                      DeprecationWarning, stacklevel=2)
+        return Complement(self.student_loss_weight)
+
+    def _check_shapes_and_build_terms(self, probe_size):
         channels, teacher_channels = _input_channels(self.student), _input_channels(self.teacher)
         if channels is None:
             raise ValueError("the student has no known input shape; build it on a keras.Input first")
@@ -192,24 +224,15 @@ class Distiller(keras.Model):
                              f"output shape {tuple(student_out[0].shape)} on {where}")
         if hasattr(self.objective, "check_prediction_shape"):
             self.objective.check_prediction_shape(tuple(student_out[0].shape))
-        terms = []
-        for (kind, t_name, s_name, weight), t_feat, s_feat in zip(pairs, teacher_out[1:], student_out[1:]):
-            if t_feat.shape[1:-1] != s_feat.shape[1:-1]:
-                raise ValueError(f"{kind} pair ({t_name!r}, {s_name!r}): spatial sizes differ, teacher "
-                                 f"{tuple(t_feat.shape[1:-1])} vs student {tuple(s_feat.shape[1:-1])}; "
-                                 f"pair layers at the same resolution")
-            if kind == "feature":
-                terms.append(FeatureTerm(t_name, s_name, weight, t_feat.shape[-1], s_feat.shape[-1]))
-            else:
-                terms.append(AttentionTerm(t_name, s_name, weight))
-        return terms
+        for term, (t, s) in zip(self.layer_terms, self._tap_index):
+            term.build(tuple(teacher_out[t].shape), tuple(student_out[s].shape))
 
     # -- Keras API -------------------------------------------------------------------------
 
     def get_config(self):
         """Everything to rebuild this Distiller: `distiller.save("d.keras")` stores the teacher and
-        the student (architecture and weights, the teacher's frozen), the adapters' weights, alpha's
-        schedule (with an adaptive alpha's state) and the terms; `keras.saving.load_model` gives it
+        the student (architecture and weights, the teacher's frozen), the adapters' weights, the
+        weight's schedule (with an adaptive weight's state) and the terms; `keras.saving.load_model` gives it
         back, ready to `compile()` and continue. The student alone still saves as `student.save()`.
 
         A generator's latent sampler and an adversarial objective (which trains a discriminator with
@@ -221,15 +244,17 @@ class Distiller(keras.Model):
                 f"this Distiller cannot be saved whole: its objective ({type(self.objective).__name__}) or latent "
                 f"sampler is not serializable; save the student (distiller.student.save(...)) and, for a GAN, "
                 f"the discriminator")
-        if not hasattr(self.alpha, "get_config"):
-            raise NotImplementedError(f"alpha {self.alpha!r} is a plain callable; use a kd_tf.schedules schedule "
-                                      f"(Constant, LinearRamp, CosineRamp, LossRatio) to save the Distiller")
+        if not hasattr(self.student_loss_weight, "get_config"):
+            raise NotImplementedError(f"student_loss_weight {self.student_loss_weight!r} is a plain callable; use a "
+                                      f"kd_tf.schedules schedule (Constant, LinearRamp, CosineRamp, LossRatio) to "
+                                      f"save the Distiller")
         config = super().get_config()
         config.update(self._init_args, output_loss=serialize_loss(self.output_loss_kind),
                       metrics_to_compile=[keras.saving.serialize_keras_object(m) for m in self.student_metrics])
         config.update(teacher=keras.saving.serialize_keras_object(self.teacher),
                       student=keras.saving.serialize_keras_object(self.student),
-                      alpha=self.alpha.get_config(), objective=self.objective.get_config())
+                      terms=[keras.saving.serialize_keras_object(t) for t in self._init_args["terms"]],
+                      student_loss_weight=self.student_loss_weight.get_config(), objective=self.objective.get_config())
         return config
 
     @classmethod
@@ -237,7 +262,11 @@ class Distiller(keras.Model):
         config = dict(config)
         for key in ("teacher", "student"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
-        config["alpha"] = schedule_from_config(config["alpha"])
+        if "alpha" in config:              # saved before the rename: alpha weighed the output term
+            config["student_loss_weight"] = complement(schedule_from_config(config.pop("alpha")))
+        else:
+            config["student_loss_weight"] = schedule_from_config(config["student_loss_weight"])
+        config["terms"] = [keras.saving.deserialize_keras_object(t) for t in config.get("terms", [])]
         objective = config.pop("objective")
         config["objective"] = Reconstruction(deserialize_loss(objective.get("kind", "mse")))
         config["output_loss"] = deserialize_loss(config["output_loss"])
@@ -256,6 +285,7 @@ class Distiller(keras.Model):
           objective is not reconstruction (a GAN's adversarial objective).
         - `metrics`: Keras metrics computed on the student's predictions against the targets, logged
           by name beside the loss terms (`val_` ones on validation data); none on unlabeled batches.
+        - `optimizer`: wrapped in a LossScaleOptimizer when the student computes in float16.
         """
         if loss is not None:
             if getattr(self.objective, "name", None) != "reconstruction":
@@ -266,7 +296,8 @@ class Distiller(keras.Model):
                 raise ValueError(f"compile(loss={loss!r}): the student has one output; give one loss")
             self.objective = Reconstruction(loss)
         self.student_metrics = [_as_metric(m) for m in (metrics or [])]
-        super().compile(optimizer=optimizer, **kwargs)
+        # a student computing in float16 needs its loss scaled (kd_tf.precision)
+        super().compile(optimizer=with_loss_scaling(optimizer, self.student), **kwargs)
 
     def call(self, inputs, training=False):
         return self.student(split_inputs(inputs)[0], training=training)
@@ -274,13 +305,13 @@ class Distiller(keras.Model):
     @property
     def metrics(self):
         return ([self.total_tracker, self.distill_tracker, self.own_tracker, *self.layer_trackers,
-                 self.alpha_tracker] + ([self.quality_tracker] if self.quality_tracker else [])
+                 self.weight_tracker] + ([self.quality_tracker] if self.quality_tracker else [])
                 + self.objective_trackers + list(getattr(self, "student_metrics", [])))
 
     @property
     def matched_terms(self):
-        """The terms beside the output: feature and attention pairs, then Jacobian matching; their
-        teacher and student tensors follow the outputs in the same order."""
+        """The terms beside the output term: feature, attention and user terms, then Jacobian
+        matching (kd_tf.losses.DistillationTerm instances)."""
         return self.layer_terms + ([self.jacobian_term] if self.jacobian_term else [])
 
     @property
@@ -302,7 +333,7 @@ class Distiller(keras.Model):
     def _teacher_outputs(self, inputs):
         """(student inputs, [teacher output, *teacher features]): cached, or one teacher pass."""
         if is_cached_batch(inputs):
-            if self.layer_terms or self.jacobian_term:
+            if any(t.teacher_layer for t in self.layer_terms) or self.jacobian_term:
                 raise ValueError("cached teacher outputs hold only the teacher's output; feature, "
                                  "attention and Jacobian terms need the live teacher (pass plain images)")
             return inputs[INPUTS_KEY], [tf.cast(inputs[TEACHER_OUTPUTS_KEY], tf.float32)]
@@ -344,19 +375,20 @@ class Distiller(keras.Model):
                 per_sample = per_sample * sample_weight
             return tf.reduce_mean(per_sample)
 
-        alpha = tf.cast(self.alpha(self.optimizer.iterations), tf.float32)
-        distill = self._distance(teacher_out[0], prediction)
+        weight = tf.cast(self.student_loss_weight(self.optimizer.iterations), tf.float32)
+        distill = self.output_term(teacher_out[0], prediction)
         if targets is None:
-            alpha, own = tf.constant(1.0), tf.zeros_like(distill)
+            weight, own = tf.constant(0.0), tf.zeros_like(distill)
         else:
             own = self.objective(inputs, targets, prediction)
-        layer_terms = self.matched_terms
-        features = [term(t, s) for term, t, s in zip(layer_terms, teacher_out[1:], student_out[1:])]
-        per_sample = alpha * distill + (1.0 - alpha) * own
-        for term, value in zip(layer_terms, features):
+        values = [term(teacher_out[t], student_out[s]) for term, (t, s) in zip(self.layer_terms, self._tap_index)]
+        if self.jacobian_term is not None:          # the input-gradients come last in both lists
+            values.append(self.jacobian_term(teacher_out[-1], student_out[-1]))
+        per_sample = (1.0 - weight) * distill + weight * own
+        for term, value in zip(self.matched_terms, values):
             per_sample = per_sample + term.weight * value
         return {"loss": reduce(per_sample), "distill": reduce(distill), "own": reduce(own),
-                "features": [reduce(value) for value in features], "alpha": alpha, "inputs": inputs,
+                "features": [reduce(value) for value in values], "weight": weight, "inputs": inputs,
                 "prediction": prediction, "per_sample": per_sample, "sample_weight": sample_weight}
 
     def _track(self, terms, targets):
@@ -369,7 +401,7 @@ class Distiller(keras.Model):
         self.own_tracker.update_state(terms["own"], sample_weight=samples)
         for tracker, value in zip(self.layer_trackers, terms["features"]):
             tracker.update_state(value, sample_weight=samples)
-        self.alpha_tracker.update_state(terms["alpha"])
+        self.weight_tracker.update_state(terms["weight"])
         if targets is not None and self.quality_tracker is not None:
             self.quality_tracker.update_state(self.objective.metric(terms["inputs"], targets, terms["prediction"]),
                                               sample_weight=samples)
@@ -401,8 +433,8 @@ class Distiller(keras.Model):
             scaled = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, variables)
         self.optimizer.apply(gradients, variables)
-        if hasattr(self.alpha, "observe") and targets is not None:   # an adaptive alpha learns from the terms
-            self.alpha.observe(terms["distill"], terms["own"])
+        if hasattr(self.student_loss_weight, "observe") and targets is not None:   # adaptive: learns from the terms
+            self.student_loss_weight.observe(terms["distill"], terms["own"])
         if hasattr(self.objective, "discriminator_step"):    # its own model's phase, on this step's outputs
             self.objective.discriminator_step(targets, terms["prediction"])
         return self._track(terms, targets)

@@ -61,7 +61,7 @@ def quantization_aware_finetune(aware: keras.Model, config: cfg.ExportJobConfig,
     stream = patch_dataset(images, config.data.patch_size, config.data.batch_size,
                            (config.data.sigma_min, config.data.sigma_max), seed=config.eval_seed)
     cache = cache_teacher_outputs(teacher, stream, min(config.qat_steps, 300))
-    distiller = Distiller(teacher, freeze_ranges(aware), alpha=0.5)
+    distiller = Distiller(teacher, freeze_ranges(aware), student_loss_weight=0.5)
     schedule = keras.optimizers.schedules.CosineDecay(config.qat_learning_rate, config.qat_steps, alpha=0.01)
     distiller.compile(optimizer=keras.optimizers.Adam(schedule))
     log.info("quantization-aware fine-tuning: %d steps", config.qat_steps)

@@ -32,6 +32,7 @@ from kd_tf.metrics import diversity, frechet_distance, kernel_inception_distance
 from kd_tf.model_io import load_frozen, load_model, save_model
 from kd_tf.nets import build_classifier, build_discriminator, build_generator, feature_extractor, latent_dim_of
 from kd_tf.objectives import Adversarial, AdversarialTraining, clone_discriminator
+from kd_tf.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class Scorer:
         if scores["diversity_ratio"] < self.collapse_ratio:
             log.warning("mode collapse suspected for %s: its samples are %.2fx as diverse as real digits "
                         "(mean pairwise feature distance; warning below %.2fx). Lower the learning rate, "
-                        "add adversarial.r1_weight or raise distill.alpha", name, scores["diversity_ratio"],
+                        "add adversarial.r1_weight or lower distill.student_loss_weight", name, scores["diversity_ratio"],
                         self.collapse_ratio)
         return scores
 
@@ -158,7 +159,7 @@ def train_classifier(config: cfg.ClassifierJobConfig) -> dict:
     paths = RunPaths(config.output, "classifier")
     digits = load_digits(config.data.source)
     if not digits.labeled:
-        raise ValueError(f"data.source={config.data.source!r} has no class labels; the feature classifier needs "
+        raise InputError(f"data.source={config.data.source!r} has no class labels; the feature classifier needs "
                          f"them (folders named 0-9, or a labeled set such as 'pureml')")
     classes = int(max(digits.train_labels.max(), digits.test_labels.max())) + 1
     model = build_classifier(classes)
@@ -273,20 +274,21 @@ def distill(config: cfg.GanDistillJobConfig, strategy=None) -> dict:
     distribute.check_batch_size(config.data.batch_size, strategy)
     keras.utils.set_random_seed(config.train.seed)
     latent = config.student.latent_dim
-    alpha = schedules.from_config(config.distill.alpha.kind, config.distill.alpha.start, config.distill.alpha.end,
-                                  config.train.steps)
+    weight = config.distill.student_loss_weight
+    student_loss_weight = schedules.from_config(weight.kind, weight.start, weight.end, config.train.steps)
     features = [(p.teacher, p.student, p.weight) for p in config.distill.features]
     with strategy.scope():
         teacher = load_frozen(config.distill.teacher, "teacher generator", TRAIN_GAN_TEACHER)
         teacher_latent = latent_dim_of(teacher)
         if teacher_latent != latent:
-            raise ValueError(f"student.latent_dim={latent} is not accepted: the teacher {config.distill.teacher!r} "
+            raise InputError(f"student.latent_dim={latent} is not accepted: the teacher {config.distill.teacher!r} "
                              f"takes z of size {teacher_latent}; set student.latent_dim={teacher_latent}")
         teacher_discriminator = load_frozen(config.distill.discriminator, "teacher discriminator", TRAIN_GAN_TEACHER)
         student = build_generator(latent, config.student.widths, name="student_generator")
         initial_weights = student.get_weights()      # the scratch run starts from the very same point
         objective = _adversarial(config.adversarial, clone_discriminator(teacher_discriminator), config.train)
-        distiller = Distiller(teacher, student, alpha=alpha, output_loss=config.distill.output_loss,
+        distiller = Distiller(teacher, student, student_loss_weight=student_loss_weight,
+                              output_loss=config.distill.output_loss,
                               features=features, objective=objective,
                               latent_sampler=LatentSampler(latent, config.train.seed))   # checks shapes first
         distiller.compile(optimizer=_generator_optimizer(config.train))
@@ -434,7 +436,7 @@ def load_generator(path: str):
         runner, generate = tflite_generate(path)
         signature = runner.input_signature
         if len(signature) != 2:
-            raise ValueError(f"{path!r} takes inputs of shape {signature}; expected a generator taking (batch, latent_dim)")
+            raise InputError(f"{path!r} takes inputs of shape {signature}; expected a generator taking (batch, latent_dim)")
         return signature[-1], generate
     model = load_model(path)
     return latent_dim_of(model), keras_generate(model)
@@ -446,7 +448,7 @@ def generate(model: str, num: int, seed: int, out: str, columns: int | None = No
     from kd_tf.data import writable_folder
 
     if num < 1:
-        raise ValueError(f"--num {num} is not accepted; expected an int >= 1")
+        raise InputError(f"--num {num} is not accepted; expected an int >= 1")
     latent, run = load_generator(model)
     started = time.time()
     z = np.random.default_rng(seed).standard_normal((num, latent)).astype(np.float32)

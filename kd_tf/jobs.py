@@ -29,6 +29,7 @@ from kd_tf.model_io import (float32_copy, load_float_teacher, load_model, load_t
                             with_dtype_policy)
 from kd_tf.nets import build_unet
 from kd_tf.nets.inherit import inherit_from_teacher, inheritance_problem
+from kd_tf.precision import policy_name, with_loss_scaling
 from kd_tf.runs import (RunPaths, cosine_optimizer, epochs_for, record_config, record_split, resumed_batches,
                         standard_callbacks, trained_on, worker_report, write_json)
 from kd_tf.teacher_cache import cache_teacher_outputs
@@ -94,7 +95,7 @@ def train_teacher(config: cfg.TeacherJobConfig, strategy=None) -> dict:
     non_blind = start is not None and takes_noise_level(start)
     with strategy.scope():                          # the model, optimizer and metrics on every replica
         if non_blind:                               # fine-tune a non-blind denoiser (FFDNet) as it is
-            model = with_dtype_policy(start, "mixed_bfloat16") if config.train.mixed_precision else start
+            model = with_dtype_policy(start, policy_name(config.train.mixed_precision)) if config.train.mixed_precision else start
             model.trainable = True
             log.info("fine-tuning %s (takes the noise level) from %s", start.name, config.init_from)
         else:
@@ -103,7 +104,8 @@ def train_teacher(config: cfg.TeacherJobConfig, strategy=None) -> dict:
             if start is not None:
                 model.set_weights(start.get_weights())
                 log.info("continuing from the weights of %s", config.init_from)
-        model.compile(optimizer=cosine_optimizer(config.train), loss="mse", metrics=[psnr_metric])
+        model.compile(optimizer=with_loss_scaling(cosine_optimizer(config.train), model), loss="mse",
+                      metrics=[psnr_metric])
     if non_blind:                                   # fit() takes (image, sigma) pairs: the teacher's inputs
         val_noisy = (val_noisy, np.full((len(val_noisy), 1), config.data.val_sigma / 255.0, np.float32))
         training = lambda skip: stream(skip, noise_level_for_teacher=True).map(
@@ -182,7 +184,7 @@ def train_own_objective(model: keras.Model, train: cfg.TrainConfig, stream, skip
     phase after distillation. Resumes from its own checkpoints (`tag`)."""
     epochs, per_epoch = epochs_for(train)
     with strategy.scope():
-        model.compile(optimizer=cosine_optimizer(train), loss="mse", metrics=[psnr_metric])
+        model.compile(optimizer=with_loss_scaling(cosine_optimizer(train), model), loss="mse", metrics=[psnr_metric])
     val_noisy, val_clean, val_batch = validation
     return model.fit(stream(skip + resumed_batches(paths.backup / tag, per_epoch)), epochs=epochs,
                      steps_per_epoch=per_epoch, validation_data=(val_noisy, val_clean),
@@ -207,12 +209,12 @@ def distill_phase(config: cfg.DistillJobConfig, teacher_path: str, reference_tea
                   net: cfg.NetConfig, name: str, steps: int, stream, paths: RunPaths, validation: tuple,
                   strategy, tag: str) -> DistillPhase:
     """`teacher_path` teaches a new build_unet `net` for `steps` steps with config.distill's losses
-    and alpha (offline, from cached teacher outputs, when only outputs are distilled); the new
+    and student_loss_weight (offline, from cached teacher outputs, when only outputs are distilled); the new
     network starts from the strongest channels of `reference_teacher` (the same teacher in
     float32) when distill.student_init allows. Resumes from its own checkpoints (`tag`)."""
     train = dataclasses.replace(config.train, steps=steps)
-    alpha = schedules.from_config(config.distill.alpha.kind, config.distill.alpha.start, config.distill.alpha.end,
-                                  steps)
+    weight = config.distill.student_loss_weight
+    student_loss_weight = schedules.from_config(weight.kind, weight.start, weight.end, steps)
     features = [(p.teacher, p.student, p.weight) for p in config.distill.features]
     attention = [(p.teacher, p.student, p.weight) for p in config.distill.attention]
     with strategy.scope():                          # teacher (frozen), student, adapters, optimizer on every replica
@@ -227,7 +229,8 @@ def distill_phase(config: cfg.DistillJobConfig, teacher_path: str, reference_tea
     with strategy.scope():
         initial_weights = student.get_weights()     # the scratch run starts from the very same point
         inherited = start_from_teacher(config.distill.student_init, reference_teacher, student, stream())
-        distiller = Distiller(teacher, student, alpha=alpha, output_loss=config.distill.output_loss,
+        distiller = Distiller(teacher, student, student_loss_weight=student_loss_weight,
+                              output_loss=config.distill.output_loss,
                               features=features, attention=attention, jacobian=config.distill.jacobian,
                               jacobian_seed=config.train.seed)          # checks shapes and layer names first
         distiller.compile(optimizer=cosine_optimizer(train))
@@ -325,7 +328,7 @@ def distill(config: cfg.DistillJobConfig, strategy=None) -> dict:
             scratch = build_unet(config.student.widths, config.student.blocks, name="student_scratch",
                                  mixed_precision=config.train.mixed_precision)
             scratch.set_weights(phase.initial_weights)
-        log.info("training the same student from scratch (alpha = 0) with the same budget")
+        log.info("training the same student from scratch (its own loss only) with the same budget")
         started = time.time()
         histories["scratch"] = train_own_objective(scratch, config.train, stream, 0, paths, validation,
                                                    config.output, "scratch", strategy).history

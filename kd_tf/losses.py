@@ -1,7 +1,9 @@
 """Distillation terms: how far the student is from the teacher, per sample.
 
-Every function returns one value per sample (shape [batch]); the Distiller weights and
-averages them, so `sample_weight` works the same way for every term.
+Every term is a `DistillationTerm` (outputs, features through an adapter, attention maps,
+softened logits, input-gradients) and returns one value per sample (shape [batch]); the
+Distiller weights and averages them, so `sample_weight` works the same way for every term.
+`from_keras` turns keras.distillation's loss objects into the matching terms.
 """
 
 from __future__ import annotations
@@ -81,27 +83,137 @@ def deserialize_loss(config):
     return config if isinstance(config, str) else keras.saving.deserialize_keras_object(config)
 
 
-class FeatureTerm:
-    """One (teacher layer, student layer) pair matched with MSE, through a 1x1 adapter if needed.
+@keras.saving.register_keras_serializable(package="kd_tf")
+class DistillationTerm:
+    """One term of the distillation loss: a per-sample distance between a teacher tensor and a
+    student tensor, times `weight`. The base class of every term the Distiller adds.
+
+    `teacher_layer` and `student_layer` name the layers whose outputs are compared; None means
+    the model's output. The Distiller taps every named layer from its single forward pass of each
+    model, calls `build(teacher_shape, student_shape)` once with the tapped shapes (check them
+    there, create trainable state such as an adapter there) and `call(teacher, student)` every
+    step; `call` returns one value per sample (shape [batch]). The teacher tensor is already
+    detached from the graph and cast to float32; the student tensor is as the student computed it.
+
+    A new term is a short subclass (Gram matrices of a feature map, style-transfer style):
+
+    >>> import numpy as np, tensorflow as tf
+    >>> class GramTerm(DistillationTerm):
+    ...     def call(self, teacher, student):
+    ...         def gram(f):
+    ...             f = tf.reshape(tf.cast(f, tf.float32), [tf.shape(f)[0], -1, f.shape[-1]])
+    ...             return tf.matmul(f, f, transpose_a=True) / tf.cast(tf.shape(f)[1], tf.float32)
+    ...         return tf.reduce_mean(tf.square(gram(teacher) - gram(student)), axis=[1, 2])
+    >>> term = GramTerm("enc0", "enc0", weight=0.1)
+    >>> term.build((None, 8, 8, 4), (None, 8, 8, 4))
+    >>> features = np.ones((2, 8, 8, 4), np.float32)
+    >>> term(features, features).numpy().tolist()
+    [0.0, 0.0]
+
+    Pass it as `Distiller(..., terms=[GramTerm("enc0", "enc0", weight=0.1)])`; its per-step
+    mean is logged under `term.name` ("gramterm_enc0" here). Register the subclass with
+    `@keras.saving.register_keras_serializable()` to save a Distiller that uses it.
+    """
+
+    adapter = None                 # a trainable layer the Distiller owns and trains (never exported)
+
+    def __init__(self, teacher_layer: str | None = None, student_layer: str | None = None, weight: float = 1.0,
+                 name: str | None = None):
+        if not float(weight) >= 0.0:
+            raise ValueError(f"{type(self).__name__} weight={weight!r}; accepted: a number >= 0")
+        self.teacher_layer, self.student_layer, self.weight = teacher_layer, student_layer, float(weight)
+        self.name = name or self._default_name()
+
+    def _default_name(self):
+        prefix = type(self).__name__.lower().removesuffix("term") or "term"
+        if self.teacher_layer is None and self.student_layer is None:
+            return f"{prefix}_output"
+        if self.teacher_layer == self.student_layer:
+            return f"{prefix}_{self.teacher_layer}"
+        return f"{prefix}_{self.teacher_layer or 'output'}__{self.student_layer or 'output'}"
+
+    def build(self, teacher_shape, student_shape):
+        """Called once with both tensors' shapes (batch 1 probe): validate, make state."""
+
+    def call(self, teacher, student):
+        raise NotImplementedError(f"{type(self).__name__}.call(teacher, student) must return one value per sample")
+
+    def __call__(self, teacher, student):
+        return self.call(teacher, student)
+
+    def get_config(self):
+        return {"teacher_layer": self.teacher_layer, "student_layer": self.student_layer, "weight": self.weight,
+                "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.teacher_layer!r}, {self.student_layer!r}, weight={self.weight})"
+
+
+def _check_same_positions(term, teacher_shape, student_shape):
+    if tuple(teacher_shape[1:-1]) != tuple(student_shape[1:-1]):
+        raise ValueError(f"{term.name} ({term.teacher_layer!r}, {term.student_layer!r}): spatial sizes differ, "
+                         f"teacher {tuple(teacher_shape[1:-1])} vs student {tuple(student_shape[1:-1])}; "
+                         f"pair layers at the same resolution")
+
+
+@keras.saving.register_keras_serializable(package="kd_tf")
+class OutputTerm(DistillationTerm):
+    """Any distance (kd_tf.losses.output_loss: "mse", "l1", a Keras loss, a callable) between two
+    tensors of the same shape; by default the two models' outputs.
+
+    >>> import numpy as np
+    >>> OutputTerm(distance="l1")(np.zeros((1, 2, 2, 3)), np.ones((1, 2, 2, 3))).numpy().tolist()
+    [1.0]
+    """
+
+    def __init__(self, teacher_layer=None, student_layer=None, weight: float = 1.0, distance="mse", name=None):
+        self.distance_kind = distance
+        self._distance = output_loss(distance)
+        super().__init__(teacher_layer, student_layer, weight, name)
+
+    def _default_name(self):
+        return "output" if self.teacher_layer is None and self.student_layer is None else super()._default_name()
+
+    def build(self, teacher_shape, student_shape):
+        if tuple(teacher_shape) != tuple(student_shape):
+            raise ValueError(f"{self.name}: teacher shape {tuple(teacher_shape)} differs from student shape "
+                             f"{tuple(student_shape)}; a FeatureTerm adapts channel counts")
+
+    def call(self, teacher, student):
+        return self._distance(teacher, student)
+
+    def get_config(self):
+        return {**super().get_config(), "distance": serialize_loss(self.distance_kind)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**{**config, "distance": deserialize_loss(config["distance"])})
+
+
+@keras.saving.register_keras_serializable(package="kd_tf")
+class FeatureTerm(OutputTerm):
+    """One (teacher layer, student layer) pair matched with a distance (MSE by default), through
+    a 1x1 adapter when the channel counts differ.
 
     The adapter maps the student's channels to the teacher's; it is trained with the student
     but owned by the Distiller, so it never reaches the exported student.
     """
 
-    def __init__(self, teacher_layer: str, student_layer: str, weight: float,
-                 teacher_channels: int, student_channels: int):
-        self.teacher_layer, self.student_layer, self.weight = teacher_layer, student_layer, float(weight)
-        self.name = f"feature_{teacher_layer}" if teacher_layer == student_layer else f"feature_{teacher_layer}__{student_layer}"
-        self.adapter = None
-        if teacher_channels != student_channels:
-            self.adapter = layers.Conv2D(teacher_channels, 1, name=f"adapter_{self.name}", dtype="float32")
-            self.adapter.build((None, None, None, student_channels))
+    def build(self, teacher_shape, student_shape):
+        _check_same_positions(self, teacher_shape, student_shape)
+        if teacher_shape[-1] != student_shape[-1] and self.adapter is None:
+            self.adapter = layers.Conv2D(teacher_shape[-1], 1, name=f"adapter_{self.name}", dtype="float32")
+            self.adapter.build((None, None, None, student_shape[-1]))
 
-    def __call__(self, teacher_feature, student_feature):
+    def call(self, teacher_feature, student_feature):
         student_feature = tf.cast(student_feature, tf.float32)
         if self.adapter is not None:
             student_feature = self.adapter(student_feature)
-        return squared_error(tf.stop_gradient(teacher_feature), student_feature)
+        return self._distance(tf.stop_gradient(teacher_feature), student_feature)
 
 
 def attention_map(features):
@@ -114,24 +226,56 @@ def attention_map(features):
     return tf.math.l2_normalize(flat, axis=1)
 
 
-class AttentionTerm:
+@keras.saving.register_keras_serializable(package="kd_tf")
+class AttentionTerm(DistillationTerm):
     """Attention transfer between one teacher layer and one student layer; no adapter needed.
 
     The per-sample loss is the mean squared difference of the normalised maps, times the
     number of positions, so that its size does not shrink with the image size.
     """
 
-    adapter = None
+    def build(self, teacher_shape, student_shape):
+        _check_same_positions(self, teacher_shape, student_shape)
 
-    def __init__(self, teacher_layer: str, student_layer: str, weight: float):
-        self.teacher_layer, self.student_layer, self.weight = teacher_layer, student_layer, float(weight)
-        self.name = (f"attention_{teacher_layer}" if teacher_layer == student_layer
-                     else f"attention_{teacher_layer}__{student_layer}")
-
-    def __call__(self, teacher_feature, student_feature):
+    def call(self, teacher_feature, student_feature):
         teacher_map = tf.stop_gradient(attention_map(teacher_feature))
         student_map = attention_map(student_feature)
         return tf.reduce_sum(tf.square(teacher_map - student_map), axis=1)
+
+
+@keras.saving.register_keras_serializable(package="kd_tf")
+class LogitsTerm(DistillationTerm):
+    """Hinton et al.'s (2015) softened-logits term: KL(softmax(t / T) || softmax(s / T)) x T^2 over
+    the last axis, averaged over any other positions (per-pixel class logits of a segmentation
+    model work too). Outputs by default. What `keras.distillation.LogitsDistillation` computes
+    with its default KL loss, per sample.
+
+    >>> import numpy as np
+    >>> logits = np.array([[2.0, 0.0, -1.0]], np.float32)
+    >>> LogitsTerm(temperature=2.0)(logits, logits).numpy().round(6).tolist()
+    [0.0]
+    """
+
+    def __init__(self, teacher_layer=None, student_layer=None, weight: float = 1.0, temperature: float = 3.0,
+                 name=None):
+        if not float(temperature) > 0:
+            raise ValueError(f"LogitsTerm temperature={temperature!r}; accepted: a number > 0")
+        self.temperature = float(temperature)
+        super().__init__(teacher_layer, student_layer, weight, name)
+
+    def build(self, teacher_shape, student_shape):
+        if tuple(teacher_shape) != tuple(student_shape):
+            raise ValueError(f"{self.name}: teacher logits {tuple(teacher_shape)} vs student logits "
+                             f"{tuple(student_shape)}; they must have the same shape")
+
+    def call(self, teacher, student):
+        teacher = tf.nn.log_softmax(tf.cast(teacher, tf.float32) / self.temperature, axis=-1)
+        student = tf.nn.log_softmax(tf.cast(student, tf.float32) / self.temperature, axis=-1)
+        kl = tf.reduce_sum(tf.exp(teacher) * (teacher - student), axis=-1)
+        return _per_sample_mean(kl[..., None]) * self.temperature ** 2
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}
 
 
 def projected_input_gradient(forward, inputs, projection):
@@ -151,7 +295,8 @@ def projected_input_gradient(forward, inputs, projection):
     return tape.gradient(scalar, inputs), outputs
 
 
-class JacobianTerm:
+@keras.saving.register_keras_serializable(package="kd_tf")
+class JacobianTerm(DistillationTerm):
     """Jacobian matching (Srinivas & Fleuret, 2018): the student's input-gradient of a random
     projection of its output should point where the teacher's does. Per sample: the squared
     distance of the two L2-normalised gradients (between 0 and 4), so the term does not depend on
@@ -160,16 +305,49 @@ class JacobianTerm:
     Cost: one extra backward pass through the teacher and a second-order pass through the
     student, per step (measured in the ablation, benchmarks/ablation.py)."""
 
-    adapter = None
-    name = "jacobian"
+    input_gradient = True          # compares input-gradients, not layer outputs (the Distiller computes them)
 
-    def __init__(self, weight: float):
+    def __init__(self, weight: float, name: str = "jacobian"):
         if not float(weight) > 0.0:
             raise ValueError(f"jacobian weight={weight!r}; accepted: a number > 0")
-        self.weight = float(weight)
+        super().__init__(None, None, weight, name)
 
-    def __call__(self, teacher_gradient, student_gradient):
+    def get_config(self):
+        return {"weight": self.weight, "name": self.name}
+
+    def call(self, teacher_gradient, student_gradient):
         def unit(gradient):
             flat = tf.reshape(tf.cast(gradient, tf.float32), [tf.shape(gradient)[0], -1])
             return tf.math.l2_normalize(flat, axis=1)
         return tf.reduce_sum(tf.square(unit(student_gradient) - tf.stop_gradient(unit(teacher_gradient))), axis=1)
+
+
+def from_keras(loss, weight: float = 1.0) -> DistillationTerm:
+    """The kd_tf term for one of keras.distillation's loss objects, where the meaning matches:
+    FeatureDistillation(loss, teacher_layer_name, student_layer_name) -> FeatureTerm (outputs when
+    no layer is named; an adapter when channel counts differ, where Keras would fail) and
+    LogitsDistillation(temperature, "kl_divergence") -> LogitsTerm. kd_tf terms pass through.
+
+    >>> import keras
+    >>> from_keras(keras.distillation.FeatureDistillation("mae", "enc1", "enc1"), weight=0.5)
+    FeatureTerm('enc1', 'enc1', weight=0.5)
+    """
+    if isinstance(loss, DistillationTerm):
+        return loss
+    from keras.distillation import FeatureDistillation, LogitsDistillation
+
+    if isinstance(loss, (FeatureDistillation, LogitsDistillation)):
+        if isinstance(loss.loss, (list, tuple, dict)):
+            raise ValueError(f"{type(loss).__name__} with one loss per output ({loss.loss!r}): kd_tf students have one "
+                             f"output; give one loss")
+    if isinstance(loss, FeatureDistillation):
+        return FeatureTerm(loss.teacher_layer_name, loss.student_layer_name, weight, distance=loss.loss)
+    if isinstance(loss, LogitsDistillation):
+        # its default, "kl_divergence", arrives as the plain function, which Keras 3.15 then applies to
+        # the tempered logits themselves, not to their softmax: kd_tf takes the documented meaning
+        if not (isinstance(loss.loss, keras.losses.KLDivergence) or loss.loss is keras.losses.kl_divergence):
+            raise ValueError(f"LogitsDistillation(loss={loss.loss!r}): kd_tf takes it with its KL divergence (a "
+                             f"LogitsTerm); for another distance between logits use FeatureTerm(distance=...)")
+        return LogitsTerm(weight=weight, temperature=loss.temperature)
+    raise ValueError(f"distillation term {loss!r}; accepted: a kd_tf.losses.DistillationTerm, or "
+                     f"keras.distillation.FeatureDistillation / LogitsDistillation")

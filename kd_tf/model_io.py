@@ -11,6 +11,7 @@ import keras
 
 from kd_tf.atomic import replace_durably
 from kd_tf.nets.unet import build_unet
+from kd_tf.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +33,21 @@ def load_model(path: str | os.PathLike) -> keras.Model:
     if path.is_dir():
         return _load_saved_model(path)
     if path.suffix.lower() not in (".keras", ".h5", ".hdf5"):
-        raise ValueError(f"cannot load {str(path)!r}: unknown suffix {path.suffix!r}; expected {ACCEPTED}")
+        raise InputError(f"cannot load {str(path)!r}: unknown suffix {path.suffix!r}; expected {ACCEPTED}")
     if path.stat().st_size == 0:
-        raise ValueError(f"model {str(path)!r} is an empty file (0 bytes); expected {ACCEPTED}")
+        raise InputError(f"model {str(path)!r} is an empty file (0 bytes); expected {ACCEPTED}")
     if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
-        raise ValueError(f"model {str(path)!r} is not a .keras archive (no complete zip structure: truncated, "
+        raise InputError(f"model {str(path)!r} is not a .keras archive (no complete zip structure: truncated, "
                          f"or another format renamed); expected {ACCEPTED}")
     if path.suffix.lower() != ".keras" and not _is_hdf5(path):
-        raise ValueError(f"model {str(path)!r} is not an HDF5 file (no HDF5 signature: another format "
+        raise InputError(f"model {str(path)!r} is not an HDF5 file (no HDF5 signature: another format "
                          f"renamed?); expected {ACCEPTED}")
     import kd_tf.ffdnet  # noqa: F401  registers the layers of imported FFDNet weights (kd_tf>...)
 
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as error:             # zipfile.BadZipFile, OSError (h5py), KeyError, TypeError...
-        raise ValueError(_unloadable(path, error)) from error
+        raise InputError(_unloadable(path, error)) from error
 
 
 def takes_noise_level(model) -> bool:
@@ -72,26 +73,26 @@ def _unloadable(path: Path, error: Exception) -> str:
 
 def _load_saved_model(path: Path) -> keras.Model:
     if not (path / "saved_model.pb").is_file():
-        raise ValueError(f"directory {str(path)!r} holds no saved_model.pb; expected {ACCEPTED}")
+        raise InputError(f"directory {str(path)!r} holds no saved_model.pb; expected {ACCEPTED}")
     import tensorflow as tf
 
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as error:             # a truncated saved_model.pb or missing variables
-        raise ValueError(_unloadable(path, error)) from error
+        raise InputError(_unloadable(path, error)) from error
     endpoints = sorted(loaded.signatures.keys())
     endpoint = next((e for e in ("serving_default", "serve") if e in endpoints), None)
     if endpoint is None:
-        raise ValueError(f"SavedModel {str(path)!r} has no serving signature; found {endpoints}")
+        raise InputError(f"SavedModel {str(path)!r} has no serving signature; found {endpoints}")
     spec = list(loaded.signatures[endpoint].structured_input_signature[1].values())
     if len(spec) != 1 or spec[0].shape.rank != 4:
-        raise ValueError(f"SavedModel {str(path)!r} must take one NHWC image input; its signature takes {spec}")
+        raise InputError(f"SavedModel {str(path)!r} must take one NHWC image input; its signature takes {spec}")
     layer = keras.layers.TFSMLayer(str(path), call_endpoint=endpoint)
     inputs = keras.Input(shape=(None, None, spec[0].shape[-1]), name="noisy")
     outputs = layer(inputs)
     if isinstance(outputs, dict):
         if len(outputs) != 1:
-            raise ValueError(f"SavedModel {str(path)!r} has {len(outputs)} outputs {sorted(outputs)}; expected one")
+            raise InputError(f"SavedModel {str(path)!r} has {len(outputs)} outputs {sorted(outputs)}; expected one")
         outputs = next(iter(outputs.values()))
     return keras.Model(inputs, outputs, name=path.name)
 
@@ -152,15 +153,16 @@ def load_float_teacher(path: str) -> keras.Model:
                                         "--teacher PATH (.keras, .h5, SavedModel dir)")
 
 
-def load_teacher(path: str, mixed_precision: bool) -> keras.Model:
+def load_teacher(path: str, mixed_precision: bool | str) -> keras.Model:
     """The frozen teacher. With mixed precision it computes in bfloat16 and keeps its weights in
     bfloat16 too: a frozen model needs no float32 master copy, and under `mixed_bfloat16` it would
     cast every kernel on every step. Its outputs are the same to the bit and its output layers stay
-    float32; the gain is small (1.02x on the distillation step, benchmarks/RESULTS.md section 6)."""
+    float32; the gain is small (1.02x on the distillation step, benchmarks/RESULTS.md section 6).
+    With "float16" it computes under mixed_float16 (float32 weights: float16's range is narrow)."""
     teacher = load_float_teacher(path)
     if mixed_precision and Path(path).is_file():
         try:
-            teacher = with_dtype_policy(teacher, "bfloat16")
+            teacher = with_dtype_policy(teacher, "mixed_float16" if mixed_precision == "float16" else "bfloat16")
         except ValueError as error:                  # subclassed models cannot be cloned
             log.warning("teacher stays in float32 (%s)", error)
         teacher.trainable = False

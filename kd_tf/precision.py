@@ -4,9 +4,14 @@ bfloat16 halves memory traffic and doubles peak throughput only where the hardwa
 with AVX512_BF16 or AMX-BF16, GPUs of compute capability 8.0 and newer, TPUs. Elsewhere it is
 emulated: measured on a 2-core AMD EPYC with AVX2 only, a student training step took 4.0 s in
 bfloat16 against 0.30 s in float32, and FFDNet's 12.4 s against 0.85 s. So the training verbs'
-default (`train.mixed_precision: auto`) asks the hardware. float16 with loss scaling, for GPUs
-without bfloat16 (T4, V100), is there through the Python API (a LossScaleOptimizer, which
-Distiller.train_step scales the loss for); the CLI computes in float32 on them.
+default (`train.mixed_precision: auto`) asks the hardware:
+
+- bfloat16 (`mixed_bfloat16`) on TPUs, GPUs of compute capability >= 8.0 and CPUs with AVX512_BF16/AMX;
+- float16 with loss scaling (`mixed_float16`) on older GPUs (T4, V100): Distiller.compile wraps the
+  optimizer in a LossScaleOptimizer and train_step scales the loss, so small gradients survive;
+- float32 everywhere else.
+
+`true` / `bfloat16`, `float16` and `false` / `float32` force one.
 """
 
 from __future__ import annotations
@@ -47,11 +52,61 @@ def bfloat16_is_fast() -> bool:
     return bool(cpu_flags() & set(CPU_BF16_FLAGS))
 
 
-def resolve_mixed_precision(setting) -> bool:
-    """`train.mixed_precision`: true or false as given; "auto" -> bfloat16 where it is fast."""
+SETTINGS = (True, False, "auto", "bfloat16", "float16", "float32")
+
+
+@functools.lru_cache(maxsize=None)
+def float16_gpu() -> bool:
+    """True where every GPU predates bfloat16 (compute capability < 8.0: T4, V100), whose float16
+    tensor cores make mixed_float16 the fast choice."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return bool(gpus) and all(
+        tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))) < (8, 0)
+        for gpu in gpus)
+
+
+def resolve_mixed_precision(setting):
+    """`train.mixed_precision` as the nets take it: True (bfloat16), "float16" or False (float32).
+
+    >>> resolve_mixed_precision("bfloat16"), resolve_mixed_precision("float16"), resolve_mixed_precision("float32")
+    (True, 'float16', False)
+    """
+    if setting not in SETTINGS:
+        raise ValueError(f"mixed_precision={setting!r}; accepted: {', '.join(map(str, SETTINGS))}")
     if setting == "auto":
-        fast = bfloat16_is_fast()
-        log.info("train.mixed_precision=auto: %s", "bfloat16 (the hardware has it)" if fast else
-                 "float32 (no bfloat16 in this hardware: it would be emulated, several times slower)")
-        return fast
-    return bool(setting)
+        if bfloat16_is_fast():
+            log.info("train.mixed_precision=auto: bfloat16 (the hardware has it)")
+            return True
+        if float16_gpu():
+            log.info("train.mixed_precision=auto: float16 with loss scaling (a GPU without bfloat16)")
+            return "float16"
+        log.info("train.mixed_precision=auto: float32 (no bfloat16 in this hardware: it would be emulated, "
+                 "several times slower)")
+        return False
+    return {"bfloat16": True, "float32": False}.get(setting, setting)
+
+
+def policy_name(mixed_precision) -> str:
+    """The Keras dtype policy of a resolved setting: mixed_bfloat16, mixed_float16 or float32."""
+    if mixed_precision == "float16":
+        return "mixed_float16"
+    return "mixed_bfloat16" if mixed_precision else "float32"
+
+
+def computes_in_float16(model) -> bool:
+    """Whether any layer of `model` computes in float16 (and so needs loss scaling)."""
+    return any(getattr(getattr(layer, "dtype_policy", None), "compute_dtype", None) == "float16"
+               for layer in getattr(model, "layers", []))
+
+
+def with_loss_scaling(optimizer, model):
+    """`optimizer`, wrapped in a LossScaleOptimizer when `model` computes in float16 (Keras wraps
+    only models whose own policy is mixed_float16, not a functional model whose layers are)."""
+    import keras
+
+    optimizer = keras.optimizers.get(optimizer)
+    if computes_in_float16(model) and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer

@@ -1,28 +1,33 @@
-"""alpha, the weight of teacher-matching against the student's own objective, as a function of step.
+"""`student_loss_weight` as a function of the step: the weight of the student's own loss; the
+output-matching term gets 1 minus it (Keras' `keras.distillation.Distiller(student_loss_weight=)`
+and the keras.io distillation guide's meaning).
 
-A schedule is any callable `step -> alpha`; these are the ready-made ones. They work on
-tensors, so `Distiller.train_step` evaluates them inside the compiled graph.
+A schedule is any callable `step -> weight`; these are the ready-made ones. They work on
+tensors, so `Distiller.train_step` evaluates them inside the compiled graph. Before the rename,
+kd_tf called the other weight `alpha` (alpha = 1 - student_loss_weight): `alpha=` still works
+with a DeprecationWarning.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import keras
 import tensorflow as tf
 
 
-def _check_alpha(name, value):
+def _check_weight(name, value):
     if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name}={value!r}; accepted: 0 <= alpha <= 1")
+        raise ValueError(f"{name}={value!r}; accepted: a weight between 0 and 1")
     return float(value)
 
 
 class Constant:
-    """The same alpha at every step (what a plain float means)."""
+    """The same weight at every step (what a plain float means)."""
 
     def __init__(self, value: float):
-        self.value = _check_alpha("alpha", value)
+        self.value = _check_weight("value", value)
 
     def __call__(self, step):
         return tf.constant(self.value, tf.float32)
@@ -33,8 +38,8 @@ class Constant:
 
 class _Ramp:
     def __init__(self, start: float, end: float, steps: int, delay: int = 0):
-        self.start = _check_alpha("start", start)
-        self.end = _check_alpha("end", end)
+        self.start = _check_weight("start", start)
+        self.end = _check_weight("end", end)
         if int(steps) < 1 or int(delay) < 0:
             raise ValueError(f"steps={steps!r}, delay={delay!r}; accepted: steps >= 1, delay >= 0")
         self.steps, self.delay = int(steps), int(delay)
@@ -48,7 +53,7 @@ class _Ramp:
 
 
 class LinearRamp(_Ramp):
-    """alpha moves linearly from `start` to `end` over `steps` steps after `delay`, then stays."""
+    """The weight moves linearly from `start` to `end` over `steps` steps after `delay`, then stays."""
 
     kind = "linear"
 
@@ -67,9 +72,9 @@ class CosineRamp(_Ramp):
 
 
 class LossRatio:
-    """Adaptive alpha from the training signal: alpha = own / (distill + own), on bias-corrected
-    moving averages of the two terms, so that both contribute equally to the loss whatever their
-    scales. It is the stationary point of uncertainty weighting (Kendall et al., 2018), where each
+    """Adaptive weight from the training signal: student_loss_weight = distill / (distill + own),
+    on bias-corrected moving averages of the two terms, so that both contribute equally to the
+    loss whatever their scales. It is the stationary point of uncertainty weighting (Kendall et al., 2018), where each
     term's learned weight settles at 1 / its loss, without the extra trainable variables.
 
     It starts at `start` and is clipped to [minimum, maximum] so neither term is ever switched
@@ -81,8 +86,8 @@ class LossRatio:
     kind = "adaptive"
 
     def __init__(self, start: float = 0.5, momentum: float = 0.99, minimum: float = 0.05, maximum: float = 0.95):
-        self.start = _check_alpha("start", start)
-        self.minimum, self.maximum = _check_alpha("minimum", minimum), _check_alpha("maximum", maximum)
+        self.start = _check_weight("start", start)
+        self.minimum, self.maximum = _check_weight("minimum", minimum), _check_weight("maximum", maximum)
         if not 0.0 <= float(momentum) < 1.0 or self.minimum > self.maximum:
             raise ValueError(f"momentum={momentum!r}, minimum={minimum!r}, maximum={maximum!r}; accepted: "
                              f"0 <= momentum < 1 and minimum <= maximum")
@@ -94,7 +99,7 @@ class LossRatio:
             def state(name):   # every replica observes the same global means: any replica's copy will do
                 return keras.Variable(0.0, dtype="float32", trainable=False, name=name,
                                       aggregation="only_first_replica")
-            self.variables = [state("alpha_distill_average"), state("alpha_own_average"), state("alpha_updates")]
+            self.variables = [state("weight_distill_average"), state("weight_own_average"), state("weight_updates")]
 
     def _averages(self):
         distill, own, updates = self.variables
@@ -104,7 +109,7 @@ class LossRatio:
     def __call__(self, step):
         self.build()
         distill, own, updates = self._averages()
-        ratio = tf.math.divide_no_nan(own, distill + own)
+        ratio = tf.math.divide_no_nan(distill, distill + own)
         adaptive = tf.clip_by_value(ratio, self.minimum, self.maximum)
         return tf.where(updates > 0, adaptive, tf.constant(self.start, tf.float32))
 
@@ -124,11 +129,58 @@ class LossRatio:
                 "minimum": self.minimum, "maximum": self.maximum}
 
 
-def as_schedule(alpha):
+class Complement:
+    """1 - another schedule: what an old `alpha` schedule means as a student_loss_weight."""
+
+    def __init__(self, schedule):
+        self.schedule = as_schedule(schedule)
+
+    def __call__(self, step):
+        return 1.0 - tf.cast(self.schedule(step), tf.float32)
+
+    def get_config(self):
+        return {"kind": "complement", "of": self.schedule.get_config()}
+
+
+def as_schedule(weight):
     """A float becomes `Constant`; a callable is used as is."""
-    if callable(alpha):
-        return alpha
-    return Constant(alpha)
+    if callable(weight):
+        return weight
+    return Constant(weight)
+
+
+def complement(schedule):
+    """1 - schedule, as the simplest schedule that says it: old alpha settings become weights.
+
+    >>> complement(Constant(0.3)).get_config()
+    {'kind': 'constant', 'start': 0.7}
+    >>> complement(LinearRamp(0.9, 0.5, steps=10)).get_config()["start"]
+    0.1
+    """
+    if isinstance(schedule, Constant):
+        return Constant(round(1.0 - schedule.value, 12))
+    if isinstance(schedule, _Ramp):
+        return type(schedule)(round(1.0 - schedule.start, 12), round(1.0 - schedule.end, 12), schedule.steps,
+                              schedule.delay)
+    if isinstance(schedule, LossRatio):   # balances the two terms either way; only its bounds swap sides
+        return LossRatio(round(1.0 - schedule.start, 12), schedule.momentum, round(1.0 - schedule.maximum, 12),
+                         round(1.0 - schedule.minimum, 12))
+    if isinstance(schedule, Complement):
+        return schedule.schedule
+    return Complement(schedule)
+
+
+def as_student_loss_weight(student_loss_weight=None, alpha=None):
+    """The Distiller's weight schedule from its arguments: `student_loss_weight` (a float or a
+    schedule; default 0.5), or the deprecated `alpha` (1 - it), not both."""
+    if alpha is not None:
+        if student_loss_weight is not None:
+            raise ValueError(f"student_loss_weight={student_loss_weight!r} and alpha={alpha!r}: give one; alpha is "
+                             f"the deprecated name of 1 - student_loss_weight")
+        warnings.warn("alpha is deprecated: pass student_loss_weight = 1 - alpha (the weight of the student's own "
+                      "loss, as in keras.distillation.Distiller)", DeprecationWarning, stacklevel=3)
+        return complement(as_schedule(alpha))
+    return as_schedule(0.5 if student_loss_weight is None else student_loss_weight)
 
 
 def deserialize(config: dict):
@@ -139,11 +191,14 @@ def deserialize(config: dict):
     """
     config = dict(config)
     kind = config.pop("kind", None)
-    classes = {"constant": Constant, "linear": LinearRamp, "cosine": CosineRamp, "adaptive": LossRatio}
+    classes = {"constant": Constant, "linear": LinearRamp, "cosine": CosineRamp, "adaptive": LossRatio,
+               "complement": Complement}
     if kind not in classes:
-        raise ValueError(f"alpha schedule kind {kind!r}; accepted: {', '.join(classes)}")
+        raise ValueError(f"weight schedule kind {kind!r}; accepted: {', '.join(classes)}")
     if kind == "constant":
         return Constant(config["start"])
+    if kind == "complement":
+        return Complement(deserialize(config["of"]))
     return classes[kind](**config)
 
 
@@ -158,4 +213,4 @@ def from_config(kind: str, start: float, end: float | None, steps: int):
         return CosineRamp(start, end, steps)
     if kind == "adaptive":
         return LossRatio(start)
-    raise ValueError(f"alpha kind {kind!r}; accepted: constant, linear, cosine, adaptive")
+    raise ValueError(f"weight schedule kind {kind!r}; accepted: constant, linear, cosine, adaptive")

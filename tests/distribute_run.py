@@ -72,7 +72,7 @@ def run(strategy, cached: bool = False, features: bool = False, partial: bool = 
     with strategy.scope():
         teacher = build_unet((8, 16), 1, name="teacher")
         student = build_unet((4, 8), 1, name="student")
-        distiller = Distiller(teacher, student, alpha=0.5, probe_size=SIZE,
+        distiller = Distiller(teacher, student, student_loss_weight=0.5, probe_size=SIZE,
                               features=[("bottleneck", "bottleneck", 0.1)] if features else ())
         # plain SGD: a gradient off by the number of replicas would show (Adam would hide it)
         distiller.compile(optimizer=keras.optimizers.SGD(0.02, momentum=0.5))
@@ -116,7 +116,7 @@ def run_gan(strategy, callbacks=()) -> dict:
         student = build_generator(GAN_LATENT, (4, 4, 2), name="student")
         objective = Adversarial(clone_discriminator(teacher_d), keras.optimizers.SGD(0.05, momentum=0.5),
                                 d_steps=2, r1_weight=0.5)
-        distiller = Distiller(teacher, student, alpha=0.5, features=[("up0", "up0", 0.5)], objective=objective,
+        distiller = Distiller(teacher, student, student_loss_weight=0.5, features=[("up0", "up0", 0.5)], objective=objective,
                               latent_sampler=LatentSampler(GAN_LATENT, seed=3))
         distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.5))
     before = {"teacher": [w.copy() for w in teacher.get_weights()],
@@ -201,7 +201,7 @@ def step_time(steps: int = 20, repeats: int = 3) -> dict:
         with strategy.scope():
             teacher = build_unet((8, 16), 1, name="teacher")
             student = build_unet((12, 24, 48, 96), 1, name="student", mixed_precision=True)
-            distiller = Distiller(teacher, student, alpha=0.5)
+            distiller = Distiller(teacher, student, student_loss_weight=0.5)
             distiller.compile(optimizer=keras.optimizers.Adam(1e-3))
         data = bank.batch(batch).prefetch(2)
         distiller.fit(data, epochs=1, steps_per_epoch=5, verbose=0)            # trace and warm up

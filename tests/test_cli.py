@@ -15,7 +15,7 @@ data: {patch_size: 32, batch_size: 4, val_crop: 32, val_crops_per_image: 1}
 train: {steps: 6, steps_per_epoch: 3, seed: 1}
 student: {widths: [4, 8], blocks: 1}
 distill:
-  alpha: {kind: linear, start: 0.9, end: 0.5}
+  student_loss_weight: {kind: linear, start: 0.1, end: 0.5}
   features: [[bottleneck, bottleneck, 0.1]]
   compare_scratch: true
 eval: {sigmas: [25], baselines: [nlmeans], max_images: 1, timing_size: 64}
@@ -45,7 +45,7 @@ def test_distill_cli_writes_report_student_and_logs(tiny_run, capsys):
         assert 5 < methods[name]["scores"]["25.0"]["psnr"] < 60
     assert methods["teacher"]["macs_512"] > methods["student (distilled)"]["macs_512"] > 0
     assert methods["student (distilled)"]["ms_per_64"] > 0
-    assert report["history"]["distill"]["alpha"][0] < 0.9 and "feature_bottleneck" in report["history"]["distill"]
+    assert report["history"]["distill"]["student_loss_weight"][0] > 0.1 and "feature_bottleneck" in report["history"]["distill"]
     assert len(report["history"]["scratch"]["loss"]) == 2
     assert (root / "runs" / "tiny" / "student.keras").is_file()
     assert (root / "runs" / "tiny" / "student_scratch.keras").is_file()

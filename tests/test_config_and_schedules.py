@@ -1,4 +1,4 @@
-"""Config validation names the bad value; alpha schedules; MAC counting."""
+"""Config validation names the bad value; weight schedules; MAC counting."""
 
 import keras
 import pytest
@@ -17,8 +17,8 @@ def test_unknown_key_lists_accepted_ones():
 
 @pytest.mark.parametrize("values, message", [
     ({"distill": {"output_loss": "huber"}}, r"distill.output_loss='huber'.*'mse' or 'l1'"),
-    ({"distill": {"alpha": {"kind": "step"}}}, r"distill.alpha.kind='step'.*one of"),
-    ({"distill": {"alpha": {"start": 1.5}}}, r"distill.alpha.start=1.5"),
+    ({"distill": {"student_loss_weight": {"kind": "step"}}}, r"distill.student_loss_weight.kind='step'.*one of"),
+    ({"distill": {"student_loss_weight": {"start": 1.5}}}, r"distill.student_loss_weight.start=1.5"),
     ({"data": {"patch_size": 60}}, r"data.patch_size=60.*multiple of 8"),
     ({"data": {"sigma_min": 30, "sigma_max": 10}}, r"sigma_min/sigma_max"),
     ({"eval": {"baselines": ["bm4d"]}}, r"eval.baselines='bm4d'"),
@@ -32,9 +32,9 @@ def test_bad_values_are_named(values, message):
 def test_yaml_with_feature_pairs_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("distill:\n  features:\n    - [bottleneck, bottleneck, 0.5]\n    - {teacher: dec0, student: dec0}\n")
-    config = cfg.load(cfg.DistillJobConfig, path, {"train.steps": 7, "distill.alpha.kind": "linear",
-                                                   "distill.alpha.end": 0.1})
-    assert config.train.steps == 7 and config.distill.alpha.end == 0.1
+    config = cfg.load(cfg.DistillJobConfig, path, {"train.steps": 7, "distill.student_loss_weight.kind": "linear",
+                                                   "distill.student_loss_weight.end": 0.1})
+    assert config.train.steps == 7 and config.distill.student_loss_weight.end == 0.1
     assert [(p.teacher, p.weight) for p in config.distill.features] == [("bottleneck", 0.5), ("dec0", 1.0)]
     with pytest.raises(cfg.ConfigError, match="does not exist"):
         cfg.load(cfg.DistillJobConfig, tmp_path / "absent.yaml")
@@ -47,7 +47,7 @@ def test_schedules():
     cosine = schedules.CosineRamp(0.0, 1.0, steps=10)
     assert float(cosine(5)) == pytest.approx(0.5) and float(cosine(1)) < 0.1
     assert float(schedules.as_schedule(0.25)(123)) == pytest.approx(0.25)
-    with pytest.raises(ValueError, match="alpha=1.2"):
+    with pytest.raises(ValueError, match="value=1.2"):
         schedules.Constant(1.2)
     assert isinstance(schedules.from_config("cosine", 0.1, 0.9, 100), schedules.CosineRamp)
 

@@ -34,7 +34,7 @@ def test_loss_equals_hand_computation():
     x = np.random.default_rng(2).random((4, 8, 8, 3)).astype("float32")
     y = np.random.default_rng(3).random((4, 8, 8, 3)).astype("float32")
     weights = np.array([1.0, 0.5, 2.0, 0.0], "float32")
-    distiller = Distiller(teacher, student, alpha=0.3, features=[("feat", "feat", 0.7)], probe_size=8)
+    distiller = Distiller(teacher, student, student_loss_weight=0.7, features=[("feat", "feat", 0.7)], probe_size=8)
     distiller.compile(optimizer=keras.optimizers.SGD(0.0))
 
     t_feat = _apply(teacher.get_layer("feat"), x)
@@ -53,7 +53,7 @@ def test_loss_equals_hand_computation():
     assert logs["distill"] == pytest.approx(distill, rel=1e-4)
     assert logs["own"] == pytest.approx(own, rel=1e-4)
     assert logs["feature_feat"] == pytest.approx(feature, rel=1e-4)
-    assert logs["alpha"] == pytest.approx(0.3)
+    assert logs["student_loss_weight"] == pytest.approx(0.7)
     step_logs = distiller.train_on_batch(x, y, sample_weight=weights, return_dict=True)
     assert step_logs["loss"] == pytest.approx(expected, rel=1e-4)
 
@@ -61,11 +61,11 @@ def test_loss_equals_hand_computation():
 def test_l1_output_loss_and_unlabeled_inputs():
     teacher, student = _pointwise("t", 3, 4, 0), _pointwise("s", 3, 4, 1)
     x = np.random.default_rng(2).random((2, 8, 8, 3)).astype("float32")
-    distiller = Distiller(teacher, student, alpha=0.2, output_loss="l1", probe_size=8)
+    distiller = Distiller(teacher, student, student_loss_weight=0.8, output_loss="l1", probe_size=8)
     distiller.compile(optimizer=keras.optimizers.SGD(0.0))
     expected = np.mean(np.abs(student.predict(x, verbose=0) - teacher.predict(x, verbose=0)))
     logs = distiller.train_on_batch(x, return_dict=True)          # no targets: pure distillation
-    assert logs["alpha"] == pytest.approx(1.0)
+    assert logs["student_loss_weight"] == pytest.approx(0.0)
     assert logs["own"] == 0.0
     assert logs["loss"] == pytest.approx(expected, rel=1e-4)
 
@@ -75,7 +75,7 @@ def test_only_student_and_adapters_change(tiny_teacher, tiny_student):
     student = keras.models.clone_model(tiny_student)
     student_before = [w.copy() for w in student.get_weights()]
     tiny_teacher.trainable = True                                   # the user forgot to freeze it
-    distiller = Distiller(tiny_teacher, student, alpha=0.5, features=[("bottleneck", "bottleneck")])
+    distiller = Distiller(tiny_teacher, student, student_loss_weight=0.5, features=[("bottleneck", "bottleneck")])
     assert not tiny_teacher.trainable
     adapter_before = [w.copy() for w in distiller.adapters[0].get_weights()]
     distiller.compile(optimizer=keras.optimizers.Adam(1e-2))
@@ -114,12 +114,12 @@ def test_spatial_mismatch_and_output_mismatch_are_clear(tiny_teacher, tiny_stude
         Distiller(tiny_teacher, gray)
 
 
-def test_alpha_schedule_is_followed_by_step(tiny_teacher, tiny_student):
+def test_weight_schedule_is_followed_by_step(tiny_teacher, tiny_student):
     student = keras.models.clone_model(tiny_student)
-    distiller = Distiller(tiny_teacher, student, alpha=LinearRamp(0.0, 1.0, steps=4))
+    distiller = Distiller(tiny_teacher, student, student_loss_weight=LinearRamp(0.0, 1.0, steps=4))
     distiller.compile(optimizer=keras.optimizers.SGD(1e-3))
     x = np.zeros((1, 16, 16, 3), "float32")
-    seen = [distiller.train_on_batch(x, x, return_dict=True)["alpha"] for _ in range(6)]
+    seen = [distiller.train_on_batch(x, x, return_dict=True)["student_loss_weight"] for _ in range(6)]
     np.testing.assert_allclose(seen, [0.0, 0.25, 0.5, 0.75, 1.0, 1.0], atol=1e-6)
 
 
@@ -156,7 +156,7 @@ def test_student_and_teacher_run_once_per_step_with_features(tiny_teacher):
 def test_attention_transfer_term_matches_hand_computation():
     teacher, student = _pointwise("t", 3, 6, 0), _pointwise("s", 3, 2, 1)
     x = np.random.default_rng(2).random((3, 8, 8, 3)).astype("float32")
-    distiller = Distiller(teacher, student, alpha=1.0, attention=[("feat", "feat", 2.0)], probe_size=8)
+    distiller = Distiller(teacher, student, student_loss_weight=0.0, attention=[("feat", "feat", 2.0)], probe_size=8)
     assert distiller.adapters == []
     distiller.compile(optimizer=keras.optimizers.SGD(0.0))
 

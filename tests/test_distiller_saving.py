@@ -1,5 +1,5 @@
 """`distiller.save()` and `keras.saving.load_model()` round-trip a Distiller: teacher, student,
-adapters, alpha's schedule (an adaptive alpha's state too) and its terms."""
+adapters, the weight's schedule (an adaptive weight's state too) and its terms."""
 
 import doctest
 
@@ -18,11 +18,11 @@ def test_schedule_docstring_examples_run():
     assert tried and not failed
 
 
-@pytest.mark.parametrize("alpha", [0.3, schedules.LinearRamp(0.9, 0.5, steps=10), schedules.LossRatio(0.6)])
-def test_saved_distiller_loads_back_and_continues(tmp_path, alpha, rng):
+@pytest.mark.parametrize("weight", [0.3, schedules.LinearRamp(0.9, 0.5, steps=10), schedules.LossRatio(0.6)])
+def test_saved_distiller_loads_back_and_continues(tmp_path, weight, rng):
     teacher = build_unet((8, 16), 1, name="teacher")
     student = build_unet((4, 8), 1, name="student")
-    distiller = Distiller(teacher, student, alpha=alpha, output_loss="l1", features=[("dec0", "dec0", 0.2)])
+    distiller = Distiller(teacher, student, student_loss_weight=weight, output_loss="l1", features=[("dec0", "dec0", 0.2)])
     distiller.compile(optimizer="adam")
     x = rng.random((4, 32, 32, 3)).astype(np.float32)
     y = rng.random((4, 32, 32, 3)).astype(np.float32)
@@ -32,18 +32,18 @@ def test_saved_distiller_loads_back_and_continues(tmp_path, alpha, rng):
     loaded = keras.saving.load_model(tmp_path / "d.keras", compile=False)
     assert isinstance(loaded, Distiller) and loaded.output_loss_kind == "l1"
     assert [(t.teacher_layer, t.student_layer, t.weight) for t in loaded.layer_terms] == [("dec0", "dec0", 0.2)]
-    assert type(loaded.alpha) is type(distiller.alpha)
+    assert type(loaded.student_loss_weight) is type(distiller.student_loss_weight)
     np.testing.assert_allclose(loaded.student(x), distiller.student(x), atol=1e-6)
     np.testing.assert_allclose(loaded.teacher(x), distiller.teacher(x), atol=1e-6)
     np.testing.assert_allclose(loaded.adapters[0].get_weights()[0], distiller.adapters[0].get_weights()[0])
-    np.testing.assert_allclose(float(loaded.alpha(5)), float(distiller.alpha(5)), atol=1e-6)
+    np.testing.assert_allclose(float(loaded.student_loss_weight(5)), float(distiller.student_loss_weight(5)), atol=1e-6)
     assert not loaded.teacher.trainable
     loaded.compile(optimizer="adam")
     assert np.isfinite(loaded.fit(x, y, epochs=1, batch_size=2, verbose=0).history["loss"][0])
 
 
-def test_a_plain_callable_alpha_says_why_it_cannot_be_saved(tmp_path):
-    distiller = Distiller(build_unet((8, 16), 1), build_unet((4, 8), 1), alpha=lambda step: 0.5)
+def test_a_plain_callable_weight_says_why_it_cannot_be_saved(tmp_path):
+    distiller = Distiller(build_unet((8, 16), 1), build_unet((4, 8), 1), student_loss_weight=lambda step: 0.5)
     with pytest.raises(NotImplementedError, match="kd_tf.schedules"):
         distiller.get_config()
 
@@ -54,7 +54,7 @@ def test_compile_loss_sets_the_students_own_loss_and_metrics_are_logged(rng):
     teacher, student = build_unet((8, 16), 1, name="teacher"), build_unet((4, 8), 1, name="student")
     x = rng.random((4, 32, 32, 3)).astype(np.float32)
     y = rng.random((4, 32, 32, 3)).astype(np.float32)
-    distiller = Distiller(teacher, student, alpha=0.0, output_loss=keras.losses.Huber(delta=0.05))
+    distiller = Distiller(teacher, student, student_loss_weight=1.0, output_loss=keras.losses.Huber(delta=0.05))
     distiller.compile(optimizer="adam", loss="mae", metrics=["mse", keras.metrics.MeanAbsoluteError(name="l1")])
     logs = distiller.evaluate(x, y, batch_size=4, return_dict=True, verbose=0)
     prediction = student(x)
@@ -87,7 +87,7 @@ def test_keras_loss_objects_and_compiled_metrics_survive_saving(tmp_path, rng):
     distiller.save(tmp_path / "d.keras")
     loaded = keras.saving.load_model(tmp_path / "d.keras", compile=False)
     assert isinstance(loaded.output_loss_kind, keras.losses.Huber)
-    np.testing.assert_allclose(loaded._distance(x, x + 0.5), distiller._distance(x, x + 0.5))   # the same delta
+    np.testing.assert_allclose(loaded.output_term(x, x + 0.5), distiller.output_term(x, x + 0.5))   # the same delta
     assert loaded.objective.kind == "mae" and [m.name for m in loaded.student_metrics] == ["mse"]
 
 
@@ -103,7 +103,7 @@ def test_loss_scaling_optimizer_trains_like_the_plain_one(rng):
         keras.utils.set_random_seed(1)
         student = build_unet((4, 8), 1, name="student")
         before = [w.copy() for w in student.get_weights()]
-        distiller = Distiller(teacher, student, alpha=0.5)
+        distiller = Distiller(teacher, student, student_loss_weight=0.5)
         distiller.compile(optimizer=optimizer)
         distiller.train_on_batch(x, y)
         changes.append(np.concatenate([(a - b).ravel() for a, b in zip(student.get_weights(), before)]))

@@ -39,7 +39,7 @@ def _distiller(nets, g_lr=0.05, d_lr=0.05, features=(("up1", "up1", 0.5),), seed
     student = keras.models.clone_model(nets["student"])
     student.set_weights(nets["student"].get_weights())
     adversarial = Adversarial(clone_discriminator(nets["teacher_d"]), keras.optimizers.SGD(d_lr), **objective)
-    distiller = Distiller(nets["teacher"], student, alpha=0.5, features=features, objective=adversarial,
+    distiller = Distiller(nets["teacher"], student, student_loss_weight=0.5, features=features, objective=adversarial,
                           latent_sampler=LatentSampler(LATENT, seed))
     distiller.compile(optimizer=keras.optimizers.SGD(g_lr))
     return distiller

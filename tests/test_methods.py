@@ -17,24 +17,24 @@ def test_loss_ratio_starts_at_start_then_balances_the_terms():
     alpha = schedules.LossRatio(start=0.3, momentum=0.9)
     assert float(alpha(0)) == pytest.approx(0.3)                 # nothing observed yet
     alpha.observe(1.0, 3.0)                                       # bias-corrected: exact after one step
-    assert float(alpha(1)) == pytest.approx(0.75)
+    assert float(alpha(1)) == pytest.approx(0.25)
     for _ in range(200):
         alpha.observe(2.0, 2.0)
     assert float(alpha(201)) == pytest.approx(0.5, abs=1e-6)     # the old observation has faded
-    # alpha * distill == (1 - alpha) * own at the averages: equal contributions
+    # (1 - w) * distill == w * own at the averages: equal contributions
     distill, own = 0.002, 0.0005
     balanced = schedules.LossRatio(momentum=0.0)
     balanced.observe(distill, own)
     value = float(balanced(0))
-    assert value * distill == pytest.approx((1 - value) * own)
+    assert (1 - value) * distill == pytest.approx(value * own)
 
 
 def test_loss_ratio_is_clipped_and_validated():
     alpha = schedules.LossRatio(momentum=0.0, minimum=0.1, maximum=0.8)
     alpha.observe(1.0, 0.0)
-    assert float(alpha(0)) == pytest.approx(0.1)
-    alpha.observe(0.0, 1.0)
     assert float(alpha(0)) == pytest.approx(0.8)
+    alpha.observe(0.0, 1.0)
+    assert float(alpha(0)) == pytest.approx(0.1)
     assert schedules.from_config("adaptive", 0.4, None, 10).get_config()["start"] == 0.4
     with pytest.raises(ValueError, match="momentum=1.0"):
         schedules.LossRatio(momentum=1.0)
@@ -99,7 +99,7 @@ def test_distiller_jacobian_term_equals_a_hand_computation_and_trains_only_the_s
     from kd_tf import Distiller
 
     teacher, student = _tiny_pair()
-    distiller = Distiller(teacher, student, alpha=0.25, jacobian=0.5, jacobian_seed=7, probe_size=8)
+    distiller = Distiller(teacher, student, student_loss_weight=0.75, jacobian=0.5, jacobian_seed=7, probe_size=8)
     distiller.compile(optimizer=keras.optimizers.SGD(0.1))
     noisy = tf.random.stateless_uniform((4, 8, 8, 3), seed=(1, 2))
     clean = tf.random.stateless_uniform((4, 8, 8, 3), seed=(3, 4))
@@ -125,22 +125,22 @@ def test_distiller_jacobian_term_equals_a_hand_computation_and_trains_only_the_s
         distiller.test_on_batch({"inputs": noisy, "teacher_outputs": t_out}, clean)
 
 
-def test_distiller_adaptive_alpha_follows_the_terms_and_is_checkpointed(tmp_path):
+def test_distiller_adaptive_weight_follows_the_terms_and_is_checkpointed(tmp_path):
     from kd_tf import Distiller
 
     teacher, student = _tiny_pair()
     alpha = schedules.LossRatio(start=0.5, momentum=0.0)        # no averaging: the last step's terms
-    distiller = Distiller(teacher, student, alpha=alpha, probe_size=8)
+    distiller = Distiller(teacher, student, student_loss_weight=alpha, probe_size=8)
     distiller.compile(optimizer=keras.optimizers.SGD(0.01))
     noisy = tf.random.stateless_uniform((4, 8, 8, 3), seed=(5, 6))
     clean = tf.random.stateless_uniform((4, 8, 8, 3), seed=(7, 8))
     first = distiller.train_on_batch(noisy, clean, return_dict=True)
-    assert first["alpha"] == pytest.approx(0.5)                   # nothing observed before the first step
+    assert first["student_loss_weight"] == pytest.approx(0.5)                   # nothing observed before the first step
     assert float(alpha.variables[2].numpy()) == 1.0
     logs = distiller.test_on_batch(noisy, clean, return_dict=True)
-    # after one observed step alpha balances the last step's means: own / (distill + own)
-    ratio = first["own"] / (first["distill"] + first["own"])
-    assert logs["alpha"] == pytest.approx(float(np.clip(ratio, 0.05, 0.95)), rel=1e-5)
+    # after one observed step the weight balances the last step's means: distill / (distill + own)
+    ratio = first["distill"] / (first["distill"] + first["own"])
+    assert logs["student_loss_weight"] == pytest.approx(float(np.clip(ratio, 0.05, 0.95)), rel=1e-5)
     assert all(any(v is w for w in distiller.non_trainable_variables) for v in alpha.variables)
     distiller.save_weights(tmp_path / "d.weights.h5")
     alpha.variables[2].assign(0.0)

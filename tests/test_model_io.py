@@ -25,7 +25,7 @@ def test_teacher_loads_from_every_format_and_teaches(saved_teacher, tiny_student
     loaded = load_model(folder / name)
     x = np.random.default_rng(0).random((2, 16, 24, 3)).astype("float32")
     np.testing.assert_allclose(loaded(x), teacher(x), atol=1e-5)
-    distiller = Distiller(loaded, keras.models.clone_model(tiny_student), alpha=0.5)
+    distiller = Distiller(loaded, keras.models.clone_model(tiny_student), student_loss_weight=0.5)
     distiller.compile(optimizer="adam")
     logs = distiller.train_on_batch(x, x, return_dict=True)
     assert np.isfinite(logs["loss"])

@@ -69,9 +69,9 @@ def test_a_rerun_with_other_training_settings_does_not_resume_silently(tmp_path)
     record_config(RunPaths(output, "distill"), config)
     record_config(RunPaths(output, "distill"), {**config, "eval": {"sigmas": [25.0]}})     # evaluation may change
     other = json.loads(json.dumps(config))
-    other["distill"]["alpha"]["start"] = 0.9
+    other["distill"]["student_loss_weight"]["start"] = 0.9
     other["train"]["steps"] = 10
-    with pytest.raises(ValueError, match=r"other training settings \(distill.alpha, train.steps"):
+    with pytest.raises(ValueError, match=r"other training settings \(distill.student_loss_weight, train.steps"):
         record_config(RunPaths(output, "distill"), other)
 
 

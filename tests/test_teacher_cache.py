@@ -58,7 +58,7 @@ def test_cached_step_matches_live_step_without_running_the_teacher(tiny_teacher,
     x = rng.random((4, 16, 16, 3)).astype("float32")
     y = rng.random((4, 16, 16, 3)).astype("float32")
     counting = CountingTeacher(tiny_teacher)
-    live = Distiller(counting, tiny_student, alpha=0.4, probe_size=16)
+    live = Distiller(counting, tiny_student, student_loss_weight=0.6, probe_size=16)
     live.compile(optimizer=keras.optimizers.SGD(0.0))
     live_logs = live.evaluate(x, y, batch_size=4, verbose=0, return_dict=True)
 
@@ -87,7 +87,7 @@ def test_offline_distillation_learns(tiny_teacher, rng):
     keras.utils.set_random_seed(0)
     student = build_unet((4, 8), 1, name="student_offline")
     cache = cache_teacher_outputs(tiny_teacher, _batches(rng, 8), num_batches=8)
-    distiller = Distiller(tiny_teacher, student, alpha=1.0, probe_size=16)
+    distiller = Distiller(tiny_teacher, student, student_loss_weight=0.0, probe_size=16)
     distiller.compile(optimizer=keras.optimizers.Adam(3e-3))
     probe = {INPUTS_KEY: cache.inputs.astype("float32"), TEACHER_OUTPUTS_KEY: cache.teacher_outputs.astype("float32")}
     before = distiller.evaluate(probe, cache.targets.astype("float32"), verbose=0, return_dict=True)["distill"]

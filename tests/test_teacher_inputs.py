@@ -52,7 +52,7 @@ def test_patch_stream_gives_the_teacher_each_patchs_sigma(images):
 def test_live_step_and_cache_give_the_teacher_its_own_inputs(images, tiny_student):
     teacher = level_teacher()
     assert takes_noise_level(teacher) and not takes_noise_level(tiny_student)
-    distiller = Distiller(teacher, tiny_student, alpha=1.0)       # the probe gives the teacher a level too
+    distiller = Distiller(teacher, tiny_student, student_loss_weight=0.0)       # the probe gives the teacher a level too
     distiller.compile(optimizer="adam")
     stream = patch_dataset(images, 32, 4, (10, 40), seed=1, noise_level_for_teacher=True)
     x, clean = next(iter(stream))

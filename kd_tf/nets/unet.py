@@ -28,12 +28,12 @@ def _blocks(x, width, count, name, dtype):
 
 
 def build_unet(widths=(32, 64, 128, 256), blocks=2, channels: int = 3, name: str = "unet",
-               mixed_precision: bool = False) -> keras.Model:
+               mixed_precision: bool | str = False) -> keras.Model:
     """A residual U-Net for images of any size divisible by 2 ** (len(widths) - 1).
 
     widths: channels per level, full resolution first; blocks: residual blocks per level (an
-    int, or one int per level). `mixed_precision` computes in bfloat16 with float32 weights and a
-    float32 output; the weights are the same either way, so a bf16-trained model can be
+    int, or one int per level). `mixed_precision` computes in bfloat16 (True) or float16
+    ("float16") with float32 weights and a float32 output; the weights are the same either way, so a bf16-trained model can be
     rebuilt in float32 with `set_weights` for export.
     """
     widths = tuple(int(w) for w in widths)
@@ -42,7 +42,7 @@ def build_unet(widths=(32, 64, 128, 256), blocks=2, channels: int = 3, name: str
     per_level = (blocks,) * len(widths) if isinstance(blocks, int) else tuple(blocks)
     if len(per_level) != len(widths) or min(per_level) < 1:
         raise ValueError(f"blocks={blocks!r}; accepted: a positive int or one per level ({len(widths)})")
-    dtype = MIXED if mixed_precision else "float32"
+    dtype = "mixed_float16" if mixed_precision == "float16" else MIXED if mixed_precision else "float32"
 
     inputs = keras.Input(shape=(None, None, channels), name="noisy")
     x = layers.Conv2D(widths[0], 3, padding="same", name="head", dtype=dtype)(inputs)
