@@ -15,6 +15,7 @@ import sys
 import yaml
 
 from kd_tf.config import STRATEGIES, TASKS
+from kd_tf.errors import InputError
 
 
 def _parse_set(items):
@@ -194,7 +195,7 @@ def main(argv=None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 3
-    except (cfg.ConfigError, ValueError, OSError) as error:      # FileNotFoundError, PermissionError too
+    except (InputError, OSError) as error:     # bad input (ConfigError too), FileNotFoundError, PermissionError
         return _user_error(error)
     _print_report(report)
     if args.verb == "denoise" and report["skipped"] and not report["written"]:
@@ -227,7 +228,7 @@ def _photos_verb(args) -> int:
             report = photo_corpus.fetch(args.out, packages=args.packages)
         else:
             report = photo_corpus.describe(args.out)
-    except (ValueError, OSError) as error:
+    except (InputError, OSError) as error:
         return _user_error(error)
     _print_report(report)
     if report.get("skipped"):
@@ -257,7 +258,7 @@ def _gan_verb(args, overrides) -> dict:
     if args.teacher:
         overrides["distill.teacher"] = args.teacher
     if args.config and len(args.config) > 1:
-        raise ValueError(f"--task gan takes one --config, got {len(args.config)}; multi-stage distillation "
+        raise InputError(f"--task gan takes one --config, got {len(args.config)}; multi-stage distillation "
                          f"is for the denoising task")
     return gan_jobs.distill(cfg.load(cfg.GanDistillJobConfig, args.config[0] if args.config else None, overrides))
 
@@ -271,7 +272,7 @@ def _is_generator(path) -> bool:
 
     try:
         return takes_latent(load_model(path))
-    except ValueError:
+    except InputError:
         return False
 
 

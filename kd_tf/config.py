@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from kd_tf.errors import InputError
+
 log = logging.getLogger(__name__)
 
 # FFDNet's published colour weights (kd_tf.ffdnet, MIT): on both held-out sets the strongest teacher
@@ -27,7 +29,7 @@ EXPORT_FORMATS = ("keras", "savedmodel", "float32", "float16", "dynamic", "int8"
 STRATEGIES = ("default", "mirrored", "multiworker")     # tf.distribute, see kd_tf.distribute
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration value that kd_tf cannot use."""
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from kd_tf.atomic import replace_durably
+from kd_tf.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray, bit_depth: int = 8) 
     keep a very large image's temporaries small.
     """
     if bit_depth not in (8, 16):
-        raise ValueError(f"bit_depth={bit_depth!r}; accepted: 8, 16")
+        raise InputError(f"bit_depth={bit_depth!r}; accepted: 8, 16")
     peak = np.float32(255.0 if bit_depth == 8 else 65535.0)
     array = np.asarray(image)
     if array.ndim == 3 and array.shape[-1] == 3:
@@ -361,9 +362,9 @@ def split_images(images: dict[str, np.ndarray], heldout_fraction: float = 0.2,
                  seed: int = 0) -> ImageSplit:
     """Splits by whole image, never by patch, so no held-out pixel is ever trained on."""
     if not 0.0 < heldout_fraction < 1.0:
-        raise ValueError(f"heldout_fraction={heldout_fraction!r}; accepted: 0 < value < 1")
+        raise InputError(f"heldout_fraction={heldout_fraction!r}; accepted: 0 < value < 1")
     if len(images) < 2:
-        raise ValueError(f"need at least 2 images to split into train and held-out, got {len(images)}")
+        raise InputError(f"need at least 2 images to split into train and held-out, got {len(images)}")
     names = sorted(images)
     order = np.random.default_rng(seed).permutation(len(names))
     n_heldout = min(len(names) - 1, max(1, round(heldout_fraction * len(names))))
@@ -458,13 +459,13 @@ def patch_dataset(images, patch_size: int = 64, batch_size: int = 16,
     """
     images = list(images.values()) if isinstance(images, dict) else list(images)
     if not images:
-        raise ValueError("patch_dataset needs at least one image")
+        raise InputError("patch_dataset needs at least one image")
     low, high = (float(s) for s in sigma_range)
     if not 0.0 <= low <= high:
-        raise ValueError(f"sigma_range={sigma_range!r}; accepted: 0 <= low <= high (0-255 scale)")
+        raise InputError(f"sigma_range={sigma_range!r}; accepted: 0 <= low <= high (0-255 scale)")
     too_small = [img.shape[:2] for img in images if min(img.shape[:2]) < patch_size]
     if too_small:
-        raise ValueError(f"{len(too_small)} image(s) are smaller than patch_size={patch_size}: {too_small[:5]}")
+        raise InputError(f"{len(too_small)} image(s) are smaller than patch_size={patch_size}: {too_small[:5]}")
     flat, offsets, shapes, sizes = _pack(images)
     log_weights = tf.constant(np.log(sizes / sizes.sum())[None, :], tf.float32)
 
@@ -554,7 +555,7 @@ class LatentSampler:
 
     def __init__(self, latent_dim: int, seed: int = 0):
         if int(latent_dim) < 1:
-            raise ValueError(f"latent_dim={latent_dim!r} is not accepted; expected an int >= 1")
+            raise InputError(f"latent_dim={latent_dim!r} is not accepted; expected an int >= 1")
         self.latent_dim, self.seed = int(latent_dim), int(seed)
 
     def __call__(self, local_batch, step):

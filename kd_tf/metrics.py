@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+from kd_tf.errors import InputError
 
 
 def psnr(clean, restored, max_val: float = 1.0):
@@ -62,7 +63,7 @@ def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, subsets: int =
     real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
     size = min(subset_size, len(real), len(fake))
     if size < 2:
-        raise ValueError(f"KID needs at least 2 samples per set, got {len(real)} real and {len(fake)} generated")
+        raise InputError(f"KID needs at least 2 samples per set, got {len(real)} real and {len(fake)} generated")
     rng, dim, values = np.random.default_rng(seed), real.shape[1], []
     for _ in range(subsets):
         x = real[rng.choice(len(real), size, replace=False)]

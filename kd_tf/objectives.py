@@ -14,6 +14,7 @@ import tensorflow as tf
 from kd_tf.distribute import global_batch_size, mean_results
 from kd_tf.losses import output_loss, serialize_loss
 from kd_tf.metrics import psnr
+from kd_tf.errors import InputError
 
 
 class Reconstruction:
@@ -62,11 +63,11 @@ class Adversarial:
     def __init__(self, discriminator, optimizer=None, loss: str = "non-saturating", d_steps: int = 1,
                  r1_weight: float = 0.0):
         if loss not in ADVERSARIAL_LOSSES:
-            raise ValueError(f"adversarial loss {loss!r} is not accepted; expected one of {ADVERSARIAL_LOSSES}")
+            raise InputError(f"adversarial loss {loss!r} is not accepted; expected one of {ADVERSARIAL_LOSSES}")
         if not isinstance(d_steps, int) or d_steps < 1:
-            raise ValueError(f"d_steps={d_steps!r} is not accepted; expected an int >= 1")
+            raise InputError(f"d_steps={d_steps!r} is not accepted; expected an int >= 1")
         if not r1_weight >= 0:
-            raise ValueError(f"r1_weight={r1_weight!r} is not accepted; expected a float >= 0")
+            raise InputError(f"r1_weight={r1_weight!r} is not accepted; expected a float >= 0")
         self.discriminator = make_trainable(discriminator)
         self.optimizer = optimizer if optimizer is not None else keras.optimizers.Adam(2e-4, beta_1=0.5)
         self.optimizer.build(discriminator.trainable_variables)   # here, so a checkpoint always holds its state
@@ -88,7 +89,7 @@ class Adversarial:
         """The discriminator must take what the generator makes (checked before any training)."""
         expected = tuple(self.discriminator.input_shape[1:])
         if tuple(shape[1:]) != expected:
-            raise ValueError(f"the discriminator takes inputs of shape {expected}, but the generator makes "
+            raise InputError(f"the discriminator takes inputs of shape {expected}, but the generator makes "
                              f"{tuple(shape[1:])}; build the discriminator for the generator's output")
 
     def _logits(self, images):
@@ -149,7 +150,7 @@ def make_trainable(model):
     for layer in model.layers:
         layer.trainable = True
     if not model.trainable_variables:
-        raise ValueError(f"discriminator {model.name!r} has no trainable variables")
+        raise InputError(f"discriminator {model.name!r} has no trainable variables")
     return model
 
 

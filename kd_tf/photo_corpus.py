@@ -27,6 +27,7 @@ from typing import Callable, Iterable
 
 import cv2
 import numpy as np
+from kd_tf.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -269,19 +270,19 @@ EET_MAGIC = 0x1EE70F42      # Eet file format 2: header, directory entries, dict
 def eet_entries(raw: bytes, where: str = "Eet file") -> dict[str, tuple[int, int, int]]:
     """{entry name: (offset, size, flags)} of an Eet file (Enlightenment's .edj), from its directory."""
     if len(raw) < 12:
-        raise ValueError(f"{where}: {len(raw)} bytes, too short for an Eet header (12 bytes)")
+        raise InputError(f"{where}: {len(raw)} bytes, too short for an Eet header (12 bytes)")
     magic, count, _dictionary_size = struct.unpack(">3i", raw[:12])
     if magic != EET_MAGIC:
-        raise ValueError(f"{where}: magic 0x{magic & 0xFFFFFFFF:08X}; expected 0x{EET_MAGIC:08X} (an Eet file)")
+        raise InputError(f"{where}: magic 0x{magic & 0xFFFFFFFF:08X}; expected 0x{EET_MAGIC:08X} (an Eet file)")
     if count < 0 or 12 + 24 * count > len(raw):
-        raise ValueError(f"{where}: directory of {count} entries does not fit in {len(raw)} bytes")
+        raise InputError(f"{where}: directory of {count} entries does not fit in {len(raw)} bytes")
     entries = {}
     for index in range(count):
         offset, size, _data_size, name_offset, name_size, flags = struct.unpack(
             ">6i", raw[12 + 24 * index:36 + 24 * index])
         if min(offset, size, name_offset, name_size) < 0 or offset + size > len(raw) \
                 or name_offset + name_size > len(raw):
-            raise ValueError(f"{where}: entry {index} points outside the file ({len(raw)} bytes)")
+            raise InputError(f"{where}: entry {index} points outside the file ({len(raw)} bytes)")
         name = raw[name_offset:name_offset + name_size].split(b"\0")[0].decode("utf-8", "replace")
         entries[name] = (offset, size, flags)
     return entries
@@ -293,7 +294,7 @@ def eet_jpeg(raw: bytes, entry: str, where: str = "Eet file") -> bytes:
     jpegs = [name for name, (offset, _, flags) in entries.items()
              if flags == 0 and raw[offset:offset + 3] == b"\xff\xd8\xff"]
     if entry not in jpegs:
-        raise ValueError(f"{where}: no stored JPEG entry {entry!r}; its JPEG entries: {sorted(jpegs) or 'none'}")
+        raise InputError(f"{where}: no stored JPEG entry {entry!r}; its JPEG entries: {sorted(jpegs) or 'none'}")
     offset, size, _ = entries[entry]
     return raw[offset:offset + size]
 
@@ -378,7 +379,7 @@ def apt_download(package: str, directory: Path) -> Path:
     if result.returncode != 0 or not debs:
         errors = [line for line in (result.stderr or "").splitlines() if line.startswith("E:")]
         reason = errors[-1] if errors else (result.stderr.strip().splitlines() or ["no .deb written"])[-1]
-        raise ValueError(f"apt-get download {package} failed ({reason}); if the package lists are missing or "
+        raise InputError(f"apt-get download {package} failed ({reason}); if the package lists are missing or "
                          f"old, run `apt-get update` once (as root)")
     return debs[-1]
 
@@ -386,7 +387,7 @@ def apt_download(package: str, directory: Path) -> Path:
 def _run(command: list[str]) -> str:
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        raise ValueError(f"{' '.join(map(str, command))} failed: {result.stderr.strip() or result.returncode}")
+        raise InputError(f"{' '.join(map(str, command))} failed: {result.stderr.strip() or result.returncode}")
     return result.stdout
 
 
@@ -397,7 +398,7 @@ def _select(packages: Iterable[str] | None, photos: tuple[Photo, ...]) -> list[s
     chosen = list(dict.fromkeys(packages))
     unknown = [name for name in chosen if name not in known]
     if unknown:
-        raise ValueError(f"unknown package(s) {', '.join(unknown)}; accepted: {', '.join(known)}")
+        raise InputError(f"unknown package(s) {', '.join(unknown)}; accepted: {', '.join(known)}")
     return chosen
 
 
@@ -410,7 +411,7 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, dict]:
         payload = json.loads(path.read_text())
         return {entry["name"]: entry for entry in payload["photos"]}
     except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: not a kd_tf photo manifest ({error}); delete it and rerun "
+        raise InputError(f"{path}: not a kd_tf photo manifest ({error}); delete it and rerun "
                          f"`{FETCH_COMMAND} --out {out_dir}`") from error
 
 
@@ -476,7 +477,7 @@ def fetch(out_dir: str | os.PathLike | None = None, packages: Iterable[str] | No
 
     missing = _missing_tools(need_apt=download is None)
     if missing:
-        raise ValueError(f"photos fetch needs apt-get and dpkg-deb (Debian/Ubuntu); not found on PATH: "
+        raise InputError(f"photos fetch needs apt-get and dpkg-deb (Debian/Ubuntu); not found on PATH: "
                          f"{', '.join(missing)}. Alternatively point KD_TF_PHOTOS at a corpus fetched elsewhere")
     download = download or apt_download
     chosen = _select(packages, photos)
@@ -573,7 +574,7 @@ def load_corpus(out_dir: str | os.PathLike | None = None, role: str = "train") -
     from kd_tf.data import read_image
 
     if role not in ROLES:
-        raise ValueError(f"role={role!r}; accepted: {', '.join(ROLES)}")
+        raise InputError(f"role={role!r}; accepted: {', '.join(ROLES)}")
     out_dir = Path(out_dir) if out_dir is not None else default_corpus_dir()
     chosen = [entry for entry in _checked_manifest(out_dir).values() if entry["role"] == role]
     missing = [entry["file"] for entry in chosen if not (out_dir / entry["file"]).is_file()]
@@ -582,7 +583,7 @@ def load_corpus(out_dir: str | os.PathLike | None = None, role: str = "train") -
                                 f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; rerun "
                                 f"`{FETCH_COMMAND} --out {out_dir}` to prepare them again")
     if not chosen:
-        raise ValueError(f"{out_dir / MANIFEST} lists no photo with role {role!r}")
+        raise InputError(f"{out_dir / MANIFEST} lists no photo with role {role!r}")
     return {entry["name"]: read_image(out_dir / entry["file"]) for entry in chosen}
 
 

@@ -22,6 +22,7 @@ from kd_tf import config as cfg
 from kd_tf.atomic import write_text_atomically
 from kd_tf import distribute
 from kd_tf.callbacks import ImageGridCallback, StopAtStep, StopOnNonFiniteLoss
+from kd_tf.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def record_split(paths: "RunPaths", sets: dict[str, dict]) -> dict:
         saved = json.loads(path.read_text())
         if saved != record:
             changed = sorted(name for name in set(saved) | set(record) if saved.get(name) != record.get(name))
-            raise ValueError(f"run {paths.name!r} was started on another split of the images ({', '.join(changed)} "
+            raise InputError(f"run {paths.name!r} was started on another split of the images ({', '.join(changed)} "
                              f"differ from {path}); resume it with the data settings it started with, or "
                              f"start a new run with another --run-name")
     elif paths.chief:
@@ -98,7 +99,7 @@ def record_config(paths: "RunPaths", config: dict) -> None:
         changed = [f"{section}.{key}" for section in sorted(set(saved) | set(training))
                    for key in _diff(saved.get(section), training.get(section))]
         if changed:
-            raise ValueError(f"run {paths.name!r} was started with other training settings ({', '.join(changed[:6])} "
+            raise InputError(f"run {paths.name!r} was started with other training settings ({', '.join(changed[:6])} "
                              f"differ from {path}); rerun with the same settings to resume it, or give a new "
                              f"--run-name")
     elif paths.chief:

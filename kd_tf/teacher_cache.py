@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from kd_tf.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class TeacherCache:
         """An endless, seeded, reshuffled stream of ({inputs, teacher_outputs}, targets) batches;
         `skip_batches` continues it where a resumed run stopped."""
         if batch_size > len(self):
-            raise ValueError(f"batch_size={batch_size} exceeds the {len(self)} cached samples")
+            raise InputError(f"batch_size={batch_size} exceeds the {len(self)} cached samples")
         arrays = [self.inputs, self.teacher_outputs] + ([self.targets] if self.targets is not None else [])
         channels = [a.shape[-1] for a in arrays]
         bank = tf.data.Dataset.from_tensor_slices(tuple(arrays))
@@ -102,7 +103,7 @@ def cache_teacher_outputs(teacher, batches: tf.data.Dataset, num_batches: int,
     the memory of float32 (a 64x64 patch triple takes 74 kB).
     """
     if num_batches < 1:
-        raise ValueError(f"num_batches={num_batches!r}; accepted: an int >= 1")
+        raise InputError(f"num_batches={num_batches!r}; accepted: an int >= 1")
     forward = tf.function(lambda x: tf.cast(teacher(x, training=False), tf.float32))
     banks = None                         # filled in place: a list of batches plus a concatenate would
     filled = 0                           # hold every sample twice at the peak
@@ -121,7 +122,7 @@ def cache_teacher_outputs(teacher, batches: tf.data.Dataset, num_batches: int,
             banks = [np.empty((samples, *part.shape[1:]), dtype) for part in parts]
         size = int(noisy.shape[0])
         if filled + size > len(banks[0]):
-            raise ValueError(f"batch {index} has {size} samples, more than the first batch's "
+            raise InputError(f"batch {index} has {size} samples, more than the first batch's "
                              f"{len(banks[0]) // num_batches}; cache batches of one size")
         for bank, part in zip(banks, parts):
             bank[filled:filled + size] = np.asarray(part, dtype)
@@ -129,7 +130,7 @@ def cache_teacher_outputs(teacher, batches: tf.data.Dataset, num_batches: int,
         if progress and (index + 1) % 250 == 0:
             progress(f"teacher cache: {index + 1}/{num_batches} batches")
     if banks is None:
-        raise ValueError("the batch stream is empty: nothing to cache")
+        raise InputError("the batch stream is empty: nothing to cache")
     if filled < len(banks[0]):
         log.warning("the batch stream ended after %d of %d samples", filled, len(banks[0]))
         banks = [bank[:filled] for bank in banks]

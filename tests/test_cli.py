@@ -213,3 +213,21 @@ def test_a_verb_prints_no_tensorflow_start_up_lines(tmp_path):
                             env=env, cwd=Path(__file__).resolve().parents[1], timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and result.stderr.startswith("error: ")
+
+
+def test_only_input_errors_become_one_line_and_bugs_keep_their_traceback(tmp_path, capsys, monkeypatch):
+    from kd_tf import export_job
+
+    model = tmp_path / "student.keras"
+    build_unet((4, 8), 1, name="student").save(model)
+    common = ["export", "--model", str(model), "--set", f"output.runs_dir={tmp_path / 'runs'}",
+              "--set", f"output.log_dir={tmp_path / 'tb'}"]
+    assert main(common + ["--set", "formats=[jpeg]"]) == 2                 # the user's input: one line
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "formats" in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+    def deep_bug(*args, **kwargs):
+        raise ValueError("an internal invariant broke")                   # a bug, not the user's input
+    monkeypatch.setattr(export_job, "load_split", deep_bug)
+    with pytest.raises(ValueError, match="an internal invariant broke"):   # propagates: the traceback shows
+        main(common + ["--formats", "keras"])

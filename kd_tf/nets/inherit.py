@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from kd_tf.nets.unet import _stream_layers, has_unet_streams, stride_of
+from kd_tf.errors import InputError
 
 
 def _levels(model: keras.Model) -> int:
@@ -45,18 +46,18 @@ def _width(model: keras.Model, level: int) -> int:
 def _check_pair(teacher: keras.Model, student: keras.Model):
     for role, model in (("teacher", teacher), ("student", student)):
         if not has_unet_streams(model):
-            raise ValueError(f"the {role} is not a kd_tf.nets.build_unet network (layers head/down*/up*/skip*/"
+            raise InputError(f"the {role} is not a kd_tf.nets.build_unet network (layers head/down*/up*/skip*/"
                              f"tail); weight inheritance needs its layer names")
     levels = _levels(teacher)
     if _levels(student) != levels:
-        raise ValueError(f"the student has {_levels(student)} levels, the teacher {levels}; accepted: the same number")
+        raise InputError(f"the student has {_levels(student)} levels, the teacher {levels}; accepted: the same number")
     for level in range(levels):
         if _width(student, level) > _width(teacher, level):
-            raise ValueError(f"level {level}: the student is wider ({_width(student, level)} channels) than the "
+            raise InputError(f"level {level}: the student is wider ({_width(student, level)} channels) than the "
                              f"teacher ({_width(teacher, level)}); accepted: at most the teacher's widths")
     for prefix, _ in _prefixes(levels):
         if _block_count(student, prefix) > _block_count(teacher, prefix):
-            raise ValueError(f"{prefix}: the student has {_block_count(student, prefix)} residual blocks, the "
+            raise InputError(f"{prefix}: the student has {_block_count(student, prefix)} residual blocks, the "
                              f"teacher {_block_count(teacher, prefix)}; accepted: at most the teacher's")
 
 
@@ -81,7 +82,7 @@ def _energies(teacher: keras.Model, names: list[str], batches) -> dict[str, np.n
             totals[name] = totals[name] + np.mean(np.square(np.asarray(tensor, np.float32)), axis=(0, 1, 2))
         count += 1
     if count == 0:
-        raise ValueError("no batches to measure the teacher's activations on")
+        raise InputError("no batches to measure the teacher's activations on")
     return {name: total / count for name, total in totals.items()}
 
 
