@@ -130,7 +130,40 @@ def build_parser() -> argparse.ArgumentParser:
     photo_list = photo_actions.add_parser("list", help="summarise a fetched corpus (its manifest.json)")
     for action in (fetch, photo_list):
         action.add_argument("--out", help="corpus folder (default: $KD_TF_PHOTOS or ~/.cache/kd_tf/photos)")
+    keys = verbs.add_parser("config", help="every config key of a verb with its default and meaning")
+    keys.add_argument("job", nargs="?", default="distill", help="distill, train-teacher, export, evaluate, "
+                      "'distill --task gan', 'train-teacher --task gan', train-classifier, 'evaluate --task gan'")
+    for verb in verbs.choices.values():              # --help shows every option's default
+        verb.formatter_class = _WithDefaults
     return parser
+
+
+class _WithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless it has none or its help already says it; config keys'
+    defaults: `python -m kd_tf config VERB`."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _config_verb(job: str) -> int:
+    """Prints every key of `job`'s config: dotted key, default, meaning (from the code's comments)."""
+    from kd_tf import config as cfg
+
+    if job not in cfg.JOBS:
+        print(f"error: job {job!r}; accepted: {', '.join(repr(name) for name in cfg.JOBS)}", file=sys.stderr)
+        return 2
+    rows = cfg.describe(cfg.JOBS[job])
+    width = max(len(key) for key, _, _ in rows)
+    print(f"# python -m kd_tf {job} --config FILE: YAML keys (nested), or --set KEY=VALUE")
+    for key, default, meaning in rows:
+        if default == "":                           # a section
+            print(f"\n{key}:  # {meaning}")
+        else:
+            print(f"  {key:<{width}}  {default!r:<24}  {meaning}")
+    return 0
 
 
 def quiet_tensorflow_start():
@@ -157,6 +190,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.verb == "photos":                          # needs no config, no TensorFlow
         return _photos_verb(args)
+    if args.verb == "config":
+        return _config_verb(args.job)
     quiet_tensorflow_start()
     from kd_tf import config as cfg
     from kd_tf import export_job, jobs

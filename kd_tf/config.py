@@ -39,14 +39,14 @@ class DataConfig:
 
     data_dir: str | None = None          # None: the embedded photos (see kd_tf.data)
     heldout_fraction: float = 0.2        # for a user's folder only; split by whole image
-    split_seed: int = 0
-    patch_size: int = 64
-    batch_size: int = 16
+    split_seed: int = 0                   # seed of the held-out split of a user's folder
+    patch_size: int = 64                  # side of the square training patches, px
+    batch_size: int = 16                  # patches per step (the global batch under tf.distribute)
     sigma_min: float = 0.0               # 0-255 scale
-    sigma_max: float = 55.0
-    val_sigma: float = 25.0
-    val_crop: int = 128
-    val_crops_per_image: int = 4
+    sigma_max: float = 55.0               # noise sigma drawn per patch in [sigma_min, sigma_max]
+    val_sigma: float = 25.0               # noise sigma of the validation crops
+    val_crop: int = 128                   # side of the validation crops, px
+    val_crops_per_image: int = 4          # validation crops per held-out image
     # the photo corpus (`python -m kd_tf photos fetch`): its training photos join the training
     # images; its second held-out set is scored beside the first whenever the corpus is there
     corpus: bool = False
@@ -80,15 +80,15 @@ class DataConfig:
 class TrainConfig:
     """The optimisation budget shared by teacher training and distillation."""
 
-    steps: int = 3000
-    steps_per_epoch: int = 250
-    learning_rate: float = 1e-3
+    steps: int = 3000                     # optimizer steps run (exactly; the last epoch is cut)
+    steps_per_epoch: int = 250            # steps between checkpoints, logs and image grids
+    learning_rate: float = 1e-3           # Adam's peak rate
     final_learning_rate_fraction: float = 0.01   # cosine decay to lr * this
     # "auto": bfloat16 where the hardware has it (1.6x faster on a CPU with AVX512_BF16, 5-15x slower
     # where it is emulated), float16 with loss scaling on GPUs without it, else float32 (kd_tf.precision);
     # true/bfloat16, float16, false/float32 force one
     mixed_precision: bool | str = "auto"
-    seed: int = 0
+    seed: int = 0                         # seed of weights, patches and noise
     strategy: str = "default"                    # one of STRATEGIES; data.batch_size is the global batch
 
     def validate(self):
@@ -111,8 +111,9 @@ class TrainConfig:
 class NetConfig:
     """A residual U-Net of kd_tf.nets: channels per level and residual blocks per level."""
 
+    # channels per level, full resolution first
     widths: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 128, 256])
-    blocks: int | list[int] = 2
+    blocks: int | list[int] = 2           # residual blocks per level (one int, or one per level)
 
     def validate(self, where):
         _check(len(self.widths) >= 2 and all(int(w) >= 1 for w in self.widths), f"{where}.widths",
@@ -140,9 +141,9 @@ class WeightConfig:
     minus it, as in keras.distillation) as a constant (kind=constant, start), a ramp from start to
     end over the steps, or adaptive (kind=adaptive: balanced from the loss terms, from start)."""
 
-    kind: str = "constant"
-    start: float = 0.5
-    end: float | None = None
+    kind: str = "constant"                # constant, linear, cosine or adaptive
+    start: float = 0.5                    # the weight at step 0 (and the constant's value)
+    end: float | None = None              # the weight after the ramp (linear/cosine only)
 
     def validate(self):
         kinds = ("constant", "linear", "cosine", "adaptive")
@@ -172,13 +173,15 @@ RENAMED_KEYS = {"alpha": ("student_loss_weight", _alpha_as_weight)}
 
 @dataclasses.dataclass
 class DistillConfig:
-    """How the teacher teaches: output loss, alpha, feature pairs."""
+    """How the teacher teaches: output loss, student_loss_weight, feature and attention pairs."""
 
-    teacher: str = DEFAULT_TEACHER
-    output_loss: str = "mse"
+    teacher: str = DEFAULT_TEACHER        # .keras, .h5 or SavedModel dir; non-blind teachers get each patch's sigma
+    output_loss: str = "mse"              # distance of student to teacher outputs: mse or l1
     # the weight of the student's own loss (Keras' name); the deprecated `alpha` is 1 - it
     student_loss_weight: WeightConfig = dataclasses.field(default_factory=WeightConfig)
+    # [teacher layer, student layer, weight] pairs; adapters where channels differ
     features: list[FeaturePair] = dataclasses.field(default_factory=list)
+    # [teacher layer, student layer, weight] pairs matched by attention maps
     attention: list[FeaturePair] = dataclasses.field(default_factory=list)
     # also train the same student on its own loss only (doubles the main job's training time: off by
     # default; benchmarks/distillation_gain.py measures it over seeds)
@@ -211,14 +214,14 @@ class DistillConfig:
 
 @dataclasses.dataclass
 class FinetuneConfig:
-    """The optional last phase: the student alone on its own objective (alpha = 0), no teacher.
+    """The optional last phase: the student alone on its own objective (no teacher).
 
     Its steps come out of train.steps, so the student's budget stays train.steps: distillation
     runs train.steps - finetune.steps steps, then this phase runs its own cosine schedule."""
 
     steps: int = 0                        # 0: no fine-tuning
-    learning_rate: float = 1e-4
-    final_learning_rate_fraction: float = 0.01
+    learning_rate: float = 1e-4           # Adam's peak rate of the fine-tuning phase
+    final_learning_rate_fraction: float = 0.01 # cosine decay to learning_rate * this
 
     def validate(self, train_steps: int):
         _check(isinstance(self.steps, int) and 0 <= self.steps < train_steps, "finetune.steps", self.steps,
@@ -242,9 +245,10 @@ class AssistantConfig:
     widths and blocks and at least the student's, and strictly between them in size), "always"
     runs it whatever the networks, "never" skips it."""
 
-    use: str = "never"
+    use: str = "never"                    # auto, always or never (see above)
+    # the assistant U-Net's channels per level
     widths: list[int] = dataclasses.field(default_factory=lambda: [20, 40, 80, 160])
-    blocks: int | list[int] = 2
+    blocks: int | list[int] = 2           # the assistant's residual blocks per level
     steps: int | None = None              # None: a sixth of train.steps (500 of the main job's 3,000)
 
     def validate(self):
@@ -261,12 +265,14 @@ class AssistantConfig:
 class EvalConfig:
     """The held-out report: which noise levels, which classical baselines."""
 
+    # noise levels of the held-out report (0-255 scale)
     sigmas: list[float] = dataclasses.field(default_factory=lambda: [15.0, 25.0, 50.0])
+    # classical denoisers scored beside the models: nlmeans, cbm3d
     baselines: list[str] = dataclasses.field(default_factory=lambda: ["nlmeans", "cbm3d"])
     cbm3d_sigmas: list[float] | None = None   # None: every sigma; CBM3D takes ~20 s per photo
-    seed: int = 2024
-    max_images: int | None = None
-    timing_size: int = 512
+    seed: int = 2024                      # seed of the held-out noise (the same for every model)
+    max_images: int | None = None         # score only the first N held-out images (None: all)
+    timing_size: int = 512                # side of the image the models are timed on, px
 
     def validate(self):
         known = ("nlmeans", "cbm3d")
@@ -279,9 +285,11 @@ class EvalConfig:
 
 @dataclasses.dataclass
 class OutputConfig:
+    """Where a run writes: its folder, its TensorBoard logs."""
+
     run_name: str | None = None           # default: <verb>-<timestamp>
-    runs_dir: str = "runs"
-    log_dir: str = "tensorboard_logs"
+    runs_dir: str = "runs"                # where run folders go (checkpoints, reports, models)
+    log_dir: str = "tensorboard_logs"     # TensorBoard logs, one folder per run
     image_grid_every: int = 1             # epochs between TensorBoard image grids
 
 
@@ -323,6 +331,7 @@ class DistillJobConfig:
     eval: EvalConfig = dataclasses.field(default_factory=lambda: EvalConfig(cbm3d_sigmas=[25.0]))
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     save_to: str | None = None            # default: <run dir>/student.keras
+    # formats the distilled student is exported to (see `export`)
     export_formats: list[str] = dataclasses.field(default_factory=lambda: ["keras", "savedmodel", "int8"])
     qat_steps: int = 0                    # quantization-aware fine-tuning of the exported int8 student
 
@@ -345,21 +354,24 @@ class DistillJobConfig:
 class ExportJobConfig:
     """`python -m kd_tf export`: the student to every deployable format, with a parity report."""
 
-    model: str = DEFAULT_STUDENT
+    model: str = DEFAULT_STUDENT          # the float student to export (.keras)
     out_dir: str | None = None            # default: runs/<run>/export
+    # any of keras, savedmodel, float32, float16, dynamic, int8, int16x8
     formats: list[str] = dataclasses.field(default_factory=lambda: ["keras", "savedmodel", "float32", "float16",
                                                                      "dynamic", "int8"])
     calibration_batches: int = 32         # x 8 crops of 64x64 from training photos, noise as in training
     int8_calibration: str = "percentile"  # percentile ranges on an equalized copy, or the converter's "minmax"
-    calibration_percentile: float = 99.99
+    calibration_percentile: float = 99.99 # percentile of the activation ranges int8 covers
     qat_steps: int = 0                    # > 0: quantization-aware fine-tuning of the int8 copy (percentile only)
-    qat_learning_rate: float = 1e-4
+    qat_learning_rate: float = 1e-4       # Adam's peak rate of the QAT fine-tuning
     qat_teacher: str = DEFAULT_TEACHER    # QAT distills from the teacher, as the student was trained
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    sigma: float = 25.0
+    sigma: float = 25.0                   # noise sigma of the parity and latency checks (0-255 scale)
+    # image sides the latency table is measured on, px
     latency_sizes: list[int] = dataclasses.field(default_factory=lambda: [256, 512])
+    # interpreter thread counts the latency table is measured with
     threads: list[int] = dataclasses.field(default_factory=lambda: [1, 2])
-    eval_seed: int = 2024
+    eval_seed: int = 2024                 # seed of the parity check's noise
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
 
     def validate(self):
@@ -397,8 +409,8 @@ class DigitsConfig:
     """Which digit set (kd_tf.digits: auto, pureml, fashion, keras-mnist, keras-fashion, or an image
     folder) and the global batch."""
 
-    source: str = "auto"
-    batch_size: int = 64
+    source: str = "auto"                  # auto, pureml, fashion, keras-mnist, keras-fashion or an image folder
+    batch_size: int = 64                  # digits per step
 
     def validate(self):
         from kd_tf.digits import SOURCES
@@ -412,8 +424,8 @@ class DigitsConfig:
 class GeneratorConfig:
     """A DCGAN generator of kd_tf.nets.dcgan: latent size and channels at 7x7, 14x14, 28x28."""
 
-    latent_dim: int = 64
-    widths: list[int] = dataclasses.field(default_factory=lambda: [128, 64, 32])
+    latent_dim: int = 64                  # size of the latent z
+    widths: list[int] = dataclasses.field(default_factory=lambda: [128, 64, 32]) # channels at 7x7, 14x14 and 28x28
 
     def validate(self, where):
         _check(self.latent_dim >= 1, f"{where}.latent_dim", self.latent_dim, "an int >= 1")
@@ -425,9 +437,9 @@ class GeneratorConfig:
 class AdversarialConfig:
     """The adversarial objective: its loss, the discriminator's optimizer, updates, R1 penalty."""
 
-    loss: str = "non-saturating"
-    d_steps: int = 1
-    r1_weight: float = 0.0
+    loss: str = "non-saturating"          # non-saturating or hinge
+    d_steps: int = 1                      # discriminator updates per generator step
+    r1_weight: float = 0.0                # R1 gradient penalty on real digits (0: off)
     learning_rate: float = 2e-4          # the discriminator's Adam (beta_1 0.5, as DCGAN)
     discriminator_widths: list[int] = dataclasses.field(default_factory=lambda: [64, 128])   # new discriminators only
 
@@ -444,12 +456,12 @@ class AdversarialConfig:
 class GanEvalConfig:
     """FID / KID / precision-recall: how many samples, how often during training, the grids."""
 
-    classifier: str = DEFAULT_CLASSIFIER
+    classifier: str = DEFAULT_CLASSIFIER  # the digit classifier whose features FID/KID use
     samples: int = 10000                 # generated images scored against the 10k test digits
     every_epochs: int = 1                # the TensorBoard callback (fewer samples there: callback_samples)
-    callback_samples: int = 2000
+    callback_samples: int = 2000          # samples the per-epoch TensorBoard scores use
     grid: int = 8                        # fixed-z sample grids: grid x grid per model
-    seed: int = 1234
+    seed: int = 1234                      # seed of the latents scored
     collapse_ratio: float = 0.5          # warn when samples' diversity < ratio x the real digits'
 
     def validate(self):
@@ -496,6 +508,7 @@ class ClassifierDataConfig(DigitsConfig):
 class StudentGeneratorConfig(GeneratorConfig):
     """The default student: 9.3x fewer MACs than the default teacher generator."""
 
+    # the student generator's channels at 7x7, 14x14, 28x28
     widths: list[int] = dataclasses.field(default_factory=lambda: [40, 20, 10])
 
 
@@ -537,7 +550,7 @@ class GanTeacherJobConfig:
     eval: GanEvalConfig = dataclasses.field(default_factory=GanEvalConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     save_to: str | None = None            # the run folder only; configs/gan/teacher.yaml ships both
-    save_discriminator_to: str | None = None
+    save_discriminator_to: str | None = None # also ship the discriminator here (None: run folder only)
 
     def validate(self):
         self.data.validate()
@@ -552,13 +565,13 @@ class GanTeacherJobConfig:
 
 @dataclasses.dataclass
 class GanDistillConfig:
-    """How the teacher GAN teaches: alpha (image MSE vs adversarial), feature pairs."""
+    """How the teacher GAN teaches: student_loss_weight (adversarial vs image MSE), feature pairs."""
 
-    teacher: str = DEFAULT_GAN_TEACHER
+    teacher: str = DEFAULT_GAN_TEACHER                 # the teacher generator (.keras)
     discriminator: str = DEFAULT_GAN_DISCRIMINATOR     # the adversarial objective starts from a copy
-    output_loss: str = "mse"
+    output_loss: str = "mse"                           # distance of student to teacher images: mse or l1
     student_loss_weight: GanWeightConfig = dataclasses.field(default_factory=GanWeightConfig)
-    features: list[FeaturePair] = dataclasses.field(default_factory=list)
+    features: list[FeaturePair] = dataclasses.field(default_factory=list)   # [teacher, student, weight] layers
     compare_scratch: bool = True          # the same student as a plain GAN, same steps and seed
 
     def validate(self):
@@ -603,7 +616,7 @@ class GanEvaluateJobConfig:
     data: DigitsConfig = dataclasses.field(default_factory=DigitsConfig)
     eval: GanEvalConfig = dataclasses.field(default_factory=GanEvalConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
-    calibration_batches: int = 16
+    calibration_batches: int = 16         # x 64 latents from N(0, 1) for the int8 calibration
 
     def validate(self):
         self.data.validate()
@@ -771,3 +784,71 @@ def load(cls, path: str | os.PathLike | None, overrides: dict | None = None):
 
 def to_dict(config) -> dict:
     return dataclasses.asdict(config)
+
+
+# what `python -m kd_tf config JOB` describes: each verb's config schema
+JOBS = {"distill": DistillJobConfig, "train-teacher": TeacherJobConfig, "export": ExportJobConfig,
+        "evaluate": DistillJobConfig, "distill --task gan": GanDistillJobConfig,
+        "train-teacher --task gan": GanTeacherJobConfig, "train-classifier": ClassifierJobConfig,
+        "evaluate --task gan": GanEvaluateJobConfig}
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """Each field's meaning, read from the comments beside and above it in the class source (and
+    its bases'), so the documentation is the code's own and cannot drift from it."""
+    import inspect
+
+    comments = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        above = []
+        for line in lines[1:]:
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                above.append(stripped.lstrip("#").strip())
+                continue
+            name = stripped.split(":", 1)[0]
+            if ":" in stripped and name.isidentifier() and not stripped.startswith(("def ", "return")):
+                inline = stripped.split("#", 1)[1].strip() if "#" in stripped else ""
+                meaning = " ".join(above + ([inline] if inline else []))
+                if meaning:
+                    comments[name] = meaning
+            above = []
+    return comments
+
+
+def describe(cls, prefix: str = "") -> list[tuple[str, object, str]]:
+    """(dotted key, default, meaning) for every key of a job config, nested sections flattened.
+
+    >>> rows = dict((key, (default, meaning)) for key, default, meaning in describe(DistillJobConfig))
+    >>> rows["train.steps"][0], rows["distill.student_loss_weight.start"][0]
+    (1200, 0.5)
+    >>> "doubles" in rows["distill.compare_scratch"][1]
+    True
+    """
+    rows, comments, hints = [], _field_comments(cls), typing.get_type_hints(cls)
+    defaults = cls()
+    for field in dataclasses.fields(cls):
+        key, default = f"{prefix}{field.name}", getattr(defaults, field.name)
+        if dataclasses.is_dataclass(hints[field.name]):
+            nested = type(default) if dataclasses.is_dataclass(default) else hints[field.name]
+            section = (nested.__doc__ or "").strip().splitlines()[0] if nested.__doc__ else ""
+            rows.append((key, "", section))
+            rows.extend(_with_defaults(describe(nested, key + "."), default, key + "."))
+        else:
+            rows.append((key, default, comments.get(field.name, "")))
+    return rows
+
+
+def _with_defaults(rows, instance, prefix):
+    """A nested section's rows with the defaults its parent sets (a job's own TrainConfig(steps=...))."""
+    out = []
+    for key, default, meaning in rows:
+        node = instance
+        for part in key[len(prefix):].split("."):
+            node = getattr(node, part, default)
+        out.append((key, default if dataclasses.is_dataclass(node) else node, meaning))
+    return out

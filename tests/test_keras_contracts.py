@@ -175,3 +175,29 @@ def test_precision_follows_the_device(monkeypatch):
 def test_docstring_examples_run(module):
     failed, tried = doctest.testmod(module)
     assert tried and not failed
+
+
+def test_config_verb_lists_every_key_with_its_default_and_meaning(capsys):
+    from kd_tf.cli import main
+
+    for job, cls in cfg.JOBS.items():
+        rows = cfg.describe(cls)
+        keys = {key for key, _, _ in rows}
+        assert not [key for key, _, meaning in rows if not meaning], job     # every key says what it is
+        assert {f.name for f in __import__("dataclasses").fields(cls)} <= keys
+    assert main(["config", "distill"]) == 0
+    printed = capsys.readouterr().out
+    defaults = cfg.DistillJobConfig()
+    for key, default, _ in cfg.describe(cfg.DistillJobConfig):
+        assert key in printed
+    line = next(line for line in printed.splitlines() if line.split()[:1] == ["train.steps"])
+    assert line.split()[1] == repr(defaults.train.steps) == "1200"
+    assert main(["config", "no-such-verb"]) == 2
+
+
+def test_help_shows_defaults(capsys):
+    from kd_tf.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert "(.keras, SavedModel, .tflite) (default: denoise)" in " ".join(capsys.readouterr().out.split())
