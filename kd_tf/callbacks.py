@@ -1,11 +1,21 @@
 """Keras callbacks: TensorBoard image grids of fixed validation crops, generator metrics and sample
-grids (FID/KID every N epochs), a stop on divergence."""
+grids (FID/KID every N epochs), a stop on divergence, checkpoints whose epoch travels with their weights."""
 
 from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 import keras
+
+from kd_tf.atomic import replace_durably, write_text_atomically
+
+log = logging.getLogger(__name__)
 
 
 def first_images(inputs):
@@ -162,3 +172,131 @@ class GeneratorMetricsCallback(keras.callbacks.Callback):
         self.history.append({"epoch": epoch + 1, **scores})
         if logs is not None:
             logs.update({f"val_{key}": scores[key] for key in ("fid", "kid")})
+
+
+# -- checkpoints a kill cannot misalign ---------------------------------------------------------
+
+_CHECKPOINT = re.compile(r"epoch-(\d+)\.weights\.h5")
+METADATA = "training_metadata.json"
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"epoch-{epoch:05d}.weights.h5"
+
+
+@dataclasses.dataclass(frozen=True)
+class RestorePoint:
+    """The checkpoint a run resumes from: the epochs it completed and the weights file (None: a new run)."""
+
+    epoch: int
+    weights: Path | None
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why an HDF5 weights file cannot be restored (every dataset is read), or None."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as file:
+            file.visititems(lambda name, item: item[()] if isinstance(item, h5py.Dataset) else None)
+    except Exception as error:                       # h5py raises OSError, KeyError, RuntimeError...
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _legacy_points(backup_dir: Path) -> list[tuple[int, Path]]:
+    """(epoch, weights) pairs of keras.callbacks.BackupAndRestore's own layout, left by earlier
+    versions (latest.weights.h5 + training_metadata.json, and their .bkp copies)."""
+    points = []
+    for suffix in ("", ".bkp"):
+        weights, metadata = backup_dir / f"latest.weights.h5{suffix}", backup_dir / f"{METADATA}{suffix}"
+        if not weights.is_file():
+            continue
+        try:
+            points.append((int(json.loads(metadata.read_text())["epoch"]), weights))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.warning("ignoring %s: its epoch record %s is unreadable (%s)", weights, metadata, error)
+    return points
+
+
+def restore_point(backup_dir) -> RestorePoint:
+    """The newest whole checkpoint in `backup_dir`. Its epoch is in its file name, so the data
+    stream's offset and the restored weights always come from the same file; a torn or corrupt
+    file is skipped with a warning (the run redoes that epoch), a torn metadata file is not needed."""
+    backup_dir = Path(backup_dir)
+    if not backup_dir.is_dir():
+        return RestorePoint(0, None)
+    points = [(int(m.group(1)), 1, path) for path in backup_dir.iterdir()
+              if (m := _CHECKPOINT.fullmatch(path.name))]
+    points += [(epoch, 0, path) for epoch, path in _legacy_points(backup_dir)]
+    for epoch, _, path in sorted(points, reverse=True):
+        problem = _unreadable(path)
+        if problem is None:
+            return RestorePoint(epoch, path)
+        log.warning("checkpoint %s is unreadable (%s); falling back to the one before", path, problem)
+    return RestorePoint(0, None)
+
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """keras.callbacks.BackupAndRestore whose checkpoint is one file named after its epoch.
+
+    Keras writes the weights, then the epoch in a second file, each in place: a kill between the
+    two reran an epoch, a torn epoch file made the run unresumable, and its fallback to the
+    previous weights left the data stream (read before fit) an epoch ahead. Here the weights are
+    written beside, fsynced and renamed to epoch-NNNNN.weights.h5, so a checkpoint exists whole
+    or not at all and carries its epoch; `restore_point` picks it both for the data offset
+    (kd_tf.runs.resumed_batches) and for the weights. The last `keep` checkpoints are kept, so a
+    corrupt newest one falls back to the one before. training_metadata.json is written after, for
+    people and tools; nothing reads it back. Saves once per epoch.
+    """
+
+    def __init__(self, backup_dir, delete_checkpoint: bool = True, keep: int = 2, **kwargs):
+        kwargs.pop("double_checkpoint", None)        # always: `keep` checkpoints
+        if kwargs.get("save_freq", "epoch") != "epoch":
+            raise ValueError("kd_tf's BackupAndRestore saves once per epoch (save_freq='epoch')")
+        super().__init__(backup_dir, delete_checkpoint=delete_checkpoint, **kwargs)
+        self.keep = max(1, int(keep))
+        self.restored = RestorePoint(0, None)
+
+    def on_train_begin(self, logs=None):
+        self._load_model()
+
+    def _load_model(self):
+        if not self.model.built:
+            raise ValueError(f"To use the BackupAndRestore callback, the model must be built before fit(); "
+                             f"{self.model} is not")
+        self.restored = point = restore_point(self.backup_dir)
+        if point.weights is None:
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        if point.weights.name.endswith(".weights.h5"):
+            self.model.load_weights(str(point.weights))
+        else:                                        # Keras' latest.weights.h5.bkp: load_weights wants the ending
+            import shutil
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as scratch:
+                copy = Path(scratch) / "restored.weights.h5"
+                shutil.copyfile(point.weights, copy)
+                self.model.load_weights(str(copy))
+        self.model._initial_epoch = point.epoch
+
+    def _save_model(self):
+        self._save_into(Path(self.backup_dir), prune=True)
+
+    def _save_into(self, directory: Path, prune: bool):
+        directory.mkdir(parents=True, exist_ok=True)
+        final = directory / checkpoint_name(self._current_epoch)
+        partial = directory / f".partial-{final.name}"          # save_weights needs the .weights.h5 ending
+        self.model.save_weights(str(partial), overwrite=True)
+        replace_durably(partial, final)                        # the checkpoint is committed here
+        write_text_atomically(directory / METADATA, json.dumps(
+            {"epoch": self._current_epoch, "batch": 0, "weights": final.name}))
+        if prune:
+            numbered = sorted((int(m.group(1)), path) for path in directory.iterdir()
+                              if (m := _CHECKPOINT.fullmatch(path.name)))
+            for _, old in numbered[:-self.keep]:
+                old.unlink(missing_ok=True)
+            for stale in directory.glob(".partial-*"):          # left by a kill mid-write
+                stale.unlink(missing_ok=True)

@@ -28,7 +28,7 @@ ACCEPTED_IMAGES = ("PNG, JPEG, BMP, TIFF, WebP or PPM/PGM; 8 or 16 bit (float TI
                    "or palette")
 
 
-class ImageReadError(ValueError):
+class ImageReadError(InputError):
     """A file that kd_tf cannot use as an image; the message says what, where and what is accepted."""
 
 

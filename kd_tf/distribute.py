@@ -26,10 +26,12 @@ import json
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import keras
 import tensorflow as tf
 
+from kd_tf import callbacks
 from kd_tf.config import STRATEGIES
 from kd_tf.errors import InputError
 
@@ -175,17 +177,14 @@ def mean_results(metrics) -> dict:
     return results
 
 
-class BackupAndRestore(keras.callbacks.BackupAndRestore):
-    """keras.callbacks.BackupAndRestore of which only the chief writes `backup_dir`.
+class BackupAndRestore(callbacks.BackupAndRestore):
+    """kd_tf.callbacks.BackupAndRestore of which only the chief writes `backup_dir`.
 
     The Keras multi-worker pattern: every worker saves (a save may read replicated variables with
     collective ops, so all must take part), the others into a scratch folder deleted at once; every
     worker restores from the chief's `backup_dir`, so resuming a run spread over several machines
-    needs the runs folder on a shared filesystem. With chief=True it is the Keras callback as is.
+    needs the runs folder on a shared filesystem. With chief=True it is the kd_tf callback as is.
     """
-
-    _PATHS = ("backup_dir", "_weights_path", "_training_metadata_path", "_prev_weights_path",
-              "_prev_training_metadata_path")
 
     def __init__(self, backup_dir, chief: bool = True, **kwargs):
         super().__init__(backup_dir, **kwargs)
@@ -194,15 +193,10 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     def _save_model(self):
         if self.chief:
             return super()._save_model()
-        kept = {name: getattr(self, name) for name in self._PATHS}
         scratch = tempfile.mkdtemp(prefix="kd_tf-backup-")
         try:
-            for name, path in kept.items():    # the same file names, in the scratch folder
-                setattr(self, name, scratch if name == "backup_dir" else os.path.join(scratch, os.path.basename(path)))
-            return super()._save_model()
+            self._save_into(Path(scratch), prune=False)
         finally:
-            for name, path in kept.items():
-                setattr(self, name, path)
             shutil.rmtree(scratch, ignore_errors=True)
 
     def on_train_end(self, logs=None):

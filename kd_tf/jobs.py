@@ -154,7 +154,7 @@ def start_from_teacher(student_init: str, teacher: keras.Model, student: keras.M
         return None
     try:
         kept = inherit_from_teacher(teacher, student, batches.take(energy_batches).map(lambda noisy, clean: noisy))
-    except InputError as error:
+    except ValueError as error:                     # also Keras' own, e.g. a teacher of other channels
         if student_init == "teacher":
             raise InputError(f"distill.student_init=teacher: {error}") from None
         log.info("the student starts from random weights (distill.student_init=auto: %s)", error)
@@ -251,6 +251,7 @@ def distill_phase(config: cfg.DistillJobConfig, teacher_path: str, reference_tea
                             verbose=2 if os.environ.get("KD_TF_QUIET") else "auto")
     timings["seconds"] = time.time() - started
     return DistillPhase(student, initial_weights, inherited, history.history, timings)
+
 
 
 def as_input_error(build):

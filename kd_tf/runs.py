@@ -21,7 +21,7 @@ import numpy as np
 from kd_tf import config as cfg
 from kd_tf.atomic import write_text_atomically
 from kd_tf import distribute
-from kd_tf.callbacks import ImageGridCallback, StopAtStep, StopOnNonFiniteLoss
+from kd_tf.callbacks import ImageGridCallback, StopAtStep, StopOnNonFiniteLoss, restore_point
 from kd_tf.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -154,22 +154,20 @@ def standard_callbacks(paths: RunPaths, val_noisy, val_clean, output: cfg.Output
         ImageGridCallback(rows, val_clean[::spread], paths.logs / tag / "images",
                           every=output.image_grid_every),
         distribute.BackupAndRestore(str(paths.backup / tag), chief=paths.chief, delete_checkpoint=False,
-                                    double_checkpoint=True),   # a kill mid-save falls back one epoch
+                                    keep=2),   # a corrupt newest checkpoint falls back one epoch
         StopOnNonFiniteLoss(paths.backup / tag),
         StopAtStep(steps),
     ]
 
 
 def resumed_batches(backup_dir: Path, steps_per_epoch: int) -> int:
-    """Batches a run already trained on, from its BackupAndRestore metadata (0 for a new run),
-    so its data stream continues where it stopped instead of replaying the first batches."""
-    metadata = Path(backup_dir) / "training_metadata.json"
-    if not metadata.is_file():
-        return 0
-    epoch = int(json.loads(metadata.read_text()).get("epoch", 0))
-    if epoch:
-        log.info("resuming %s after epoch %d", backup_dir.name, epoch)
-    return epoch * steps_per_epoch
+    """Batches a run already trained on (0 for a new run), so its data stream continues where it
+    stopped instead of replaying the first batches. It comes from the checkpoint that
+    BackupAndRestore restores (kd_tf.callbacks.restore_point), never from a separate record."""
+    point = restore_point(backup_dir)
+    if point.epoch:
+        log.info("resuming %s after epoch %d (%s)", Path(backup_dir).name, point.epoch, point.weights.name)
+    return point.epoch * steps_per_epoch
 
 
 def worker_report(paths: RunPaths, job: str, history: dict) -> dict:

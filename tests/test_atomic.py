@@ -1,13 +1,11 @@
-"""Killing an export at any moment leaves each final path with the old artifact or none, never a
-broken one (every artifact is written under a temporary name, then renamed)."""
+"""Killing an export at any commit point leaves each final path with a whole artifact, the old or the
+new one (every artifact is written under a temporary name, flushed, then renamed or exchanged)."""
 
 import os
-import signal
-import subprocess
-import sys
-import time
 
+import cv2
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -30,31 +28,56 @@ def _intact(out):
     return present
 
 
-def test_export_killed_at_any_time_never_leaves_a_broken_artifact(tmp_path):
+class Killed(BaseException):
+    """A kill injected at one exact point: nothing after it runs."""
+
+
+def test_export_killed_at_each_commit_point_keeps_every_artifact_whole(tmp_path, monkeypatch):
+    """The export is killed just before each rename or directory exchange that commits a file
+    (and, in the run before, it is counted): every final path always holds a loadable artifact,
+    the old or the new one, never a missing or broken one."""
+    from kd_tf import atomic
+    from kd_tf.cli import main
+
     keras.utils.set_random_seed(0)
     model = tmp_path / "student.keras"
     build_unet((4, 8), 1, name="student").save(model)
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "kd_tf", "export", "--model", str(model), "--out", str(out),
-               "--formats", "keras", "savedmodel", "int8", "--set", "calibration_batches=2",
-               "--set", "latency_sizes=[64]", "--set", "threads=[1]", "--set", f"output.runs_dir={tmp_path / 'runs'}"]
-    env = {**os.environ, "KD_TF_QUIET": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    started = time.time()
-    subprocess.run(command, check=True, env=env, capture_output=True)
-    duration = time.time() - started
-    assert _intact(out) == 3
+    out, photos = tmp_path / "out", tmp_path / "photos"          # small photos: each export takes seconds
+    photos.mkdir()
+    for index in range(4):
+        cv2.imwrite(str(photos / f"p{index}.png"), np.random.default_rng(index).integers(0, 256, (72, 72, 3), np.uint8))
+    argv = ["export", "--model", str(model), "--out", str(out), "--data", str(photos),
+            "--formats", "keras", "savedmodel", "int8",
+            "--set", "calibration_batches=2", "--set", "latency_sizes=[64]", "--set", "threads=[1]",
+            "--set", f"output.runs_dir={tmp_path / 'runs'}", "--set", f"output.log_dir={tmp_path / 'tb'}"]
+    assert main(argv) == 0 and _intact(out) == 3          # the old artifacts the kills must never lose
 
-    for fraction in (0.45, 0.65, 0.85):                 # past the imports, into the writing
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    commits, real_replace, real_exchange = [], atomic.os.replace, atomic._exchange
+
+    def commit(kind, real, kill_at):
+        def do(a, b):
+            commits.append(f"{kind} {os.path.basename(b)}")
+            if len(commits) == kill_at:
+                raise Killed(commits[-1])
+            return real(a, b)
+        return do
+
+    def run(kill_at):
+        commits.clear()
+        monkeypatch.setattr(atomic.os, "replace", commit("rename", real_replace, kill_at))
+        monkeypatch.setattr(atomic, "_exchange", commit("exchange", real_exchange, kill_at))
         try:
-            time.sleep(fraction * duration)
-            process.send_signal(signal.SIGKILL)
-            process.wait(timeout=30)
+            return main(argv)
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        assert _intact(out) >= 2, f"killed at {fraction:.0%}"   # at most one in its rename window
+            monkeypatch.undo()
+
+    assert run(kill_at=0) == 0                       # counts the commit points of a whole export
+    points = list(commits)
+    assert any(p.startswith("exchange savedmodel") for p in points) and any("student.keras" in p for p in points)
+    for kill_at in range(1, len(points) + 1):
+        with pytest.raises(Killed):
+            run(kill_at)
+        assert _intact(out) == 3, f"killed before {points[kill_at - 1]}"
 
 
 def test_a_file_reaches_the_disk_before_its_name_changes(tmp_path, monkeypatch):
