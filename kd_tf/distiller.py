@@ -131,6 +131,15 @@ class Distiller(keras.Model):
     Under tf.distribute (build and compile it in `strategy.scope()`, see kd_tf.distribute) the
     loss is the mean over the global batch and the logged terms are global means, so R replicas
     with a global batch B take the steps of one device with batch B.
+
+    >>> import numpy as np
+    >>> from kd_tf.nets import build_unet
+    >>> teacher, student = build_unet((8, 16), 1, name="t"), build_unet((4, 8), 1, name="s")
+    >>> distiller = Distiller(teacher, student, student_loss_weight=0.5, features=[("dec0", "dec0", 0.1)])
+    >>> distiller.compile(optimizer="adam", metrics=["mae"])
+    >>> x = np.random.default_rng(0).random((4, 16, 16, 3)).astype("float32")
+    >>> sorted(distiller.fit(x, x, epochs=1, verbose=0).history)
+    ['distill', 'feature_dec0', 'loss', 'mae', 'own', 'psnr', 'student_loss_weight']
     """
 
     def __init__(self, teacher: keras.Model, student: keras.Model, student_loss_weight=None, output_loss="mse",

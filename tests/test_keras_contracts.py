@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import kd_tf.config
+import kd_tf.distiller
 import kd_tf.losses
 import kd_tf.precision
 from kd_tf import Distiller
@@ -171,7 +172,7 @@ def test_precision_follows_the_device(monkeypatch):
         cfg.from_dict(cfg.DistillJobConfig, {"train": {"mixed_precision": "fp8"}})
 
 
-@pytest.mark.parametrize("module", [kd_tf.losses, kd_tf.precision, kd_tf.config, schedules])
+@pytest.mark.parametrize("module", [kd_tf.losses, kd_tf.precision, kd_tf.config, schedules, kd_tf.distiller])
 def test_docstring_examples_run(module):
     failed, tried = doctest.testmod(module)
     assert tried and not failed
