@@ -364,7 +364,7 @@ class ExportJobConfig:
     calibration_percentile: float = 99.99 # percentile of the activation ranges int8 covers
     qat_steps: int = 0                    # > 0: quantization-aware fine-tuning of the int8 copy (percentile only)
     qat_learning_rate: float = 1e-4       # Adam's peak rate of the QAT fine-tuning
-    qat_teacher: str = DEFAULT_TEACHER    # QAT distills from the teacher, as the student was trained
+    qat_teacher: str | None = None        # QAT's teacher; None: the one that taught the student's run, else the shipped one
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     sigma: float = 25.0                   # noise sigma of the parity and latency checks (0-255 scale)
     # image sides the latency table is measured on, px

@@ -6,6 +6,7 @@ The main job calls it on the student it distilled; it reads only saved models an
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -21,7 +22,7 @@ from kd_tf import config as cfg
 from kd_tf.data import load_split, patch_dataset
 from kd_tf.distiller import Distiller
 from kd_tf.evaluation import render_table
-from kd_tf.model_io import load_model, load_teacher, save_model
+from kd_tf.model_io import load_model, load_teacher, save_model, takes_noise_level
 from kd_tf.runs import RunPaths
 from kd_tf.teacher_cache import cache_teacher_outputs
 
@@ -57,17 +58,43 @@ def quantization_aware_finetune(aware: keras.Model, config: cfg.ExportJobConfig,
     from kd_tf.nets.fake_quant import freeze_ranges
 
     keras.utils.set_random_seed(config.eval_seed)
-    teacher = load_teacher(config.qat_teacher, mixed_precision=bfloat16_is_fast())
+    teacher_path, why = qat_teacher(config)
+    teacher = load_teacher(teacher_path, mixed_precision=bfloat16_is_fast())
     stream = patch_dataset(images, config.data.patch_size, config.data.batch_size,
-                           (config.data.sigma_min, config.data.sigma_max), seed=config.eval_seed)
+                           (config.data.sigma_min, config.data.sigma_max), seed=config.eval_seed,
+                           noise_level_for_teacher=takes_noise_level(teacher))     # FFDNet: each patch's sigma
     cache = cache_teacher_outputs(teacher, stream, min(config.qat_steps, 300))
     distiller = Distiller(teacher, freeze_ranges(aware), student_loss_weight=0.5)
     schedule = keras.optimizers.schedules.CosineDecay(config.qat_learning_rate, config.qat_steps, alpha=0.01)
     distiller.compile(optimizer=keras.optimizers.Adam(schedule))
-    log.info("quantization-aware fine-tuning: %d steps", config.qat_steps)
+    log.info("quantization-aware fine-tuning: %d steps, teacher %s (%s)", config.qat_steps, teacher_path, why)
     distiller.fit(cache.dataset(config.data.batch_size, seed=config.eval_seed), epochs=1,
                   steps_per_epoch=config.qat_steps, verbose=2 if os.environ.get("KD_TF_QUIET") else "auto")
     return aware
+
+
+def run_teacher(model_path) -> str | None:
+    """The teacher that distilled the model at `model_path`, from its run folder (None for a model
+    from no run): the run's assistant when it had one (it taught the student), else
+    training_config.json's distill.teacher."""
+    folder = Path(model_path).parent
+    record = folder / "training_config.json"
+    if not record.is_file():
+        return None
+    if (folder / "assistant.keras").is_file():
+        return str(folder / "assistant.keras")
+    return (json.loads(record.read_text()).get("distill") or {}).get("teacher")
+
+
+def qat_teacher(config: cfg.ExportJobConfig) -> tuple[str, str]:
+    """(path, why) of the teacher QAT distills from: qat_teacher when set, else the teacher of the
+    student's run, else the shipped teacher. A student is fine-tuned toward what it learned from."""
+    if config.qat_teacher:
+        return config.qat_teacher, "qat_teacher"
+    from_run = run_teacher(config.model)
+    if from_run:
+        return from_run, f"the teacher of the student's run ({Path(config.model).parent / 'training_config.json'})"
+    return cfg.DEFAULT_TEACHER, "the shipped teacher (the student comes from no run)"
 
 
 def export_student(config: cfg.ExportJobConfig) -> dict:
@@ -140,7 +167,12 @@ def export_student(config: cfg.ExportJobConfig) -> dict:
         row["delta_psnr_vs_float"] = row["psnr"] - float_psnr
     report = {"job": "export", "run": paths.name, "model": config.model, "out_dir": str(out), "sigma": config.sigma,
               "heldout": names, "float_keras_psnr": float_psnr, "formats": rows, "config": cfg.to_dict(config)}
+    if config.qat_steps and "int8" in config.formats and config.int8_calibration == "percentile":
+        path, why = qat_teacher(config)
+        report["qat_teacher"] = {"path": path, "why": why}
     report["table"] = format_export_table(report, config)
+    if "qat_teacher" in report:
+        report["table"] += f"\nint8 QAT teacher: {report['qat_teacher']['path']} ({report['qat_teacher']['why']})"
     report["report_path"] = str(paths.write_json("export_report.json", report))
     return report
 

@@ -1,5 +1,7 @@
 """int8 preparation: channel equalization, fake-quantized copies, percentile ranges, QAT."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -116,3 +118,34 @@ def test_export_with_qat_writes_an_int8_model(tmp_path, tiny_teacher):
     assert not list((tmp_path / "out").glob("*.partial"))
     with pytest.raises(cfg.ConfigError, match="qat_steps"):
         cfg.from_dict(cfg.ExportJobConfig, {"qat_steps": 5, "int8_calibration": "minmax"})
+
+
+def test_qat_distills_from_the_teacher_of_the_students_run_even_a_non_blind_one(tmp_path, monkeypatch):
+    """A student from a run is fine-tuned toward the teacher that made it (here a tiny FFDNet,
+    which takes [image, noise level]), and the report names it; a student from no run, toward the
+    shipped teacher."""
+    from kd_tf import export_job
+    from kd_tf.ffdnet import build_ffdnet
+    from kd_tf.model_io import save_model
+
+    keras.utils.set_random_seed(0)
+    run = tmp_path / "runs" / "tiny"
+    run.mkdir(parents=True)
+    teacher_path = save_model(build_ffdnet(features=8, depth=2, name="tiny_ffdnet"), tmp_path / "ffdnet_tiny.keras")
+    student_path = save_model(build_unet((4, 8), 1, name="student"), run / "student.keras")
+    (run / "training_config.json").write_text(json.dumps({"distill": {"teacher": str(teacher_path)}}))
+    loaded = []
+    real_load = export_job.load_teacher
+    monkeypatch.setattr(export_job, "load_teacher", lambda path, **kw: loaded.append(path) or real_load(path, **kw))
+    settings = {"out_dir": str(tmp_path / "out"), "formats": ["int8"], "qat_steps": 2, "calibration_batches": 2,
+                "latency_sizes": [32], "threads": [1], "data": {"patch_size": 32, "batch_size": 2},
+                "output": {"runs_dir": str(tmp_path / "runs_export"), "log_dir": str(tmp_path / "tb")}}
+    report = export_job.export_student(cfg.from_dict(cfg.ExportJobConfig, {"model": str(student_path), **settings}))
+    assert loaded == [str(teacher_path)]
+    assert report["qat_teacher"]["path"] == str(teacher_path) and "training_config.json" in report["qat_teacher"]["why"]
+    assert str(teacher_path) in report["table"] and np.isfinite(report["formats"]["int8"]["psnr"])
+
+    assert export_job.qat_teacher(cfg.from_dict(cfg.ExportJobConfig, {"model": str(tmp_path / "s.keras")}))[0] \
+        == cfg.DEFAULT_TEACHER                                 # a student from no run
+    assert export_job.qat_teacher(cfg.from_dict(cfg.ExportJobConfig, {
+        "model": str(student_path), "qat_teacher": "mine.keras"}))[0] == "mine.keras"   # asked for: used
