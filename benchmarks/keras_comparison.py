@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -212,6 +213,10 @@ def render(result: dict) -> str:
               f"| keras.distillation.Distiller | {1000 * steps['median_s']['keras']:.0f} |",
               f"| kd_tf Distiller | {1000 * steps['median_s']['kd_tf']:.0f} |",
               f"| Keras / kd_tf | {steps['keras_over_kd_tf']:.2f}x |", ""]
+    if "load_average_1min" in result:
+        lines += [f"Load average (1 min) before and after: {result['load_average_1min'][0]:.1f} / "
+                  f"{result['load_average_1min'][1]:.1f}; above the core count, other work shared the CPU "
+                  f"(both arms alike: they alternate).", ""]
     return "\n".join(lines)
 
 
@@ -223,9 +228,11 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     sizes = Sizes(warmup=2, steps=3) if args.quick else Sizes(steps=20)
     bench = Bench(sizes, quick=args.quick)
-    result = {"machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
+    load_before = os.getloadavg()[0]
+    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "quick": args.quick, "capabilities": capabilities(),
               "steps": step_times(bench, 1 if args.quick else args.rounds)}
+    result["load_average_1min"] = [load_before, os.getloadavg()[0]]     # > cores: the timings were shared
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "keras_comparison.json").write_text(json.dumps(result, indent=2) + "\n")
