@@ -51,7 +51,8 @@ def _tap_model(model: keras.Model, layer_names, role: str) -> keras.Model:
 
 def _probe_inputs(model, probe_size: int, fallback):
     """Zeros shaped like each of a multi-input model's inputs (unknown sizes -> probe_size, batch
-    1), so that a teacher that takes more than the student (a noise level) can be checked up front."""
+    1), so that a teacher that takes more than the student (a noise level), or two models of
+    (image, time) (kd_tf.diffusion.progressive), can be checked up front."""
     inputs = getattr(model, "inputs", None)
     if not inputs or len(inputs) < 2:
         return fallback
@@ -71,9 +72,10 @@ def _input_channels(model):
 def _takes_vectors(model) -> bool:
     """Whether the model's input is a (batch, size) vector: a generator's latent z."""
     try:
-        return len(model.input_shape) == 2
+        shape = model.input_shape
     except (AttributeError, ValueError, TypeError):
         return False
+    return len(shape) == 2 and not isinstance(shape[0], (tuple, list))   # not a two-input model's shapes
 
 
 def _as_metric(metric):
@@ -226,7 +228,8 @@ class Distiller(keras.Model):
         probe = tf.zeros((1, channels) if vectors else (1, probe_size, probe_size, channels))
         teacher_out = tf.nest.flatten(self.teacher_taps(_probe_inputs(self.teacher, probe_size, probe),
                                                         training=False))
-        student_out = tf.nest.flatten(self.student_taps(probe, training=False))
+        student_out = tf.nest.flatten(self.student_taps(_probe_inputs(self.student, probe_size, probe),
+                                                        training=False))
         where = "one latent vector" if vectors else f"a {probe_size}x{probe_size} input"
         if tuple(teacher_out[0].shape) != tuple(student_out[0].shape):
             raise ValueError(f"teacher output shape {tuple(teacher_out[0].shape)} differs from student "

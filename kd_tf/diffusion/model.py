@@ -1,0 +1,84 @@
+"""`DiffusionModel`: trains a noise-predicting network with `fit()` on clean images.
+
+Each step draws a diffusion time per image, mixes image and noise at that time and regresses
+the noise (keras.io's DDIM example, with the model's own metrics); an exponential moving average
+of the weights (`ema_network`) is what samples and teaches, as is usual for diffusion models.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from kd_tf.diffusion.schedule import predict, rates, to_model
+
+
+@keras.saving.register_keras_serializable(package="kd_tf")
+class DiffusionModel(keras.Model):
+    """`fit(images in [0, 1])` trains `network`; `ema_network` follows it with `ema` momentum."""
+
+    def __init__(self, network: keras.Model, ema: float = 0.999, seed: int = 0, name: str = "diffusion", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if not 0.0 <= float(ema) < 1.0:
+            raise ValueError(f"ema={ema!r}; accepted: 0 <= ema < 1")
+        self.network = network
+        self.ema_network = keras.models.clone_model(network)
+        self.ema_network.set_weights(network.get_weights())
+        self.ema_network.trainable = False
+        self.ema = float(ema)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.noise_loss_tracker = keras.metrics.Mean(name="noise_loss")
+        self.image_loss_tracker = keras.metrics.Mean(name="image_loss")
+
+    @property
+    def metrics(self):
+        return [self.noise_loss_tracker, self.image_loss_tracker]
+
+    def call(self, inputs, training=False):
+        return self.network(inputs, training=training)
+
+    def _noised(self, images):
+        images = to_model(images)
+        batch = tf.shape(images)[0]
+        noise = keras.random.normal(tf.shape(images), seed=self.seed_generator)
+        times = keras.random.uniform((batch, 1, 1, 1), seed=self.seed_generator)
+        noise_rate, signal_rate = rates(times)
+        return images, noise, times, signal_rate * images + noise_rate * noise
+
+    def _diffusion_losses(self, network, images, training):
+        images, noise, times, noisy = self._noised(images)
+        predicted_noise, predicted_images = predict(lambda x: network(x, training=training), noisy, times)
+        return (tf.reduce_mean(tf.square(noise - predicted_noise)),
+                tf.reduce_mean(tf.abs(images - predicted_images)))
+
+    def train_step(self, data):
+        images = data[0] if isinstance(data, tuple) else data
+        with tf.GradientTape() as tape:
+            noise_loss, image_loss = self._diffusion_losses(self.network, images, training=True)
+            scaled = self.optimizer.scale_loss(noise_loss)
+        variables = self.network.trainable_variables
+        self.optimizer.apply(tape.gradient(scaled, variables), variables)
+        for weight, ema_weight in zip(self.network.weights, self.ema_network.weights):
+            ema_weight.assign(self.ema * ema_weight + (1.0 - self.ema) * weight)
+        self.noise_loss_tracker.update_state(noise_loss)
+        self.image_loss_tracker.update_state(image_loss)
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        images = data[0] if isinstance(data, tuple) else data
+        noise_loss, image_loss = self._diffusion_losses(self.ema_network, images, training=False)
+        self.noise_loss_tracker.update_state(noise_loss)
+        self.image_loss_tracker.update_state(image_loss)
+        return {m.name: m.result() for m in self.metrics}
+
+    def get_config(self):
+        return {**super().get_config(), "network": keras.saving.serialize_keras_object(self.network),
+                "ema": self.ema}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["network"] = keras.saving.deserialize_keras_object(config["network"])
+        config.pop("trainable", None)
+        config.pop("dtype", None)
+        return cls(**config)

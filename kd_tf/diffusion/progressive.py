@@ -1,0 +1,135 @@
+"""Progressive distillation (Salimans & Ho, 2022) as multi-stage distillation with the `Distiller`.
+
+A stage halves the sampler's steps: the student (a copy of the teacher's network) learns to do in
+one DDIM step what the teacher does in two. Both are wrapped as models of the same inputs, a noisy
+image z_t at a time t of the student's grid (drawn from real images):
+
+- teacher `TwoStepTarget`: two teacher DDIM steps t -> t - 1/N -> t - 2/N, then the clean image
+  x~ that one DDIM step from z_t must predict to land where they did:
+  x~ = (z'' - (s''/s) z_t) / (a'' - (s''/s) a)  (a, s: signal and noise rates at t and t'');
+  on the last student step, the teacher's final image itself;
+- student `XPrediction`: its network's predicted clean image at (z_t, t).
+
+The Distiller's output term (MSE in image space; the paper weighs it by max(SNR, 1), kd_tf by 1)
+then trains only the student; the next stage's teacher is this stage's student, N -> N/2 -> ... -> 1.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kd_tf.diffusion.schedule import ddim_step, predict, rates, to_model
+
+log = logging.getLogger(__name__)
+
+
+@keras.saving.register_keras_serializable(package="kd_tf")
+class _Wrapped(keras.layers.Layer):
+    """A network as a layer of a two-input (noisy image, time) model."""
+
+    def __init__(self, network: keras.Model, teacher_steps: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.network = network
+        self.teacher_steps = teacher_steps
+
+    def call(self, inputs, training=False):
+        noisy, times = inputs
+        noisy, times = tf.cast(noisy, tf.float32), tf.cast(times, tf.float32)
+        network = lambda x: self.network(x, training=training)   # noqa: E731
+        if self.teacher_steps is None:
+            return predict(network, noisy, times)[1]
+        return two_step_target(network, noisy, times, self.teacher_steps)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
+def two_step_target(network, noisy, times, teacher_steps: int):
+    """The clean-image target of one student step from `times`, from two teacher steps."""
+    half = 1.0 / teacher_steps
+    middle, end = times - half, times - 2.0 * half
+    middle_noisy, _ = ddim_step(network, noisy, times, middle)
+    end_noisy, middle_image = ddim_step(network, middle_noisy, middle, tf.maximum(end, 0.0))
+    noise_rate, signal_rate = rates(times)
+    end_noise, end_signal = rates(tf.maximum(end, 0.0))
+    ratio = end_noise / noise_rate
+    folded = (end_noisy - ratio * noisy) / (end_signal - ratio * signal_rate)
+    return tf.where(end > 1e-6, folded, middle_image)        # the last student step: the teacher's image
+
+
+def _two_input_model(network, teacher_steps, name):
+    noisy = keras.Input(network.input_shape[0][1:], name="noisy")
+    times = keras.Input((1, 1, 1), name="time")
+    output = _Wrapped(network, teacher_steps, name=f"{name}_step")([noisy, times])
+    return keras.Model([noisy, times], output, name=name)
+
+
+def XPrediction(network: keras.Model, name: str = "student") -> keras.Model:   # noqa: N802 - a model, named as one
+    """[noisy image, time] -> the network's predicted clean image (the stage's student)."""
+    return _two_input_model(network, None, name)
+
+
+def TwoStepTarget(network: keras.Model, teacher_steps: int, name: str = "teacher") -> keras.Model:   # noqa: N802
+    """[noisy image, time] -> the target folding two of `teacher_steps` DDIM steps into one."""
+    if int(teacher_steps) < 2 or int(teacher_steps) % 2:
+        raise ValueError(f"teacher_steps={teacher_steps!r}; accepted: an even int >= 2")
+    return _two_input_model(network, int(teacher_steps), name)
+
+
+def stage_dataset(images: np.ndarray, student_steps: int, batch_size: int, seed: int = 0) -> tf.data.Dataset:
+    """Endless unlabeled batches ((z_t, t),) for a stage: real images noised at a time of the
+    student's grid (1, 1 - 1/S, ..., 1/S), one time per image."""
+    images = np.asarray(images, np.float32)
+    if images.ndim == 3:
+        images = images[..., None]
+    steps = int(student_steps)
+
+    def noised(batch, seed_pair):
+        clean = to_model(batch)
+        size = tf.shape(clean)[0]
+        k = tf.random.stateless_uniform([size, 1, 1, 1], seed_pair, 0, steps, dtype=tf.int32)
+        times = 1.0 - tf.cast(k, tf.float32) / steps
+        noise = tf.random.stateless_normal(tf.shape(clean), seed_pair + 1)
+        noise_rate, signal_rate = rates(times)
+        return ((signal_rate * clean + noise_rate * noise, times),)
+
+    batches = tf.data.Dataset.from_tensor_slices(images).shuffle(min(len(images), 10000), seed=seed).repeat()
+    batches = batches.batch(batch_size, drop_remainder=True)
+    seeds = tf.data.Dataset.counter().map(lambda i: tf.stack([tf.cast(seed, tf.int64), i]))
+    return tf.data.Dataset.zip((batches, seeds)).map(noised, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+
+
+def progressive_distillation(network: keras.Model, images: np.ndarray, start_steps: int, end_steps: int = 1,
+                             steps_per_stage: int = 1000, batch_size: int = 64, learning_rate: float = 1e-4,
+                             seed: int = 0, callbacks=None) -> list[tuple[int, keras.Model]]:
+    """Distils `network`'s `start_steps`-step sampler stage by stage down to `end_steps` steps.
+
+    Returns [(steps, network)] per stage, the first the teacher itself. Each stage's student is a
+    copy of the stage's teacher, trained `steps_per_stage` optimizer steps; the teacher is frozen.
+    `callbacks(steps)` may return Keras callbacks for a stage (TensorBoard grids).
+    """
+    from kd_tf.distiller import Distiller
+
+    if start_steps < 2 or start_steps & (start_steps - 1) or end_steps < 1 or start_steps % end_steps:
+        raise ValueError(f"start_steps={start_steps}, end_steps={end_steps}; accepted: powers of two, "
+                         f"start_steps >= 2 and a multiple of end_steps")
+    stages, teacher, steps = [(start_steps, network)], network, start_steps
+    while steps > end_steps:
+        student = keras.models.clone_model(teacher)
+        student.set_weights(teacher.get_weights())
+        frozen = keras.models.clone_model(teacher)
+        frozen.set_weights(teacher.get_weights())
+        frozen.trainable = False
+        distiller = Distiller(TwoStepTarget(frozen, steps), XPrediction(student), student_loss_weight=0.0)
+        distiller.compile(optimizer=keras.optimizers.Adam(learning_rate))
+        log.info("progressive distillation: %d -> %d steps, %d optimizer steps", steps, steps // 2, steps_per_stage)
+        distiller.fit(stage_dataset(images, steps // 2, batch_size, seed + steps), epochs=1,
+                      steps_per_epoch=steps_per_stage, verbose=0,
+                      callbacks=list(callbacks(steps // 2)) if callbacks else None)
+        teacher, steps = student, steps // 2
+        stages.append((steps, student))
+    return stages

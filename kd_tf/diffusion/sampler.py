@@ -1,0 +1,73 @@
+"""`DDIMSampler`: a noise-predicting network and a step count as one Keras model, noise in,
+image out.
+
+An N-step sampler is then a teacher like any other for `kd_tf.Distiller` (the same noise goes to
+teacher and student, and the output term matches their images), and a one- or few-step sampler
+around a copy of the teacher's network is a student that starts where the teacher is (Luhman &
+Luhman, 2021, distil the whole N-step map into one step). The sampler's image is the last step's
+predicted clean image, in [0, 1] pixels, not clipped (so gradients reach a student's network).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from kd_tf.diffusion.schedule import ddim_step, step_times, to_pixels
+
+
+@keras.saving.register_keras_serializable(package="kd_tf")
+class DDIMSampler(keras.Model):
+    """`steps` deterministic DDIM steps of `network` from the noise image it is called on.
+
+    >>> import numpy as np
+    >>> from kd_tf.diffusion.nets import build_denoiser
+    >>> sampler = DDIMSampler(build_denoiser(28, 1, (8, 16), 1), steps=4)
+    >>> sampler(np.zeros((2, 28, 28, 1), "float32")).shape
+    TensorShape([2, 28, 28, 1])
+    """
+
+    def __init__(self, network: keras.Model, steps: int, name: str | None = None, **kwargs):
+        super().__init__(name=name or f"ddim_{int(steps)}_steps", **kwargs)
+        if int(steps) < 1:
+            raise ValueError(f"steps={steps!r}; accepted: an int >= 1")
+        self.network = network
+        self.steps = int(steps)
+        self.image_shape = tuple(network.input_shape[0][1:])
+        self.build((None, *self.image_shape))
+
+    def build(self, input_shape):
+        self.built = True
+
+    @property
+    def input_shape(self):            # what the Distiller reads: one noise image per sample
+        return (None, *self.image_shape)
+
+    @property
+    def output_shape(self):
+        return (None, *self.image_shape)
+
+    def call(self, noise, training=False):
+        noisy = tf.cast(noise, tf.float32)
+        batch = tf.shape(noisy)[0]
+        times = step_times(self.steps, batch) + [tf.zeros([batch, 1, 1, 1])]
+        network = lambda x: self.network(x, training=training)   # noqa: E731
+        image = noisy
+        for now, after in zip(times[:-1], times[1:]):
+            noisy, image = ddim_step(network, noisy, now, after)
+        return to_pixels(image)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "network": keras.saving.serialize_keras_object(self.network),
+                "steps": self.steps}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["network"] = keras.saving.deserialize_keras_object(config["network"])
+        config.pop("trainable", None)
+        config.pop("dtype", None)
+        return cls(**config)

@@ -1,0 +1,139 @@
+"""The diffusion task with tiny models: the sampler as a teacher matches the sampler, a one-step
+student trains only itself, progressive distillation folds two teacher steps into one and each
+stage trains only its student."""
+
+import doctest
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import kd_tf.diffusion.nets
+import kd_tf.diffusion.sampler
+import kd_tf.diffusion.schedule
+from kd_tf import Distiller
+from kd_tf.diffusion import (DDIMSampler, DiffusionModel, TwoStepTarget, XPrediction, build_denoiser,
+                             progressive_distillation, stage_dataset)
+from kd_tf.diffusion.schedule import ddim_step, predict, rates, to_pixels
+
+
+def _network(seed=0, name="denoiser"):
+    keras.utils.set_random_seed(seed)
+    network = build_denoiser(28, 1, (8, 16), 1, embedding_dims=8, name=name)
+    # the output layer starts at zero (an untrained network predicts no noise): perturb it so the
+    # tests see a network whose predictions depend on its input
+    kernel, bias = network.get_layer("noise").get_weights()
+    network.get_layer("noise").set_weights([np.random.default_rng(seed).normal(0, 0.05, kernel.shape), bias])
+    return network
+
+
+@pytest.fixture(scope="module")
+def digits():
+    rng = np.random.default_rng(0)
+    images = np.zeros((64, 28, 28, 1), np.float32)
+    for i, image in enumerate(images):                   # strokes: a bright bar at a random place
+        row = rng.integers(4, 20)
+        image[row:row + 4, 6:22] = 1.0 if i % 2 else 0.0
+        image[6:22, row:row + 4] = 1.0
+    return images
+
+
+def _weights(model):
+    return [w.copy() for w in model.get_weights()]
+
+
+def _changed(before, model):
+    return any(not np.allclose(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def test_the_sampler_is_the_ddim_loop(rng):
+    network = _network()
+    noise = rng.normal(size=(3, 28, 28, 1)).astype(np.float32)
+    sampler = DDIMSampler(network, steps=3)
+    noisy, image = tf.constant(noise), None
+    for k in range(3):                                   # by hand: times 1, 2/3, 1/3, then the last image
+        now, after = tf.fill([3, 1, 1, 1], 1 - k / 3), tf.fill([3, 1, 1, 1], 1 - (k + 1) / 3)
+        eps = network([noisy, rates(now)[0] ** 2]).numpy()
+        noise_rate, signal_rate = (r.numpy() for r in rates(now))
+        image = (noisy.numpy() - noise_rate * eps) / signal_rate
+        next_noise, next_signal = (r.numpy() for r in rates(after))
+        noisy = tf.constant(next_signal * image + next_noise * eps)
+    np.testing.assert_allclose(sampler(noise).numpy(), (image + 1) / 2, atol=1e-5)
+    assert sampler.input_shape == (None, 28, 28, 1)
+    assert not np.allclose(DDIMSampler(network, steps=1)(noise).numpy(), sampler(noise).numpy())
+
+
+def test_a_one_step_student_learns_the_samplers_map_and_only_it_trains(rng):
+    teacher_net, student_net = _network(0, "teacher_net"), _network(0, "student_net")
+    teacher = DDIMSampler(teacher_net, steps=4)
+    student = DDIMSampler(student_net, steps=1)
+    distiller = Distiller(teacher, student, student_loss_weight=0.0, probe_size=28)
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-3))
+    noise = rng.normal(size=(16, 28, 28, 1)).astype(np.float32)
+    teacher_before, student_before = _weights(teacher_net), _weights(student_net)
+    first = distiller.evaluate(noise, batch_size=8, verbose=0, return_dict=True)["distill"]
+    distiller.fit(noise, batch_size=8, epochs=8, verbose=0)
+    last = distiller.evaluate(noise, batch_size=8, verbose=0, return_dict=True)["distill"]
+    assert not _changed(teacher_before, teacher_net) and _changed(student_before, student_net)
+    assert last < 0.7 * first
+    expected = np.mean((teacher(noise).numpy() - student(noise).numpy()) ** 2)
+    assert last == pytest.approx(expected, rel=1e-3)
+
+
+def test_the_folded_target_lands_where_two_teacher_steps_do(rng):
+    network = _network(1)
+    z = tf.constant(rng.normal(size=(4, 28, 28, 1)).astype(np.float32))
+    times = tf.constant([1.0, 0.75, 0.5, 0.25], shape=(4, 1, 1, 1))
+    target = TwoStepTarget(network, 8)([z, times]).numpy()
+    after = times - 2 / 8
+    # one student step predicting `target` from z_t, with the noise that image implies
+    noise_rate, signal_rate = rates(times)
+    implied_noise = (z - signal_rate * target) / noise_rate
+    next_noise, next_signal = rates(after)
+    one_step = next_signal * target + next_noise * implied_noise
+    middle, _ = ddim_step(network, z, times, times - 1 / 8)
+    two_steps, middle_image = ddim_step(network, middle, times - 1 / 8, after)
+    np.testing.assert_allclose(one_step[:3], two_steps[:3], atol=1e-4)
+    np.testing.assert_allclose(target[3], middle_image[3], atol=1e-5)   # last student step: the teacher's image
+    x_hat = XPrediction(network)([z, times]).numpy()
+    np.testing.assert_allclose(x_hat, predict(network, z, times)[1].numpy(), atol=1e-6)
+
+
+def test_stage_data_are_noised_on_the_students_grid(digits):
+    (z, times), = next(iter(stage_dataset(digits, 4, 16)))
+    assert z.shape == (16, 28, 28, 1) and set(np.round(times.numpy().ravel(), 6)) <= {1.0, 0.75, 0.5, 0.25}
+
+
+def test_each_progressive_stage_trains_only_its_student(digits):
+    network = _network(2)
+    before = _weights(network)
+    stages = progressive_distillation(network, digits, start_steps=4, end_steps=1, steps_per_stage=3,
+                                      batch_size=8, learning_rate=1e-3)
+    assert [steps for steps, _ in stages] == [4, 2, 1]
+    assert not _changed(before, network)                            # the original teacher is untouched
+    two_step, one_step = stages[1][1], stages[2][1]
+    assert _changed(before, two_step)
+    assert _changed(_weights(two_step), one_step)                   # the 1-step student left its teacher
+    noise = np.random.default_rng(3).normal(size=(2, 28, 28, 1)).astype(np.float32)
+    assert DDIMSampler(one_step, 1)(noise).shape == (2, 28, 28, 1)
+    with pytest.raises(ValueError, match="powers of two"):
+        progressive_distillation(network, digits, start_steps=6)
+
+
+def test_the_teacher_trains_on_noise_prediction_with_an_ema_copy(digits):
+    network = build_denoiser(28, 1, (8, 16), 1, embedding_dims=8)
+    model = DiffusionModel(network, ema=0.5)
+    model.compile(optimizer=keras.optimizers.Adam(2e-3))
+    ema_before = _weights(model.ema_network)
+    history = model.fit(digits, batch_size=16, epochs=3, verbose=0).history
+    assert history["noise_loss"][-1] < history["noise_loss"][0]
+    assert _changed(ema_before, model.ema_network)
+    assert not model.ema_network.trainable
+    assert to_pixels(tf.constant(-1.0)).numpy() == 0.0
+
+
+@pytest.mark.parametrize("module", [kd_tf.diffusion.schedule, kd_tf.diffusion.nets, kd_tf.diffusion.sampler])
+def test_docstring_examples_run(module):
+    failed, tried = doctest.testmod(module)
+    assert tried and not failed
