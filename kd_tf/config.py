@@ -194,6 +194,10 @@ class DistillConfig:
     # Offline distillation: the teacher runs once on this many batches, then its outputs are reused.
     # None: min(300, steps) when only outputs are distilled; 0 (the live teacher) with features/attention.
     cache_batches: int | None = None
+    # Serve each cached (input, teacher output, target) in its 8 flip/rot90 variants: 8x the bank's
+    # inputs, but the teacher's output is moved, not recomputed; FFDNet is 44 dB from equivariant
+    # (benchmarks/teacher_equivariance.json). false: the bank as cached.
+    cache_augment: bool = True
 
     def validate(self):
         _check(self.output_loss in ("mse", "l1"), "distill.output_loss", self.output_loss, "'mse' or 'l1'")

@@ -76,7 +76,7 @@ def _split(config_data: cfg.DataConfig):
 def _record_run(paths: RunPaths, config, split) -> None:
     """runs/<run>/split.json (what trained and what is held out, by content) and
     training_config.json; a rerun that resumes the run must match both (kd_tf.runs)."""
-    record_config(paths, cfg.to_dict(config))
+    record_config(paths, cfg.to_dict(config), cfg.to_dict(type(config)()))
     record_split(paths, {"train": split.train, "heldout": split.heldout, "heldout2": heldout2_photos(config.data)})
 
 
@@ -243,7 +243,8 @@ def distill_phase(config: cfg.DistillJobConfig, teacher_path: str, reference_tea
     cached = batches_to_cache(config, steps)
     if cached and done < epochs * per_epoch:
         cache = cache_teacher_outputs(teacher, teacher_stream(), cached, progress=log.info)
-        dataset = cache.dataset(config.data.batch_size, seed=config.train.seed, skip_batches=done)
+        dataset = cache.dataset(config.data.batch_size, seed=config.train.seed, skip_batches=done,
+                                augment=config.distill.cache_augment)
         timings.update(cache_seconds=cache.seconds, cache_samples=len(cache))
     history = distiller.fit(dataset, epochs=epochs, steps_per_epoch=per_epoch,
                             validation_data=(val_noisy, val_clean), validation_batch_size=val_batch, shuffle=False,

@@ -88,16 +88,17 @@ def record_split(paths: "RunPaths", sets: dict[str, dict]) -> dict:
 TRAINING_SECTIONS = ("data", "train", "net", "student", "distill", "assistant", "finetune", "init_from")
 
 
-def record_config(paths: "RunPaths", config: dict) -> None:
+def record_config(paths: "RunPaths", config: dict, defaults: dict | None = None) -> None:
     """Saves what decides a run's training (runs/<run>/training_config.json), or checks that a rerun
     resuming it asks for the same: resuming with other data, steps or losses would silently mix two
-    trainings. Evaluation and output settings may change between reruns."""
+    trainings. Evaluation and output settings may change between reruns; a key added to kd_tf after
+    the run started is no change while it is asked at its default (`defaults`, the job's defaults)."""
     training = {key: config[key] for key in TRAINING_SECTIONS if key in config}
     path = paths.root / "training_config.json"
     if path.is_file():
         saved = json.loads(path.read_text())
         changed = [f"{section}.{key}" for section in sorted(set(saved) | set(training))
-                   for key in _diff(saved.get(section), training.get(section))]
+                   for key in _diff(saved.get(section), training.get(section), (defaults or {}).get(section))]
         if changed:
             raise InputError(f"run {paths.name!r} was started with other training settings ({', '.join(changed[:6])} "
                              f"differ from {path}); rerun with the same settings to resume it, or give a new "
@@ -106,10 +107,12 @@ def record_config(paths: "RunPaths", config: dict) -> None:
         write_json(path, training)
 
 
-def _diff(saved, asked) -> list[str]:
-    saved, asked = json.loads(json.dumps(saved, default=_jsonable)), json.loads(json.dumps(asked, default=_jsonable))
+def _diff(saved, asked, defaults=None) -> list[str]:
+    saved, asked, defaults = json.loads(json.dumps([saved, asked, defaults], default=_jsonable))
     if isinstance(saved, dict) and isinstance(asked, dict):
-        return [key for key in sorted(set(saved) | set(asked)) if saved.get(key) != asked.get(key)]
+        added = {key for key in set(asked) - set(saved)
+                 if isinstance(defaults, dict) and key in defaults and asked[key] == defaults[key]}
+        return [key for key in sorted(set(saved) | set(asked) - added) if saved.get(key) != asked.get(key)]
     return [] if saved == asked else ["(value)"]
 
 

@@ -75,6 +75,21 @@ def test_a_rerun_with_other_training_settings_does_not_resume_silently(tmp_path)
         record_config(RunPaths(output, "distill"), other)
 
 
+def test_a_key_added_after_a_run_started_does_not_block_its_resume_at_its_default(tmp_path):
+    from kd_tf.runs import record_config
+
+    output = cfg.OutputConfig(run_name="r", runs_dir=str(tmp_path / "runs"), log_dir=str(tmp_path / "tb"))
+    defaults = cfg.to_dict(cfg.DistillJobConfig())
+    older = json.loads(json.dumps(defaults))
+    del older["distill"]["cache_augment"]                      # a run started before the key existed
+    record_config(RunPaths(output, "distill"), older)
+    record_config(RunPaths(output, "distill"), defaults, defaults)                  # at its default: resumes
+    changed = json.loads(json.dumps(defaults))
+    changed["distill"]["cache_augment"] = False
+    with pytest.raises(ValueError, match=r"distill.cache_augment"):
+        record_config(RunPaths(output, "distill"), changed, defaults)
+
+
 def test_reports_score_the_second_heldout_set_when_the_corpus_is_there(tmp_path, monkeypatch):
     from kd_tf import jobs
     from kd_tf.nets import build_unet

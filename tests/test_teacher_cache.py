@@ -94,3 +94,22 @@ def test_offline_distillation_learns(tiny_teacher, rng):
     distiller.fit(cache.dataset(4, seed=0), epochs=2, steps_per_epoch=60, verbose=0)
     after = distiller.evaluate(probe, cache.targets.astype("float32"), verbose=0, return_dict=True)["distill"]
     assert after < 0.7 * before      # 0.37-0.55 seen, depending on the session teacher's random weights
+
+
+def test_the_stream_reads_the_bank_in_place_and_can_serve_it_unaugmented():
+    """from_tensor_slices copied the whole bank into the dataset's graph (twice the memory at the
+    peak, benchmarks/teacher_cache_memory.json); the stream reads it by index instead."""
+    from kd_tf.teacher_cache import TeacherCache
+
+    rng = np.random.default_rng(0)
+    bank = [rng.random((256, 32, 32, 3)).astype(np.float16) for _ in range(3)]
+    bank[0][:, 0, 0, 0] = np.arange(256) / 256                            # a tag per sample (exact in float16)
+    cache = TeacherCache(*bank, seconds=0.0)
+    graph = cache.dataset(4, seed=0)._as_serialized_graph().numpy()
+    assert len(graph) < cache.nbytes / 100, f"the stream's graph holds {len(graph)} bytes: a copy of the bank"
+    x, y = next(iter(cache.dataset(256, seed=1, augment=False)))
+    served = np.round(x[INPUTS_KEY].numpy()[:, 0, 0, 0] * 256).astype(int)   # which sample each one is
+    assert sorted(served) == list(range(256))                               # each once, not flipped or turned
+    np.testing.assert_array_equal(x[INPUTS_KEY].numpy(), bank[0][served].astype(np.float32))
+    np.testing.assert_array_equal(x[TEACHER_OUTPUTS_KEY].numpy(), bank[1][served].astype(np.float32))
+    np.testing.assert_array_equal(y.numpy(), bank[2][served].astype(np.float32))
