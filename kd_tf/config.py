@@ -405,7 +405,7 @@ DEFAULT_GAN_TEACHER = f"{GAN_DIR}/teacher_generator.keras"
 DEFAULT_GAN_DISCRIMINATOR = f"{GAN_DIR}/teacher_discriminator.keras"
 DEFAULT_GAN_STUDENT = f"{GAN_DIR}/student_generator.keras"
 ADVERSARIAL_LOSSES = ("non-saturating", "hinge")
-TASKS = ("denoise", "gan")
+TASKS = ("denoise", "gan", "diffusion")
 
 
 @dataclasses.dataclass

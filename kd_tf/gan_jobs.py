@@ -56,6 +56,9 @@ def gan_optimizer(learning_rate: float, steps: int = 1, final_fraction: float = 
 
 # -- scoring -----------------------------------------------------------------------------------
 
+RECOGNIZED_CONFIDENCE = 0.9     # a sample "is a digit" when the classifier is at least this sure
+
+
 class Scorer:
     """FID, KID, precision/recall/coverage and the mode-collapse check of a generator, in the
     feature space of the shipped digit classifier, against the 10k test digits.
@@ -69,15 +72,25 @@ class Scorer:
         if not Path(classifier_path).exists():
             raise FileNotFoundError(f"feature classifier {classifier_path!r} does not exist: train it with "
                                     f"`python -m kd_tf train-classifier` or set eval.classifier")
-        self.features_model = feature_extractor(load_model(classifier_path))
+        classifier = load_model(classifier_path)
+        self.features_model = feature_extractor(classifier)
         self._features = tf.function(lambda x: self.features_model(x, training=False))
+        self._logits = tf.function(lambda x: classifier(x, training=False))
         self.real = self.features(as_unit(real_images))
+        self.real_recognized = self.recognized(as_unit(real_images))     # the floor of `recognized`
         self.real_diversity = diversity(self.real, seed=seed)
         self.collapse_ratio, self.seed = collapse_ratio, seed
 
     def features(self, images01: np.ndarray, batch: int = 500) -> np.ndarray:
         return np.concatenate([self._features(tf.constant(images01[i:i + batch], tf.float32)).numpy()
                                for i in range(0, len(images01), batch)])
+
+    def recognized(self, images01: np.ndarray, confidence: float = RECOGNIZED_CONFIDENCE, batch: int = 500) -> float:
+        """The share of images the classifier assigns a class with at least `confidence` (softmax)."""
+        top = np.concatenate([tf.reduce_max(tf.nn.softmax(self._logits(tf.constant(images01[i:i + batch],
+                                                                                   tf.float32))), -1).numpy()
+                              for i in range(0, len(images01), batch)])
+        return float(np.mean(top >= confidence))
 
     def __call__(self, generate, count: int = 10000, latent_dim: int | None = None, latents=None,
                  name: str = "generator") -> dict:
@@ -89,7 +102,9 @@ class Scorer:
         kid, kid_std = kernel_inception_distance(self.real, fake, seed=self.seed)
         scores = {"fid": frechet_distance(self.real, fake), "kid": kid, "kid_std": kid_std,
                   **precision_recall_coverage(self.real[:PR_SAMPLES], fake[:PR_SAMPLES]),
-                  "diversity_ratio": diversity(fake, seed=self.seed) / self.real_diversity, "samples": len(images)}
+                  "diversity_ratio": diversity(fake, seed=self.seed) / self.real_diversity, "samples": len(images),
+                  "recognized": self.recognized(np.clip((images + 1.0) / 2.0, 0.0, 1.0)),
+                  "recognized_real": self.real_recognized}
         if scores["diversity_ratio"] < self.collapse_ratio:
             log.warning("mode collapse suspected for %s: its samples are %.2fx as diverse as real digits "
                         "(mean pairwise feature distance; warning below %.2fx). Lower the learning rate, "
@@ -428,8 +443,9 @@ def score_tflite(path, scorer: Scorer, eval_config: cfg.GanEvalConfig) -> dict:
     return row
 
 
-def load_generator(path: str):
-    """(latent_dim, z -> images in [-1, 1]) for a .keras/.h5/SavedModel generator or a .tflite one."""
+def load_generator(path: str, steps: int | None = None):
+    """(latent_dim, z -> images in [-1, 1]) for a .keras/.h5/SavedModel generator or a .tflite one,
+    or a diffusion network (kd_tf.diffusion) sampled with `steps` DDIM steps."""
     if str(path).endswith(".tflite"):
         if not Path(path).is_file():
             raise FileNotFoundError(f"model {path!r} does not exist")
@@ -438,18 +454,26 @@ def load_generator(path: str):
         if len(signature) != 2:
             raise InputError(f"{path!r} takes inputs of shape {signature}; expected a generator taking (batch, latent_dim)")
         return signature[-1], generate
+    import kd_tf.diffusion  # noqa: F401 - registers the diffusion layers a saved sampler uses
+
     model = load_model(path)
+    if isinstance(model.input_shape, list) and len(model.input_shape) == 2:    # [noisy image, noise variance]
+        if steps is None:
+            raise InputError(f"{path!r} is a diffusion network: give --steps N (its sampler's DDIM steps)")
+        from kd_tf.diffusion.jobs import as_generator
+
+        model = as_generator(model, steps)
     return latent_dim_of(model), keras_generate(model)
 
 
-def generate(model: str, num: int, seed: int, out: str, columns: int | None = None) -> dict:
+def generate(model: str, num: int, seed: int, out: str, columns: int | None = None, steps: int | None = None) -> dict:
     """`python -m kd_tf generate`: `num` digits from latents drawn with `seed`; a grid PNG when `out`
     ends in .png, else one PNG per image in the folder `out`. The same seed gives the same images."""
     from kd_tf.data import writable_folder
 
     if num < 1:
         raise InputError(f"--num {num} is not accepted; expected an int >= 1")
-    latent, run = load_generator(model)
+    latent, run = load_generator(model, steps)
     started = time.time()
     z = np.random.default_rng(seed).standard_normal((num, latent)).astype(np.float32)
     images = np.concatenate([np.asarray(run(z[i:i + 256])) for i in range(0, num, 256)])

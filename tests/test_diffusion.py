@@ -137,3 +137,59 @@ def test_the_teacher_trains_on_noise_prediction_with_an_ema_copy(digits):
 def test_docstring_examples_run(module):
     failed, tried = doctest.testmod(module)
     assert tried and not failed
+
+
+DIFFUSION_CLI = """
+data: {{source: {data}, batch_size: 16}}
+eval: {{classifier: {classifier}, samples: 100, callback_samples: 100}}
+output: {{runs_dir: {root}/runs, log_dir: {root}/tb}}
+"""
+
+
+@pytest.fixture(scope="module")
+def diffusion_cli(tmp_path_factory):
+    """train-teacher / distill --task diffusion, each a few steps, on a folder of 100 digits."""
+    from kd_tf.cli import main
+    from kd_tf.data import write_image
+    from kd_tf.digits import load_digits
+    from kd_tf.nets import build_classifier
+
+    root = tmp_path_factory.mktemp("diffusion_cli")
+    digits = load_digits("pureml")
+    for index in range(100):
+        write_image(root / "digits" / str(digits.test_labels[index]) / f"{index}.png", digits.test_images[index] / 255.0)
+    keras.utils.set_random_seed(0)
+    build_classifier().save(root / "classifier.keras")
+    common = DIFFUSION_CLI.format(data=root / "digits", classifier=root / "classifier.keras", root=root)
+    (root / "teacher.yaml").write_text(common + "train: {steps: 4, steps_per_epoch: 2}\n"
+                                       "net: {widths: [8, 16, 16], blocks: 1, embedding_dims: 8}\nsampler_steps: 4\n")
+    (root / "distill.yaml").write_text(common + "teacher_steps: 4\nend_steps: 1\nexport_int8_steps: [1]\n")
+    codes = {"teacher": main(["train-teacher", "--task", "diffusion", "--config", str(root / "teacher.yaml"),
+                              "--run-name", "teacher", "--set", f"save_to={root / 'teacher_denoiser.keras'}"])}
+    codes["distill"] = main(["distill", "--task", "diffusion", "--config", str(root / "distill.yaml"),
+                             "--run-name", "distill", "--teacher", str(root / "teacher_denoiser.keras"), "--steps", "2"])
+    return root, codes
+
+
+def test_cli_trains_the_teacher_distills_stages_and_scores_each(diffusion_cli, tmp_path):
+    import json
+
+    from kd_tf.cli import main
+
+    root, codes = diffusion_cli
+    assert codes == {"teacher": 0, "distill": 0}
+    teacher = json.loads((root / "runs" / "teacher" / "report.json").read_text())
+    assert list(teacher["samplers"]) == ["teacher, 4 steps"] and len(teacher["history"]["noise_loss"]) == 2
+    report = json.loads((root / "runs" / "distill" / "report.json").read_text())
+    rows = report["samplers"]
+    assert list(rows) == ["teacher, 4 steps", "student, 2 steps", "student, 1 steps", "student, 1 steps, int8"]
+    assert rows["student, 2 steps"]["macs"] * 2 == rows["teacher, 4 steps"]["macs"]
+    for row in rows.values():
+        assert row["samples"] == 100 and 0 <= row["recognized"] <= 1 and np.isfinite(row["fid"])
+    assert (root / "runs" / "distill" / "student_denoiser_1_steps.keras").is_file()
+    assert report["config"]["steps_per_stage"] == 2
+    grid = tmp_path / "grid.png"
+    assert main(["generate", "--model", str(root / "teacher_denoiser.keras"), "--steps", "2", "--num", "4",
+                 "--out", str(grid)]) == 0 and grid.is_file()
+    assert main(["generate", "--model", str(root / "teacher_denoiser.keras"), "--num", "4",
+                 "--out", str(tmp_path / "no_steps.png")]) == 2

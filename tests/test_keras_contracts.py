@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import kd_tf.config
+import kd_tf.diffusion.config  # noqa: F401 - its jobs join cfg.JOBS
 import kd_tf.distiller
 import kd_tf.losses
 import kd_tf.precision

@@ -29,6 +29,7 @@ class DiffusionModel(keras.Model):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.noise_loss_tracker = keras.metrics.Mean(name="noise_loss")
         self.image_loss_tracker = keras.metrics.Mean(name="image_loss")
+        self.built = True                   # both networks are built; lets BackupAndRestore save at once
 
     @property
     def metrics(self):

@@ -1,0 +1,97 @@
+"""The diffusion task's job configs (`--task diffusion`), built from the shared sections."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from kd_tf.config import (JOBS, MODELS_DIR, DigitsConfig, GanEvalConfig, OutputConfig, TrainConfig, _check,
+                          _check_writable)
+
+DIFFUSION_DIR = str(MODELS_DIR / "diffusion")
+DEFAULT_DIFFUSION_TEACHER = f"{DIFFUSION_DIR}/teacher_denoiser.keras"
+
+
+@dataclasses.dataclass
+class DenoiserConfig:
+    """The noise-predicting U-Net (kd_tf.diffusion.nets): channels at 28, 14 and 7 px."""
+
+    widths: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 96])   # channels per level
+    blocks: int = 2                          # residual blocks per level
+    embedding_dims: int = 32                 # sines and cosines of the noise variance
+
+    def validate(self):
+        _check(len(self.widths) == 3 and all(int(w) >= 1 for w in self.widths), "net.widths", self.widths,
+               "three positive ints (channels at 28, 14, 7 px)")
+        _check(self.blocks >= 1, "net.blocks", self.blocks, "an int >= 1")
+        _check(self.embedding_dims >= 2 and self.embedding_dims % 2 == 0, "net.embedding_dims",
+               self.embedding_dims, "an even int >= 2")
+
+
+@dataclasses.dataclass
+class DiffusionTrainConfig(TrainConfig):
+    """The teacher's budget: Adam with a cosine decay, float32 (the nets are small)."""
+
+    steps: int = 6000                        # optimizer steps run
+    steps_per_epoch: int = 500               # steps between checkpoints, logs and sample grids
+    mixed_precision: bool | str = False      # float32: 28x28 nets gain nothing from bfloat16
+    ema: float = 0.999                       # momentum of the weights' moving average (what samples)
+
+    def validate(self):
+        super().validate()
+        _check(0.0 <= self.ema < 1.0, "train.ema", self.ema, "0 <= ema < 1")
+
+
+@dataclasses.dataclass
+class DiffusionTeacherJobConfig:
+    """`python -m kd_tf train-teacher --task diffusion`: the DDIM teacher on the training digits."""
+
+    data: DigitsConfig = dataclasses.field(default_factory=DigitsConfig)
+    train: DiffusionTrainConfig = dataclasses.field(default_factory=DiffusionTrainConfig)
+    net: DenoiserConfig = dataclasses.field(default_factory=DenoiserConfig)
+    sampler_steps: int = 64                  # DDIM steps of the teacher's sampler (what is scored and taught)
+    eval: GanEvalConfig = dataclasses.field(default_factory=GanEvalConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    save_to: str | None = None               # the run folder only; ship into models/ by naming a path
+
+    def validate(self):
+        self.data.validate()
+        self.train.validate()
+        self.net.validate()
+        _check(self.sampler_steps >= 1, "sampler_steps", self.sampler_steps, "an int >= 1")
+        self.eval.validate()
+        _check_writable("save_to", self.save_to)
+        return self
+
+
+@dataclasses.dataclass
+class DiffusionDistillJobConfig:
+    """`python -m kd_tf distill --task diffusion`: few-step students of the teacher's sampler."""
+
+    data: DigitsConfig = dataclasses.field(default_factory=DigitsConfig)
+    teacher: str = DEFAULT_DIFFUSION_TEACHER  # the teacher's noise-predicting network (.keras)
+    teacher_steps: int = 64                  # the teacher sampler's DDIM steps (a power of two)
+    end_steps: int = 1                       # progressive distillation halves the steps down to this
+    steps_per_stage: int = 1000              # optimizer steps of each halving stage
+    learning_rate: float = 1e-4              # Adam's rate in every stage (students start at their teacher)
+    seed: int = 0                            # seed of each stage's noise and times
+    eval: GanEvalConfig = dataclasses.field(default_factory=GanEvalConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    export_int8_steps: list[int] = dataclasses.field(default_factory=lambda: [4, 1])   # students exported to int8
+    save_to: str | None = None               # a folder for the students' generators (None: run folder only)
+
+    def validate(self):
+        self.data.validate()
+        steps, end = self.teacher_steps, self.end_steps
+        _check(steps >= 2 and steps & (steps - 1) == 0, "teacher_steps", steps, "a power of two >= 2")
+        _check(1 <= end < steps and end & (end - 1) == 0, "end_steps", end, f"a power of two below {steps}")
+        _check(self.steps_per_stage >= 1, "steps_per_stage", self.steps_per_stage, "an int >= 1")
+        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "a float > 0")
+        stages = [steps >> k for k in range(steps.bit_length()) if steps >> k >= end]
+        for count in self.export_int8_steps:
+            _check(count in stages, "export_int8_steps", count, f"step counts of the stages, any of {stages}")
+        self.eval.validate()
+        return self
+
+
+JOBS.update({"train-teacher --task diffusion": DiffusionTeacherJobConfig,
+             "distill --task diffusion": DiffusionDistillJobConfig})     # for `python -m kd_tf config`

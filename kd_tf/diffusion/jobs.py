@@ -1,0 +1,163 @@
+"""The diffusion task's jobs: train the DDIM teacher, distil its sampler to few steps, score them.
+
+A sampler becomes a generator like the GAN task's (`as_generator`: a latent z of 784 values is the
+28x28 noise image, the output is in [-1, 1]), so the same scorer (FID/KID/precision/recall in the
+digit classifier's feature space, the share of samples it recognizes), `generate`, the int8
+export and `evaluate --task gan` take it as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kd_tf import config as cfg
+from kd_tf.callbacks import digit_grid
+from kd_tf.complexity import count_macs, count_params
+from kd_tf.data import write_image
+from kd_tf.diffusion.model import DiffusionModel
+from kd_tf.diffusion.nets import build_denoiser
+from kd_tf.diffusion.progressive import progressive_distillation
+from kd_tf.diffusion.sampler import DDIMSampler
+from kd_tf.digits import as_unit, load_digits
+from kd_tf.distribute import BackupAndRestore
+from kd_tf.evaluation import render_table
+from kd_tf.model_io import load_frozen, save_model
+from kd_tf.runs import RunPaths, epochs_for, resumed_batches
+
+log = logging.getLogger(__name__)
+TRAIN_TEACHER = "train one with `python -m kd_tf train-teacher --task diffusion` or set teacher"
+
+
+def as_generator(network: keras.Model, steps: int, name: str | None = None) -> keras.Model:
+    """latent z (batch, H*W*C) -> `steps`-step DDIM samples in [-1, 1]: a sampler as a generator.
+
+    >>> import numpy as np
+    >>> generator = as_generator(build_denoiser(28, 1, (8, 16), 1), steps=2)
+    >>> generator.input_shape, generator(np.zeros((3, 784), "float32")).shape
+    ((None, 784), TensorShape([3, 28, 28, 1]))
+    """
+    shape = tuple(network.input_shape[0][1:])
+    latent = keras.Input((int(np.prod(shape)),), name="latent")
+    noise = keras.layers.Reshape(shape, name="noise_image")(latent)
+    images = DDIMSampler(network, steps)(noise)
+    signed = keras.layers.Rescaling(2.0, -1.0, dtype="float32", name="signed")(images)
+    return keras.Model(latent, signed, name=name or f"ddim_{steps}_steps")
+
+
+def macs_per_image(network: keras.Model, steps: int) -> int:
+    """The sampler's MACs per image: the network's, once per step."""
+    shape = tuple(network.input_shape[0][1:])
+    return steps * count_macs(network, [shape, (1, 1, 1)])
+
+
+def _score(network, steps, scorer, eval_config, name) -> dict:
+    from kd_tf.gan_jobs import keras_generate, ms_per_64
+
+    generator = as_generator(network, steps)
+    generate = keras_generate(generator)
+    row = {"steps": steps, "params": count_params(network), "macs": macs_per_image(network, steps),
+           "ms_per_64": ms_per_64(generate, generator.input_shape[-1], repeats=5)}
+    row.update(scorer(generate, eval_config.samples, generator.input_shape[-1], name=name))
+    return row
+
+
+def format_table(rows: dict) -> str:
+    header = ["sampler", "steps", "params", "MACs/image", "ms/64", "FID", "KID", "precision", "recall",
+              "recognized"]
+    return render_table(header, [
+        [name, str(r["steps"]), f"{r['params']:,}", f"{r['macs'] / 1e6:.1f}M", f"{r['ms_per_64']:.0f}",
+         f"{r['fid']:.3f}", f"{r['kid']:.4f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}",
+         f"{r['recognized']:.3f}" if r.get("recognized") is not None else "-"] for name, r in rows.items()])
+
+
+def _write_grid(path, network, steps, seed=1234, count=64):
+    z = np.random.default_rng(seed).standard_normal((count, int(np.prod(network.input_shape[0][1:])))).astype("float32")
+    images = as_generator(network, steps)(z).numpy()
+    write_image(path, digit_grid(images, 8))
+
+
+def train_teacher(config) -> dict:
+    """Trains the noise-predicting network on the training digits; scores its sampler."""
+    from kd_tf.gan_jobs import Scorer
+
+    config.validate()
+    keras.utils.set_random_seed(config.train.seed)
+    paths = RunPaths(config.output, "diffusion-teacher")
+    digits = load_digits(config.data.source)
+    images = as_unit(digits.train_images)
+    network = build_denoiser(images.shape[1], images.shape[-1], config.net.widths, config.net.blocks,
+                             config.net.embedding_dims, name="teacher_denoiser")
+    model = DiffusionModel(network, ema=config.train.ema, seed=config.train.seed)
+    schedule = keras.optimizers.schedules.CosineDecay(config.train.learning_rate, config.train.steps,
+                                                      alpha=config.train.final_learning_rate_fraction)
+    model.compile(optimizer=keras.optimizers.Adam(schedule))
+    epochs, per_epoch = epochs_for(config.train)
+    data = tf.data.Dataset.from_tensor_slices(images).shuffle(len(images), seed=config.train.seed).repeat()
+    data = data.batch(config.data.batch_size, drop_remainder=True)
+    skip = resumed_batches(paths.backup / "teacher", per_epoch)
+    started = time.time()
+    history = model.fit(data.skip(skip).prefetch(2), epochs=epochs, steps_per_epoch=per_epoch, verbose=0,
+                        callbacks=[keras.callbacks.TensorBoard(str(paths.logs / "teacher"), update_freq="epoch",
+                                                               write_graph=False),
+                                   BackupAndRestore(str(paths.backup / "teacher"), delete_checkpoint=False)])
+    seconds = time.time() - started
+    teacher = model.ema_network
+    save_model(teacher, paths.root / "teacher_denoiser.keras")
+    if config.save_to:
+        save_model(teacher, config.save_to)
+    scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed)
+    rows = {f"teacher, {config.sampler_steps} steps": _score(teacher, config.sampler_steps, scorer, config.eval,
+                                                              "teacher")}
+    _write_grid(paths.root / "teacher_samples.png", teacher, config.sampler_steps)
+    report = {"job": "train-teacher --task diffusion", "run": paths.name, "data": digits.source,
+              "train_seconds": seconds, "samplers": rows, "history": history.history,
+              "saved_to": config.save_to, "config": cfg.to_dict(config)}
+    report["table"] = format_table(rows)
+    report["report_path"] = str(paths.write_json("report.json", report))
+    return report
+
+
+def distill(config) -> dict:
+    """Progressive distillation of the teacher's sampler, `teacher_steps` -> ... -> `end_steps`;
+    every stage's sampler scored on the same latents, the chosen ones exported to int8 TFLite."""
+    from kd_tf.gan_jobs import Scorer, export_generator, score_tflite
+
+    config.validate()
+    keras.utils.set_random_seed(config.seed)
+    paths = RunPaths(config.output, "diffusion-distill")
+    digits = load_digits(config.data.source)
+    teacher = load_frozen(config.teacher, "diffusion teacher", TRAIN_TEACHER)
+    started = time.time()
+    stages = progressive_distillation(teacher, as_unit(digits.train_images), config.teacher_steps,
+                                      config.end_steps, config.steps_per_stage, config.data.batch_size,
+                                      config.learning_rate, config.seed)
+    seconds = time.time() - started
+    scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed)
+    rows, exported = {}, {}
+    for index, (steps, network) in enumerate(stages):
+        name = f"teacher, {steps} steps" if index == 0 else f"student, {steps} steps"
+        rows[name] = _score(network, steps, scorer, config.eval, name)
+        if index:
+            save_model(network, paths.root / f"student_denoiser_{steps}_steps.keras")
+            _write_grid(paths.root / f"samples_{steps}_steps.png", network, steps)
+            if config.save_to:
+                save_model(as_generator(network, steps), f"{config.save_to}/student_generator_{steps}_steps.keras")
+        if index and steps in config.export_int8_steps:
+            tflite = export_generator(as_generator(network, steps), paths.root / f"export_{steps}_steps")
+            exported[steps] = str(tflite)
+            rows[f"student, {steps} steps, int8"] = {**score_tflite(tflite, scorer, config.eval), "steps": steps,
+                                                     "params": count_params(network),
+                                                     "macs": macs_per_image(network, steps)}
+    teacher_row = rows[f"teacher, {config.teacher_steps} steps"]
+    report = {"job": "distill --task diffusion", "run": paths.name, "data": digits.source, "train_seconds": seconds,
+              "samplers": rows, "int8": exported, "config": cfg.to_dict(config),
+              "fid_over_teacher": {name: r["fid"] / teacher_row["fid"] for name, r in rows.items()},
+              "speedup_over_teacher": {name: teacher_row["ms_per_64"] / r["ms_per_64"] for name, r in rows.items()}}
+    report["table"] = format_table(rows)
+    report["report_path"] = str(paths.write_json("report.json", report))
+    return report
