@@ -29,11 +29,24 @@ from kd_tf.teacher_cache import cache_teacher_outputs
 log = logging.getLogger(__name__)
 
 
-def calibration_batches(images: dict, batches: int, seed: int = 7, data: cfg.DataConfig | None = None) -> list:
-    """Real training crops with training's noise, for full-integer calibration."""
+def calibration_batches(images: dict, batches: int, seed: int = 7, data: cfg.DataConfig | None = None,
+                        gamut: bool = True) -> list:
+    """Full-integer calibration data as a user's image reaches the model (8-bit: noise as in
+    training, then rounded and clipped): real training crops and, with `gamut`, as many batches
+    of synthetic colour-gamut images (kd_tf.int8_parity.gamut_images: saturated primaries and
+    secondaries, gradients, hue wheels, near-black/white), interleaved. Photos alone leave
+    saturated colours outside the calibrated ranges (issue 17: -6.5 dB on flat yellow)."""
+    from kd_tf.data import to_8bit
+    from kd_tf.int8_parity import gamut_images, noisy_8bit_batches
+
     data = data or cfg.DataConfig()
     stream = patch_dataset(images, data.patch_size, 8, (data.sigma_min, data.sigma_max), seed=seed)
-    return [noisy.numpy() for noisy, _ in stream.take(batches)]
+    photos = [to_8bit(noisy.numpy()) if gamut else noisy.numpy() for noisy, _ in stream.take(batches)]
+    if not gamut:
+        return photos
+    colours = noisy_8bit_batches(gamut_images(8 * batches, data.patch_size, seed=seed + 1), 8,
+                                 (data.sigma_min, data.sigma_max), seed=seed + 2)
+    return [batch for pair in zip(photos, colours) for batch in pair]
 
 
 def _directory_bytes(path: Path) -> int:
@@ -103,8 +116,9 @@ def export_student(config: cfg.ExportJobConfig) -> dict:
     import tensorflow as tf
 
     from kd_tf import export
-    from kd_tf.data import noisy_copy
+    from kd_tf.data import noisy_copy, to_8bit
     from kd_tf.inference import Runner, load_runner, run_rgb
+    from kd_tf.int8_parity import format_parity, parity_report, parity_sets
     from kd_tf.metrics import image_scores
 
     config.validate()
@@ -115,10 +129,10 @@ def export_student(config: cfg.ExportJobConfig) -> dict:
     split = load_split(config.data.data_dir, config.data.heldout_fraction, config.data.split_seed,
                        min_size=config.data.patch_size)          # calibration crops need whole patches
     names = sorted(split.heldout)
-    pairs = [(split.heldout[n], noisy_copy(split.heldout[n], config.sigma, config.eval_seed + i))
-             for i, n in enumerate(names)]
+    pairs = [(split.heldout[n], to_8bit(noisy_copy(split.heldout[n], config.sigma, config.eval_seed + i)))
+             for i, n in enumerate(names)]                   # the evaluation protocol: 8-bit in, 8-bit out
     keras_runner = Runner(lambda batch: np.asarray(student(batch, training=False)))
-    reference = [np.clip(run_rgb(keras_runner, noisy), 0.0, 1.0) for _, noisy in pairs]
+    reference = [to_8bit(run_rgb(keras_runner, noisy)) for _, noisy in pairs]
 
     saved_dir = out / "savedmodel"
     if any(f != "keras" for f in config.formats):
@@ -127,7 +141,7 @@ def export_student(config: cfg.ExportJobConfig) -> dict:
     if {"int8", "int16x8"} & set(config.formats):
         calibration = calibration_batches(split.train, config.calibration_batches, data=config.data)
 
-    rows = {}
+    rows, parity_inputs = {}, None
     for fmt in config.formats:
         if fmt == "keras":
             path, runner, ops = save_model(student, out / "student.keras"), keras_runner, None
@@ -140,7 +154,8 @@ def export_student(config: cfg.ExportJobConfig) -> dict:
             source_dir = saved_dir
             if fmt == "int8" and config.int8_calibration == "percentile":
                 source_dir = out / "savedmodel_int8_ready.partial"
-                ready = export.int8_ready(student, calibration, config.calibration_percentile)
+                ready = export.int8_ready(student, calibration, config.calibration_percentile,
+                                          input_range=(0.0, 1.0), output_range=(0.0, 1.0))
                 if config.qat_steps:
                     ready = quantization_aware_finetune(ready, config, split.train)
                 export.export_saved_model(ready, source_dir)
@@ -155,12 +170,19 @@ def export_student(config: cfg.ExportJobConfig) -> dict:
                 timed = load_runner(path, num_threads=threads)
                 for size in config.latency_sizes:
                     latency[f"{size}px_{threads}_threads"] = _latency_ms(timed.predict, size)
-        scores = [image_scores(clean, run_rgb(runner, noisy)) for clean, noisy in pairs]
-        agreement = [image_scores(ref, run_rgb(runner, noisy))[0] for ref, (_, noisy) in zip(reference, pairs)]
+        outputs = [to_8bit(run_rgb(runner, noisy)) for _, noisy in pairs]
+        scores = [image_scores(clean, out) for (clean, _), out in zip(pairs, outputs)]
+        agreement = [image_scores(ref, out)[0] for ref, out in zip(reference, outputs)]
         rows[fmt] = {"path": str(path), "bytes": _directory_bytes(Path(path)),
                      "psnr": float(np.mean([p for p, _ in scores])), "ssim": float(np.mean([s for _, s in scores])),
                      "psnr_vs_keras_output": float(np.mean(agreement)),
                      "ops": ops, "op_count": None if ops is None else len(ops), "latency_ms": latency}
+        if fmt in ("int8", "int16x8"):              # issue 17: colours, both held-out sets, every image
+            if parity_inputs is None:
+                parity_inputs = parity_sets(split.heldout, config.data.corpus_dir())
+            rows[fmt]["parity"] = parity_report(lambda batch: student(batch, training=False),
+                                                export.LiteRTModel(path, num_threads=max(config.threads)),
+                                                *parity_inputs, sigma=config.sigma, seed=config.eval_seed)
         log.info("exported %s: %s", fmt, path)
     float_psnr = float(np.mean([image_scores(c, r)[0] for (c, _), r in zip(pairs, reference)]))
     for row in rows.values():
@@ -171,6 +193,9 @@ def export_student(config: cfg.ExportJobConfig) -> dict:
         path, why = qat_teacher(config)
         report["qat_teacher"] = {"path": path, "why": why}
     report["table"] = format_export_table(report, config)
+    for fmt, row in rows.items():
+        if "parity" in row:
+            report["table"] += f"\n\n{fmt} against float:\n" + format_parity(row["parity"])
     if "qat_teacher" in report:
         report["table"] += f"\nint8 QAT teacher: {report['qat_teacher']['path']} ({report['qat_teacher']['why']})"
     report["report_path"] = str(paths.write_json("export_report.json", report))

@@ -111,10 +111,15 @@ def test_export_with_qat_writes_an_int8_model(tmp_path, tiny_teacher):
     config = cfg.from_dict(cfg.ExportJobConfig, {
         "model": str(student_path), "out_dir": str(tmp_path / "out"), "formats": ["int8"], "qat_steps": 3,
         "qat_teacher": str(teacher_path), "calibration_batches": 2, "latency_sizes": [32], "threads": [1],
-        "data": {"patch_size": 32, "batch_size": 2}, "output": {"runs_dir": str(tmp_path / "runs")}})
+        "data": {"patch_size": 32, "batch_size": 2, "corpus_path": str(tmp_path / "no-corpus")},
+        "output": {"runs_dir": str(tmp_path / "runs")}})
     report = export_student(config)
     row = report["formats"]["int8"]
     assert row["op_count"] and np.isfinite(row["psnr"])
+    parity = row["parity"]                                  # issue 17: in every export report
+    assert set(parity["sets"]) == {"colour", "heldout"} and "no-corpus" in parity["skipped"]["heldout2"]
+    assert parity["sets"]["colour"]["worst_image"] in parity["sets"]["colour"]["per_image"]
+    assert len(parity["sets"]["heldout"]["per_image"]) == 5 and "int8 against float" in report["table"]
     assert not list((tmp_path / "out").glob("*.partial"))
     with pytest.raises(cfg.ConfigError, match="qat_steps"):
         cfg.from_dict(cfg.ExportJobConfig, {"qat_steps": 5, "int8_calibration": "minmax"})
@@ -149,3 +154,91 @@ def test_qat_distills_from_the_teacher_of_the_students_run_even_a_non_blind_one(
         == cfg.DEFAULT_TEACHER                                 # a student from no run
     assert export_job.qat_teacher(cfg.from_dict(cfg.ExportJobConfig, {
         "model": str(student_path), "qat_teacher": "mine.keras"}))[0] == "mine.keras"   # asked for: used
+
+
+# -- issue 17: int8 that keeps its colours ------------------------------------------------------
+
+def test_colour_sets_cover_the_gamut_and_calibration_never_sees_the_check():
+    from kd_tf.int8_parity import colour_set, gamut_images, noisy_8bit_batches
+
+    check = colour_set(32)
+    assert {"flat_yellow", "hue_wheel", "near_black", "near_white", "primaries_secondaries"} <= set(check)
+    for image in check.values():
+        assert image.shape == (32, 32, 3) and image.dtype == np.float32 and 0 <= image.min() <= image.max() <= 1
+    pixels = np.concatenate([image.reshape(-1, 3) for image in check.values()])
+    saturated = pixels.max(1) - pixels.min(1) > 0.95                 # full saturation, every hue sector
+    hues = {tuple(p) for p in np.round(pixels[saturated])}
+    assert {(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (0, 1, 1), (1, 0, 1)} <= hues
+    drawn = gamut_images(10, 32, seed=0)
+    np.testing.assert_array_equal(drawn[3], gamut_images(10, 32, seed=0)[3])     # seeded
+    assert not any(np.array_equal(a, b) for a in drawn for b in check.values())
+    batches = noisy_8bit_batches(drawn, 4, (25, 25), seed=1)
+    assert len(batches) == 2 and batches[0].shape == (4, 32, 32, 3)
+    np.testing.assert_array_equal(np.round(batches[0] * 255) / 255, batches[0])    # 8-bit, clipped
+    assert batches[0].min() >= 0 and batches[0].max() <= 1
+
+
+def test_parity_report_names_the_worst_image_and_the_channel_shift():
+    from kd_tf.int8_parity import colour_set, parity_report
+
+    sets = {"colour": {k: v for k, v in colour_set(32).items() if k in ("flat_yellow", "grey_ramp", "near_black")}}
+    identity = lambda batch: np.asarray(batch)                                      # noqa: E731
+
+    def orange(batch):                                    # what clipping did to the parrot's yellow
+        out = np.array(batch, np.float32)
+        out[..., 1] -= 20 / 255 * (out[..., 0] > 0.8)
+        return out
+
+    same = parity_report(identity, identity, sets)
+    assert same["overall"]["max_drop_db"] == 0 and same["overall"]["all_targets_met"]
+    shifted = parity_report(identity, orange, sets)["sets"]["colour"]
+    assert shifted["worst_image"] == "flat_yellow" and shifted["max_drop_db"] > 1
+    assert shifted["per_image"]["flat_yellow"]["channel_shift_255"][1] < -10
+    assert not all(shifted["targets_met"].values())
+
+
+@pytest.fixture(scope="module")
+def shipped_student():
+    from pathlib import Path
+
+    from kd_tf.model_io import load_model
+
+    path = Path(__file__).resolve().parents[1] / "models" / "denoise" / "student.keras"
+    return load_model(path)
+
+
+def _int8_parity(student, gamut, tmp_path):
+    """The shipped student through the exporter's int8 path: with the fix (gamut in the
+    calibration, input and output ranges [0, 1]) or as before issue 17 (photos only, unclipped
+    noise, calibrated input and output ranges)."""
+    from kd_tf.data import load_split
+    from kd_tf.export_job import calibration_batches
+    from kd_tf.int8_parity import colour_set, parity_report
+
+    split = load_split()
+    calibration = calibration_batches(split.train, 6, gamut=gamut)
+    fixed = (0.0, 1.0) if gamut else None
+    ready = export.int8_ready(student, calibration, input_range=fixed, output_range=fixed)
+    saved = export.export_saved_model(ready, tmp_path / ("fixed" if gamut else "before"))
+    int8 = export.LiteRTModel(export.to_tflite(saved, "int8", calibration), num_threads=2)
+    photos = {name: image[:256, :256] for name, image in split.heldout.items() if name in ("camera", "flower")}
+    return parity_report(lambda batch: student(batch, training=False), int8,
+                         {"colour": colour_set(96), "heldout": photos})
+
+
+def test_int8_student_keeps_saturated_colours(shipped_student, tmp_path):
+    """Issue 17: calibrated on photos alone, the int8 student turned flat yellow orange (green
+    -35/255, blue +38/255, -6.5 dB against float). With the colour gamut in the calibration and
+    8-bit input/output ranges the same check passes these bounds; reverting the fix fails it."""
+    report = _int8_parity(shipped_student, True, tmp_path)
+    colour, photos = report["sets"]["colour"], report["sets"]["heldout"]
+    assert colour["mean_drop_db"] < 0.5, colour
+    assert colour["max_drop_db"] < 1.5, colour
+    assert colour["max_abs_channel_shift_255"] < 4.0, colour
+    assert photos["mean_drop_db"] < 0.4 and photos["max_abs_channel_shift_255"] < 1.0, photos
+
+
+def test_int8_parity_check_catches_the_old_calibration(shipped_student, tmp_path):
+    """The check itself: the exporter's int8 path as it was before issue 17 fails it."""
+    colour = _int8_parity(shipped_student, False, tmp_path)["sets"]["colour"]
+    assert colour["mean_drop_db"] > 1.0 and colour["max_abs_channel_shift_255"] > 10, colour
