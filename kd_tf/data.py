@@ -446,7 +446,8 @@ def _pack(images):
 
 def patch_dataset(images, patch_size: int = 64, batch_size: int = 16,
                   sigma_range=(0.0, 55.0), seed: int = 0, augment: bool = True,
-                  skip_batches: int = 0, noise_level_for_teacher: bool = False) -> tf.data.Dataset:
+                  skip_batches: int = 0, noise_level_for_teacher: bool = False,
+                  degradation=None) -> tf.data.Dataset:
     """An endless, seeded stream of (noisy, clean) patch batches.
 
     Images are sampled in proportion to their area; each patch gets a random crop, one of the
@@ -456,6 +457,16 @@ def patch_dataset(images, patch_size: int = 64, batch_size: int = 16,
     `noise_level_for_teacher`: batches are ({"inputs": noisy, "teacher_inputs": (noisy, sigma)},
     clean) with each patch's sigma/255 of shape (1,), for a non-blind teacher (FFDNet) that
     teaches a blind student: the Distiller gives each model its own inputs (`with_noise_level`).
+
+    `degradation` (a kd_tf.degradations.Degradation) replaces the noise: (degraded, clean) pairs
+    for deblurring, JPEG artefacts or super-resolution (inputs `scale` times smaller than the
+    clean patch, which must divide by it); `sigma_range` is then unused.
+
+    >>> from kd_tf.degradations import Downscale
+    >>> image = np.random.default_rng(0).random((40, 40, 3)).astype("float32")
+    >>> low, high = next(iter(patch_dataset([image], 16, 2, degradation=Downscale(2))))
+    >>> tuple(low.shape), tuple(high.shape)
+    ((2, 8, 8, 3), (2, 16, 16, 3))
     """
     images = list(images.values()) if isinstance(images, dict) else list(images)
     if not images:
@@ -463,6 +474,11 @@ def patch_dataset(images, patch_size: int = 64, batch_size: int = 16,
     low, high = (float(s) for s in sigma_range)
     if not 0.0 <= low <= high:
         raise InputError(f"sigma_range={sigma_range!r}; accepted: 0 <= low <= high (0-255 scale)")
+    scale = getattr(degradation, "scale", 1)
+    if patch_size % scale:
+        raise InputError(f"patch_size={patch_size} is not divisible by the degradation's scale {scale}")
+    if noise_level_for_teacher and degradation is not None:
+        raise InputError("noise_level_for_teacher gives a noise level; it does not go with another degradation")
     too_small = [img.shape[:2] for img in images if min(img.shape[:2]) < patch_size]
     if too_small:
         raise InputError(f"{len(too_small)} image(s) are smaller than patch_size={patch_size}: {too_small[:5]}")
@@ -481,6 +497,8 @@ def patch_dataset(images, patch_size: int = 64, batch_size: int = 16,
             patch = tf.image.stateless_random_flip_left_right(patch, seeds[2])
             turns = tf.random.stateless_uniform([], seeds[3], 0, 4, dtype=tf.int32)
             patch = tf.image.rot90(patch, turns)
+        if degradation is not None:
+            return degradation.apply(patch, seeds[5]), patch
         sigma = tf.random.stateless_uniform([], seeds[4], low, high) if high > low else tf.constant(low)
         noisy = add_gaussian_noise(patch, sigma, seeds[5])
         if noise_level_for_teacher:

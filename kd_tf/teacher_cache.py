@@ -80,7 +80,6 @@ class TeacherCache:
         if batch_size > len(self):
             raise InputError(f"batch_size={batch_size} exceeds the {len(self)} cached samples")
         arrays = [self.inputs, self.teacher_outputs] + ([self.targets] if self.targets is not None else [])
-        channels = [a.shape[-1] for a in arrays]
 
         def sample(index):             # read in place: from_tensor_slices would copy the whole bank
             parts = tf.numpy_function(lambda i: tuple(a[i] for a in arrays), [index],
@@ -90,13 +89,16 @@ class TeacherCache:
             return tuple(parts)
 
         def variant(element, element_seed):
-            stacked = tf.concat([tf.cast(a, tf.float32) for a in element], axis=-1)
+            # each array gets the same flip and turns on its own: a super-resolution teacher's output
+            # is larger than its input, and the dihedral moves commute with the scaling
+            parts = [tf.cast(a, tf.float32) for a in element]
             if augment:
                 seeds = tf.random.experimental.stateless_split(
                     tf.stack([element_seed, tf.constant(seed, tf.int64)]), 2)
-                stacked = tf.image.stateless_random_flip_left_right(stacked, seeds[0])
-                stacked = tf.image.rot90(stacked, tf.random.stateless_uniform([], seeds[1], 0, 4, dtype=tf.int32))
-            parts = tf.split(stacked, channels, axis=-1)
+                flip = tf.random.stateless_uniform([], seeds[0], 0, 2, dtype=tf.int32) > 0
+                turns = tf.random.stateless_uniform([], seeds[1], 0, 4, dtype=tf.int32)
+                parts = [tf.image.rot90(tf.cond(flip, lambda p=p: tf.image.flip_left_right(p), lambda p=p: p), turns)
+                         for p in parts]
             inputs = {INPUTS_KEY: parts[0], TEACHER_OUTPUTS_KEY: parts[1]}
             return (inputs, parts[2]) if len(parts) == 3 else (inputs,)
 

@@ -1,0 +1,57 @@
+"""`build_upscaler`: residual blocks at the low resolution, a sub-pixel convolution up, and a
+bilinear copy of the input added back, so the network learns only the missing detail
+(ESPCN's sub-pixel layer, EDSR's blocks without batch norm). Every op is a TFLite builtin
+(CONV_2D, DEPTH_TO_SPACE, RESIZE_BILINEAR, ADD), so the int8 export needs no custom op.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+
+@keras.saving.register_keras_serializable(package="kd_tf")
+class DepthToSpace(layers.Layer):
+    """(H, W, C * f^2) -> (f H, f W, C): the sub-pixel shuffle."""
+
+    def __init__(self, factor: int, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = int(factor)
+
+    def call(self, x):
+        return tf.nn.depth_to_space(x, self.factor)
+
+    def compute_output_shape(self, input_shape):
+        h, w = input_shape[1], input_shape[2]
+        return (input_shape[0], None if h is None else h * self.factor, None if w is None else w * self.factor,
+                input_shape[3] // self.factor ** 2)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
+def build_upscaler(width: int = 32, blocks: int = 4, factor: int = 2, channels: int = 3,
+                   name: str = "upscaler") -> keras.Model:
+    """An image of any size in, `factor` times larger out; MACs grow with width^2 x blocks.
+
+    >>> build_upscaler(8, 1, 2).output_shape
+    (None, None, None, 3)
+    >>> build_upscaler(8, 1, 2)(tf.zeros((1, 5, 7, 3))).shape
+    TensorShape([1, 10, 14, 3])
+    """
+    if int(width) < 1 or int(blocks) < 0 or int(factor) < 2:
+        raise ValueError(f"width={width}, blocks={blocks}, factor={factor}; accepted: width >= 1, blocks >= 0, "
+                         f"factor >= 2")
+    inputs = keras.Input((None, None, channels), name="low_resolution")
+    x = head = layers.Conv2D(width, 3, padding="same", name="head")(inputs)
+    for block in range(blocks):
+        y = layers.Conv2D(width, 3, padding="same", activation="relu", name=f"block{block}_conv1")(x)
+        y = layers.Conv2D(width, 3, padding="same", name=f"block{block}_conv2")(y)
+        x = layers.Add(name=f"block{block}_add")([x, y])
+    x = layers.Add(name="body_skip")([x, head])
+    x = layers.Conv2D(channels * factor ** 2, 3, padding="same", name="to_subpixels")(x)
+    detail = DepthToSpace(factor, name="subpixel")(x)
+    base = layers.UpSampling2D(factor, interpolation="bilinear", name="bilinear")(inputs)
+    outputs = layers.Add(name="upscaled", dtype="float32")([base, detail])
+    return keras.Model(inputs, outputs, name=name)

@@ -1,0 +1,124 @@
+"""Any image-to-image teacher through the Python API: 2x super-resolution (an output larger than the
+input, through the teacher cache too), deblurring and JPEG artefact removal as degradations of
+the same abstraction."""
+
+import doctest
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import kd_tf.degradations
+import kd_tf.sr.nets
+from kd_tf import Distiller
+from kd_tf.data import patch_dataset
+from kd_tf.degradations import JPEG, AlreadyDegraded, Downscale, GaussianBlur, GaussianNoise, from_config
+from kd_tf.errors import InputError
+from kd_tf.nets import build_unet
+from kd_tf.sr import build_upscaler
+from kd_tf.teacher_cache import cache_teacher_outputs
+
+
+@pytest.fixture(scope="module")
+def photos():
+    rng = np.random.default_rng(0)
+    smooth = [np.clip(tf.image.resize(rng.random((6, 6, 3)), (48, 48), "bicubic").numpy(), 0, 1) for _ in range(3)]
+    return [image.astype(np.float32) for image in smooth]
+
+
+def _psnr(a, b):
+    return float(10 * np.log10(1.0 / np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
+
+
+def test_downscale_is_bicubic_with_antialiasing_and_sr_patches_pair_up(photos):
+    clean = photos[0]
+    expected = tf.image.resize(clean, (24, 24), method="bicubic", antialias=True).numpy()
+    np.testing.assert_allclose(Downscale(2).apply(clean, [0, 0]).numpy(), expected, atol=1e-6)
+    low, high = next(iter(patch_dataset(photos, 16, 4, degradation=Downscale(2), seed=3)))
+    assert low.shape == (4, 8, 8, 3) and high.shape == (4, 16, 16, 3)
+    np.testing.assert_allclose(low, tf.image.resize(high, (8, 8), method="bicubic", antialias=True), atol=1e-5)
+    with pytest.raises(InputError, match="not divisible"):
+        patch_dataset(photos, 15, 4, degradation=Downscale(2))
+
+
+def test_each_degradation_does_what_it_says_and_repeats_with_its_seed(photos):
+    texture = np.random.default_rng(5).random((48, 48, 3)).astype(np.float32)
+    blurred = GaussianBlur(2.0).apply(texture, [1, 1]).numpy()
+    # blur removes high frequencies: the Laplacian's energy falls
+    laplacian = lambda x: np.abs(x[1:-1, 1:-1] * 4 - x[:-2, 1:-1] - x[2:, 1:-1] - x[1:-1, :-2] - x[1:-1, 2:]).mean()  # noqa
+    assert laplacian(blurred) < 0.2 * laplacian(texture)
+    assert abs(blurred.mean() - texture.mean()) < 0.01                 # a normalised kernel keeps brightness
+    clean = photos[1]
+    jpeg = JPEG(10).apply(clean, [1, 1]).numpy()
+    assert 20 < _psnr(jpeg, clean) < 45                                # lossy, not destroyed
+    noisy = GaussianNoise(25).apply(clean, [1, 2]).numpy()
+    assert np.std(noisy - clean) * 255 == pytest.approx(25, rel=0.1)
+    np.testing.assert_array_equal(noisy, GaussianNoise(25).apply(clean, [1, 2]).numpy())
+    assert not np.array_equal(noisy, GaussianNoise(25).apply(clean, [1, 3]).numpy())
+    np.testing.assert_array_equal(AlreadyDegraded().apply(clean), clean)
+    assert repr(from_config({"kind": "jpeg", "quality_min": 20, "quality_max": 40})) == \
+        "JPEG(quality_min=20, quality_max=40)"
+    with pytest.raises(InputError, match="accepted: noise, blur, downscale, jpeg, none"):
+        from_config({"kind": "rain"})
+    with pytest.raises(InputError, match="1 <= min <= max <= 100"):
+        JPEG(0)
+
+
+def _train(distiller, data, steps):
+    distiller.compile(optimizer=keras.optimizers.Adam(3e-3))
+    return distiller.fit(data, epochs=1, steps_per_epoch=steps, verbose=0).history
+
+
+def test_a_2x_sr_teacher_teaches_a_smaller_student_live_and_from_the_cache(photos):
+    keras.utils.set_random_seed(0)
+    teacher, student = build_upscaler(16, 2, 2, name="teacher"), build_upscaler(4, 1, 2, name="student")
+    data = patch_dataset(photos, 16, 4, degradation=Downscale(2), seed=1)
+    low, high = next(iter(data))
+    distiller = Distiller(teacher, student, student_loss_weight=0.5, probe_size=8)
+    before = [w.copy() for w in teacher.get_weights()]
+    distiller.compile(optimizer="adam")
+    first = distiller.evaluate(low, high, verbose=0, return_dict=True)
+    history = _train(distiller, data, 20)
+    assert all(np.array_equal(a, b) for a, b in zip(before, teacher.get_weights()))
+    assert history["loss"][-1] < first["loss"]
+    assert student(low).shape == (4, 16, 16, 3)
+
+    cache = cache_teacher_outputs(teacher, data.map(lambda x, y: (x, y)), 3)
+    assert cache.inputs.shape[1:] == (8, 8, 3) and cache.teacher_outputs.shape[1:] == (16, 16, 3)
+    plain_x, _ = next(iter(cache.dataset(4, seed=0, augment=False)))
+    np.testing.assert_allclose(plain_x["teacher_outputs"], teacher(plain_x["inputs"]), atol=2e-2)   # float16 bank
+    batch_x, batch_y = next(iter(cache.dataset(4, seed=0)))
+    # flips and turns move the small input and the large target alike: the input is still the
+    # target's bicubic downscale (the dihedral moves commute with it)
+    np.testing.assert_allclose(batch_x["inputs"], Downscale(2).apply(batch_y), atol=3e-3)
+    assert batch_y.shape == (4, 16, 16, 3)
+    cached = Distiller(teacher, build_upscaler(4, 1, 2, name="student2"), student_loss_weight=0.5, probe_size=8)
+    assert np.isfinite(_train(cached, cache.dataset(4, seed=0), 3)["loss"][-1])
+
+
+def test_the_distiller_refuses_a_student_of_another_scale():
+    teacher, student = build_upscaler(8, 1, 2), build_unet((4, 8), 1)
+    with pytest.raises(ValueError, match="output shape"):
+        Distiller(teacher, student, probe_size=8)
+
+
+@pytest.mark.parametrize("degradation", [GaussianBlur(1.0, 2.0, noise_sigma=2.0), JPEG(10, 30)],
+                         ids=["deblurring", "jpeg"])
+def test_restoration_pairs_train_through_the_same_distiller(photos, degradation):
+    keras.utils.set_random_seed(0)
+    teacher, student = build_unet((8, 16), 1, name="teacher"), build_unet((4, 8), 1, name="student")
+    data = patch_dataset(photos, 16, 4, degradation=degradation, seed=2)
+    degraded, clean = next(iter(data))
+    assert degraded.shape == clean.shape and _psnr(degraded, clean) < 40
+    distiller = Distiller(teacher, student, student_loss_weight=1.0)
+    distiller.compile(optimizer=keras.optimizers.Adam(3e-3))
+    before = distiller.evaluate(degraded, clean, verbose=0, return_dict=True)["own"]
+    distiller.fit(data, epochs=1, steps_per_epoch=25, verbose=0)
+    assert distiller.evaluate(degraded, clean, verbose=0, return_dict=True)["own"] < before
+
+
+@pytest.mark.parametrize("module", [kd_tf.degradations, kd_tf.sr.nets])
+def test_docstring_examples_run(module):
+    failed, tried = doctest.testmod(module)
+    assert tried and not failed
