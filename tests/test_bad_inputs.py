@@ -6,6 +6,7 @@ docs/TROUBLESHOOTING.md lists every case with the test that covers it.
 
 import io
 import os
+from pathlib import Path
 import subprocess
 import tracemalloc
 
@@ -71,19 +72,66 @@ def _one_line_error(capsys):
     return err[-1]
 
 
-@pytest.fixture()
-def read_only_folder(tmp_path):
-    """A folder nobody may write to, root included (chmod is not enough for root: chattr +i)."""
+def _deny_writes_under(folder: Path, monkeypatch):
+    """Every write under `folder` fails with EACCES as a read-only folder answers it: opening for
+    writing, creating a folder, os.access(W_OK). Needs no privilege, so it runs everywhere."""
+    import builtins
+    import errno
+    import io
+
+    def inside(path):
+        return isinstance(path, (str, bytes, os.PathLike)) and \
+            Path(os.fsdecode(path)).absolute().is_relative_to(folder.absolute())
+
+    def denied(path):
+        return PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+
+    real_open, real_mkdir, real_access, real_os_open = io.open, os.mkdir, os.access, os.open
+
+    def open_(file, mode="r", *args, **kwargs):
+        if inside(file) and any(flag in mode for flag in "wax+"):
+            raise denied(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def mkdir(path, *args, **kwargs):
+        if inside(path) and Path(os.fsdecode(path)).parent.is_dir():    # a missing parent fails as it would
+            raise denied(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    def access(path, mode, *args, **kwargs):
+        return False if inside(path) and mode & os.W_OK else real_access(path, mode, *args, **kwargs)
+
+    def os_open(path, flags, *args, **kwargs):
+        if inside(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise denied(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    for module, name, function in ((io, "open", open_), (builtins, "open", open_), (os, "mkdir", mkdir),
+                                   (os, "access", access), (os, "open", os_open)):
+        monkeypatch.setattr(module, name, function)
+
+
+@pytest.fixture(params=["filesystem", "injected"])
+def read_only_folder(tmp_path, request, monkeypatch):
+    """A folder nobody may write to, root included: a real one (chmod, and chattr +i for root,
+    which chmod does not stop) where the machine allows it, and always one whose writes are
+    refused by injection, so the behaviour is tested even as root without chattr."""
     folder = tmp_path / "locked"
     folder.mkdir()
     (folder / "keep.txt").write_text("written before")
+    if request.param == "injected":
+        with monkeypatch.context() as patch:
+            _deny_writes_under(folder, patch)
+            yield folder
+        assert sorted(p.name for p in folder.iterdir()) == ["keep.txt"]
+        return
     folder.chmod(0o555)
     immutable = False
     if os.access(folder, os.W_OK):
         immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
         if not immutable or os.access(folder, os.W_OK):
             folder.chmod(0o755)
-            pytest.skip("cannot make a read-only folder here (root without chattr)")
+            pytest.skip("cannot make a real read-only folder here (root without chattr): the injected one runs")
     yield folder
     if immutable:
         subprocess.run(["chattr", "-i", str(folder)], check=True)
@@ -322,9 +370,9 @@ def test_unknown_feature_layer_name(tmp_path, models, photo_folder, capsys):
 def test_model_that_is_not_image_to_image(tmp_path):
     inputs = keras.Input((None, None, 3))
     keras.Model(inputs, keras.layers.Conv2D(3, 3, strides=2, padding="same")(inputs)).save(tmp_path / "half.keras")
-    runner = inference.load_runner(tmp_path / "half.keras")
-    with pytest.raises(ValueError, match=r"returned shape \(1, 8, 8, 3\) for an input of shape \(1, 16, 16, 3\)"):
-        inference.run_rgb(runner, np.zeros((16, 16, 3), np.float32))
+    with pytest.raises(ValueError, match=r"returned shape \(1, 4, 4, 3\) for a 8x8 RGB input; expected an image "
+                                         r"\(the same size, or an integer factor larger\)"):
+        inference.load_runner(tmp_path / "half.keras")          # found on a probe, before any image is read
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,7 +383,7 @@ def test_model_that_is_not_image_to_image(tmp_path):
     ({"train": "{stepz: 5}"}, r"unknown key\(s\) \['stepz'\] in train; accepted: .*'steps'"),
     ({"bogus": 1}, r"unknown key\(s\) \['bogus'\] in config"),
     ({"train": "{steps: ten}"}, "train.steps='ten' is not accepted: wrong type str; expected an int"),
-    ({"train": "{mixed_precision: maybe}"}, "train.mixed_precision='maybe' .* expected true, false or auto"),
+    ({"train": "{mixed_precision: maybe}"}, "train.mixed_precision='maybe' .* expected auto .*true/bfloat16, float16 .*false/float32"),
     ({"student": "{widths: 12}"}, "student.widths=12 .* expected a list of ints"),
     ({"distill": "{student_loss_weight: {start: 1.5}}"}, r"distill.student_loss_weight.start=1.5 is not accepted; expected 0 <= value <= 1"),
     ({"distill": "{student_loss_weight: {kind: linear, start: 0.1, end: -0.1}}"}, "distill.student_loss_weight.end=-0.1"),

@@ -5,6 +5,6 @@ Its degradation is kd_tf.degradations.Downscale (bicubic with antialiasing, as
 `build_upscaler` (kd_tf.sr.nets).
 """
 
-from kd_tf.sr.nets import DepthToSpace, build_upscaler
+from kd_tf.sr.nets import build_upscaler
 
-__all__ = ["DepthToSpace", "build_upscaler"]
+__all__ = ["build_upscaler"]

@@ -10,25 +10,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-
-@keras.saving.register_keras_serializable(package="kd_tf")
-class DepthToSpace(layers.Layer):
-    """(H, W, C * f^2) -> (f H, f W, C): the sub-pixel shuffle."""
-
-    def __init__(self, factor: int, **kwargs):
-        super().__init__(**kwargs)
-        self.factor = int(factor)
-
-    def call(self, x):
-        return tf.nn.depth_to_space(x, self.factor)
-
-    def compute_output_shape(self, input_shape):
-        h, w = input_shape[1], input_shape[2]
-        return (input_shape[0], None if h is None else h * self.factor, None if w is None else w * self.factor,
-                input_shape[3] // self.factor ** 2)
-
-    def get_config(self):
-        return {**super().get_config(), "factor": self.factor}
+from kd_tf.ffdnet import DepthToSpace       # the pixel shuffle FFDNet's port uses too
 
 
 def build_upscaler(width: int = 32, blocks: int = 4, factor: int = 2, channels: int = 3,
@@ -51,7 +33,7 @@ def build_upscaler(width: int = 32, blocks: int = 4, factor: int = 2, channels: 
         x = layers.Add(name=f"block{block}_add")([x, y])
     x = layers.Add(name="body_skip")([x, head])
     x = layers.Conv2D(channels * factor ** 2, 3, padding="same", name="to_subpixels")(x)
-    detail = DepthToSpace(factor, name="subpixel")(x)
+    detail = DepthToSpace(factor, name="subpixel")(x)   # block_size = factor
     base = layers.UpSampling2D(factor, interpolation="bilinear", name="bilinear")(inputs)
     outputs = layers.Add(name="upscaled", dtype="float32")([base, detail])
     return keras.Model(inputs, outputs, name=name)
