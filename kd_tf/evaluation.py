@@ -32,13 +32,15 @@ def model_inputs(model: keras.Model, batch: np.ndarray, sigma: float | None):
 def run_on_image(model: keras.Model, image: np.ndarray, stride: int | None = None,
                  sigma: float | None = None) -> np.ndarray:
     """Runs a fully convolutional model on one HxWxC image of any size (reflect-padded to
-    `stride`); `sigma` (0-255) for models that take the noise level."""
+    `stride`); `sigma` (0-255) for models that take the noise level. An upscaler's output is
+    cropped to its scale times the image."""
     stride = stride_of(model) if stride is None else stride
     height, width = image.shape[:2]
     pad_h, pad_w = (-height) % stride, (-width) % stride
     padded = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect") if pad_h or pad_w else image
-    out = model(model_inputs(model, padded[None].astype(np.float32), sigma), training=False)
-    return np.asarray(out)[0, :height, :width]
+    out = np.asarray(model(model_inputs(model, padded[None].astype(np.float32), sigma), training=False))[0]
+    scale = out.shape[0] // padded.shape[0]          # 2 for a 2x super-resolution model
+    return out[:height * scale, :width * scale]
 
 
 @dataclasses.dataclass

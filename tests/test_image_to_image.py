@@ -158,3 +158,15 @@ def test_upscale_verb_writes_larger_images_and_refuses_a_denoiser(tmp_path):
     assert out.shape == (42, 60, 3) and np.abs(out - expected).max() <= 1 / 255 + 1e-6
     assert main(["upscale", "--model", str(tmp_path / "denoiser.keras"), "--input", str(tmp_path / "in"),
                  "--output", str(tmp_path / "out2")]) == 2
+
+
+def test_evaluation_keeps_an_upscalers_whole_output():
+    from kd_tf.evaluation import run_on_image
+
+    keras.utils.set_random_seed(0)
+    model = build_upscaler(4, 1, 2)
+    image = np.random.default_rng(3).random((13, 11, 3)).astype(np.float32)
+    out = run_on_image(model, image, stride=8)
+    assert out.shape == (26, 22, 3)
+    # away from the reflect-padded bottom/right border, it is the model on the image itself
+    np.testing.assert_allclose(out[:20, :16], model(image[None]).numpy()[0, :20, :16], atol=1e-4)
