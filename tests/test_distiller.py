@@ -89,14 +89,24 @@ def test_only_student_and_adapters_change(tiny_teacher, tiny_student):
 
 
 def test_adapters_never_reach_the_saved_student(tmp_path, tiny_teacher, tiny_student):
-    distiller = Distiller(tiny_teacher, tiny_student, features=[("enc0", "enc0"), ("bottleneck", "bottleneck")])
+    """The student saved after the Distiller trained it (and its adapters) holds its trained weights
+    and nothing of the adapters."""
+    student = keras.models.clone_model(tiny_student)
+    before = [w.copy() for w in student.get_weights()]
+    distiller = Distiller(tiny_teacher, student, features=[("enc0", "enc0"), ("bottleneck", "bottleneck")])
     assert len(distiller.adapters) == 2
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-2))
+    x = np.random.default_rng(0).random((4, 16, 16, 3)).astype("float32")
+    distiller.fit(x, x, epochs=1, batch_size=2, verbose=0)
+    assert any(not np.array_equal(b, a) for b, a in zip(before, student.get_weights())), "the student never trained"
     path = tmp_path / "student.keras"
-    tiny_student.save(path)
+    student.save(path)
     reloaded = keras.models.load_model(path)
-    names = [w.path for w in reloaded.weights]
-    assert not [n for n in names if "adapter" in n]
-    assert len(reloaded.weights) == len(tiny_student.weights)
+    assert not [w.path for w in reloaded.weights if "adapter" in w.path]
+    assert [w.path for w in reloaded.weights] == [w.path for w in student.weights]
+    for saved, trained in zip(reloaded.get_weights(), student.get_weights()):
+        np.testing.assert_array_equal(saved, trained)
+    np.testing.assert_allclose(reloaded(x), student(x), atol=1e-6)
 
 
 def test_unknown_layer_lists_available_names(tiny_teacher, tiny_student):

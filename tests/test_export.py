@@ -13,6 +13,7 @@ from kd_tf.nets import build_unet
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("export")
+    keras.utils.set_random_seed(0)
     model = build_unet((4, 8), 1, name="student")
     saved = export.export_saved_model(model, folder / "saved")
     return model, saved
@@ -44,8 +45,13 @@ def test_tflite_modes_are_builtin_and_close_to_keras(exported, photos, mode):
     assert runner.input_signature[1:3] == (-1, -1)
     x = calibration[0][:1]
     reference = np.asarray(model(x))
-    tolerance = {"float32": 1e-5, "float16": 5e-3, "dynamic": 3e-2, "int8": 6e-2, "int16x8": 3e-2}[mode]
-    assert np.abs(runner(x) - reference).mean() < tolerance
+    # measured: 9e-8, 1e-4, 9e-8, 0.011, 0.003 (mean abs, on [0, 1] images)
+    tolerance = {"float32": 1e-6, "float16": 1e-3, "dynamic": 1e-3, "int8": 0.025, "int16x8": 0.01}[mode]
+    error = np.abs(runner(x) - reference).mean()
+    assert error < tolerance
+    # the untrained net is not the identity: a converted model that passed its input through, or
+    # lost most of the function, is 0.55 away; the tolerance above is a few % of that
+    assert error < 0.05 * np.abs(x - reference).mean()
     wider = np.random.default_rng(1).random((1, 16, 48, 3)).astype("float32")
     assert runner(wider).shape == (1, 16, 48, 3)
 
