@@ -169,4 +169,4 @@ def test_evaluation_keeps_an_upscalers_whole_output():
     out = run_on_image(model, image, stride=8)
     assert out.shape == (26, 22, 3)
     # away from the reflect-padded bottom/right border, it is the model on the image itself
-    np.testing.assert_allclose(out[:20, :16], model(image[None]).numpy()[0, :20, :16], atol=1e-4)
+    np.testing.assert_allclose(out[:14, :10], model(image[None]).numpy()[0, :14, :10], atol=1e-4)
