@@ -292,8 +292,10 @@ class OutputConfig:
     """Where a run writes: its folder, its TensorBoard logs."""
 
     run_name: str | None = None           # default: <verb>-<timestamp>
-    runs_dir: str = "runs"                # where run folders go (checkpoints, reports, models)
-    log_dir: str = "tensorboard_logs"     # TensorBoard logs, one folder per run
+    # where run folders go (checkpoints, reports, models); $KD_TF_RUNS_DIR moves the default (the tests do)
+    runs_dir: str = dataclasses.field(default_factory=lambda: os.environ.get("KD_TF_RUNS_DIR", "runs"))
+    # TensorBoard logs, one folder per run; $KD_TF_LOG_DIR moves the default
+    log_dir: str = dataclasses.field(default_factory=lambda: os.environ.get("KD_TF_LOG_DIR", "tensorboard_logs"))
     image_grid_every: int = 1             # epochs between TensorBoard image grids
 
 

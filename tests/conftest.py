@@ -3,6 +3,18 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+# Runs and TensorBoard logs that a test leaves at their defaults go to a scratch folder, never into
+# the repository's runs/ and tensorboard_logs/ (a user's TensorBoard would show them); subprocesses
+# inherit it.
+import atexit
+import shutil
+import tempfile
+
+_SCRATCH = tempfile.mkdtemp(prefix="kd_tf-tests-")
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
+os.environ["KD_TF_RUNS_DIR"] = os.path.join(_SCRATCH, "runs")
+os.environ["KD_TF_LOG_DIR"] = os.path.join(_SCRATCH, "tensorboard_logs")
+
 import numpy as np
 import pytest
 

@@ -105,3 +105,14 @@ def test_reports_score_the_second_heldout_set_when_the_corpus_is_there(tmp_path,
     assert report["images"] == ["tiny"]
     monkeypatch.setattr(jobs, "heldout2_photos", lambda data: {})
     assert "heldout2" not in jobs._report(config, paths, split, {"teacher": build_unet((4, 8), 1)}, "evaluate")
+
+
+def test_tests_never_write_into_the_repositorys_runs_or_tensorboard_logs():
+    """conftest.py moves the output defaults to a scratch folder ($KD_TF_RUNS_DIR, $KD_TF_LOG_DIR)."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    output = cfg.OutputConfig()
+    for folder in (output.runs_dir, output.log_dir):
+        assert not Path(folder).resolve().is_relative_to(repo), folder
+    assert cfg.DistillJobConfig().output.log_dir == output.log_dir
