@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help="tf.distribute strategy (overrides train.strategy; default: one device); "
                                    "multiworker reads TF_CONFIG, see docs/DISTRIBUTED.md")
     distill.add_argument("--teacher", help="teacher model: .keras, .h5 or SavedModel dir")
+    distill.add_argument("--unlabeled", action="store_true",
+                         help="--data holds degraded photos with no clean versions: the teacher labels them")
     evaluate = verbs.add_parser("evaluate", help="held-out report of saved models and classical baselines")
     _common(evaluate)
     evaluate.add_argument("--task", choices=TASKS, default="denoise",
@@ -227,6 +229,8 @@ def main(argv=None) -> int:
                     overrides[key] = value
             report = export_job.export_student(cfg.load(cfg.ExportJobConfig, args.config, overrides))
         elif args.verb == "distill":
+            if args.unlabeled:
+                overrides["data.unlabeled"] = True
             first = {"distill.teacher": args.teacher} if args.teacher else {}   # later stages: the stage before
             configs = [cfg.load(cfg.DistillJobConfig, path, {**overrides, **(first if stage == 0 else {})})
                        for stage, path in enumerate(args.config or [None])]

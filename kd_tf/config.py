@@ -51,6 +51,9 @@ class DataConfig:
     # images; its second held-out set is scored beside the first whenever the corpus is there
     corpus: bool = False
     corpus_path: str | None = None       # None: $KD_TF_PHOTOS or ~/.cache/kd_tf/photos
+    # data_dir holds degraded photos with no clean versions (`distill --unlabeled`): the teacher
+    # labels them, and the report gives the student's agreement with the teacher on held-out photos
+    unlabeled: bool = False
 
     def corpus_dir(self) -> Path:
         if self.corpus_path is not None:

@@ -291,6 +291,10 @@ def distill(config: cfg.DistillJobConfig, strategy=None) -> dict:
     student from scratch with the same budget for comparison, evaluate all of them on the held-out photos.
     `strategy`: a tf.distribute strategy instead of train.strategy's (a TPUStrategy, say)."""
     config.validate()
+    if config.data.unlabeled:                       # photos with no clean versions: the teacher labels them
+        from kd_tf.unlabeled import distill_unlabeled
+
+        return distill_unlabeled(config)
     strategy = strategy or distribute.strategy_from_name(config.train.strategy)   # first: may set up collectives
     distribute.check_batch_size(config.data.batch_size, strategy)
     keras.utils.set_random_seed(config.train.seed)

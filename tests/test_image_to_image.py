@@ -170,3 +170,32 @@ def test_evaluation_keeps_an_upscalers_whole_output():
     assert out.shape == (26, 22, 3)
     # away from the reflect-padded bottom/right border, it is the model on the image itself
     np.testing.assert_allclose(out[:14, :10], model(image[None]).numpy()[0, :14, :10], atol=1e-4)
+
+
+def test_unlabeled_distillation_from_a_folder_reports_agreement_with_the_teacher(tmp_path, photos):
+    import json
+
+    from kd_tf.cli import main
+    from kd_tf.data import write_image
+
+    rng = np.random.default_rng(4)
+    for index in range(5):                   # "camera noise": already in the files, no clean versions
+        noisy = np.clip(np.tile(photos[index % 3], (2, 2, 1)) + rng.normal(0, 0.08, (96, 96, 3)), 0, 1)
+        write_image(tmp_path / "mine" / f"photo{index}.png", noisy)
+    keras.utils.set_random_seed(0)
+    build_unet((8, 16), 1, name="teacher").save(tmp_path / "teacher.keras")
+    code = main(["distill", "--unlabeled", "--data", str(tmp_path / "mine"), "--teacher", str(tmp_path / "teacher.keras"),
+                 "--steps", "6", "--run-name", "unl", "--set", "train.steps_per_epoch=3",
+                 "--set", "student={widths: [4, 8], blocks: 1}", "--set", "distill.cache_batches=2",
+                 "--set", "data={patch_size: 32, batch_size: 4, val_crop: 64, heldout_fraction: 0.4}",
+                 "--set", f"output.runs_dir={tmp_path / 'runs'}", "--set", f"output.log_dir={tmp_path / 'tb'}"])
+    assert code == 0
+    report = json.loads((tmp_path / "runs" / "unl" / "report.json").read_text())
+    assert report["job"] == "distill --unlabeled" and len(report["heldout"]) == 2
+    assert set(report["agreement"]["images"]) == set(report["heldout"])
+    assert not set(report["heldout"]) & set(report["train_photos"])
+    mean = report["agreement"]["mean"]
+    assert np.isfinite(mean["psnr"]) and -1 <= mean["ssim"] <= 1
+    assert len(report["history"]["loss"]) == 2 and "val_psnr" in report["history"]
+    assert report["history"]["own"] == [0.0, 0.0]                 # no clean truth: the teacher's outputs only
+    assert (tmp_path / "runs" / "unl" / "split.json").is_file()
