@@ -1,0 +1,86 @@
+"""int8 against float for a TFLite file already exported (issue 17), as the export report measures it.
+
+    python -m benchmarks.int8_parity --model models/denoise/student.keras \
+        --int8 models/denoise/student_int8.tflite [--float32 F.tflite] [--out report.json]
+    python -m benchmarks.int8_parity --generator models/gan/student_generator.keras \
+        --int8 models/gan/student_generator_int8.tflite [--out report.json]
+
+Denoiser: kd_tf.int8_parity's synthetic colour set, the embedded held-out photos and the photo
+corpus's held-out set 2 when it is there (per-image PSNR drop, mean per-channel shift, worst
+image). With --float32, the latency of both TFLite files at 1 and 2 threads on a 512x512 input,
+measured alternately (so a busy machine slows both alike), and their sizes.
+Generator: fixed latents, per-sample PSNR of the int8 image against the float one and the mean
+intensity shift (kd_tf.int8_parity.generator_parity).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def alternating_latency_ms(models: dict, size: int = 512, repeats: int = 15) -> dict:
+    batch = np.random.default_rng(0).random((1, size, size, 3), dtype=np.float32)
+    times = {name: [] for name in models}
+    for model in models.values():
+        model(batch)
+    for _ in range(repeats):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model(batch)
+            times[name].append(1000.0 * (time.perf_counter() - start))
+    return {name: float(np.median(values)) for name, values in times.items()}
+
+
+def main(argv=None) -> dict:
+    from kd_tf.export import LiteRTModel, op_names
+    from kd_tf.int8_parity import format_parity, generator_parity, parity_report, parity_sets
+    from kd_tf.model_io import load_model
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="the float denoiser (.keras)")
+    parser.add_argument("--generator", help="the float generator (.keras)")
+    parser.add_argument("--int8", required=True)
+    parser.add_argument("--float32", help="the float32 TFLite of the same model, for latency and size")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--out")
+    args = parser.parse_args(argv)
+    report = {"int8": args.int8, "int8_bytes": Path(args.int8).stat().st_size,
+              "int8_ops": sorted(set(op_names(Path(args.int8).read_bytes())))}
+    if args.generator:
+        generator = load_model(args.generator)
+        latent = int(generator.input_shape[-1])
+        int8 = LiteRTModel(args.int8, num_threads=2)
+        report.update(model=args.generator, parity=generator_parity(lambda z: generator(z, training=False), int8,
+                                                                    latent, samples=512, seed=0))
+        print(json.dumps(report["parity"], indent=1))
+    else:
+        from kd_tf.data import load_split
+
+        model = load_model(args.model)
+        sets, skipped = parity_sets(load_split().heldout)
+        report.update(model=args.model, parity=parity_report(lambda b: model(b, training=False),
+                                                             LiteRTModel(args.int8, num_threads=2), sets, skipped))
+        print(format_parity(report["parity"]))
+        if args.float32:
+            report["float32"], report["float32_bytes"] = args.float32, Path(args.float32).stat().st_size
+            report["size_ratio_float32_over_int8"] = report["float32_bytes"] / report["int8_bytes"]
+            report["latency_ms_512"] = {}
+            for threads in args.threads:
+                timed = alternating_latency_ms({"float32": LiteRTModel(args.float32, num_threads=threads),
+                                                "int8": LiteRTModel(args.int8, num_threads=threads)})
+                timed["speedup"] = timed["float32"] / timed["int8"]
+                report["latency_ms_512"][f"{threads}_threads"] = timed
+                print(f"512x512, {threads} thread(s): float32 {timed['float32']:.1f} ms, int8 {timed['int8']:.1f} ms, "
+                      f"{timed['speedup']:.2f}x; size ratio {report['size_ratio_float32_over_int8']:.2f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
