@@ -1,0 +1,201 @@
+"""The tables of README.md and the model cards, rendered from the committed report files.
+
+    python -m benchmarks.render_tables            # rewrite every marked table
+    python -m benchmarks.render_tables --check    # exit 1 and name the tables that differ from their reports
+
+A table is owned by a pair of markers in the Markdown file,
+
+    <!-- table:NAME -->
+    ...
+    <!-- /table:NAME -->
+
+and everything between them is replaced by TABLES[NAME] rendered from its report (the file named
+on the line after the opening marker). Hand edits there are overwritten; tests/test_tables.py
+fails when a committed table differs from its report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHER_CHOICE = "models/denoise/teacher_choice_report.json"
+RESULTS = "benchmarks/results.json"
+
+# report names -> row labels (README headline table); None: not shown there
+TEACHER_ROWS = {
+    "teacher": "FFDNet, the default teacher ({params:.2f} M params, {macs_px:.1f} k MACs/px)",
+    "ffdnet fine-tuned (kd_tf, 1250 steps)": "FFDNet fine-tuned on the corpus by kd_tf (1,250 of 3,000 steps)",
+    "kd_tf U-Net teacher": "kd_tf's U-Net teacher (`teacher.keras`, {params:.2f} M params)",
+    "cbm3d": "CBM3D (`bm3d` 4.0.3, ~15-20 s per photo)",
+    "nlmeans": "OpenCV NL-means",
+}
+CARD_ROWS = {
+    "noisy input": "noisy input",
+    "teacher": "**FFDNet (the teacher)**",
+    "ffdnet fine-tuned (kd_tf, 1250 steps)": "FFDNet fine-tuned by kd_tf (1,250 steps)",
+    "kd_tf U-Net teacher": "kd_tf U-Net teacher (`teacher.keras`)",
+    "nlmeans": "NL-means (OpenCV)",
+    "cbm3d": "CBM3D (`bm3d` 4.0.3)",
+}
+SIGMAS = ("15.0", "25.0", "50.0")
+
+
+def _load(path: str) -> dict:
+    return json.loads((ROOT / path).read_text())
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _psnr(methods: dict, name: str, sigma: str) -> float | None:
+    score = methods.get(name, {}).get("scores", {}).get(sigma)
+    return None if score is None else score["psnr"]
+
+
+def teacher_choice(report: dict) -> str:
+    """README: PSNR of each teacher candidate and baseline on both held-out sets; the best in bold."""
+    sets = [report["methods"], report["heldout2"]["methods"]]
+    columns = [(i, sigma) for i in range(len(sets)) for sigma in SIGMAS]
+    best = {c: max(v for n in TEACHER_ROWS if (v := _psnr(sets[c[0]], n, c[1])) is not None) for c in columns}
+    rows = []
+    for name, label in TEACHER_ROWS.items():
+        entry = report["methods"][name]
+        label = label.format(params=(entry.get("params") or 0) / 1e6, macs_px=(entry.get("macs_512") or 0) / 512**2 / 1e3)
+        cells = []
+        for column in columns:
+            value = _psnr(sets[column[0]], name, column[1])
+            cells.append("-" if value is None else f"**{value:.2f}**" if value == best[column] else f"{value:.2f}")
+        rows.append([label] + cells)
+    header = ["method"] + [f"set {i + 1} s{float(s):g}" for i, s in columns]
+    return _table(header, rows)
+
+
+def card_set(report: dict, which: int) -> str:
+    """MODEL_CARD.md: PSNR/SSIM per sigma on one held-out set (set 1 with params, GMACs and ms)."""
+    methods = report["methods"] if which == 1 else report["heldout2"]["methods"]
+    header = ["method"] + [f"s{float(s):g} PSNR/SSIM" for s in SIGMAS]
+    if which == 1:
+        header += ["params", "GMACs@512", "ms@512"]
+    rows = []
+    for name, label in CARD_ROWS.items():
+        cells = [label]
+        for sigma in SIGMAS:
+            score = methods[name]["scores"].get(sigma)
+            psnr = "-" if score is None else f"{score['psnr']:.2f}"
+            if score is not None and name == "teacher":
+                psnr = f"**{psnr}**"
+            cells.append("-" if score is None else f"{psnr} / {score['ssim']:.4f}")
+        if which == 1:
+            entry = report["methods"][name]
+            cells += [f"{entry['params'] / 1e6:.3f} M" if entry.get("params") else "-",
+                      f"{entry['macs_512'] / 1e9:.1f}" if entry.get("macs_512") else "-",
+                      f"{entry['ms_per_512']:.1f}" if entry.get("ms_per_512") else "-"]
+        rows.append(cells)
+    return _table(header, rows)
+
+
+def speed_targets(results: dict) -> str:
+    """README: the speed targets of `python -m benchmarks.run`, with the int8 latency at 512 px."""
+    sections = results["sections"]
+    step, levers, inference = sections["step_cost"], sections["levers"]["summary"], sections["inference"]
+    t = {key: 1000 * row["median_s"] for key, row in step["rows"].items()}
+    r, goal = step["ratios"], step["targets"]
+
+    def verdict(ok):
+        return "met" if ok else "missed"
+
+    rows = [
+        ["(a) kd_tf `Distiller.fit`, output + feature, <= 1.1 x ((b) student alone + (c) teacher forward)",
+         f"{t['a']:.1f} ms vs {t['b']:.1f} + {t['c']:.1f}: **{r['a_over_b_plus_c']:.3f}x**",
+         verdict(r["a_over_b_plus_c"] <= goal["a_over_b_plus_c_max"])],
+        ["(a) >= 1.3x faster than (d) `keras.distillation.Distiller` + `FeatureDistillation`, same losses",
+         f"{t['d']:.1f} / {t['a']:.1f} = **{r['d_over_a']:.3f}x**", verdict(r["d_over_a"] >= goal["d_over_a_min"])],
+        ["(a) >= 5x faster than (e) a naive loop (`predict` x2 + an eager tape)",
+         f"{t['e']:.1f} / {t['a']:.1f} = **{r['e_over_a']:.2f}x**", verdict(r["e_over_a"] >= goal["e_over_a_min"])],
+    ]
+    for lever, label in (("mixed_bfloat16", "`mixed_bfloat16`"), ("xla", "XLA")):
+        entry = levers[lever]
+        cost = "" if entry["psnr_cost_db"] is None else f" at {entry['psnr_cost_db']:+.3f} dB"
+        rows.append([f"{label} on where it gives >= 1.3x at <= 0.05 dB",
+                     f"{entry['speed']:.2f}x{cost}: {'on' if entry['default_on'] else 'off'}",
+                     verdict(entry["qualifies"] == entry["default_on"])])
+    int8 = inference["rows"]["student (int8)"]["ms_2_threads"]
+    cbm3d = inference["rows"]["cbm3d"]["ms_all_threads"]
+    size = inference["size"]
+    rows.append(["int8 student >= 100x faster than CBM3D per photo",
+                 f"**{inference['cbm3d_over_int8']:.0f}x** ({int8:.1f} ms vs {cbm3d / 1000:.1f} s per {size}x{size})",
+                 verdict(inference["cbm3d_over_int8"] >= inference["targets"]["cbm3d_over_int8_min"])])
+    return _table(["target", "measured", ""], rows)
+
+
+def distillation_gain(gain: dict) -> str:
+    """README: what distillation adds over the same student from scratch, mean ± sd over seeds."""
+    rows = []
+    for index, key in enumerate(("heldout1", "heldout2")):
+        if key not in gain["sets"]:
+            continue
+        mean, sd = gain["sets"][key]["mean"], gain["sets"][key]["sd"]
+        rows.append([f"set {index + 1}", f"{mean['teacher']:.3f}", f"{mean['distilled']:.3f} ± {sd['distilled']:.3f}",
+                     f"{mean['scratch']:.3f} ± {sd['scratch']:.3f}",
+                     f"{mean['distilled_minus_scratch']:+.3f} ± {sd['distilled_minus_scratch']:.3f}",
+                     f"{100 * mean['gap_closure']:.1f}% ± {100 * sd['gap_closure']:.1f}%",
+                     str(gain["sets"][key]["distilled_above_scratch_on_every_seed"])])
+    return _table(["held-out set", "FFDNet", "(c) distilled", "(a) scratch", "(c) - (a)",
+                   "gap closure (c-a)/(teacher-a)", "(c) above (a) on every seed"], rows)
+
+
+# name -> (report file, renderer); the files hold `<!-- table:NAME -->` ... `<!-- /table:NAME -->`
+TABLES = {
+    "teacher-choice": (TEACHER_CHOICE, teacher_choice),
+    "teacher-card-set1": (TEACHER_CHOICE, lambda report: card_set(report, 1)),
+    "teacher-card-set2": (TEACHER_CHOICE, lambda report: card_set(report, 2)),
+    "speed-targets": (RESULTS, speed_targets),
+    "distillation-gain": ("benchmarks/distillation_gain/gain.json", distillation_gain),
+}
+FILES = ("README.md", "models/denoise/MODEL_CARD.md")
+_SECTION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(\n<!-- /table:(?P=name) -->)", re.S)
+
+
+def rendered(name: str) -> str:
+    report, render = TABLES[name]
+    return f"<!-- from {report}: python -m benchmarks.render_tables -->\n{render(_load(report))}"
+
+
+def render_text(text: str) -> tuple[str, list[str]]:
+    """(text with every marked table rendered, names of the tables that changed)."""
+    changed = []
+
+    def replace(match):
+        body = rendered(match["name"])
+        if body != match["body"]:
+            changed.append(match["name"])
+        return match.group(1) + body + match.group(4)
+
+    return _SECTION.sub(replace, text), changed
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only report tables that differ from their reports")
+    args = parser.parse_args(argv)
+    stale = []
+    for file in FILES:
+        path = ROOT / file
+        text, changed = render_text(path.read_text())
+        stale += [f"{file}: {name}" for name in changed]
+        if changed and not args.check:
+            path.write_text(text)            # re-read just now: only the marked sections change
+    for entry in stale:
+        print(("differs from its report: " if args.check else "rendered: ") + entry)
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
