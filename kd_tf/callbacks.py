@@ -26,6 +26,16 @@ def first_images(inputs):
     return inputs[0] if isinstance(inputs, (tuple, list)) else inputs
 
 
+def _grid_column(images, height: int, width: int) -> np.ndarray:
+    """A column of a grid: clipped to [0, 1], RGB, enlarged by whole factors to height x width."""
+    images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    if images.shape[1:3] != (height, width):
+        images = np.repeat(np.repeat(images, height // images.shape[1], axis=1), width // images.shape[2], axis=2)
+    return images
+
+
 class ImageGridCallback(keras.callbacks.Callback):
     """Writes noisy | <model panels> | clean grids to TensorBoard every `every` epochs.
 
@@ -51,10 +61,14 @@ class ImageGridCallback(keras.callbacks.Callback):
         return {"output": self.model(self.inputs, training=False)}
 
     def grid(self, panels: dict) -> np.ndarray:
-        """One image: a row per crop, columns noisy | panels | clean, with 2 px gutters."""
+        """One image: a row per crop, columns noisy | panels | clean, with 2 px gutters. Gray
+        columns become RGB and an upscaler's small inputs are enlarged (nearest neighbour) to its
+        outputs' size, so every task's grid lines up."""
         columns = [self.noisy] + [np.asarray(p, np.float32) for p in panels.values()] + [self.clean]
-        gutter = np.ones((self.noisy.shape[0], self.noisy.shape[1], 2, 3), np.float32)
-        rows = np.concatenate([part for column in columns for part in (np.clip(column, 0, 1), gutter)][:-1], axis=2)
+        height, width = max(c.shape[1] for c in columns), max(c.shape[2] for c in columns)
+        columns = [_grid_column(c, height, width) for c in columns]
+        gutter = np.ones((self.noisy.shape[0], height, 2, 3), np.float32)
+        rows = np.concatenate([part for column in columns for part in (column, gutter)][:-1], axis=2)
         return np.concatenate(list(rows), axis=0)[None]
 
     def on_train_end(self, logs=None):

@@ -32,6 +32,7 @@ from kd_tf.objectives import Reconstruction
 from kd_tf.precision import with_loss_scaling
 from kd_tf.schedules import Complement, as_student_loss_weight, complement
 from kd_tf.schedules import deserialize as schedule_from_config
+from kd_tf.tiling import Tiled, fixed_size
 from kd_tf.teacher_cache import INPUTS_KEY, TEACHER_OUTPUTS_KEY, is_cached_batch, split_inputs
 
 
@@ -125,6 +126,9 @@ class Distiller(keras.Model):
         to draw the latents that teacher and student share (kd_tf.data.LatentSampler); the
         batches then hold real images, passed to the objective as targets.
 
+    A teacher with a fixed input size (and no feature pairs) is wrapped in kd_tf.tiling.Tiled, so
+    it teaches patches of any size on overlapping tiles of its own.
+
     Inputs are images, or {"inputs": images, "teacher_outputs": outputs} batches from
     kd_tf.teacher_cache, in which case the teacher's forward pass is skipped (output terms only),
     or {"inputs": images, "teacher_inputs": x} when the teacher takes more than the student (a
@@ -152,6 +156,11 @@ class Distiller(keras.Model):
         self._init_args = {"features": [list(_with_weight(p)) for p in features],
                            "attention": [list(_with_weight(p)) for p in attention], "probe_size": int(probe_size),
                            "jacobian": float(jacobian), "jacobian_seed": int(jacobian_seed)}
+        teacher_layers = [p[0] for p in list(features) + list(attention)] + [
+            getattr(t, "teacher_layer", getattr(t, "teacher_layer_name", None)) for t in terms]
+        if fixed_size(teacher) is not None and fixed_size(student) is None and not any(teacher_layers):
+            # a teacher exported for one input size teaches patches of any size tile by tile
+            teacher = Tiled(teacher)
         teacher.trainable = False
         self.teacher = teacher
         self.student = student

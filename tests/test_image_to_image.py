@@ -11,6 +11,7 @@ import tensorflow as tf
 
 import kd_tf.degradations
 import kd_tf.sr.nets
+import kd_tf.tiling
 from kd_tf import Distiller
 from kd_tf.data import patch_dataset
 from kd_tf.degradations import JPEG, AlreadyDegraded, Downscale, GaussianBlur, GaussianNoise, from_config
@@ -118,7 +119,7 @@ def test_restoration_pairs_train_through_the_same_distiller(photos, degradation)
     assert distiller.evaluate(degraded, clean, verbose=0, return_dict=True)["own"] < before
 
 
-@pytest.mark.parametrize("module", [kd_tf.degradations, kd_tf.sr.nets])
+@pytest.mark.parametrize("module", [kd_tf.degradations, kd_tf.sr.nets, kd_tf.tiling])
 def test_docstring_examples_run(module):
     failed, tried = doctest.testmod(module)
     assert tried and not failed
@@ -199,3 +200,47 @@ def test_unlabeled_distillation_from_a_folder_reports_agreement_with_the_teacher
     assert len(report["history"]["loss"]) == 2 and "val_psnr" in report["history"]
     assert report["history"]["own"] == [0.0, 0.0]                 # no clean truth: the teacher's outputs only
     assert (tmp_path / "runs" / "unl" / "split.json").is_file()
+
+
+def test_a_fixed_size_teacher_teaches_patches_of_any_size_on_tiles(rng):
+    from kd_tf.tiling import Tiled
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    pointwise = keras.Model(inputs, keras.layers.Conv2D(3, 1, name="mix")(inputs), name="fixed16")
+    x = rng.random((2, 40, 24, 3)).astype(np.float32)
+    tiled = Tiled(pointwise, overlap=4)
+    # a 1x1 model's tiles agree wherever they overlap: the blend is the model on the whole image
+    whole = np.einsum("bhwc,cd->bhwd", x, pointwise.get_layer("mix").kernel.numpy()[0, 0]) + pointwise.get_layer("mix").bias.numpy()
+    np.testing.assert_allclose(tiled(x).numpy(), whole, atol=1e-5)
+    np.testing.assert_allclose(tiled(x[:, :10, :7]).numpy(), whole[:, :10, :7], atol=1e-5)   # smaller than a tile
+    with pytest.raises(ValueError, match="takes images of any size"):
+        Tiled(build_unet((4, 8), 1))
+
+    student = build_unet((4, 8), 1, name="student")
+    distiller = Distiller(pointwise, student, student_loss_weight=0.0, probe_size=32)   # no raw Keras error
+    assert isinstance(distiller.teacher, Tiled)
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-3))
+    patches = rng.random((4, 32, 32, 3)).astype(np.float32)
+    logs = distiller.evaluate(patches, verbose=0, return_dict=True)
+    assert logs["distill"] == pytest.approx(np.mean((student(patches).numpy() - tiled(patches).numpy()) ** 2), rel=1e-4)
+
+
+def test_a_one_channel_teacher_distils_through_the_cache_and_the_grids(tmp_path, rng):
+    from kd_tf.callbacks import ImageGridCallback
+
+    keras.utils.set_random_seed(0)
+    teacher = build_unet((8, 16), 1, channels=1, name="teacher")
+    student = build_unet((4, 8), 1, channels=1, name="student")
+    gray = rng.random((8, 16, 16, 1)).astype(np.float32)
+    cache = cache_teacher_outputs(teacher, tf.data.Dataset.from_tensor_slices((gray, gray)).batch(4), 2)
+    assert cache.teacher_outputs.shape == (8, 16, 16, 1)
+    distiller = Distiller(teacher, student, student_loss_weight=0.5, probe_size=16)
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-3))
+    grids = ImageGridCallback(gray[:2], gray[:2], tmp_path / "grids")
+    history = distiller.fit(cache.dataset(4, seed=0), epochs=1, steps_per_epoch=2, verbose=0, callbacks=[grids])
+    assert np.isfinite(history.history["loss"][0])
+    grid = grids.grid(distiller.panels(gray[:2]))
+    assert grid.shape == (1, 32, 4 * 16 + 3 * 2, 3)            # gray shown as RGB: input | teacher | student | clean
+    sr_grid = ImageGridCallback(gray[:2, :8, :8], gray[:2], tmp_path / "sr").grid({"out": gray[:2]})
+    assert sr_grid.shape == (1, 32, 3 * 16 + 2 * 2, 3)        # a small input is enlarged to the outputs' size
