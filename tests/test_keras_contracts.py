@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import kd_tf.config
 import kd_tf.diffusion.config  # noqa: F401 - its jobs join cfg.JOBS
+import kd_tf.sr.config  # noqa: F401
 import kd_tf.distiller
 import kd_tf.losses
 import kd_tf.precision

@@ -13,6 +13,27 @@ from keras import layers
 from kd_tf.ffdnet import DepthToSpace       # the pixel shuffle FFDNet's port uses too
 
 
+@keras.saving.register_keras_serializable(package="kd_tf")
+class BilinearUpscale(layers.Layer):
+    """Bilinear enlargement by `factor` that also traces with unknown height and width (Keras'
+    UpSampling2D does not, which a SavedModel with dynamic H and W needs); TFLite's RESIZE_BILINEAR."""
+
+    def __init__(self, factor: int, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = int(factor)
+
+    def call(self, images):
+        size = tf.shape(images)[1:3] * self.factor
+        return tf.cast(tf.image.resize(images, size, method="bilinear"), images.dtype)
+
+    def compute_output_shape(self, input_shape):
+        grow = lambda d: None if d is None else d * self.factor   # noqa: E731
+        return (input_shape[0], grow(input_shape[1]), grow(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
 def build_upscaler(width: int = 32, blocks: int = 4, factor: int = 2, channels: int = 3,
                    name: str = "upscaler") -> keras.Model:
     """An image of any size in, `factor` times larger out; MACs grow with width^2 x blocks.
@@ -34,6 +55,6 @@ def build_upscaler(width: int = 32, blocks: int = 4, factor: int = 2, channels: 
     x = layers.Add(name="body_skip")([x, head])
     x = layers.Conv2D(channels * factor ** 2, 3, padding="same", name="to_subpixels")(x)
     detail = DepthToSpace(factor, name="subpixel")(x)   # block_size = factor
-    base = layers.UpSampling2D(factor, interpolation="bilinear", name="bilinear")(inputs)
+    base = BilinearUpscale(factor, name="bilinear")(inputs)
     outputs = layers.Add(name="upscaled", dtype="float32")([base, detail])
     return keras.Model(inputs, outputs, name=name)

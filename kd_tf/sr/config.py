@@ -1,0 +1,88 @@
+"""The super-resolution task's job configs (`--task sr`), built from the shared sections."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from kd_tf.config import (JOBS, MODELS_DIR, DataConfig, OutputConfig, TrainConfig, _check, _check_writable)
+
+SR_DIR = str(MODELS_DIR / "sr")
+DEFAULT_SR_TEACHER = f"{SR_DIR}/teacher_x2.keras"
+
+
+@dataclasses.dataclass
+class UpscalerConfig:
+    """A kd_tf.sr.build_upscaler network: residual blocks at the low resolution, a pixel shuffle up."""
+
+    width: int = 64                          # channels of the residual body
+    blocks: int = 8                          # residual blocks (two 3x3 convolutions each)
+
+    def validate(self, where):
+        _check(self.width >= 1, f"{where}.width", self.width, "an int >= 1")
+        _check(self.blocks >= 0, f"{where}.blocks", self.blocks, "an int >= 0")
+
+
+@dataclasses.dataclass
+class SRDataConfig(DataConfig):
+    """High-resolution patches; the model's inputs are their bicubic downscales (antialiased)."""
+
+    patch_size: int = 96                     # side of the high-resolution training patches, px
+    val_crop: int = 192                      # side of the high-resolution validation crops, px
+
+
+@dataclasses.dataclass
+class SRTeacherJobConfig:
+    """`python -m kd_tf train-teacher --task sr`: the super-resolution teacher."""
+
+    data: SRDataConfig = dataclasses.field(default_factory=SRDataConfig)
+    factor: int = 2                          # upscaling factor (2: inputs are half the size)
+    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(steps=20000, steps_per_epoch=500))
+    net: UpscalerConfig = dataclasses.field(default_factory=UpscalerConfig)
+    loss: str = "l1"                         # the reconstruction loss: l1 (sharper, EDSR's) or mse
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    save_to: str | None = None               # the run folder only; ship into models/ by naming a path
+
+    def validate(self):
+        self.data.validate()
+        _check(self.factor in (2, 3, 4), "factor", self.factor, "2, 3 or 4")
+        _check(self.data.patch_size % self.factor == 0, "data.patch_size", self.data.patch_size,
+               f"a multiple of factor={self.factor}")
+        self.train.validate()
+        self.net.validate("net")
+        _check(self.loss in ("l1", "mse"), "loss", self.loss, "l1 or mse")
+        _check_writable("save_to", self.save_to)
+        return self
+
+
+@dataclasses.dataclass
+class SRDistillJobConfig:
+    """`python -m kd_tf distill --task sr`: a smaller upscaler taught by the teacher."""
+
+    data: SRDataConfig = dataclasses.field(default_factory=SRDataConfig)
+    factor: int = 2                          # must match the teacher's
+    teacher: str = DEFAULT_SR_TEACHER        # the teacher upscaler (.keras, .h5 or SavedModel dir)
+    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(steps=10000, steps_per_epoch=500))
+    student: UpscalerConfig = dataclasses.field(default_factory=lambda: UpscalerConfig(width=28, blocks=4))  # 9.9x fewer MACs
+    student_loss_weight: float = 0.5         # the student's own L1 loss; the teacher term gets 1 - it
+    cache_batches: int = 300                 # offline distillation: teacher outputs on this many batches (0: live)
+    export_int8: bool = True                 # full-integer TFLite of the student, scored like the float one
+    calibration_batches: int = 16            # batches of low-resolution patches for the int8 calibration
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    save_to: str | None = None               # the run folder only; ship into models/ by naming a path
+
+    def validate(self):
+        self.data.validate()
+        _check(self.factor in (2, 3, 4), "factor", self.factor, "2, 3 or 4")
+        _check(self.data.patch_size % self.factor == 0, "data.patch_size", self.data.patch_size,
+               f"a multiple of factor={self.factor}")
+        self.train.validate()
+        self.student.validate("student")
+        _check(0.0 <= self.student_loss_weight <= 1.0, "student_loss_weight", self.student_loss_weight, "0..1")
+        _check(self.cache_batches >= 0, "cache_batches", self.cache_batches, "an int >= 0")
+        _check(self.calibration_batches >= 1, "calibration_batches", self.calibration_batches, "an int >= 1")
+        _check_writable("save_to", self.save_to)
+        return self
+
+
+JOBS.update({"train-teacher --task sr": SRTeacherJobConfig,
+             "distill --task sr": SRDistillJobConfig})     # for `python -m kd_tf config`
