@@ -57,6 +57,30 @@ MISSING_MODEL_CASES = [(path, name) for path in NOTEBOOKS for name in _model_par
 MISSING_MODEL_CASES += [(path, "USER_TEACHER") for path in NOTEBOOKS if path.stem == "04_bring_your_own_teacher"]
 
 
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory):
+    """The repository seen through symlinks, with its own empty runs/ and tensorboard_logs/: the
+    notebooks write there (they write relative to the repository root they find), never into the
+    real repository, whose TensorBoard a user may be watching."""
+    view = tmp_path_factory.mktemp("checkout")
+    for entry in ROOT.iterdir():
+        if entry.name not in ("runs", "tensorboard_logs", "notebooks", ".git"):
+            (view / entry.name).symlink_to(entry)
+    (view / "notebooks").mkdir()
+    for entry in (ROOT / "notebooks").iterdir():
+        (view / "notebooks" / entry.name).symlink_to(entry)
+    return view
+
+
+def _outputs_of_notebook_runs() -> dict:
+    """{path: mtime} of what notebook runs would leave in the real repository."""
+    found = {}
+    for folder in ("runs", "tensorboard_logs"):
+        for entry in (ROOT / folder).glob("notebook*"):
+            found[entry] = max([entry.stat().st_mtime_ns] + [p.stat().st_mtime_ns for p in entry.rglob("*")])
+    return found
+
+
 def test_the_notebooks_of_issue_5_are_there():
     names = {path.stem for path in NOTEBOOKS}
     assert {"01_denoise_distillation", "03_deploy_tflite", "04_bring_your_own_teacher"} <= names
@@ -65,9 +89,12 @@ def test_the_notebooks_of_issue_5_are_there():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
-def test_notebook_runs_top_to_bottom_in_quick_mode(path):
+def test_notebook_runs_top_to_bottom_in_quick_mode(path, checkout):
     # the kernel starts in notebooks/, as when a user opens the notebook in Jupyter
-    nb = runner.execute(path, quick=True, cwd=path.parent, timeout=600)
+    before = _outputs_of_notebook_runs()
+    nb = runner.execute(checkout / "notebooks" / path.name, quick=True, cwd=checkout / "notebooks", timeout=600)
+    assert _outputs_of_notebook_runs() == before, "the notebook wrote into the repository's runs/ or tensorboard_logs/"
+    assert list((checkout / "runs").glob("notebook*")) or list((checkout / "tensorboard_logs").glob("notebook*"))
     code = [cell for cell in nb.cells if cell.cell_type == "code"]
     assert all(cell.execution_count for cell in code), "a code cell was not executed"
     errors = [output for cell in code for output in cell.outputs if output.output_type == "error"]
@@ -95,11 +122,12 @@ def test_setup_cell_finds_the_repository_from_either_folder(cwd, tmp_path):
 
 @pytest.mark.parametrize("path,parameter", MISSING_MODEL_CASES,
                          ids=[f"{p.stem}-{name}" for p, name in MISSING_MODEL_CASES])
-def test_missing_model_file_stops_with_a_clear_error(path, parameter, tmp_path):
+def test_missing_model_file_stops_with_a_clear_error(path, parameter, tmp_path, checkout):
     missing = tmp_path / "no_such_model.keras"
     state = {}
     with pytest.raises(CellExecutionError) as caught:
-        runner.execute(path, quick=True, parameters={parameter: str(missing)}, cwd=ROOT, timeout=300, client_out=state)
+        runner.execute(path, quick=True, parameters={parameter: str(missing)}, cwd=checkout, timeout=300,
+                       client_out=state)
     error = caught.value
     assert error.ename == "FileNotFoundError"
     assert str(missing) in error.evalue and "does not exist" in error.evalue
