@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import keras
 from keras import layers
+from kd_tf.errors import InputError
 
 FEATURE_LAYER = "features"
 
@@ -37,6 +38,6 @@ def build_classifier(classes: int = 10, name: str = "feature_classifier") -> ker
 def feature_extractor(classifier: keras.Model) -> keras.Model:
     """image -> the penultimate 128-d features (FID/KID space)."""
     if FEATURE_LAYER not in [layer.name for layer in classifier.layers]:
-        raise ValueError(f"classifier {classifier.name!r} has no layer {FEATURE_LAYER!r}; "
+        raise InputError(f"classifier {classifier.name!r} has no layer {FEATURE_LAYER!r}; "
                          f"expected one built by kd_tf.nets.classifier.build_classifier")
     return keras.Model(classifier.inputs, classifier.get_layer(FEATURE_LAYER).output, name="digit_features")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import keras
 from keras import layers
+from kd_tf.errors import InputError
 
 SIZE, CHANNELS = 28, 1
 
@@ -61,6 +62,6 @@ def latent_dim_of(generator: keras.Model) -> int:
     """The latent size a generator takes; a clear error for a model that does not take a vector."""
     shape = tuple(generator.input_shape) if not isinstance(generator.input_shape, list) else None
     if shape is None or len(shape) != 2 or shape[1] is None:
-        raise ValueError(f"model {generator.name!r} takes inputs of shape {generator.input_shape}; "
+        raise InputError(f"model {generator.name!r} takes inputs of shape {generator.input_shape}; "
                          f"expected a generator taking a latent vector (batch, latent_dim)")
     return int(shape[1])
