@@ -582,10 +582,15 @@ class GanDistillConfig:
     student_loss_weight: GanWeightConfig = dataclasses.field(default_factory=GanWeightConfig)
     features: list[FeaturePair] = dataclasses.field(default_factory=list)   # [teacher, student, weight] layers
     compare_scratch: bool = True          # the same student as a plain GAN, same steps and seed
+    # the scratch student's discriminator: "inherited" (a copy of the teacher's, as the distilled
+    # student gets: the arms differ by the distillation term alone), "fresh", or "both"
+    scratch_discriminator: str = "inherited"
 
     def validate(self):
         _check(self.output_loss in ("mse", "l1"), "distill.output_loss", self.output_loss, "'mse' or 'l1'")
         self.student_loss_weight.validate()
+        _check(self.scratch_discriminator in ("inherited", "fresh", "both"), "distill.scratch_discriminator",
+               self.scratch_discriminator, "inherited, fresh or both")
         for pair in self.features:
             _check(pair.weight >= 0, f"distill.features[{pair.teacher}->{pair.student}].weight", pair.weight,
                    "a float >= 0")

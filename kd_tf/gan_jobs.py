@@ -24,7 +24,7 @@ from kd_tf import distribute, schedules
 from kd_tf.callbacks import GeneratorMetricsCallback, StopOnNonFiniteLoss, digit_grid
 from kd_tf.complexity import count_macs, count_params
 from kd_tf.data import LatentSampler, write_image
-from kd_tf.digits import as_unit, load_digits, real_dataset
+from kd_tf.digits import as_signed, as_unit, load_digits, real_dataset
 from kd_tf.distiller import Distiller
 from kd_tf.evaluation import render_table
 from kd_tf.runs import RunPaths, epochs_for, resumed_batches, worker_report
@@ -98,6 +98,10 @@ class Scorer:
         if latents is None:
             latents = np.random.default_rng(self.seed).standard_normal((count, latent_dim)).astype(np.float32)
         images = np.concatenate([np.asarray(generate(latents[i:i + 500])) for i in range(0, len(latents), 500)])
+        return self.score_images(images, name)
+
+    def score_images(self, images: np.ndarray, name: str = "images") -> dict:
+        """The scores of images in [-1, 1] (a generator's samples, or real digits: the floor)."""
         fake = self.features(np.clip((images + 1.0) / 2.0, 0.0, 1.0))
         kid, kid_std = kernel_inception_distance(self.real, fake, seed=self.seed)
         scores = {"fid": frechet_distance(self.real, fake), "kid": kid, "kid_std": kid_std,
@@ -143,10 +147,12 @@ def keras_generate(model: keras.Model):
 
 
 def format_table(rows: dict) -> str:
-    header = ["generator", "params", "MACs", "ms/64", "FID", "KID", "precision", "recall", "coverage"]
+    header = ["generator", "params", "MACs", "ms/64", "FID", "KID", "precision", "recall", "coverage",
+              f"recognized (p>={RECOGNIZED_CONFIDENCE})"]
     lines = [[name, f"{r['params']:,}" if r.get("params") else "-", f"{r['macs'] / 1e6:.2f}M" if r.get("macs") else "-",
               f"{r['ms_per_64']:.1f}", f"{r['fid']:.3f}", f"{r['kid']:.4f}", f"{r['precision']:.3f}",
-              f"{r['recall']:.3f}", f"{r['coverage']:.3f}"] for name, r in rows.items()]
+              f"{r['recall']:.3f}", f"{r['coverage']:.3f}", f"{r['recognized']:.3f}" if "recognized" in r else "-"]
+             for name, r in rows.items()]
     return render_table(header, lines)
 
 
@@ -328,27 +334,38 @@ def distill(config: cfg.GanDistillJobConfig, strategy=None) -> dict:
     if config.save_to and paths.chief:
         save_model(student, config.save_to)
 
-    if config.distill.compare_scratch:
+    arms = {"inherited": ["inherited"], "fresh": ["fresh"], "both": ["inherited", "fresh"]}
+    for start in (arms[config.distill.scratch_discriminator] if config.distill.compare_scratch else []):
+        # the same student as a plain GAN; "inherited": against a copy of the teacher's discriminator,
+        # as the distilled student, so the two differ only by the distillation term
+        tag = "scratch" if start == "inherited" else "scratch_fresh_d"
         keras.utils.set_random_seed(config.train.seed)
         with strategy.scope():
-            scratch = build_generator(latent, config.student.widths, name="student_scratch")
+            scratch = build_generator(latent, config.student.widths, name=f"student_{tag}")
             scratch.set_weights(initial_weights)
-            fresh = keras.models.clone_model(teacher_discriminator)   # the teacher's architecture, new weights
-            gan = AdversarialTraining(scratch, _adversarial(config.adversarial, fresh, config.train),
-                                      LatentSampler(latent, config.train.seed), name="scratch_gan")
+            discriminator = (clone_discriminator(teacher_discriminator) if start == "inherited"
+                             else keras.models.clone_model(teacher_discriminator))   # same architecture, new weights
+            gan = AdversarialTraining(scratch, _adversarial(config.adversarial, discriminator, config.train),
+                                      LatentSampler(latent, config.train.seed), name=f"{tag}_gan")
             gan.compile(optimizer=_generator_optimizer(config.train))
-        log.info("training the same student as a plain GAN from scratch, same steps and seed")
-        callbacks, monitors["scratch"] = _callbacks(paths, scorer, config, latent, "scratch")
+        log.info("training the same student as a plain GAN (%s discriminator), same steps and seed", start)
+        callbacks, monitors[tag] = _callbacks(paths, scorer, config, latent, tag)
         started = time.time()
-        histories["scratch"] = gan.fit(stream("scratch"), epochs=epochs, steps_per_epoch=per_epoch,
-                                       callbacks=callbacks, verbose=_verbose()).history
-        timings["scratch_seconds"] = time.time() - started
-        students["student (scratch)"] = scratch
-        save_model(scratch, paths.root / "student_scratch.keras")
+        histories[tag] = gan.fit(stream(tag), epochs=epochs, steps_per_epoch=per_epoch,
+                                 callbacks=callbacks, verbose=_verbose()).history
+        timings[f"{tag}_seconds"] = time.time() - started
+        name = "student (scratch)" if start == "inherited" else "student (scratch, fresh discriminator)"
+        students[name] = scratch
+        save_model(scratch, paths.root / f"student_{tag}.keras")
     if not paths.chief:
         return worker_report(paths, "distill --task gan", distiller.history)
 
     rows = {"teacher": describe(teacher, keras_generate(teacher), scorer, config.eval, "teacher")}
+    # the floor of every metric: real training digits against the real test digits, same space
+    real = as_signed(digits.train_images[np.random.default_rng(config.eval.seed).permutation(
+        len(digits.train_images))[:config.eval.samples]])
+    rows["real training digits (floor)"] = {"params": None, "macs": None, "ms_per_64": 0.0,
+                                            **scorer.score_images(real, "real training digits")}
     for name, model in students.items():
         rows[name] = describe(model, keras_generate(model), scorer, config.eval, name)
     report = {"job": "distill --task gan", "run": paths.name, "data": digits.source, "timings": timings,

@@ -287,7 +287,8 @@ def cli_run(tmp_path_factory):
     codes["distill"] = main(["distill", "--task", "gan", "--config", str(root / "gan.yaml"), "--run-name", "distill",
                              "--teacher", str(root / "teacher_generator.keras"),
                              "--set", f"distill.discriminator={root / 'teacher_discriminator.keras'}",
-                             "--set", "student={latent_dim: 8, widths: [4, 4, 2]}", "--set", "calibration_batches=2"])
+                             "--set", "student={latent_dim: 8, widths: [4, 4, 2]}", "--set", "calibration_batches=2",
+                             "--set", "distill.scratch_discriminator=both"])
     return root, codes
 
 
@@ -298,10 +299,15 @@ def test_cli_trains_teacher_distills_and_reports(cli_run):
     assert classifier["test_images"] == 12 and 0 <= classifier["test_accuracy"] <= 1
     report = json.loads((root / "runs" / "distill" / "report.json").read_text())
     rows = report["generators"]
-    assert set(rows) == {"teacher", "student (distilled)", "student (scratch)", "student int8 TFLite"}
+    floor = rows.pop("real training digits (floor)")
+    assert set(rows) == {"teacher", "student (distilled)", "student (scratch)",
+                         "student (scratch, fresh discriminator)", "student int8 TFLite"}
     assert rows["teacher"]["macs"] > rows["student (distilled)"]["macs"] == rows["student (scratch)"]["macs"] > 0
     for row in rows.values():
         assert np.isfinite(row["fid"]) and row["ms_per_64"] > 0 and 0 <= row["precision"] <= 1
+        assert 0 <= row["recognized"] <= 1 and row["recognized_real"] == floor["recognized"]
+        assert floor["fid"] < row["fid"]                   # real digits against real digits: the floor
+    assert len(report["history"]["scratch_fresh_d"]["loss"]) == 2
     assert report["targets"]["mac_ratio_teacher_over_student"] == pytest.approx(
         rows["teacher"]["macs"] / rows["student (distilled)"]["macs"])
     assert len(report["history"]["distill"]["d_loss"]) == 2 and len(report["history"]["scratch"]["loss"]) == 2
