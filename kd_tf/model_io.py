@@ -170,3 +170,13 @@ def load_teacher(path: str, mixed_precision: bool | str) -> keras.Model:
             log.warning("teacher stays in float32 (%s)", error)
         teacher.trainable = False
     return teacher
+
+
+def rebuild_wrapper(cls, config: dict, key: str):
+    """`cls.from_config` for a keras.Model that wraps one inner model stored under `key` in its
+    config (a sampler around its network, a tiled teacher around its model)."""
+    config = dict(config)
+    config[key] = keras.saving.deserialize_keras_object(config[key])
+    config.pop("trainable", None)
+    config.pop("dtype", None)
+    return cls(**config)

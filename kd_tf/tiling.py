@@ -13,6 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kd_tf.model_io import rebuild_wrapper
+
 
 def fixed_size(model) -> int | None:
     """The side of a model's fixed square image input, None when its H and W are free."""
@@ -106,8 +108,4 @@ class Tiled(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["model"] = keras.saving.deserialize_keras_object(config["model"])
-        config.pop("trainable", None)
-        config.pop("dtype", None)
-        return cls(**config)
+        return rebuild_wrapper(cls, config, "model")

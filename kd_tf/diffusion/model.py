@@ -11,6 +11,7 @@ import keras
 import tensorflow as tf
 
 from kd_tf.diffusion.schedule import predict, rates, to_model
+from kd_tf.model_io import rebuild_wrapper
 
 
 @keras.saving.register_keras_serializable(package="kd_tf")
@@ -78,8 +79,4 @@ class DiffusionModel(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["network"] = keras.saving.deserialize_keras_object(config["network"])
-        config.pop("trainable", None)
-        config.pop("dtype", None)
-        return cls(**config)
+        return rebuild_wrapper(cls, config, "network")

@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from kd_tf.diffusion.schedule import ddim_step, step_times, to_pixels
+from kd_tf.model_io import rebuild_wrapper
 
 
 @keras.saving.register_keras_serializable(package="kd_tf")
@@ -66,8 +67,4 @@ class DDIMSampler(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["network"] = keras.saving.deserialize_keras_object(config["network"])
-        config.pop("trainable", None)
-        config.pop("dtype", None)
-        return cls(**config)
+        return rebuild_wrapper(cls, config, "network")

@@ -30,6 +30,14 @@ class SRDataConfig(DataConfig):
     val_crop: int = 192                      # side of the high-resolution validation crops, px
 
 
+def _check_data_and_factor(config):
+    config.data.validate()
+    _check(config.factor in (2, 3, 4), "factor", config.factor, "2, 3 or 4")
+    _check(config.data.patch_size % config.factor == 0, "data.patch_size", config.data.patch_size,
+           f"a multiple of factor={config.factor}")
+    config.train.validate()
+
+
 @dataclasses.dataclass
 class SRTeacherJobConfig:
     """`python -m kd_tf train-teacher --task sr`: the super-resolution teacher."""
@@ -43,11 +51,7 @@ class SRTeacherJobConfig:
     save_to: str | None = None               # the run folder only; ship into models/ by naming a path
 
     def validate(self):
-        self.data.validate()
-        _check(self.factor in (2, 3, 4), "factor", self.factor, "2, 3 or 4")
-        _check(self.data.patch_size % self.factor == 0, "data.patch_size", self.data.patch_size,
-               f"a multiple of factor={self.factor}")
-        self.train.validate()
+        _check_data_and_factor(self)
         self.net.validate("net")
         _check(self.loss in ("l1", "mse"), "loss", self.loss, "l1 or mse")
         _check_writable("save_to", self.save_to)
@@ -71,11 +75,7 @@ class SRDistillJobConfig:
     save_to: str | None = None               # the run folder only; ship into models/ by naming a path
 
     def validate(self):
-        self.data.validate()
-        _check(self.factor in (2, 3, 4), "factor", self.factor, "2, 3 or 4")
-        _check(self.data.patch_size % self.factor == 0, "data.patch_size", self.data.patch_size,
-               f"a multiple of factor={self.factor}")
-        self.train.validate()
+        _check_data_and_factor(self)
         self.student.validate("student")
         _check(0.0 <= self.student_loss_weight <= 1.0, "student_loss_weight", self.student_loss_weight, "0..1")
         _check(self.cache_batches >= 0, "cache_batches", self.cache_batches, "an int >= 0")

@@ -108,15 +108,22 @@ def _fit(model, dataset, config, paths, validation, tag):
                      callbacks=standard_callbacks(paths, low, high, config.output, tag, config.train.steps)).history
 
 
-def train_teacher(config) -> dict:
-    """Trains the teacher upscaler on (bicubic-downscaled, original) patches."""
+def _start(config, verb: str):
+    """(split, training images, run paths, held-out sets) of a run, its config and split recorded
+    (a rerun resumes only with the same settings and images, kd_tf.runs)."""
     config.validate()
     keras.utils.set_random_seed(config.train.seed)
     split, train = _images(config.data)
-    paths = RunPaths(config.output, "sr-teacher")
+    paths = RunPaths(config.output, verb)
     record_config(paths, cfg.to_dict(config), cfg.to_dict(type(config)()))
     sets = _heldout_sets(config.data, split)
     record_split(paths, {"train": train, **sets})
+    return split, train, paths, sets
+
+
+def train_teacher(config) -> dict:
+    """Trains the teacher upscaler on (bicubic-downscaled, original) patches."""
+    split, train, paths, sets = _start(config, "sr-teacher")
     model = build_upscaler(config.net.width, config.net.blocks, config.factor, name="teacher_sr")
     model.compile(optimizer=cosine_optimizer(config.train), loss="mae" if config.loss == "l1" else "mse")
     per_epoch = epochs_for(config.train)[1]
@@ -136,13 +143,7 @@ def train_teacher(config) -> dict:
 
 def distill(config) -> dict:
     """Distils the teacher upscaler into a smaller one (offline teacher cache), exports its int8."""
-    config.validate()
-    keras.utils.set_random_seed(config.train.seed)
-    split, train = _images(config.data)
-    paths = RunPaths(config.output, "sr-distill")
-    record_config(paths, cfg.to_dict(config), cfg.to_dict(type(config)()))
-    sets = _heldout_sets(config.data, split)
-    record_split(paths, {"train": train, **sets})
+    split, train, paths, sets = _start(config, "sr-distill")
     teacher = load_float_teacher(config.teacher)
     student = build_upscaler(config.student.width, config.student.blocks, config.factor, name="student_sr")
     distiller = Distiller(teacher, student, student_loss_weight=config.student_loss_weight, output_loss="l1",
