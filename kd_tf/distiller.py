@@ -26,6 +26,7 @@ import keras
 import tensorflow as tf
 
 from kd_tf.distribute import global_batch_size, mean_results
+from kd_tf.errors import InputError
 from kd_tf.losses import AttentionTerm, FeatureTerm, JacobianTerm, OutputTerm, from_keras, projected_input_gradient
 from kd_tf.losses import deserialize_loss, serialize_loss
 from kd_tf.objectives import Reconstruction
@@ -43,9 +44,9 @@ def _tap_model(model: keras.Model, layer_names, role: str) -> keras.Model:
     available = [layer.name for layer in model.layers]
     missing = [name for name in layer_names if name not in available]
     if missing:
-        raise ValueError(f"{role} has no layer named {missing}; available layers: {available}")
+        raise InputError(f"{role} has no layer named {missing}; available layers: {available}")
     if layer_names and not hasattr(model, "inputs"):
-        raise ValueError(f"{role} is not a functional model, so its features cannot be tapped")
+        raise InputError(f"{role} is not a functional model, so its features cannot be tapped")
     outputs = [model.outputs[0]] + [model.get_layer(name).output for name in layer_names]
     return keras.Model(model.inputs, outputs, name=f"{model.name}_taps")
 
@@ -92,7 +93,7 @@ def _as_metric(metric):
 
 def _with_weight(pair):
     if len(pair) not in (2, 3):
-        raise ValueError(f"layer pair {pair!r}; expected (teacher layer, student layer[, weight])")
+        raise InputError(f"layer pair {pair!r}; expected (teacher layer, student layer[, weight])")
     return (pair[0], pair[1], float(pair[2]) if len(pair) == 3 else 1.0)
 
 
@@ -186,11 +187,11 @@ class Distiller(keras.Model):
         if jacobian:
             gradient_terms.append(JacobianTerm(jacobian))
         if len(gradient_terms) > 1:
-            raise ValueError(f"one input-gradient term at most; got {gradient_terms}")
+            raise InputError(f"one input-gradient term at most; got {gradient_terms}")
         self.jacobian_term = gradient_terms[0] if gradient_terms else None
         names = [term.name for term in layer_terms + gradient_terms]
         if len(set(names)) != len(names) or {"distill", "own", "loss"} & set(names):
-            raise ValueError(f"distillation terms need distinct names other than loss/distill/own; got {names}")
+            raise InputError(f"distillation terms need distinct names other than loss/distill/own; got {names}")
         teacher_layers = list(dict.fromkeys(t.teacher_layer for t in layer_terms if t.teacher_layer))
         student_layers = list(dict.fromkeys(t.student_layer for t in layer_terms if t.student_layer))
         self.teacher_taps = _tap_model(teacher, teacher_layers, "teacher")
@@ -223,16 +224,16 @@ class Distiller(keras.Model):
     def _check_shapes_and_build_terms(self, probe_size):
         channels, teacher_channels = _input_channels(self.student), _input_channels(self.teacher)
         if channels is None:
-            raise ValueError("the student has no known input shape; build it on a keras.Input first")
+            raise InputError("the student has no known input shape; build it on a keras.Input first")
         vectors = _takes_vectors(self.student)
         if teacher_channels is not None and teacher_channels != channels:
             if vectors:
-                raise ValueError(f"latent size differs: teacher takes z of size {teacher_channels}, "
+                raise InputError(f"latent size differs: teacher takes z of size {teacher_channels}, "
                                  f"student takes z of size {channels}")
-            raise ValueError(f"teacher takes {teacher_channels} input channels, student takes {channels}")
+            raise InputError(f"teacher takes {teacher_channels} input channels, student takes {channels}")
         sampled = getattr(self.latent_sampler, "latent_dim", channels)
         if self.latent_sampler is not None and (not vectors or sampled != channels):
-            raise ValueError(f"the latent sampler draws z of size {sampled}, but the student takes inputs of "
+            raise InputError(f"the latent sampler draws z of size {sampled}, but the student takes inputs of "
                              f"shape {tuple(self.student.input_shape)}; expected (None, {sampled})")
         probe = tf.zeros((1, channels) if vectors else (1, probe_size, probe_size, channels))
         teacher_out = tf.nest.flatten(self.teacher_taps(_probe_inputs(self.teacher, probe_size, probe),
@@ -241,7 +242,7 @@ class Distiller(keras.Model):
                                                         training=False))
         where = "one latent vector" if vectors else f"a {probe_size}x{probe_size} input"
         if tuple(teacher_out[0].shape) != tuple(student_out[0].shape):
-            raise ValueError(f"teacher output shape {tuple(teacher_out[0].shape)} differs from student "
+            raise InputError(f"teacher output shape {tuple(teacher_out[0].shape)} differs from student "
                              f"output shape {tuple(student_out[0].shape)} on {where}")
         if hasattr(self.objective, "check_prediction_shape"):
             self.objective.check_prediction_shape(tuple(student_out[0].shape))
@@ -310,11 +311,11 @@ class Distiller(keras.Model):
         """
         if loss is not None:
             if getattr(self.objective, "name", None) != "reconstruction":
-                raise ValueError(f"compile(loss={loss!r}) sets the student's reconstruction loss, but this "
+                raise InputError(f"compile(loss={loss!r}) sets the student's reconstruction loss, but this "
                                  f"Distiller's objective is {type(self.objective).__name__}; configure that "
                                  f"objective instead")
             if isinstance(loss, (list, dict)):
-                raise ValueError(f"compile(loss={loss!r}): the student has one output; give one loss")
+                raise InputError(f"compile(loss={loss!r}): the student has one output; give one loss")
             self.objective = Reconstruction(loss)
         self.student_metrics = [_as_metric(m) for m in (metrics or [])]
         # a student computing in float16 needs its loss scaled (kd_tf.precision)
@@ -355,13 +356,13 @@ class Distiller(keras.Model):
         """(student inputs, [teacher output, *teacher features]): cached, or one teacher pass."""
         if is_cached_batch(inputs):
             if any(t.teacher_layer for t in self.layer_terms) or self.jacobian_term:
-                raise ValueError("cached teacher outputs hold only the teacher's output; feature, "
+                raise InputError("cached teacher outputs hold only the teacher's output; feature, "
                                  "attention and Jacobian terms need the live teacher (pass plain images)")
             return inputs[INPUTS_KEY], [tf.cast(inputs[TEACHER_OUTPUTS_KEY], tf.float32)]
         inputs, teacher_inputs = split_inputs(inputs)
         if self.jacobian_term is not None:
             if teacher_inputs is not inputs:
-                raise ValueError("Jacobian matching needs a teacher that takes the student's inputs; this "
+                raise InputError("Jacobian matching needs a teacher that takes the student's inputs; this "
                                  "batch gives the teacher inputs of its own ('teacher_inputs')")
             gradient, outputs = projected_input_gradient(
                 lambda x: self.teacher_taps(x, training=False), inputs, self._projection)

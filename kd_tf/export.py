@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from kd_tf.atomic import replace_directory
+from kd_tf.errors import InputError
 
 TFLITE_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
 
@@ -73,7 +74,7 @@ def to_tflite(saved_model_dir: str | os.PathLike, mode: str = "float32", represe
     so every mode is a drop-in replacement for the others.
     """
     if mode not in TFLITE_MODES:
-        raise ValueError(f"TFLite mode {mode!r}; accepted: {', '.join(TFLITE_MODES)}")
+        raise InputError(f"TFLite mode {mode!r}; accepted: {', '.join(TFLITE_MODES)}")
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if mode != "float32":
@@ -82,7 +83,7 @@ def to_tflite(saved_model_dir: str | os.PathLike, mode: str = "float32", represe
         converter.target_spec.supported_types = [tf.float16]
     if mode in ("int8", "int16x8"):
         if representative is None:
-            raise ValueError(f"mode {mode!r} needs representative data (real images, preprocessed as in training)")
+            raise InputError(f"mode {mode!r} needs representative data (real images, preprocessed as in training)")
         batches = list(representative)
 
         def calibration():
@@ -184,7 +185,7 @@ class LiteRTModel:
         if images.shape != self._shape:
             fixed = [d for d, s in zip(self.input_signature, images.shape) if d != -1 and d != s]
             if fixed:
-                raise ValueError(f"this TFLite model takes inputs of shape {self.input_signature}, got {images.shape}")
+                raise InputError(f"this TFLite model takes inputs of shape {self.input_signature}, got {images.shape}")
             self.interpreter.resize_tensor_input(self._input["index"], list(images.shape))
             self.interpreter.allocate_tensors()
             self._input = self.interpreter.get_input_details()[0]

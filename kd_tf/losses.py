@@ -12,6 +12,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from kd_tf.errors import InputError
+
 OUTPUT_LOSSES = ("mse", "l1")
 
 
@@ -51,7 +53,7 @@ def output_loss(kind):
         try:
             kind = keras.losses.get(kind)
         except ValueError:
-            raise ValueError(f"output loss {kind!r}; accepted: {', '.join(OUTPUT_LOSSES)}, any Keras loss name "
+            raise InputError(f"output loss {kind!r}; accepted: {', '.join(OUTPUT_LOSSES)}, any Keras loss name "
                              f"(e.g. 'huber', 'log_cosh'), a keras.losses.Loss or a callable") from None
     if isinstance(kind, keras.losses.Loss):
         loss = kind
@@ -60,7 +62,7 @@ def output_loss(kind):
     if callable(kind):
         return lambda target, prediction: _per_sample_mean(
             kind(tf.cast(target, tf.float32), tf.cast(prediction, tf.float32)))
-    raise ValueError(f"output loss {kind!r}; accepted: {', '.join(OUTPUT_LOSSES)}, any Keras loss name, "
+    raise InputError(f"output loss {kind!r}; accepted: {', '.join(OUTPUT_LOSSES)}, any Keras loss name, "
                      f"a keras.losses.Loss or a callable")
 
 
@@ -120,7 +122,7 @@ class DistillationTerm:
     def __init__(self, teacher_layer: str | None = None, student_layer: str | None = None, weight: float = 1.0,
                  name: str | None = None):
         if not float(weight) >= 0.0:
-            raise ValueError(f"{type(self).__name__} weight={weight!r}; accepted: a number >= 0")
+            raise InputError(f"{type(self).__name__} weight={weight!r}; accepted: a number >= 0")
         self.teacher_layer, self.student_layer, self.weight = teacher_layer, student_layer, float(weight)
         self.name = name or self._default_name()
 
@@ -155,7 +157,7 @@ class DistillationTerm:
 
 def _check_same_positions(term, teacher_shape, student_shape):
     if tuple(teacher_shape[1:-1]) != tuple(student_shape[1:-1]):
-        raise ValueError(f"{term.name} ({term.teacher_layer!r}, {term.student_layer!r}): spatial sizes differ, "
+        raise InputError(f"{term.name} ({term.teacher_layer!r}, {term.student_layer!r}): spatial sizes differ, "
                          f"teacher {tuple(teacher_shape[1:-1])} vs student {tuple(student_shape[1:-1])}; "
                          f"pair layers at the same resolution")
 
@@ -180,7 +182,7 @@ class OutputTerm(DistillationTerm):
 
     def build(self, teacher_shape, student_shape):
         if tuple(teacher_shape) != tuple(student_shape):
-            raise ValueError(f"{self.name}: teacher shape {tuple(teacher_shape)} differs from student shape "
+            raise InputError(f"{self.name}: teacher shape {tuple(teacher_shape)} differs from student shape "
                              f"{tuple(student_shape)}; a FeatureTerm adapts channel counts")
 
     def call(self, teacher, student):
@@ -259,13 +261,13 @@ class LogitsTerm(DistillationTerm):
     def __init__(self, teacher_layer=None, student_layer=None, weight: float = 1.0, temperature: float = 3.0,
                  name=None):
         if not float(temperature) > 0:
-            raise ValueError(f"LogitsTerm temperature={temperature!r}; accepted: a number > 0")
+            raise InputError(f"LogitsTerm temperature={temperature!r}; accepted: a number > 0")
         self.temperature = float(temperature)
         super().__init__(teacher_layer, student_layer, weight, name)
 
     def build(self, teacher_shape, student_shape):
         if tuple(teacher_shape) != tuple(student_shape):
-            raise ValueError(f"{self.name}: teacher logits {tuple(teacher_shape)} vs student logits "
+            raise InputError(f"{self.name}: teacher logits {tuple(teacher_shape)} vs student logits "
                              f"{tuple(student_shape)}; they must have the same shape")
 
     def call(self, teacher, student):
@@ -309,7 +311,7 @@ class JacobianTerm(DistillationTerm):
 
     def __init__(self, weight: float, name: str = "jacobian"):
         if not float(weight) > 0.0:
-            raise ValueError(f"jacobian weight={weight!r}; accepted: a number > 0")
+            raise InputError(f"jacobian weight={weight!r}; accepted: a number > 0")
         super().__init__(None, None, weight, name)
 
     def get_config(self):
@@ -338,7 +340,7 @@ def from_keras(loss, weight: float = 1.0) -> DistillationTerm:
 
     if isinstance(loss, (FeatureDistillation, LogitsDistillation)):
         if isinstance(loss.loss, (list, tuple, dict)):
-            raise ValueError(f"{type(loss).__name__} with one loss per output ({loss.loss!r}): kd_tf students have one "
+            raise InputError(f"{type(loss).__name__} with one loss per output ({loss.loss!r}): kd_tf students have one "
                              f"output; give one loss")
     if isinstance(loss, FeatureDistillation):
         return FeatureTerm(loss.teacher_layer_name, loss.student_layer_name, weight, distance=loss.loss)
@@ -346,8 +348,8 @@ def from_keras(loss, weight: float = 1.0) -> DistillationTerm:
         # its default, "kl_divergence", arrives as the plain function, which Keras 3.15 then applies to
         # the tempered logits themselves, not to their softmax: kd_tf takes the documented meaning
         if not (isinstance(loss.loss, keras.losses.KLDivergence) or loss.loss is keras.losses.kl_divergence):
-            raise ValueError(f"LogitsDistillation(loss={loss.loss!r}): kd_tf takes it with its KL divergence (a "
+            raise InputError(f"LogitsDistillation(loss={loss.loss!r}): kd_tf takes it with its KL divergence (a "
                              f"LogitsTerm); for another distance between logits use FeatureTerm(distance=...)")
         return LogitsTerm(weight=weight, temperature=loss.temperature)
-    raise ValueError(f"distillation term {loss!r}; accepted: a kd_tf.losses.DistillationTerm, or "
+    raise InputError(f"distillation term {loss!r}; accepted: a kd_tf.losses.DistillationTerm, or "
                      f"keras.distillation.FeatureDistillation / LogitsDistillation")

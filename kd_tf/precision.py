@@ -19,6 +19,8 @@ from __future__ import annotations
 import functools
 import logging
 
+from kd_tf.errors import InputError
+
 log = logging.getLogger(__name__)
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -74,7 +76,7 @@ def resolve_mixed_precision(setting):
     (True, 'float16', False)
     """
     if setting not in SETTINGS:
-        raise ValueError(f"mixed_precision={setting!r}; accepted: {', '.join(map(str, SETTINGS))}")
+        raise InputError(f"mixed_precision={setting!r}; accepted: {', '.join(map(str, SETTINGS))}")
     if setting == "auto":
         if bfloat16_is_fast():
             log.info("train.mixed_precision=auto: bfloat16 (the hardware has it)")

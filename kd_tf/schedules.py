@@ -16,10 +16,12 @@ import warnings
 import keras
 import tensorflow as tf
 
+from kd_tf.errors import InputError
+
 
 def _check_weight(name, value):
     if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name}={value!r}; accepted: a weight between 0 and 1")
+        raise InputError(f"{name}={value!r}; accepted: a weight between 0 and 1")
     return float(value)
 
 
@@ -41,7 +43,7 @@ class _Ramp:
         self.start = _check_weight("start", start)
         self.end = _check_weight("end", end)
         if int(steps) < 1 or int(delay) < 0:
-            raise ValueError(f"steps={steps!r}, delay={delay!r}; accepted: steps >= 1, delay >= 0")
+            raise InputError(f"steps={steps!r}, delay={delay!r}; accepted: steps >= 1, delay >= 0")
         self.steps, self.delay = int(steps), int(delay)
 
     def _progress(self, step):
@@ -89,7 +91,7 @@ class LossRatio:
         self.start = _check_weight("start", start)
         self.minimum, self.maximum = _check_weight("minimum", minimum), _check_weight("maximum", maximum)
         if not 0.0 <= float(momentum) < 1.0 or self.minimum > self.maximum:
-            raise ValueError(f"momentum={momentum!r}, minimum={minimum!r}, maximum={maximum!r}; accepted: "
+            raise InputError(f"momentum={momentum!r}, minimum={minimum!r}, maximum={maximum!r}; accepted: "
                              f"0 <= momentum < 1 and minimum <= maximum")
         self.momentum = float(momentum)
         self.variables = []
@@ -175,7 +177,7 @@ def as_student_loss_weight(student_loss_weight=None, alpha=None):
     schedule; default 0.5), or the deprecated `alpha` (1 - it), not both."""
     if alpha is not None:
         if student_loss_weight is not None:
-            raise ValueError(f"student_loss_weight={student_loss_weight!r} and alpha={alpha!r}: give one; alpha is "
+            raise InputError(f"student_loss_weight={student_loss_weight!r} and alpha={alpha!r}: give one; alpha is "
                              f"the deprecated name of 1 - student_loss_weight")
         warnings.warn("alpha is deprecated: pass student_loss_weight = 1 - alpha (the weight of the student's own "
                       "loss, as in keras.distillation.Distiller)", DeprecationWarning, stacklevel=3)
@@ -194,7 +196,7 @@ def deserialize(config: dict):
     classes = {"constant": Constant, "linear": LinearRamp, "cosine": CosineRamp, "adaptive": LossRatio,
                "complement": Complement}
     if kind not in classes:
-        raise ValueError(f"weight schedule kind {kind!r}; accepted: {', '.join(classes)}")
+        raise InputError(f"weight schedule kind {kind!r}; accepted: {', '.join(classes)}")
     if kind == "constant":
         return Constant(config["start"])
     if kind == "complement":
@@ -213,4 +215,4 @@ def from_config(kind: str, start: float, end: float | None, steps: int):
         return CosineRamp(start, end, steps)
     if kind == "adaptive":
         return LossRatio(start)
-    raise ValueError(f"weight schedule kind {kind!r}; accepted: constant, linear, cosine, adaptive")
+    raise InputError(f"weight schedule kind {kind!r}; accepted: constant, linear, cosine, adaptive")

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kd_tf.errors import InputError
 from kd_tf.model_io import rebuild_wrapper
 
 
@@ -26,7 +27,7 @@ def fixed_size(model) -> int | None:
     if len(shape) != 4 or shape[1] is None or shape[2] is None:
         return None
     if shape[1] != shape[2]:
-        raise ValueError(f"model {model.name!r} takes {shape[1]}x{shape[2]} images; tiling needs a square input")
+        raise InputError(f"model {model.name!r} takes {shape[1]}x{shape[2]} images; tiling needs a square input")
     return int(shape[1])
 
 
@@ -59,7 +60,7 @@ class Tiled(keras.Model):
         self.model = model
         self.tile = fixed_size(model)
         if self.tile is None:
-            raise ValueError(f"model {model.name!r} takes images of any size; it needs no tiling")
+            raise InputError(f"model {model.name!r} takes images of any size; it needs no tiling")
         self.overlap = int(min(max(overlap, 0), self.tile // 2))
         self.channels = model.input_shape[-1]
         out = model.output_shape
@@ -78,7 +79,7 @@ class Tiled(keras.Model):
         images = tf.convert_to_tensor(images)
         height, width = images.shape[1], images.shape[2]
         if height is None or width is None:
-            raise ValueError("Tiled needs images of a known size (fixed-size patches, or eager calls)")
+            raise InputError("Tiled needs images of a known size (fixed-size patches, or eager calls)")
         if (height, width) == (self.tile, self.tile):
             return self.model(images, training=training)
         tile, scale = self.tile, self.scale

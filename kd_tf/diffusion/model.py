@@ -11,6 +11,7 @@ import keras
 import tensorflow as tf
 
 from kd_tf.diffusion.schedule import predict, rates, to_model
+from kd_tf.errors import InputError
 from kd_tf.model_io import rebuild_wrapper
 
 
@@ -21,7 +22,7 @@ class DiffusionModel(keras.Model):
     def __init__(self, network: keras.Model, ema: float = 0.999, seed: int = 0, name: str = "diffusion", **kwargs):
         super().__init__(name=name, **kwargs)
         if not 0.0 <= float(ema) < 1.0:
-            raise ValueError(f"ema={ema!r}; accepted: 0 <= ema < 1")
+            raise InputError(f"ema={ema!r}; accepted: 0 <= ema < 1")
         self.network = network
         self.ema_network = keras.models.clone_model(network)
         self.ema_network.set_weights(network.get_weights())

@@ -11,6 +11,8 @@ import math
 import keras
 from keras import layers, ops
 
+from kd_tf.errors import InputError
+
 EMBEDDING_MAX_FREQUENCY = 1000.0
 
 
@@ -22,7 +24,7 @@ class SinusoidalEmbedding(layers.Layer):
     def __init__(self, dims: int = 32, **kwargs):
         super().__init__(**kwargs)
         if int(dims) < 2 or int(dims) % 2:
-            raise ValueError(f"embedding dims={dims!r}; accepted: an even int >= 2")
+            raise InputError(f"embedding dims={dims!r}; accepted: an even int >= 2")
         self.dims = int(dims)
 
     def call(self, variance):
@@ -62,7 +64,7 @@ def build_denoiser(image_size: int = 28, channels: int = 1, widths=(32, 64, 96),
     """
     widths = tuple(int(w) for w in widths)
     if len(widths) < 2 or image_size % (2 ** (len(widths) - 1)):
-        raise ValueError(f"image_size={image_size}, widths={widths}; accepted: at least two levels and a size "
+        raise InputError(f"image_size={image_size}, widths={widths}; accepted: at least two levels and a size "
                          f"divisible by {2 ** (len(widths) - 1)}")
     noisy = keras.Input((image_size, image_size, channels), name="noisy")
     variance = keras.Input((1, 1, 1), name="noise_variance")

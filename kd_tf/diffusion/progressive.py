@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from kd_tf.diffusion.schedule import ddim_step, predict, rates, to_model
+from kd_tf.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def XPrediction(network: keras.Model, name: str = "student") -> keras.Model:   #
 def TwoStepTarget(network: keras.Model, teacher_steps: int, name: str = "teacher") -> keras.Model:   # noqa: N802
     """[noisy image, time] -> the target folding two of `teacher_steps` DDIM steps into one."""
     if int(teacher_steps) < 2 or int(teacher_steps) % 2:
-        raise ValueError(f"teacher_steps={teacher_steps!r}; accepted: an even int >= 2")
+        raise InputError(f"teacher_steps={teacher_steps!r}; accepted: an even int >= 2")
     return _two_input_model(network, int(teacher_steps), name)
 
 
@@ -115,7 +116,7 @@ def progressive_distillation(network: keras.Model, images: np.ndarray, start_ste
     from kd_tf.distiller import Distiller
 
     if start_steps < 2 or start_steps & (start_steps - 1) or end_steps < 1 or start_steps % end_steps:
-        raise ValueError(f"start_steps={start_steps}, end_steps={end_steps}; accepted: powers of two, "
+        raise InputError(f"start_steps={start_steps}, end_steps={end_steps}; accepted: powers of two, "
                          f"start_steps >= 2 and a multiple of end_steps")
     stages, teacher, steps = [(start_steps, network)], network, start_steps
     while steps > end_steps:

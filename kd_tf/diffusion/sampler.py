@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from kd_tf.diffusion.schedule import ddim_step, step_times, to_pixels
+from kd_tf.errors import InputError
 from kd_tf.model_io import rebuild_wrapper
 
 
@@ -31,7 +32,7 @@ class DDIMSampler(keras.Model):
     def __init__(self, network: keras.Model, steps: int, name: str | None = None, **kwargs):
         super().__init__(name=name or f"ddim_{int(steps)}_steps", **kwargs)
         if int(steps) < 1:
-            raise ValueError(f"steps={steps!r}; accepted: an int >= 1")
+            raise InputError(f"steps={steps!r}; accepted: an int >= 1")
         self.network = network
         self.steps = int(steps)
         self.image_shape = tuple(network.input_shape[0][1:])

@@ -12,6 +12,8 @@ import math
 
 import tensorflow as tf
 
+from kd_tf.errors import InputError
+
 MIN_SIGNAL = 0.02
 MAX_SIGNAL = 0.95
 
@@ -56,5 +58,5 @@ def ddim_step(network, noisy, times, next_times):
 def step_times(steps: int, batch):
     """The sampler's times for `steps` steps: 1, 1 - 1/steps, ..., 1/steps, each [batch, 1, 1, 1]."""
     if int(steps) < 1:
-        raise ValueError(f"steps={steps!r}; accepted: an int >= 1")
+        raise InputError(f"steps={steps!r}; accepted: an int >= 1")
     return [tf.fill([batch, 1, 1, 1], 1.0 - k / steps) for k in range(int(steps))]

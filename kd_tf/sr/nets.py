@@ -10,6 +10,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from kd_tf.errors import InputError
 from kd_tf.ffdnet import DepthToSpace       # the pixel shuffle FFDNet's port uses too
 
 
@@ -44,7 +45,7 @@ def build_upscaler(width: int = 32, blocks: int = 4, factor: int = 2, channels: 
     TensorShape([1, 10, 14, 3])
     """
     if int(width) < 1 or int(blocks) < 0 or int(factor) < 2:
-        raise ValueError(f"width={width}, blocks={blocks}, factor={factor}; accepted: width >= 1, blocks >= 0, "
+        raise InputError(f"width={width}, blocks={blocks}, factor={factor}; accepted: width >= 1, blocks >= 0, "
                          f"factor >= 2")
     inputs = keras.Input((None, None, channels), name="low_resolution")
     x = head = layers.Conv2D(width, 3, padding="same", name="head")(inputs)
