@@ -47,6 +47,9 @@ class DataConfig:
     val_sigma: float = 25.0               # noise sigma of the validation crops
     val_crop: int = 128                   # side of the validation crops, px
     val_crops_per_image: int = 4          # validation crops per held-out image
+    # clip and round noisy inputs to 8 bits, as cameras and image files store them and as the
+    # held-out photos are scored; false: unclipped float noise (the classic AWGN protocol)
+    noisy_8bit: bool = False
     # the photo corpus (`python -m kd_tf photos fetch`): its training photos join the training
     # images; its second held-out set is scored beside the first whenever the corpus is there
     corpus: bool = False
@@ -190,7 +193,8 @@ class DistillConfig:
     # default; benchmarks/distillation_gain.py measures it over seeds)
     compare_scratch: bool = False
     # Where the distilled student's weights start: "teacher" (the teacher's strongest channels and
-    # blocks, kd_tf.nets.inherit), "random", or "auto" (teacher when both are build_unet networks).
+    # blocks, kd_tf.nets.inherit), "random", "auto" (teacher when both are build_unet networks), or
+    # a student .keras file of the same widths and blocks to continue from (a new learning-rate cycle).
     # The scratch comparison always starts from the random weights.
     student_init: str = "auto"
     jacobian: float = 0.0                 # weight of Jacobian matching (kd_tf.losses.JacobianTerm); 0: off
@@ -205,7 +209,8 @@ class DistillConfig:
     def validate(self):
         _check(self.output_loss in ("mse", "l1"), "distill.output_loss", self.output_loss, "'mse' or 'l1'")
         self.student_loss_weight.validate()
-        _check(self.student_init in STUDENT_INITS, "distill.student_init", self.student_init, f"one of {STUDENT_INITS}")
+        _check(self.student_init in STUDENT_INITS or self.student_init.endswith(".keras"), "distill.student_init",
+               self.student_init, f"one of {STUDENT_INITS} or a student's .keras file")
         _check(self.cache_batches is None or self.cache_batches >= 0, "distill.cache_batches",
                self.cache_batches, "an int >= 0 (0: the teacher runs on every batch) or null (automatic)")
         _check(self.jacobian >= 0, "distill.jacobian", self.jacobian, "a float >= 0 (0: off)")

@@ -394,6 +394,15 @@ def add_gaussian_noise(clean, sigma, seed):
     return clean + tf.cast(sigma, tf.float32) / 255.0 * noise
 
 
+def quantize_8bit(image):
+    """`to_8bit` inside a TensorFlow graph: clipped to [0, 1], rounded to 1/255.
+
+    >>> quantize_8bit(tf.constant([-0.2, 0.5, 1.7])).numpy() * 255
+    array([  0., 128., 255.], dtype=float32)
+    """
+    return tf.round(tf.clip_by_value(image, 0.0, 1.0) * 255.0) / 255.0
+
+
 def to_8bit(image: np.ndarray) -> np.ndarray:
     """An image as an 8-bit file holds it (clipped to [0, 1], rounded to 1/255), still float32.
 
@@ -447,7 +456,7 @@ def _pack(images):
 def patch_dataset(images, patch_size: int = 64, batch_size: int = 16,
                   sigma_range=(0.0, 55.0), seed: int = 0, augment: bool = True,
                   skip_batches: int = 0, noise_level_for_teacher: bool = False,
-                  degradation=None) -> tf.data.Dataset:
+                  degradation=None, noisy_8bit: bool = False) -> tf.data.Dataset:
     """An endless, seeded stream of (noisy, clean) patch batches.
 
     Images are sampled in proportion to their area; each patch gets a random crop, one of the
@@ -461,6 +470,10 @@ def patch_dataset(images, patch_size: int = 64, batch_size: int = 16,
     `degradation` (a kd_tf.degradations.Degradation) replaces the noise: (degraded, clean) pairs
     for deblurring, JPEG artefacts or super-resolution (inputs `scale` times smaller than the
     clean patch, which must divide by it); `sigma_range` is then unused.
+
+    `noisy_8bit`: the noisy patch is clipped to [0, 1] and rounded to 1/255, as a camera or an
+    image file stores it and as the held-out photos are scored (`to_8bit`): clipping makes the
+    noise biased near black and white, which a model trained on unclipped noise never sees.
 
     >>> from kd_tf.degradations import Downscale
     >>> image = np.random.default_rng(0).random((40, 40, 3)).astype("float32")
@@ -501,6 +514,8 @@ def patch_dataset(images, patch_size: int = 64, batch_size: int = 16,
             return degradation.apply(patch, seeds[5]), patch
         sigma = tf.random.stateless_uniform([], seeds[4], low, high) if high > low else tf.constant(low)
         noisy = add_gaussian_noise(patch, sigma, seeds[5])
+        if noisy_8bit:
+            noisy = quantize_8bit(noisy)
         if noise_level_for_teacher:
             return with_noise_level(noisy, tf.reshape(sigma, [1])), patch
         return noisy, patch
@@ -539,10 +554,11 @@ def most_textured_window(image: np.ndarray, size: int, stride: int = 64) -> np.n
 
 
 def fixed_crops(images, crop_size: int = 128, per_image: int = 4, sigma: float = 25.0,
-                seed: int = 1234) -> tuple[np.ndarray, np.ndarray]:
+                seed: int = 1234, noisy_8bit: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic (noisy, clean) crops of held-out images, for validation and image grids.
 
-    Crops are spread over each image on a grid so that they cover different content.
+    Crops are spread over each image on a grid so that they cover different content;
+    `noisy_8bit` clips and rounds the noisy crops to 8 bits, as patch_dataset does.
     """
     images = list(images.values()) if isinstance(images, dict) else list(images)
     cleans = []
@@ -558,8 +574,8 @@ def fixed_crops(images, crop_size: int = 128, per_image: int = 4, sigma: float =
         side = min(min(s[:2]) for s in sizes)
         cleans = [c[:side, :side] for c in cleans]
     clean = np.stack(cleans).astype(np.float32)
-    noisy = add_gaussian_noise(clean, sigma, [seed, 1]).numpy()
-    return noisy, clean
+    noisy = add_gaussian_noise(clean, sigma, [seed, 1])
+    return (quantize_8bit(noisy) if noisy_8bit else noisy).numpy(), clean
 
 
 class LatentSampler:

@@ -75,7 +75,8 @@ def quantization_aware_finetune(aware: keras.Model, config: cfg.ExportJobConfig,
     teacher = load_teacher(teacher_path, mixed_precision=bfloat16_is_fast())
     stream = patch_dataset(images, config.data.patch_size, config.data.batch_size,
                            (config.data.sigma_min, config.data.sigma_max), seed=config.eval_seed,
-                           noise_level_for_teacher=takes_noise_level(teacher))     # FFDNet: each patch's sigma
+                           noise_level_for_teacher=takes_noise_level(teacher),     # FFDNet: each patch's sigma
+                           noisy_8bit=config.data.noisy_8bit)
     cache = cache_teacher_outputs(teacher, stream, min(config.qat_steps, 300))
     distiller = Distiller(teacher, freeze_ranges(aware), student_loss_weight=0.5)
     schedule = keras.optimizers.schedules.CosineDecay(config.qat_learning_rate, config.qat_steps, alpha=0.01)

@@ -57,10 +57,10 @@ def _data(config_data: cfg.DataConfig, seed: int):
     def stream(skip_batches: int = 0, noise_level_for_teacher: bool = False):
         return patch_dataset(train_images, config_data.patch_size, config_data.batch_size,
                              (config_data.sigma_min, config_data.sigma_max), seed=seed, skip_batches=skip_batches,
-                             noise_level_for_teacher=noise_level_for_teacher)
+                             noise_level_for_teacher=noise_level_for_teacher, noisy_8bit=config_data.noisy_8bit)
 
     val_noisy, val_clean = fixed_crops(split.heldout, config_data.val_crop, config_data.val_crops_per_image,
-                                       config_data.val_sigma)
+                                       config_data.val_sigma, noisy_8bit=config_data.noisy_8bit)
     log.info("training on %d images, holding out %d: %s", len(split.train), len(split.heldout),
              ", ".join(sorted(split.heldout)))
     return split, stream, val_noisy, val_clean
@@ -149,9 +149,19 @@ def start_from_teacher(student_init: str, teacher: keras.Model, student: keras.M
                        energy_batches: int = 8) -> dict | None:
     """Gives the student its teacher's strongest channels and blocks (kd_tf.nets.inherit) when
     `student_init` asks for it ("auto": whenever both are build_unet networks that fit); returns
-    what was kept, or None when the student keeps its random weights."""
+    what was kept, or None when the student keeps its random weights. A .keras path: the student
+    continues from that model's weights (same widths and blocks), returned as {"from": path}."""
     if student_init == "random":
         return None
+    if student_init.endswith(".keras"):
+        start = load_model(student_init)
+        shapes = [tuple(w.shape) for w in start.weights], [tuple(w.shape) for w in student.weights]
+        if shapes[0] != shapes[1]:
+            raise InputError(f"distill.student_init={student_init}: its weights do not fit the configured student "
+                             f"({len(shapes[0])} vs {len(shapes[1])} tensors; check student.widths and blocks)")
+        student.set_weights(start.get_weights())
+        log.info("the student continues from the weights of %s", student_init)
+        return {"from": student_init}
     try:
         kept = inherit_from_teacher(teacher, student, batches.take(energy_batches).map(lambda noisy, clean: noisy))
     except ValueError as error:                     # also Keras' own, e.g. a teacher of other channels
@@ -357,7 +367,7 @@ def distill(config: cfg.DistillJobConfig, strategy=None) -> dict:
         return worker_report(paths, "distill", histories["distill"])
 
     report = _report(config, paths, split, {**evaluated, **students}, "distill")
-    report.update(timings=timings, history=histories, student_init="teacher" if inherited else "random",
+    report.update(timings=timings, history=histories, student_init=(inherited.get("from", "teacher") if inherited else "random"),
                   inherited=inherited, student_path=str(student_path), teacher_path=config.distill.teacher,
                   assistant=assistant, assistant_decision=why)
     report["report_path"] = str(paths.write_json("report.json", report))      # kept even if export fails

@@ -14,13 +14,16 @@ Before a notebook is written, the native libraries' start-up and progress chatte
 log lines, the TFLite converter's and XNNPACK's notices, libpng's colour-profile warning) is dropped from
 its stderr outputs (`drop_native_log_lines`); Python warnings and everything else are kept.
 A full run (written in place) records in the notebook's metadata the SHA-256 of its code cells'
-sources; tests/test_notebooks.py checks that the committed outputs came from the committed code.
+sources and the SHA-256 of what they run (`dependencies_sha256`: the kd_tf modules the notebook
+imports, followed through kd_tf's own imports, and the model files its parameters name);
+tests/test_notebooks.py checks that the committed outputs came from the committed code and kd_tf.
 TensorBoard servers that a notebook's `%tensorboard` started are stopped when the run ends.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import datetime
 import hashlib
@@ -62,6 +65,75 @@ def code_sha256(nb) -> str:
         if cell.cell_type == "code" and INJECTED_TAG not in cell.get("metadata", {}).get("tags", []):
             digest.update(cell.source.encode())
             digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _kd_tf_imports(source: str) -> set[str]:
+    """The kd_tf modules that `source` imports, anywhere in it (function-level imports too)."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "kd_tf")
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "kd_tf":
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)   # `from kd_tf import data`
+    return found
+
+
+def _module_file(name: str, root: Path) -> Path | None:
+    path = root.joinpath(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def kd_tf_modules(nb, root: Path = REPO_ROOT) -> list[Path]:
+    """The kd_tf source files a notebook's code runs: its kd_tf imports, followed through kd_tf's
+    own imports (each package's __init__.py included), sorted."""
+    pending, files = set(), set()
+    for cell in nb.cells:
+        if cell.cell_type == "code":                              # IPython magics become `pass`
+            lines = [line[:len(line) - len(line.lstrip())] + "pass" if line.lstrip().startswith(("%", "!")) else line
+                     for line in cell.source.splitlines()]
+            pending.update(_kd_tf_imports("\n".join(lines)))
+    while pending:
+        name = pending.pop()
+        parts = name.split(".")
+        for depth in range(1, len(parts) + 1):                  # kd_tf/__init__.py, kd_tf/sr/__init__.py ...
+            path = _module_file(".".join(parts[:depth]), root)
+            if path is not None and path not in files:
+                files.add(path)
+                pending.update(_kd_tf_imports(path.read_text()))
+    return sorted(files)
+
+
+def model_files(nb, root: Path = REPO_ROOT) -> list[Path]:
+    """The model files that the parameters cell names and that exist (relative to the repository)."""
+    cell = next((c for c in nb.cells if PARAMETERS_TAG in c.get("metadata", {}).get("tags", [])), None)
+    found = set()
+    for node in ast.walk(ast.parse(cell.source if cell else "")):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                node.value.lower().endswith((".keras", ".h5", ".hdf5", ".tflite")):
+            path = root / node.value
+            if path.is_file():
+                found.add(path)
+    return sorted(found)
+
+
+def dependencies_sha256(nb, root: Path = REPO_ROOT) -> str:
+    """Hash of what a notebook's code runs besides itself: kd_tf_modules and model_files, by
+    path (relative to `root`) and content. A change to either makes the committed outputs stale.
+
+    >>> nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("from kd_tf.metrics import psnr")])
+    >>> names = [p.relative_to(REPO_ROOT).as_posix() for p in kd_tf_modules(nb)]
+    >>> names[0], "kd_tf/metrics.py" in names, "kd_tf/sr/jobs.py" in names
+    ('kd_tf/__init__.py', True, False)
+    """
+    digest = hashlib.sha256()
+    for path in kd_tf_modules(nb, root) + model_files(nb, root):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
 
 
@@ -151,6 +223,7 @@ def run_full(path: Path, write: bool = True, quick: bool = False) -> float:
     if write:
         drop_native_log_lines(nb)
         nb.metadata[METADATA_KEY] = {"mode": "quick" if quick else "full", "code_sha256": code_sha256(nb),
+                                     "dependencies_sha256": dependencies_sha256(nb),
                                      "executed": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                                      "seconds": round(seconds)}
         temporary = path.with_name(f".{path.stem}.partial.ipynb")

@@ -89,6 +89,18 @@ def test_blind_sigma_range_varies_per_patch(photos):
     assert sigmas.min() < 15 and sigmas.max() > 40 and sigmas.max() < 60
 
 
+def test_noisy_8bit_stores_the_noisy_patch_as_a_file_would(photos):
+    """The same noise, clipped to [0, 1] and rounded to 1/255; validation crops follow."""
+    kwargs = dict(patch_size=32, batch_size=8, sigma_range=(50, 50), seed=3)
+    raw, clean = next(iter(data.patch_dataset(photos, **kwargs)))
+    stored, clean_again = next(iter(data.patch_dataset(photos, noisy_8bit=True, **kwargs)))
+    np.testing.assert_array_equal(clean.numpy(), clean_again.numpy())
+    assert raw.numpy().min() < 0 or raw.numpy().max() > 1, "sigma 50 should leave [0, 1] somewhere"
+    np.testing.assert_array_equal(stored.numpy(), data.to_8bit(raw.numpy()))
+    crops, _ = data.fixed_crops(photos, crop_size=64, per_image=2, noisy_8bit=True)
+    np.testing.assert_array_equal(crops, data.to_8bit(data.fixed_crops(photos, crop_size=64, per_image=2)[0]))
+
+
 def test_patch_dataset_rejects_bad_arguments(photos):
     with pytest.raises(ValueError, match="sigma_range"):
         data.patch_dataset(photos, sigma_range=(30, 10))

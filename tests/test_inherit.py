@@ -73,3 +73,19 @@ def test_auto_falls_back_to_random_weights_and_teacher_insists(teacher, batches,
         jobs.start_from_teacher("teacher", plain, student, stream)
     assert jobs.start_from_teacher("random", teacher, student, stream) is None
     assert jobs.start_from_teacher("auto", teacher, student, stream)["blocks"]["bottleneck"] in ([0], [1])
+
+
+def test_a_student_file_continues_training_from_its_weights(teacher, batches, tmp_path):
+    """distill.student_init=<student.keras>: a new learning-rate cycle from a trained student."""
+    from kd_tf.errors import InputError
+    from kd_tf.model_io import save_model
+
+    keras.utils.set_random_seed(5)
+    trained = build_unet((4, 8), 1, name="student")
+    path = str(save_model(trained, tmp_path / "student.keras"))
+    student = build_unet((4, 8), 1, name="student")
+    stream = tf.data.Dataset.from_tensor_slices((tf.concat(batches, 0), tf.concat(batches, 0))).batch(2)
+    assert jobs.start_from_teacher(path, teacher, student, stream) == {"from": path}
+    assert all(np.array_equal(a, b) for a, b in zip(trained.get_weights(), student.get_weights()))
+    with pytest.raises(InputError, match="student.widths and blocks"):
+        jobs.start_from_teacher(path, teacher, build_unet((4, 12), 1, name="student"), stream)

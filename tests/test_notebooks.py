@@ -151,8 +151,33 @@ def test_committed_notebook_holds_a_full_run_of_its_own_code(path):
     run = nb.metadata.get(runner.METADATA_KEY, {})
     assert run.get("mode") == "full", "the committed outputs are not those of a full run by notebooks/run.py"
     assert run.get("code_sha256") == runner.code_sha256(nb), "the code changed since the committed outputs were made"
+    assert run.get("dependencies_sha256") == runner.dependencies_sha256(nb), \
+        "kd_tf (a module this notebook imports) or a model file it loads changed since the committed outputs were made"
     code = [cell for cell in nb.cells if cell.cell_type == "code"]
     assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1)), "not one top-to-bottom run"
     outputs = [output for cell in code for output in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs), "no figure in the committed outputs"
+
+
+def test_dependency_hash_follows_the_kd_tf_modules_and_models_a_notebook_uses(tmp_path):
+    """The committed-outputs check above goes stale when kd_tf or a model changes, not only the cells."""
+    import shutil
+
+    shutil.copytree(ROOT / "kd_tf", tmp_path / "kd_tf", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "t.keras").write_bytes(b"weights v1")
+    parameters = nbformat.v4.new_code_cell('TEACHER = "models/t.keras"', metadata={"tags": ["parameters"]})
+    nb = nbformat.v4.new_notebook(cells=[parameters, nbformat.v4.new_code_cell(
+        "%matplotlib inline\nif True:\n    %time x = 1\nfrom kd_tf.metrics import psnr")])
+    modules = [p.relative_to(tmp_path).as_posix() for p in runner.kd_tf_modules(nb, tmp_path)]
+    assert "kd_tf/metrics.py" in modules and "kd_tf/sr/jobs.py" not in modules
+    dependency = next(p for p in modules if p not in ("kd_tf/__init__.py", "kd_tf/metrics.py"))  # imported by metrics
+    hashes = [runner.dependencies_sha256(nb, tmp_path)]
+    for changed in ("kd_tf/metrics.py", dependency, "kd_tf/sr/jobs.py", "models/t.keras"):
+        with open(tmp_path / changed, "ab") as file:
+            file.write(b"\n# changed\n")
+        hashes.append(runner.dependencies_sha256(nb, tmp_path))
+    assert hashes[1] != hashes[0] and hashes[2] != hashes[1], "a change to kd_tf the notebook runs went unseen"
+    assert hashes[3] == hashes[2], "a module the notebook never imports made its outputs stale"
+    assert hashes[4] != hashes[3], "a change to the model file the notebook loads went unseen"
