@@ -32,19 +32,25 @@ def export_saved_model(model: keras.Model, directory: str | os.PathLike, input_n
     Image models take NHWC batches (input "noisy"); height and width are dynamic unless `tile`
     fixes the input to 1 x tile x tile (for runtimes and delegates that want static shapes;
     kd_tf.inference then tiles large images). Generators take (batch, latent_dim) vectors
-    (input "latent"), batch dynamic.
+    (input "latent"), batch dynamic. A model of several inputs (a non-blind denoiser's image
+    and noise level) keeps its inputs' names and shapes, batch dynamic; `input_name` and `tile`
+    then do not apply.
     """
     directory = Path(directory)
-    channels = model.input_shape[-1]
     archive = keras.export.ExportArchive()
     archive.track(model)
-    if takes_latent(model):
-        shape, input_name = (None, channels), input_name or "latent"
+    if len(model.inputs) > 1:
+        specs = [tf.TensorSpec((None, *tuple(x.shape)[1:]), tf.float32, name=x.name) for x in model.inputs]
+        archive.add_endpoint("serve", lambda *inputs: model(list(inputs), training=False), input_signature=specs)
     else:
-        shape = (None, None, None, channels) if tile is None else (1, tile, tile, channels)
-        input_name = input_name or "noisy"
-    spec = tf.TensorSpec(shape, tf.float32, name=input_name)
-    archive.add_endpoint("serve", lambda images: model(images, training=False), input_signature=[spec])
+        channels = model.input_shape[-1]
+        if takes_latent(model):
+            shape, input_name = (None, channels), input_name or "latent"
+        else:
+            shape = (None, None, None, channels) if tile is None else (1, tile, tile, channels)
+            input_name = input_name or "noisy"
+        spec = tf.TensorSpec(shape, tf.float32, name=input_name)
+        archive.add_endpoint("serve", lambda images: model(images, training=False), input_signature=[spec])
     partial = directory.with_name(directory.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     archive.write_out(str(partial), verbose=False)

@@ -74,6 +74,17 @@ def _unloadable(path: Path, error: Exception) -> str:
             f"saved by Keras? expected {ACCEPTED}")
 
 
+class _NamedInputsSMLayer(keras.layers.TFSMLayer):
+    """A SavedModel signature of several named inputs, called with a list in `input_names` order."""
+
+    def __init__(self, filepath, call_endpoint, input_names, **kwargs):
+        super().__init__(filepath, call_endpoint=call_endpoint, **kwargs)
+        self.input_names = list(input_names)
+
+    def call(self, inputs, training=False):
+        return self.call_endpoint_fn(**dict(zip(self.input_names, inputs)))
+
+
 def _load_saved_model(path: Path) -> keras.Model:
     if not (path / "saved_model.pb").is_file():
         raise InputError(f"directory {str(path)!r} holds no saved_model.pb; expected {ACCEPTED}")
@@ -88,10 +99,18 @@ def _load_saved_model(path: Path) -> keras.Model:
     if endpoint is None:
         raise InputError(f"SavedModel {str(path)!r} has no serving signature; found {endpoints}")
     spec = list(loaded.signatures[endpoint].structured_input_signature[1].values())
-    if len(spec) != 1 or spec[0].shape.rank != 4:
-        raise InputError(f"SavedModel {str(path)!r} must take one NHWC image input; its signature takes {spec}")
-    layer = keras.layers.TFSMLayer(str(path), call_endpoint=endpoint)
-    inputs = keras.Input(shape=(None, None, spec[0].shape[-1]), name="noisy")
+    if len(spec) == 2:                      # a non-blind denoiser: the image, then its noise level
+        spec.sort(key=lambda s: -s.shape.rank)
+    if spec[0].shape.rank != 4 or not (len(spec) == 1 or (len(spec) == 2 and tuple(spec[1].shape)[1:] == (1,))):
+        raise InputError(f"SavedModel {str(path)!r} must take one NHWC image input (and, for a non-blind denoiser, "
+                         f"a (batch, 1) noise level); its signature takes {spec}")
+    if len(spec) == 1:
+        layer = keras.layers.TFSMLayer(str(path), call_endpoint=endpoint)
+        inputs = keras.Input(shape=(None, None, spec[0].shape[-1]), name="noisy")
+    else:
+        layer = _NamedInputsSMLayer(str(path), call_endpoint=endpoint, input_names=[s.name for s in spec])
+        inputs = [keras.Input(shape=(None, None, spec[0].shape[-1]), name=spec[0].name),
+                  keras.Input(shape=(1,), name=spec[1].name)]
     outputs = layer(inputs)
     if isinstance(outputs, dict):
         if len(outputs) != 1:

@@ -31,6 +31,31 @@ def test_teacher_loads_from_every_format_and_teaches(saved_teacher, tiny_student
     assert np.isfinite(logs["loss"])
 
 
+@pytest.mark.parametrize("name", ["ffdnet.keras", "ffdnet.h5", "ffdnet_savedmodel"])
+def test_a_non_blind_teacher_loads_from_every_format_and_teaches_a_blind_student(tmp_path, tiny_student, name):
+    """An (image, noise level) teacher, as kd_tf exports it (export_saved_model keeps both inputs)."""
+    from kd_tf.data import with_noise_level
+    from kd_tf.export import export_saved_model
+    from kd_tf.ffdnet import build_ffdnet
+    from kd_tf.model_io import takes_noise_level
+
+    keras.utils.set_random_seed(1)
+    teacher = build_ffdnet(3, features=8, depth=3)
+    teacher.save(tmp_path / "ffdnet.keras")
+    teacher.save(tmp_path / "ffdnet.h5")
+    export_saved_model(teacher, tmp_path / "ffdnet_savedmodel")
+    loaded = load_model(tmp_path / name)
+    assert takes_noise_level(loaded)
+    x = np.random.default_rng(0).random((2, 16, 24, 3)).astype("float32")
+    level = np.array([[15 / 255], [40 / 255]], np.float32)
+    np.testing.assert_allclose(loaded([x, level]), teacher([x, level]), atol=1e-5)
+    assert not np.allclose(loaded([x, level]), loaded([x, level[::-1]]), atol=1e-4), "the level is not used"
+    distiller = Distiller(loaded, keras.models.clone_model(tiny_student), student_loss_weight=0.5)
+    distiller.compile(optimizer="adam")
+    logs = distiller.train_on_batch(with_noise_level(x, level), x, return_dict=True)
+    assert np.isfinite(logs["loss"])
+
+
 def test_missing_and_unknown_formats_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist; expected a .keras file"):
         load_model(tmp_path / "absent.keras")
