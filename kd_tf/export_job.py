@@ -73,10 +73,7 @@ def quantization_aware_finetune(aware: keras.Model, config: cfg.ExportJobConfig,
     keras.utils.set_random_seed(config.eval_seed)
     teacher_path, why = qat_teacher(config)
     teacher = load_teacher(teacher_path, mixed_precision=bfloat16_is_fast())
-    stream = patch_dataset(images, config.data.patch_size, config.data.batch_size,
-                           (config.data.sigma_min, config.data.sigma_max), seed=config.eval_seed,
-                           noise_level_for_teacher=takes_noise_level(teacher),     # FFDNet: each patch's sigma
-                           noisy_8bit=config.data.noisy_8bit)
+    stream = qat_stream(images, config.data, config.eval_seed, non_blind=takes_noise_level(teacher))
     cache = cache_teacher_outputs(teacher, stream, min(config.qat_steps, 300))
     distiller = Distiller(teacher, freeze_ranges(aware), student_loss_weight=0.5)
     schedule = keras.optimizers.schedules.CosineDecay(config.qat_learning_rate, config.qat_steps, alpha=0.01)
@@ -85,6 +82,25 @@ def quantization_aware_finetune(aware: keras.Model, config: cfg.ExportJobConfig,
     distiller.fit(cache.dataset(config.data.batch_size, seed=config.eval_seed), epochs=1,
                   steps_per_epoch=config.qat_steps, verbose=2 if os.environ.get("KD_TF_QUIET") else "auto")
     return aware
+
+
+def qat_stream(images: dict, data: cfg.DataConfig, seed: int, non_blind: bool = False, gamut_share: float = 0.5):
+    """What quantization-aware fine-tuning trains on: 8-bit noisy patches (as the int8 model will
+    be fed) of the training photos and, in `gamut_share` of the batches, of synthetic colour-gamut
+    images (kd_tf.int8_parity.gamut_images, seeded apart from the parity check's colour set), so
+    that saturated colours are learnt on the int8 grid too. `non_blind`: the teacher gets each
+    patch's sigma."""
+    import tensorflow as tf
+
+    from kd_tf.int8_parity import gamut_images
+
+    def patches(source, offset):
+        return patch_dataset(source, data.patch_size, data.batch_size, (data.sigma_min, data.sigma_max),
+                             seed=seed + offset, noise_level_for_teacher=non_blind, noisy_8bit=True)
+
+    colours = gamut_images(256, max(2 * data.patch_size, 128), seed=seed + 11)
+    return tf.data.Dataset.sample_from_datasets([patches(images, 0), patches(colours, 1)],
+                                                weights=[1 - gamut_share, gamut_share], seed=seed)
 
 
 def run_teacher(model_path) -> str | None:

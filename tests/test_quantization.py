@@ -242,3 +242,20 @@ def test_int8_parity_check_catches_the_old_calibration(shipped_student, tmp_path
     """The check itself: the exporter's int8 path as it was before issue 17 fails it."""
     colour = _int8_parity(shipped_student, False, tmp_path)["sets"]["colour"]
     assert colour["mean_drop_db"] > 1.0 and colour["max_abs_channel_shift_255"] > 10, colour
+
+
+def test_qat_trains_on_8bit_photos_and_saturated_colours():
+    """Half the QAT batches come from the colour gamut (photos alone left saturated colours off
+    the int8 grid, issue 17), every noisy input as an 8-bit file holds it."""
+    from kd_tf.export_job import qat_stream
+
+    grey = {"grey": np.full((96, 96, 3), 0.5, np.float32)}
+    data = cfg.DataConfig(patch_size=32, batch_size=4, sigma_min=0, sigma_max=5)
+    batches = [noisy.numpy() for noisy, _ in qat_stream(grey, data, seed=0).take(40)]
+    assert all(np.array_equal(b, np.round(np.clip(b, 0, 1) * 255) / 255) for b in batches), "not 8-bit"
+    spread = [float(np.mean(b.max(-1) - b.min(-1))) for b in batches]          # channel spread: saturation
+    from_photo = sum(s < 0.1 for s in spread)
+    assert 10 <= from_photo <= 30, f"{from_photo}/40 batches from the grey photo; expected about half"
+    assert max(spread) > 0.3, "no saturated colours in the QAT stream"
+    x, _ = next(iter(qat_stream(grey, data, seed=0, non_blind=True)))
+    assert sorted(x) == ["inputs", "teacher_inputs"]
