@@ -11,7 +11,7 @@ import tensorflow as tf
 from keras import layers
 
 from kd_tf.errors import InputError
-from kd_tf.ffdnet import DepthToSpace       # the pixel shuffle FFDNet's port uses too
+from kd_tf.layers import DepthToSpace       # the pixel shuffle FFDNet's port uses too
 
 
 @keras.saving.register_keras_serializable(package="kd_tf")
