@@ -1,4 +1,4 @@
-"""Digit images for the GAN task: full MNIST offline, Fashion-MNIST, keras.datasets, or a folder.
+"""Digit images for the digit tasks (GAN and diffusion): full MNIST offline, Fashion-MNIST, keras.datasets, or a folder.
 
 Sources, in the order `load_digits("auto")` tries them:
 

@@ -1,5 +1,6 @@
 """Keras layers that kd_tf's saved models hold beyond Keras' own: pixel (un)shuffles in TF's order,
-replicate padding to even sizes and its crop back, and a non-blind denoiser's noise-level map.
+replicate padding to even sizes and its crop back, a non-blind denoiser's noise-level map, and a
+bilinear enlargement that traces with unknown image sizes.
 
 Registered as `kd_tf>Name`, the names saved in models/**/*.keras (kd_tf.denoise.ffdnet's FFDNet
 port, kd_tf.sr's upscalers): kd_tf.model_io.load_model imports this module before reading a file.
@@ -95,3 +96,24 @@ class CropLike(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         features_shape, reference_shape = input_shape
         return (features_shape[0], reference_shape[1], reference_shape[2], features_shape[3])
+
+
+@keras.saving.register_keras_serializable(package="kd_tf")
+class BilinearUpscale(keras.layers.Layer):
+    """Bilinear enlargement by `factor` that also traces with unknown height and width (Keras'
+    UpSampling2D does not, which a SavedModel with dynamic H and W needs); TFLite's RESIZE_BILINEAR."""
+
+    def __init__(self, factor: int, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = int(factor)
+
+    def call(self, images):
+        size = tf.shape(images)[1:3] * self.factor
+        return tf.cast(tf.image.resize(images, size, method="bilinear"), images.dtype)
+
+    def compute_output_shape(self, input_shape):
+        grow = lambda d: None if d is None else d * self.factor   # noqa: E731
+        return (input_shape[0], grow(input_shape[1]), grow(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}

@@ -27,11 +27,9 @@ def load_model(path: str | os.PathLike) -> keras.Model:
     HDF5 or protobuf error.
     """
     # Keras finds a saved custom layer only if its class is registered before the file is read, and
-    # imports no module outside Keras to find one: the layers of the task nets (the diffusion
-    # samplers, the SR upscalers) are registered here. The one place the core imports a task
-    # (tests/test_layout.py lists it).
+    # imports no module outside Keras to find one: the diffusion task's samplers and layers are
+    # registered here, the one place the core imports a task (tests/test_layout.py lists it).
     import kd_tf.diffusion  # noqa: F401
-    import kd_tf.sr  # noqa: F401
 
     path = Path(path)
     if not path.exists():

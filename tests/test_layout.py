@@ -35,7 +35,6 @@ CORE_IMPORTS_TASK = {
     ("kd_tf.model_io", "kd_tf.diffusion"): "load_model must register the custom layers of the task nets a "
         "saved model may hold (samplers, the denoiser's embedding) before Keras reads the file: Keras "
         "imports no module outside Keras to find a registered class",
-    ("kd_tf.model_io", "kd_tf.sr"): "the same for the upscalers' BilinearUpscale layer",
 }
 
 # The job layer: the modules that may see a whole run config (a task's job schema).

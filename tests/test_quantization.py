@@ -12,7 +12,7 @@ from kd_tf import export
 from kd_tf.images import patch_dataset
 from kd_tf.denoise.nets import build_unet
 from kd_tf.fake_quant import FakeQuant, calibrate_ranges, copy_weights, freeze_ranges, quant_name, quantize_aware
-from kd_tf.denoise.nets import equalize_channel_ranges, has_unet_streams
+from kd_tf.denoise.nets import equalize_channel_ranges, has_unet_streams, unet_equalizer
 
 
 @pytest.fixture(scope="module")
