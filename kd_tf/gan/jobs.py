@@ -3,9 +3,9 @@ into a small generator (with the from-scratch baseline), evaluation and export o
 (scoring, int8 export and `generate` are kd_tf.generators, which the diffusion task shares).
 
 Same habits as kd_tf.denoise.jobs (shared in kd_tf.runs): a run folder `runs/<run>` with a JSON
-report, TensorBoard logs in `tensorboard_logs/<run>`, resume from the last completed epoch when rerun with the same run name,
-only the chief writes under tf.distribute. Generators map N(0, 1) latents to 28x28 digits in
-[-1, 1]; the classifier and the metrics see [0, 1].
+report, TensorBoard logs in `tensorboard_logs/<run>`, resume from the last completed epoch when
+rerun with the same run name, only the chief writes under tf.distribute. Generators map N(0, 1)
+latents to 28x28 digits in [-1, 1]; the classifier and the metrics see [0, 1].
 """
 
 from __future__ import annotations
@@ -54,8 +54,7 @@ def gan_optimizer(learning_rate: float, steps: int = 1, final_fraction: float = 
     return keras.optimizers.Adam(schedule, beta_1=0.5)
 
 
-# -- scoring -----------------------------------------------------------------------------------
-
+# -- scoring (kd_tf.generators.Scorer) ----------------------------------------------------------
 
 def describe(model: keras.Model, generate, scorer: Scorer, eval_config: cfg.GanEvalConfig, name: str) -> dict:
     """One row of the comparison: params, MACs per image, ms per 64 images, the scores."""
@@ -310,7 +309,7 @@ def distill(config: gan_config.GanDistillJobConfig, strategy=None) -> dict:
     return report
 
 
-# -- export and generate ----------------------------------------------------------------------
+# -- evaluation and export of saved generators -------------------------------------------------
 
 
 def evaluate_saved(config: gan_config.GanEvaluateJobConfig, models: dict) -> dict:
