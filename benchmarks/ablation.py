@@ -4,7 +4,7 @@
     python -m benchmarks.ablation --quick              # tiny budget: checks the code; figures mean nothing
     python -m benchmarks.ablation --only output finetune --seeds 0
 
-Every run is a whole `python -m kd_tf distill` job (kd_tf.jobs.distill, or distill_chain for the
+Every run is a whole `python -m kd_tf distill` job (kd_tf.denoise.jobs.distill, or distill_chain for the
 `assistant` variant; `assistant-short` is the main job's own assistant stage, config.assistant)
 on the main job's data, student, teacher and settings, changed only by the variant's
 overrides below, and scored on the held-out photos at sigma 25. Runs go seed by seed, so that a
@@ -36,6 +36,7 @@ import numpy as np
 
 from benchmarks.common import machine_info
 from kd_tf import config as cfg
+from kd_tf.denoise import config as denoise_config
 
 HERE = Path(__file__).resolve().parent
 SIGMA = 25.0
@@ -87,8 +88,8 @@ def base_overrides(steps: int, seed: int, quick: bool) -> dict:
     return overrides
 
 
-def _config(overrides: dict) -> cfg.DistillJobConfig:
-    return cfg.load(cfg.DistillJobConfig, None, overrides)
+def _config(overrides: dict) -> denoise_config.DistillJobConfig:
+    return cfg.load(denoise_config.DistillJobConfig, None, overrides)
 
 
 def _finished(run_name: str, runs_dir: str) -> dict | None:
@@ -102,7 +103,7 @@ def _finished(run_name: str, runs_dir: str) -> dict | None:
 
 def run_variant(name: str, overrides: dict, steps: int, seed: int, quick: bool, prefix: str) -> dict:
     """The job's report for one variant and seed (read back when it already ran)."""
-    from kd_tf import jobs
+    from kd_tf.denoise import jobs
 
     run = f"{prefix}-{name}-s{seed}"
     settings = {**base_overrides(steps, seed, quick), **overrides, "output.run_name": run}

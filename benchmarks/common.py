@@ -21,24 +21,25 @@ import numpy as np
 import tensorflow as tf
 
 from kd_tf import config as cfg
-from kd_tf.data import load_split, patch_dataset
+from kd_tf.denoise import config as denoise_config
+from kd_tf.images import load_split, patch_dataset
 from kd_tf.distiller import Distiller
 from kd_tf.model_io import load_teacher
-from kd_tf.nets import build_unet
+from kd_tf.denoise.nets import build_unet
 from kd_tf.precision import bfloat16_is_fast
 
 # the kd_tf U-Net teacher: these benchmarks measure the Distiller's step mechanics with feature
 # terms (dec0 adapters), which the default FFDNet teacher (no U-Net layers) cannot serve;
 # FFDNet's own training step is benchmarks/teacher_step.py
 TEACHER_PATH = str(cfg.MODELS_DIR / "denoise" / "teacher.keras")
-STUDENT_PATH = cfg.DEFAULT_STUDENT
-STUDENT_NET = cfg.DistillJobConfig().student               # the shipped student: widths 12-24-48-96, 1 block
+STUDENT_PATH = denoise_config.DEFAULT_STUDENT
+STUDENT_NET = denoise_config.DistillJobConfig().student               # the shipped student: widths 12-24-48-96, 1 block
 DEFAULT_PRECISION = "bf16" if bfloat16_is_fast() else "fp32"          # what train.mixed_precision=auto picks
 STUDENT_LOSS_WEIGHT = cfg.WeightConfig().start              # the main job's constant weight (0.5)
 FEATURES = [("dec0", "dec0", 0.1)]                         # "output + feature distillation" of benchmark 1
 SIGMA_RANGE = (cfg.DataConfig().sigma_min, cfg.DataConfig().sigma_max)
 EVAL_SIGMA = 25.0
-EVAL_SEED = 2024                                           # kd_tf.evaluation's noise seeds: 2024 + image index
+EVAL_SEED = 2024                                           # kd_tf.denoise.evaluation's noise seeds: 2024 + image index
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +60,7 @@ class Sizes:
     xla_precisions: tuple = ("fp32", "bf16")               # XLA compiles take tens of seconds each
     inference_size: int = 512
     heldout_crop: int | None = None                        # None: whole held-out photos
-    calibration_batches: int = 32                          # kd_tf.export_job.export_student's default
+    calibration_batches: int = 32                          # kd_tf.denoise.export_job.export_student's default
     scaling_batches: tuple = (4, 8, 16, 32, 64)
     scaling_patches: tuple = (32, 64, 128, 192)
     scaling_steps: int = 6

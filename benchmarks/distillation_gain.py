@@ -3,7 +3,7 @@
     python -m benchmarks.distillation_gain                 # seeds 0 1 2, the main job's steps
     python -m benchmarks.distillation_gain --seeds 3 4     # more seeds; runs already done are read back
 
-Each seed is one main job (`kd_tf.jobs.distill` with the default config: the FFDNet teacher, the
+Each seed is one main job (`kd_tf.denoise.jobs.distill` with the default config: the FFDNet teacher, the
 11-22-44-88 student, the main job's steps), changed only by `train.seed`, with no classical baselines and no
 export. Its report holds the arms that share seed, initial weights and patch stream:
 
@@ -50,11 +50,12 @@ def run_seed(seed: int, steps: int, runs_dir: str) -> dict:
         if "methods" in report:
             return report
     from kd_tf import config as cfg
-    from kd_tf import jobs
+    from kd_tf.denoise import config as denoise_config
+    from kd_tf.denoise import jobs
 
     overrides = {"train.seed": seed, "train.steps": steps, "distill.compare_scratch": True, "output.run_name": name, "output.runs_dir": runs_dir,
                  "eval.sigmas": [float(SIGMA)], "eval.baselines": [], "export_formats": []}
-    return jobs.distill(cfg.load(cfg.DistillJobConfig, None, overrides))
+    return jobs.distill(cfg.load(denoise_config.DistillJobConfig, None, overrides))
 
 
 def psnr_of(scores: dict, arm: str) -> float:
@@ -162,9 +163,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from kd_tf import config as cfg
+    from kd_tf.denoise import config as denoise_config
 
-    steps = args.steps or cfg.DistillJobConfig().train.steps
+    steps = args.steps or denoise_config.DistillJobConfig().train.steps
     reports = {}
     for seed in args.seeds:
         reports[seed] = run_seed(seed, steps, args.runs_dir)

@@ -2,8 +2,8 @@
 
 Why: a sanity check that the port denoises as published FFDNet does (~31-32 dB at sigma 25 on
 natural colour photos), before it is used as a teacher. Protocol: noise from
-kd_tf.data.noisy_copy with seed 2024 + image index over sorted names (the noise of
-kd_tf.evaluation, so figures compare with models/denoise/teacher_report.json); the noisy image
+kd_tf.images.noisy_copy with seed 2024 + image index over sorted names (the noise of
+kd_tf.denoise.evaluation, so figures compare with models/denoise/teacher_report.json); the noisy image
 is rounded and clipped to 8 bits (noisy_copy itself does not clip); FFDNet gets sigma/255; its
 output is clipped and rounded to 8 bits; PSNR against the clean image, peak 1.
 
@@ -27,8 +27,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from kd_tf import ffdnet  # noqa: E402  (registers FFDNet's layers before loading)
-from kd_tf.data import load_split, noisy_copy  # noqa: E402
+from kd_tf.denoise import ffdnet  # noqa: E402  (registers FFDNet's layers before loading)
+from kd_tf.images import load_split, noisy_copy  # noqa: E402
 
 SIGMAS = (15.0, 25.0, 50.0)
 SEED = 2024
@@ -74,7 +74,7 @@ def main(argv=None) -> dict:
     model = keras.saving.load_model(args.model, compile=False)
     result = {
         "model": args.model,
-        "protocol": "noisy = clip(round((clean + sigma/255 * N(0,1)) * 255), 0, 255) / 255 with kd_tf.data.noisy_copy "
+        "protocol": "noisy = clip(round((clean + sigma/255 * N(0,1)) * 255), 0, 255) / 255 with kd_tf.images.noisy_copy "
                     "seed 2024 + index (sorted names); FFDNet sigma input = sigma/255; output clipped and rounded "
                     "to 8 bits; PSNR peak 1 per image, then the mean",
         **measure(model),

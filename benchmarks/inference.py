@@ -1,10 +1,10 @@
 """Benchmark 4: ms per 512x512 photo and held-out PSNR (sigma 25) of every way to denoise.
 
 The student's deployable formats (Keras, SavedModel, TFLite float32 and full int8) come from
-kd_tf.export_job.export_student, the same parity report `python -m kd_tf export` prints: its PSNR is
+kd_tf.denoise.export_job.export_student, the same parity report `python -m kd_tf export` prints: its PSNR is
 on the held-out photos, its latency the median of 5 runs on one 512x512 image (TensorFlow with
 every core; LiteRT with 1 and 2 threads). The teacher, OpenCV NL-means and CBM3D go through
-kd_tf.evaluation, with the same noisy images (seed 2024 + image index).
+kd_tf.denoise.evaluation, with the same noisy images (seed 2024 + image index).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from pathlib import Path
 
 from benchmarks.common import EVAL_SEED, EVAL_SIGMA, STUDENT_PATH, Bench
 from kd_tf import config as cfg
-from kd_tf.evaluation import Method, evaluate
-from kd_tf.export_job import export_student
+from kd_tf.denoise import config as denoise_config
+from kd_tf.denoise.evaluation import Method, evaluate
+from kd_tf.denoise.export_job import export_student
 from kd_tf.model_io import load_model, with_dtype_policy
 
 STUDENT_FORMATS = ["keras", "savedmodel", "float32", "int8"]
@@ -41,7 +42,7 @@ def student_formats(bench: Bench) -> dict:
     """The shipped student exported to each format and measured by kd_tf's own parity report."""
     size = bench.sizes.inference_size
     with tempfile.TemporaryDirectory(prefix="kd_tf_bench_") as scratch:
-        config = cfg.ExportJobConfig(
+        config = denoise_config.ExportJobConfig(
             model=STUDENT_PATH, out_dir=str(Path(scratch) / "export"), formats=STUDENT_FORMATS,
             calibration_batches=bench.sizes.calibration_batches, sigma=EVAL_SIGMA, latency_sizes=[size],
             threads=[1, 2], eval_seed=EVAL_SEED,

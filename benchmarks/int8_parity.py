@@ -5,12 +5,12 @@
     python -m benchmarks.int8_parity --generator models/gan/student_generator.keras \
         --int8 models/gan/student_generator_int8.tflite [--out report.json]
 
-Denoiser: kd_tf.int8_parity's synthetic colour set, the embedded held-out photos and the photo
+Denoiser: kd_tf.denoise.int8_parity's synthetic colour set, the embedded held-out photos and the photo
 corpus's held-out set 2 when it is there (per-image PSNR drop, mean per-channel shift, worst
 image). With --float32, the latency of both TFLite files at 1 and 2 threads on a 512x512 input,
 measured alternately (so a busy machine slows both alike), and their sizes.
 Generator: fixed latents, per-sample PSNR of the int8 image against the float one and the mean
-intensity shift (kd_tf.int8_parity.generator_parity).
+intensity shift (kd_tf.generators.generator_parity).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def alternating_latency_ms(models: dict, size: int = 512, repeats: int = 15) -> 
 
 def main(argv=None) -> dict:
     from kd_tf.export import LiteRTModel, op_names
-    from kd_tf.int8_parity import format_parity, generator_parity, parity_report, parity_sets
+    from kd_tf.denoise.int8_parity import format_parity, generator_parity, parity_report, parity_sets
     from kd_tf.model_io import load_model
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,7 +59,7 @@ def main(argv=None) -> dict:
                                                                     latent, samples=512, seed=0))
         print(json.dumps(report["parity"], indent=1))
     else:
-        from kd_tf.data import load_split
+        from kd_tf.images import load_split
 
         model = load_model(args.model)
         sets, skipped = parity_sets(load_split().heldout)

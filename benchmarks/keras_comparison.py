@@ -29,7 +29,7 @@ from benchmarks.common import FEATURES, Bench, Sizes, time_fit
 from benchmarks.step_cost import keras_distiller
 from kd_tf import Distiller
 from kd_tf.losses import DistillationTerm
-from kd_tf.nets import build_unet
+from kd_tf.denoise.nets import build_unet
 
 HERE = Path(__file__).parent
 PRECISION = "fp32"

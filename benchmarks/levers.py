@@ -28,9 +28,10 @@ from benchmarks.common import (DEFAULT_PRECISION, EVAL_SEED, EVAL_SIGMA, STUDENT
                                forward_pass, student_step, time_loop)
 from kd_tf.precision import bfloat16_is_fast
 from kd_tf import config as cfg
-from kd_tf.evaluation import Method, evaluate
+from kd_tf.denoise import config as denoise_config
+from kd_tf.denoise.evaluation import Method, evaluate
 from kd_tf.runs import cosine_optimizer
-from kd_tf.model_io import float32_copy
+from kd_tf.denoise.nets import float32_copy
 from kd_tf.teacher_cache import cache_teacher_outputs
 
 SPEED_TARGET = 1.3             # on by default where >= 1.3x ...
@@ -49,7 +50,7 @@ def _attempt(what: str, function, log):
 
 
 def heldout_score(bench: Bench, model: keras.Model) -> dict:
-    """PSNR/SSIM on the held-out photos at sigma 25 with kd_tf.evaluation's protocol and noise."""
+    """PSNR/SSIM on the held-out photos at sigma 25 with kd_tf.denoise.evaluation's protocol and noise."""
     report = evaluate([Method("model", model=model)], bench.heldout, sigmas=(EVAL_SIGMA,), seed=EVAL_SEED,
                       timing_size=bench.sizes.inference_size, progress=lambda *_: None)
     scores = report["methods"]["model"]["scores"][str(EVAL_SIGMA)]
@@ -135,7 +136,7 @@ def teacher_cache_speed(bench: Bench, cache) -> dict:
             return 1.0
         return steps * online.median_s / (bank_batches * bank_s_per_batch + steps * cached.median_s)
 
-    configs = {"main job": cfg.DistillJobConfig(), "shipped student": cfg.load(cfg.DistillJobConfig,
+    configs = {"main job": denoise_config.DistillJobConfig(), "shipped student": cfg.load(denoise_config.DistillJobConfig,
                                                                                 SHIPPED_STUDENT_CONFIG)}
     budgets = {name: {"steps": c.train.steps, "bank_batches": cached_batches(c)} for name, c in configs.items()}
     for budget in budgets.values():
@@ -150,9 +151,9 @@ def teacher_cache_speed(bench: Bench, cache) -> dict:
 
 # -- PSNR cost -------------------------------------------------------------------------------
 
-def cached_batches(config: cfg.DistillJobConfig) -> int:
+def cached_batches(config: denoise_config.DistillJobConfig) -> int:
     """How many teacher batches a distill job caches (0: the teacher runs every step)."""
-    from kd_tf import jobs
+    from kd_tf.denoise import jobs
 
     if hasattr(jobs, "batches_to_cache"):                 # automatic when the config says null
         return int(jobs.batches_to_cache(config))
@@ -214,7 +215,7 @@ def _ratio(rows: dict, off: str, on: str):
 
 
 def xla_on_by_default(bench: Bench) -> bool:
-    """What Keras resolves jit_compile="auto" to here, compiling as kd_tf.jobs does (no jit_compile)."""
+    """What Keras resolves jit_compile="auto" to here, compiling as kd_tf.denoise.jobs does (no jit_compile)."""
     distiller = bench.distiller(DEFAULT_PRECISION, features=False)
     distiller.compile(optimizer=keras.optimizers.Adam(1e-3))
     return bool(distiller.jit_compile)
@@ -261,7 +262,7 @@ def levers(bench: Bench) -> dict:
                           "speed_end_to_end_shipped_config": caching["end_to_end_ratio_shipped_config"],
                           "psnr_cost_db": _delta(trainings, "bf16 + teacher cache", "bf16"),
                           "cost_measured_by": "training bf16 live teacher vs bf16 cached bank",
-                          "default_on": cached_batches(cfg.DistillJobConfig()) > 0},
+                          "default_on": cached_batches(denoise_config.DistillJobConfig()) > 0},
     }
     for lever in ("mixed_bfloat16", "xla"):                 # the rule of the issue: on iff >= 1.3x at <= 0.05 dB
         entry = summary[lever]

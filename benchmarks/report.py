@@ -6,7 +6,7 @@ what the measured levers would give), so that they stay true when the numbers ch
 
 from __future__ import annotations
 
-from kd_tf.evaluation import render_table
+from kd_tf.tables import render_table
 
 
 def _f(value, spec=".2f", suffix=""):
@@ -177,7 +177,7 @@ def _lever_note(label: str, lever: str, entry: dict, levers: dict) -> str:
         reason = f"it gives {speed:.2f}x at {_f(cost, '+.3f')} dB"
     should = "on" if entry.get("qualifies") else "off"
     where = ("`TrainConfig.mixed_precision` in kd_tf/config.py" if lever == "mixed_bfloat16"
-             else "`jit_compile` in kd_tf.jobs' compile() calls (Keras resolves \"auto\" to off on CPU)")
+             else "`jit_compile` in kd_tf.denoise.jobs' compile() calls (Keras resolves \"auto\" to off on CPU)")
     return (f"**{label}: MISS.** The rule says {should} because {reason}, and kd_tf has it "
             f"{'on' if entry['default_on'] else 'off'}. What would close it: turn it {should} by default "
             f"({where}).")

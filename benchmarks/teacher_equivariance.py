@@ -32,7 +32,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float | None:
 
 def measure(teacher_path: str, batches: int = 4, seed: int = 0) -> dict:
     from kd_tf.config import DataConfig
-    from kd_tf.data import load_split, patch_dataset
+    from kd_tf.images import load_split, patch_dataset
     from kd_tf.model_io import load_model
 
     teacher = load_model(teacher_path)
@@ -60,7 +60,7 @@ def measure(teacher_path: str, batches: int = 4, seed: int = 0) -> dict:
 
 
 def main(argv=None) -> dict:
-    from kd_tf.config import DEFAULT_TEACHER
+    from kd_tf.denoise.config import DEFAULT_TEACHER
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default=DEFAULT_TEACHER)

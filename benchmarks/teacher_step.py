@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from benchmarks.common import Bench, Sizes, cores_busy_by_others, machine_info
 from benchmarks.flops import measured_peak
-from kd_tf import config as cfg
+from kd_tf.denoise import config as denoise_config
 from kd_tf.complexity import count_macs
 from kd_tf.model_io import load_model, with_dtype_policy
 
@@ -43,13 +43,13 @@ def median_seconds(function, repeats: int = TIMED) -> float:
 
 
 def main() -> int:
-    teacher = load_model(cfg.DEFAULT_TEACHER)
+    teacher = load_model(denoise_config.DEFAULT_TEACHER)
     macs = count_macs(teacher, [(PATCH, PATCH, 3), (1,)]) * BATCH
     rng = np.random.default_rng(0)
     x = [rng.random((BATCH, PATCH, PATCH, 3), np.float32), np.full((BATCH, 1), 25 / 255, np.float32)]
     y = rng.random((BATCH, PATCH, PATCH, 3), np.float32)
     busy = cores_busy_by_others()
-    results = {"teacher": cfg.DEFAULT_TEACHER, "batch": BATCH, "patch": PATCH, "forward_macs": macs,
+    results = {"teacher": denoise_config.DEFAULT_TEACHER, "batch": BATCH, "patch": PATCH, "forward_macs": macs,
                "cores_busy_by_others_at_start": busy, "machine": machine_info(), "precisions": {}}
     bench = Bench(Sizes(), quick=False, log=lambda _: None)
     for precision, policy in (("fp32", "float32"), ("bf16", "mixed_bfloat16")):

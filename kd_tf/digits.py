@@ -1,4 +1,4 @@
-"""Digit images for the GAN task: full MNIST offline, Fashion-MNIST, keras.datasets, or a folder.
+"""Digit images for the digit tasks (GAN and diffusion): full MNIST offline, Fashion-MNIST, keras.datasets, or a folder.
 
 Sources, in the order `load_digits("auto")` tries them:
 
@@ -7,7 +7,7 @@ Sources, in the order `load_digits("auto")` tries them:
     fashion     Fashion-MNIST IDX .gz files (Debian's /usr/share/datasets/fashion-mnist/, or a folder)
     keras-mnist / keras-fashion
                 keras.datasets: downloads on first use, so only when asked for by name
-    a folder    any image folder (kd_tf.data's OpenCV reader), gray-converted and resized to 28x28;
+    a folder    any image folder (kd_tf.images's OpenCV reader), gray-converted and resized to 28x28;
                 labels from the first sub-folder name when it is a digit, else -1
 
 Images come out as uint8 (N, 28, 28) with int labels; `as_unit` / `as_signed` convert at the
@@ -110,7 +110,7 @@ def _read_keras(name: str) -> Digits:
 def _read_folder(folder: Path, test_fraction: float = 0.1, seed: int = 0) -> Digits:
     import cv2
 
-    from kd_tf.data import list_image_files, read_image_folder
+    from kd_tf.images import list_image_files, read_image_folder
 
     if not list_image_files(folder):
         if all((folder / f"{stem}.gz").is_file() or (folder / stem).is_file()

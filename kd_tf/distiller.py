@@ -12,7 +12,7 @@ term_i a kd_tf.losses.DistillationTerm (features through adapters, attention map
 logits, input-gradients, or a user's own subclass).
 
 Nothing here is task-specific: the student's own objective is passed in (kd_tf.objectives).
-Generators fit the same step: with a `latent_sampler` (kd_tf.data.LatentSampler) the batch holds
+Generators fit the same step: with a `latent_sampler` (kd_tf.generators.LatentSampler) the batch holds
 real images, which become the objective's targets, and the teacher and the student both get the
 same latent z drawn inside the step; an objective that trains a model of its own (a GAN
 discriminator) gets its update after the student's, with that step's student outputs.
@@ -124,7 +124,7 @@ class Distiller(keras.Model):
         keras.distillation FeatureDistillation / LogitsDistillation objects (kd_tf.losses.from_keras).
       alpha: deprecated, 1 - student_loss_weight (kd_tf's name before it followed Keras).
       latent_sampler: for generators: a callable (local batch size, step) -> z that the step calls
-        to draw the latents that teacher and student share (kd_tf.data.LatentSampler); the
+        to draw the latents that teacher and student share (kd_tf.generators.LatentSampler); the
         batches then hold real images, passed to the objective as targets.
 
     A teacher with a fixed input size (and no feature pairs) is wrapped in kd_tf.tiling.Tiled, so
@@ -133,14 +133,14 @@ class Distiller(keras.Model):
     Inputs are images, or {"inputs": images, "teacher_outputs": outputs} batches from
     kd_tf.teacher_cache, in which case the teacher's forward pass is skipped (output terms only),
     or {"inputs": images, "teacher_inputs": x} when the teacher takes more than the student (a
-    non-blind denoiser's noise level beside the image: kd_tf.data.patch_dataset(noise_level_for_teacher=True)).
+    non-blind denoiser's noise level beside the image: kd_tf.images.patch_dataset(noise_level_for_teacher=True)).
 
     Under tf.distribute (build and compile it in `strategy.scope()`, see kd_tf.distribute) the
     loss is the mean over the global batch and the logged terms are global means, so R replicas
     with a global batch B take the steps of one device with batch B.
 
     >>> import numpy as np
-    >>> from kd_tf.nets import build_unet
+    >>> from kd_tf.denoise.nets import build_unet
     >>> teacher, student = build_unet((8, 16), 1, name="t"), build_unet((4, 8), 1, name="s")
     >>> distiller = Distiller(teacher, student, student_loss_weight=0.5, features=[("dec0", "dec0", 0.1)])
     >>> distiller.compile(optimizer="adam", metrics=["mae"])

@@ -15,7 +15,7 @@ An objective that trains a model of its own (kd_tf.objectives.Adversarial, the G
 follows the same rules: its model and optimizer built in the scope, its per-sample losses averaged
 with tf.nn.compute_average_loss(..., global_batch_size=global_batch_size(n)), its trackers Means;
 latents drawn inside the step come from (seed, step) for the global batch, each replica keeping its
-slice (kd_tf.data.LatentSampler), and generators use synchronized batch normalization.
+slice (kd_tf.generators.LatentSampler), and generators use synchronized batch normalization.
 A tf.distribute.TPUStrategy fits by design (nothing here is per-device; the jobs take a
 `strategy=` argument from Python); it is not tested on this project's CPU machines.
 """

@@ -105,30 +105,30 @@ def to_tflite(saved_model_dir: str | os.PathLike, mode: str = "float32", represe
     return flatbuffer
 
 
-def int8_ready(model: keras.Model, calibration, percentile: float = 99.99, equalize: bool = True,
+def int8_ready(model: keras.Model, calibration, percentile: float = 99.99, equalize=None,
                input_range: tuple[float, float] | None = None,
                output_range: tuple[float, float] | None = None) -> keras.Model:
     """A copy of `model` prepared for full-integer conversion, with the same float function.
 
-    U-Nets of kd_tf.nets first get their channel ranges equalized (exact in float); then every
+    `equalize(copy, batches)`, when given, first rescales the copy's channels in place without
+    changing its float function (kd_tf.denoise.nets.unet_equalizer does it for U-Nets); then every
     tensor gets a fake-quantization range from percentiles of its activations on `calibration`.
     The converter keeps those ranges instead of its own min/max calibration: on the shipped
     student this halves the int8 loss (0.27 -> 0.12 dB at sigma 25, see the model card).
 
     `calibration` must cover what the model will see: for a denoiser, photos *and* the colour
-    gamut (kd_tf.int8_parity.gamut_images), or saturated colours clip (issue 17).
+    gamut (kd_tf.denoise.int8_parity.gamut_images), or saturated colours clip (issue 17).
     `input_range` / `output_range` fix the input's and the output's range instead (an image
     model: (0, 1), so an 8-bit image is represented exactly and the output clips to what an
     8-bit file holds, as the evaluation clips it anyway).
     """
-    from kd_tf.nets.fake_quant import calibrate_ranges, quantize_aware, quant_name
-    from kd_tf.nets.unet import equalize_channel_ranges, has_unet_streams
+    from kd_tf.fake_quant import calibrate_ranges, quantize_aware, quant_name
 
     batches = list(calibration)
     source = keras.models.clone_model(model)
     source.set_weights(model.get_weights())
-    if equalize and has_unet_streams(source):
-        equalize_channel_ranges(source, batches[: max(1, len(batches) // 2)])   # interleave kinds of data
+    if equalize is not None:
+        equalize(source, batches[: max(1, len(batches) // 2)])   # interleave kinds of data
     ready = calibrate_ranges(quantize_aware(source), source, batches, percentile)
     for tensor, fixed in ((model.inputs[0], input_range), (model.outputs[0], output_range)):
         if fixed is not None:

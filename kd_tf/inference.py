@@ -7,6 +7,9 @@ radius, the result equals the whole-image result. Fixed-shape models (a TFLite f
 one input size) run tile by tile with overlap, and the tiles are blended with a linear ramp so
 that no seam shows. Gray images are denoised as RGB and written back as gray; an alpha channel
 is kept untouched; 16-bit files stay 16-bit.
+
+`run_on_image` runs an in-memory Keras model on one image of any size (what the tasks' reports
+score), `model_inputs` adds the noise level a non-blind model takes.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import logging
 import os
 from pathlib import Path
 
+import keras
 import numpy as np
 
-from kd_tf.data import (IMAGE_EXTENSIONS, ImageReadError, decode_image, list_image_files, to_float_rgb,
-                        writable_folder, write_image)
+from kd_tf.images import (IMAGE_EXTENSIONS, ImageReadError, decode_image, list_image_files, to_float_rgb,
+                          writable_folder, write_image)
 from kd_tf.export import FlexOpsError, LiteRTModel, check_builtin_only
 from kd_tf.model_io import load_model, takes_noise_level
 from kd_tf.errors import InputError
@@ -336,3 +340,34 @@ def denoise_path(model: str | os.PathLike, source: str | os.PathLike, output_dir
     if skipped:
         log.warning("skipped %d of %d files (unreadable or unwritable)", len(skipped), len(files))
     return {"written": written, "skipped": skipped, "scale": runner.scale}
+
+
+def model_inputs(model: keras.Model, batch: np.ndarray, sigma: float | None):
+    """What `model` takes for a batch of noisy images: the images, plus sigma / 255 per image for a
+    non-blind denoiser (FFDNet), which then needs `sigma`."""
+    if not takes_noise_level(model):
+        return batch
+    if sigma is None:
+        raise InputError(f"model {model.name!r} takes the noise level beside the image; give sigma "
+                         f"(0-255 scale, e.g. --sigma 25)")
+    return [batch, np.full((len(batch), 1), float(sigma) / 255.0, np.float32)]
+
+
+def run_on_image(model: keras.Model, image: np.ndarray, stride: int | None = None,
+                 sigma: float | None = None) -> np.ndarray:
+    """Runs a fully convolutional model on one HxWxC image of any size (reflect-padded to
+    `stride`); `sigma` (0-255) for models that take the noise level. An upscaler's output is
+    cropped to its scale times the image."""
+    stride = stride_of(model) if stride is None else stride
+    height, width = image.shape[:2]
+    pad_h, pad_w = (-height) % stride, (-width) % stride
+    padded = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect") if pad_h or pad_w else image
+    out = np.asarray(model(model_inputs(model, padded[None].astype(np.float32), sigma), training=False))[0]
+    scale = out.shape[0] // padded.shape[0]          # 2 for a 2x super-resolution model
+    return out[:height * scale, :width * scale]
+
+
+def stride_of(model: keras.Model) -> int:
+    """The factor that input height and width must be divisible by (1 for non-U-Nets)."""
+    downs = [layer for layer in model.layers if layer.name.startswith("down")]
+    return 2 ** len(downs)

@@ -34,7 +34,7 @@ def image_scores(clean: np.ndarray, restored: np.ndarray) -> tuple[float, float]
 
 
 # -- generators: distances between feature distributions -----------------------------------------
-# Features come from the digit classifier's penultimate layer (kd_tf.nets.classifier), not from
+# Features come from the digit classifier's penultimate layer (kd_tf.classifier), not from
 # Inception-v3: the numbers are comparable between models scored here, not with published FIDs.
 
 def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:

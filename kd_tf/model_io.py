@@ -10,7 +10,6 @@ from pathlib import Path
 import keras
 
 from kd_tf.atomic import replace_durably
-from kd_tf.nets.unet import build_unet
 from kd_tf.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -27,8 +26,10 @@ def load_model(path: str | os.PathLike) -> keras.Model:
     suffix) raises ValueError naming the file and the loader's complaint, never a raw zipfile,
     HDF5 or protobuf error.
     """
-    import kd_tf.diffusion  # noqa: F401 - registers the layers of kd_tf's task nets (samplers,
-    import kd_tf.sr  # noqa: F401 - sub-pixel shuffles) before a saved model that uses them is read
+    # Keras finds a saved custom layer only if its class is registered before the file is read, and
+    # imports no module outside Keras to find one: the diffusion task's samplers and layers are
+    # registered here, the one place the core imports a task (tests/test_layout.py lists it).
+    import kd_tf.diffusion  # noqa: F401
 
     path = Path(path)
     if not path.exists():
@@ -45,7 +46,7 @@ def load_model(path: str | os.PathLike) -> keras.Model:
     if path.suffix.lower() != ".keras" and not _is_hdf5(path):
         raise InputError(f"model {str(path)!r} is not an HDF5 file (no HDF5 signature: another format "
                          f"renamed?); expected {ACCEPTED}")
-    import kd_tf.ffdnet  # noqa: F401  registers the layers of imported FFDNet weights (kd_tf>...)
+    import kd_tf.layers  # noqa: F401  registers kd_tf's own layers (kd_tf>DepthToSpace, ...: FFDNet's port)
 
     try:
         return keras.models.load_model(path, compile=False)
@@ -55,7 +56,7 @@ def load_model(path: str | os.PathLike) -> keras.Model:
 
 def takes_noise_level(model) -> bool:
     """Whether `model` is a non-blind denoiser: (image, noise level) in, image out, the level a
-    (batch, 1) input on the 0-1 scale (sigma / 255), as FFDNet (kd_tf.ffdnet) takes it."""
+    (batch, 1) input on the 0-1 scale (sigma / 255), as FFDNet (kd_tf.denoise.ffdnet) takes it."""
     inputs = getattr(model, "inputs", None) or []
     return len(inputs) == 2 and tuple(inputs[1].shape)[1:] == (1,)
 
@@ -130,13 +131,6 @@ def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
     finally:
         temporary.unlink(missing_ok=True)    # a failed save leaves neither a half file nor a stray one
     return path
-
-
-def float32_copy(model: keras.Model, widths, blocks) -> keras.Model:
-    """The same U-Net computing in float32 (for export and evaluation after bf16 training)."""
-    copy = build_unet(widths, blocks, channels=model.input_shape[-1], name=model.name, mixed_precision=False)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:

@@ -1,6 +1,6 @@
 """A training corpus of 83 real photographs taken from Debian packages: get, check, prepare, describe.
 
-The embedded photos (kd_tf.data) are a dozen small images; a denoiser trained on them sees little
+The embedded photos (kd_tf.images) are a dozen small images; a denoiser trained on them sees little
 texture. These 83 photographs (about 400 MP at the source) come from wallpaper and test-data
 packages of Debian 12 (bookworm), so anyone with apt gets exactly the same bytes: every source file
 is pinned by its SHA-256. `fetch` downloads each package with `apt-get download` (nothing is
@@ -437,7 +437,7 @@ def _source_bytes(tree: Path, photo: Photo) -> bytes:
 
 def _prepare(raw: bytes, photo: Photo, version: str, out_dir: Path, role: str) -> dict:
     """Decodes the source, halves it if its JPEG quality is low, writes the PNG; its manifest entry."""
-    from kd_tf.data import ImageReadError, apply_orientation, exif_orientation, to_float_rgb, write_image
+    from kd_tf.images import ImageReadError, apply_orientation, exif_orientation, to_float_rgb, write_image
 
     decoded = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
     if decoded is None:
@@ -472,7 +472,7 @@ def fetch(out_dir: str | os.PathLike | None = None, packages: Iterable[str] | No
     from the same source hash are kept; a package whose photos are all ready is not downloaded.
     Returns the report (also written to out_dir/fetch_report.json) with a printable "table".
     """
-    from kd_tf.data import writable_folder
+    from kd_tf.images import writable_folder
     from kd_tf.runs import write_json
 
     missing = _missing_tools(need_apt=download is None)
@@ -547,7 +547,7 @@ def fetch(out_dir: str | os.PathLike | None = None, packages: Iterable[str] | No
 
 
 def _fetch_table(packages: dict[str, dict]) -> str:
-    from kd_tf.evaluation import render_table
+    from kd_tf.tables import render_table
 
     rows = [[name, row["version"] or "-", f"{row['ready']}/{row['photos']}", str(row["fetched"]),
              str(row["skipped"]), f"{row['megapixels']:.1f}"] for name, row in packages.items()]
@@ -571,7 +571,7 @@ def _checked_manifest(out_dir: Path) -> dict[str, dict]:
 
 def load_corpus(out_dir: str | os.PathLike | None = None, role: str = "train") -> dict[str, np.ndarray]:
     """{name: float32 RGB image in [0, 1]} of the prepared photos with this role ("train" or "heldout2")."""
-    from kd_tf.data import read_image
+    from kd_tf.images import read_image
 
     if role not in ROLES:
         raise InputError(f"role={role!r}; accepted: {', '.join(ROLES)}")
@@ -589,7 +589,7 @@ def load_corpus(out_dir: str | os.PathLike | None = None, role: str = "train") -
 
 def describe(out_dir: str | os.PathLike | None = None) -> dict:
     """The manifest summarised per package and role, for `python -m kd_tf photos list`."""
-    from kd_tf.evaluation import render_table
+    from kd_tf.tables import render_table
 
     out_dir = Path(out_dir) if out_dir is not None else default_corpus_dir()
     entries = _checked_manifest(out_dir)
@@ -609,3 +609,15 @@ def describe(out_dir: str | os.PathLike | None = None) -> dict:
                  f"{totals['megapixels']:.1f}"])
     table = render_table(["package", "version", "train", "heldout2", "halved", "missing", "MP"], rows)
     return {"table": table, "report_path": str(out_dir / MANIFEST), "photos": len(entries), **totals}
+
+
+HELDOUT2_CROP = 512
+
+
+def heldout2_photos(directory: str | os.PathLike) -> dict:
+    """The photo corpus's second held-out set, or {} when the corpus is not fetched (the main job
+    needs no fetch). Reports score each photo's most textured HELDOUT2_CROP-px square, so that a 4K
+    wallpaper is scored on detail rather than on sky, in seconds rather than minutes."""
+    if not (Path(directory) / MANIFEST).is_file():
+        return {}
+    return load_corpus(directory, "heldout2")

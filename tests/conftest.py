@@ -18,7 +18,7 @@ os.environ["KD_TF_LOG_DIR"] = os.path.join(_SCRATCH, "tensorboard_logs")
 import numpy as np
 import pytest
 
-from kd_tf.nets import build_unet
+from kd_tf.denoise.nets import build_unet
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +33,7 @@ def tiny_student():
 
 @pytest.fixture(scope="session")
 def photos():
-    from kd_tf.data import default_photos
+    from kd_tf.images import default_photos
 
     return default_photos(["astronaut", "coins", "chelsea"])
 

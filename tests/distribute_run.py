@@ -66,7 +66,7 @@ def run(strategy, cached: bool = False, features: bool = False, partial: bool = 
     import keras
 
     from kd_tf.distiller import Distiller
-    from kd_tf.nets import build_unet
+    from kd_tf.denoise.nets import build_unet
 
     keras.utils.set_random_seed(0)
     with strategy.scope():
@@ -104,9 +104,9 @@ def run_gan(strategy, callbacks=()) -> dict:
     generator step, a feature term through an adapter, plain SGD on both sides."""
     import keras
 
-    from kd_tf.data import LatentSampler
+    from kd_tf.generators import LatentSampler
     from kd_tf.distiller import Distiller
-    from kd_tf.nets import build_discriminator, build_generator
+    from kd_tf.gan.nets import build_discriminator, build_generator
     from kd_tf.objectives import Adversarial, clone_discriminator
 
     keras.utils.set_random_seed(0)
@@ -189,7 +189,7 @@ def step_time(steps: int = 20, repeats: int = 3) -> dict:
 
     from kd_tf.distiller import Distiller
     from kd_tf.distribute import strategy_from_name
-    from kd_tf.nets import build_unet
+    from kd_tf.denoise.nets import build_unet
 
     noisy = np.random.default_rng(0).random((16 * 8, 64, 64, 3)).astype("float32")
     bank = tf.data.Dataset.from_tensor_slices(({"inputs": noisy, "teacher_outputs": noisy}, noisy)).repeat()

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from kd_tf.export import LiteRTModel
-from kd_tf.nets import build_unet
+from kd_tf.denoise.nets import build_unet
 
 
 def _intact(out):

@@ -17,11 +17,12 @@ import pytest
 from PIL import Image, ImageOps
 
 from kd_tf import config as cfg
-from kd_tf import data, inference
+from kd_tf.denoise import config as denoise_config
+from kd_tf import images, inference
 from kd_tf.cli import main
 from kd_tf.distiller import Distiller
 from kd_tf.model_io import load_model
-from kd_tf.nets import build_unet
+from kd_tf.denoise.nets import build_unet
 
 RNG = np.random.default_rng(0)
 PHOTO = RNG.integers(0, 256, (48, 80, 3), np.uint8)
@@ -152,11 +153,11 @@ def read_only_folder(tmp_path, request, monkeypatch):
 
 def test_zero_byte_file(tmp_path, caplog):
     (tmp_path / "empty.png").write_bytes(b"")
-    with pytest.raises(data.ImageReadError, match=r"empty.png: empty file \(0 bytes\); accepted: PNG, JPEG"):
-        data.read_image(tmp_path / "empty.png")
+    with pytest.raises(images.ImageReadError, match=r"empty.png: empty file \(0 bytes\); accepted: PNG, JPEG"):
+        images.read_image(tmp_path / "empty.png")
     cv2.imwrite(str(tmp_path / "good.png"), PHOTO)
     with caplog.at_level("WARNING"):
-        assert list(data.read_image_folder(tmp_path)) == ["good.png"]
+        assert list(images.read_image_folder(tmp_path)) == ["good.png"]
     assert "skipped 1 of 2 files" in caplog.text and "empty file" in caplog.text
 
 
@@ -166,15 +167,15 @@ def test_truncated_jpeg_and_png(tmp_path, extension):
     for cut in (0.5, 0.99):
         (tmp_path / f"cut{extension}").write_bytes(whole[:int(len(whole) * cut)])
         kind = "JPEG" if extension == ".jpg" else "PNG"
-        with pytest.raises(data.ImageReadError, match=f"cut{extension}: not a readable image: the {kind} is truncated"):
-            data.read_image(tmp_path / f"cut{extension}")
+        with pytest.raises(images.ImageReadError, match=f"cut{extension}: not a readable image: the {kind} is truncated"):
+            images.read_image(tmp_path / f"cut{extension}")
 
 
 def test_text_file_named_png(tmp_path, models, capsys):
     (tmp_path / "notes.png").write_text("shopping list: milk, eggs\n")
-    with pytest.raises(data.ImageReadError, match=r"notes.png: not a readable image: it holds text, not image "
+    with pytest.raises(images.ImageReadError, match=r"notes.png: not a readable image: it holds text, not image "
                                                   r"data \(starts with 'shopping list.*accepted: PNG"):
-        data.read_image(tmp_path / "notes.png")
+        images.read_image(tmp_path / "notes.png")
     code = main(["denoise", "--model", str(models / "student.keras"), "--input", str(tmp_path / "notes.png"),
                  "--output", str(tmp_path / "out")])
     assert code == 1                                            # skipped and counted; nothing was denoised
@@ -184,7 +185,7 @@ def test_text_file_named_png(tmp_path, models, capsys):
 def test_16bit_png_keeps_its_precision_in_and_out(tmp_path, models):
     deep = RNG.integers(0, 65536, (24, 40, 3), np.uint16)
     cv2.imwrite(str(tmp_path / "deep.png"), deep)
-    image = data.read_image(tmp_path / "deep.png")
+    image = images.read_image(tmp_path / "deep.png")
     np.testing.assert_array_equal(image, (deep[..., ::-1] / np.float32(65535)).astype(np.float32))
     result = inference.denoise_path(models / "student.keras", tmp_path / "deep.png", tmp_path / "out", progress=False)
     assert cv2.imread(result["written"][0], cv2.IMREAD_UNCHANGED).dtype == np.uint16
@@ -193,7 +194,7 @@ def test_16bit_png_keeps_its_precision_in_and_out(tmp_path, models):
 def test_grayscale_is_read_as_rgb_and_denoised_back_to_gray(tmp_path, models):
     gray = RNG.integers(0, 256, (30, 50), np.uint8)
     cv2.imwrite(str(tmp_path / "gray.png"), gray)
-    image = data.read_image(tmp_path / "gray.png")
+    image = images.read_image(tmp_path / "gray.png")
     assert image.shape == (30, 50, 3)
     np.testing.assert_array_equal(image[..., 0], image[..., 2])
     result = inference.denoise_path(models / "student.keras", tmp_path / "gray.png", tmp_path / "out", progress=False)
@@ -203,7 +204,7 @@ def test_grayscale_is_read_as_rgb_and_denoised_back_to_gray(tmp_path, models):
 def test_rgba_alpha_is_dropped_for_training_and_kept_by_denoise(tmp_path, models):
     rgba = RNG.integers(0, 256, (20, 28, 4), np.uint8)
     cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
-    assert data.read_image(tmp_path / "rgba.png").shape == (20, 28, 3)
+    assert images.read_image(tmp_path / "rgba.png").shape == (20, 28, 3)
     result = inference.denoise_path(models / "student.keras", tmp_path / "rgba.png", tmp_path / "out", progress=False)
     written = cv2.imread(result["written"][0], cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(written[..., 3], rgba[..., 3])
@@ -213,9 +214,9 @@ def test_palette_png_expands_to_its_colors(tmp_path):
     palette = Image.fromarray(PHOTO).convert("P", palette=Image.ADAPTIVE, colors=16)
     palette.save(tmp_path / "palette.png")
     expected = np.asarray(palette.convert("RGB"), np.float32) / 255
-    np.testing.assert_array_equal(data.read_image(tmp_path / "palette.png"), expected)
+    np.testing.assert_array_equal(images.read_image(tmp_path / "palette.png"), expected)
     palette.save(tmp_path / "transparent.png", transparency=0)       # a tRNS chunk: becomes RGBA
-    with_alpha = data.read_image(tmp_path / "transparent.png", keep_alpha=True)
+    with_alpha = images.read_image(tmp_path / "transparent.png", keep_alpha=True)
     np.testing.assert_array_equal(with_alpha[..., :3], expected)
     assert set(np.unique(with_alpha[..., 3])) <= {0.0, 1.0}
 
@@ -227,7 +228,7 @@ def test_exif_rotated_jpeg_is_read_upright(tmp_path, orientation):
     raw = _jpeg_bytes(exif=exif.tobytes())
     (tmp_path / "photo.jpg").write_bytes(raw)
     upright = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(raw))), np.float32) / 255
-    image = data.read_image(tmp_path / "photo.jpg")
+    image = images.read_image(tmp_path / "photo.jpg")
     assert image.shape == upright.shape == ((80, 48, 3) if orientation >= 5 else (48, 80, 3))
     assert np.abs(image - upright).max() <= 2 / 255                  # two JPEG decoders, one picture
 
@@ -238,7 +239,7 @@ def test_exif_orientation_in_png_webp_tiff(tmp_path, kind):
     exif[0x0112] = 6                                                  # rotate 90 degrees clockwise
     Image.fromarray(PHOTO).save(tmp_path / "photo.img", kind, exif=exif.tobytes(),
                                 **({"lossless": True} if kind == "WEBP" else {}))
-    np.testing.assert_array_equal(data.read_image(tmp_path / "photo.img"), np.rot90(PHOTO, -1) / np.float32(255))
+    np.testing.assert_array_equal(images.read_image(tmp_path / "photo.img"), np.rot90(PHOTO, -1) / np.float32(255))
 
 
 def test_image_smaller_than_patch_size(tmp_path, models, caplog):
@@ -247,10 +248,10 @@ def test_image_smaller_than_patch_size(tmp_path, models, caplog):
     cv2.imwrite(str(folder / "big.png"), RNG.integers(0, 256, (70, 70, 3), np.uint8))
     cv2.imwrite(str(folder / "tiny.png"), RNG.integers(0, 256, (40, 90, 3), np.uint8))
     with caplog.at_level("WARNING"):
-        assert list(data.read_image_folder(folder, min_size=64)) == ["big.png"]
+        assert list(images.read_image_folder(folder, min_size=64)) == ["big.png"]
     assert "skipped 1 of 2 files" in caplog.text and "tiny.png: 90x40 is smaller than 64 px" in caplog.text
     with pytest.raises(ValueError, match="smaller than patch_size=64"):
-        data.patch_dataset([np.zeros((40, 90, 3), np.float32)], patch_size=64)
+        images.patch_dataset([np.zeros((40, 90, 3), np.float32)], patch_size=64)
     # at inference any size works, down to one pixel, for dynamic and for fixed-shape models
     keras_runner = inference.load_runner(models / "student.keras")
     identity = inference.Runner(lambda batch: batch.copy(), tile=16)
@@ -400,7 +401,7 @@ def test_model_that_is_not_image_to_image(tmp_path):
 def test_config_unknown_key_wrong_type_out_of_range(tmp_path, capsys, extra, message):
     path = _tiny_config(tmp_path, **extra)
     with pytest.raises(cfg.ConfigError, match=message):
-        cfg.load(cfg.DistillJobConfig, path)
+        cfg.load(denoise_config.DistillJobConfig, path)
     assert main(["distill", "--config", str(path)]) == 2
     assert "error: " in _one_line_error(capsys)
     assert not (tmp_path / "runs").exists()                     # refused before anything is written
@@ -409,13 +410,13 @@ def test_config_unknown_key_wrong_type_out_of_range(tmp_path, capsys, extra, mes
 def test_config_that_is_not_yaml_or_not_a_mapping(tmp_path, capsys):
     (tmp_path / "broken.yaml").write_text("train: {steps: 5\n")
     with pytest.raises(cfg.ConfigError, match="broken.yaml' is not valid YAML"):
-        cfg.load(cfg.DistillJobConfig, tmp_path / "broken.yaml")
+        cfg.load(denoise_config.DistillJobConfig, tmp_path / "broken.yaml")
     (tmp_path / "list.yaml").write_text("- steps\n")
     with pytest.raises(cfg.ConfigError, match="holds a list; expected a mapping"):
-        cfg.load(cfg.DistillJobConfig, tmp_path / "list.yaml")
+        cfg.load(denoise_config.DistillJobConfig, tmp_path / "list.yaml")
     with pytest.raises(SystemExit, match="not valid YAML"):
         main(["distill", "--set", "eval.sigmas=[15, 25"])
-    assert cfg.load(cfg.DistillJobConfig, None, {"train.learning_rate": "5e-4"}).train.learning_rate == 5e-4
+    assert cfg.load(denoise_config.DistillJobConfig, None, {"train.learning_rate": "5e-4"}).train.learning_rate == 5e-4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,9 +447,9 @@ def test_outputs_never_overwrite_inputs_or_earlier_files(tmp_path, models, monke
     assert (folder / "a.png").read_bytes() == original
     # an interrupted write leaves the earlier complete file, and no half file
     out = tmp_path / "out" / "a.png"
-    data.write_image(out, np.zeros((4, 4, 3)))
+    images.write_image(out, np.zeros((4, 4, 3)))
     before = out.read_bytes()
     monkeypatch.setattr(cv2, "imwrite", lambda path, image: open(path, "wb").write(b"half") and False)
     with pytest.raises(OSError, match="could not write"):
-        data.write_image(out, np.ones((4, 4, 3)))
+        images.write_image(out, np.ones((4, 4, 3)))
     assert out.read_bytes() == before and sorted(p.name for p in out.parent.iterdir()) == ["a.png"]

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from kd_tf.cli import main
-from kd_tf.nets import build_unet
+from kd_tf.denoise.nets import build_unet
 
 TINY = """
 data: {patch_size: 32, batch_size: 4, val_crop: 32, val_crops_per_image: 1}
@@ -36,9 +36,9 @@ def tiny_run(tmp_path_factory):
 
 
 def _score(model_path, images):
-    """PSNR at sigma 25 of a saved model on the held-out photos `images`, through kd_tf.evaluation."""
-    from kd_tf.data import load_split
-    from kd_tf.evaluation import Method, evaluate
+    """PSNR at sigma 25 of a saved model on the held-out photos `images`, through kd_tf.denoise.evaluation."""
+    from kd_tf.images import load_split
+    from kd_tf.denoise.evaluation import Method, evaluate
     from kd_tf.model_io import load_model
 
     heldout = load_split(min_size=32).heldout
@@ -171,7 +171,7 @@ def test_train_teacher_runs_the_steps_asked_and_ships_nothing_unless_asked(tmp_p
 
 
 def test_distill_on_a_user_folder_splits_by_image(tiny_run, tmp_path):
-    from kd_tf.data import default_photos, write_image
+    from kd_tf.images import default_photos, write_image
 
     root, _ = tiny_run
     folder = tmp_path / "my_photos"
@@ -232,7 +232,7 @@ def test_a_verb_prints_no_tensorflow_start_up_lines(tmp_path):
 
 
 def test_only_input_errors_become_one_line_and_bugs_keep_their_traceback(tmp_path, capsys, monkeypatch):
-    from kd_tf import export_job
+    from kd_tf.denoise import export_job
 
     model = tmp_path / "student.keras"
     build_unet((4, 8), 1, name="student").save(model)

@@ -5,14 +5,15 @@ import pytest
 from keras import layers
 
 from kd_tf import config as cfg
+from kd_tf.denoise import config as denoise_config
 from kd_tf import schedules
 from kd_tf.complexity import count_macs, count_params
-from kd_tf.nets import build_unet
+from kd_tf.denoise.nets import build_unet
 
 
 def test_unknown_key_lists_accepted_ones():
     with pytest.raises(cfg.ConfigError, match=r"unknown key\(s\) \['stepz'\] in train; accepted: .*'steps'"):
-        cfg.from_dict(cfg.DistillJobConfig, {"train": {"stepz": 3}})
+        cfg.from_dict(denoise_config.DistillJobConfig, {"train": {"stepz": 3}})
 
 
 @pytest.mark.parametrize("values, message", [
@@ -26,18 +27,18 @@ def test_unknown_key_lists_accepted_ones():
 ])
 def test_bad_values_are_named(values, message):
     with pytest.raises(cfg.ConfigError, match=message):
-        cfg.from_dict(cfg.DistillJobConfig, values)
+        cfg.from_dict(denoise_config.DistillJobConfig, values)
 
 
 def test_yaml_with_feature_pairs_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("distill:\n  features:\n    - [bottleneck, bottleneck, 0.5]\n    - {teacher: dec0, student: dec0}\n")
-    config = cfg.load(cfg.DistillJobConfig, path, {"train.steps": 7, "distill.student_loss_weight.kind": "linear",
+    config = cfg.load(denoise_config.DistillJobConfig, path, {"train.steps": 7, "distill.student_loss_weight.kind": "linear",
                                                    "distill.student_loss_weight.end": 0.1})
     assert config.train.steps == 7 and config.distill.student_loss_weight.end == 0.1
     assert [(p.teacher, p.weight) for p in config.distill.features] == [("bottleneck", 0.5), ("dec0", 1.0)]
     with pytest.raises(cfg.ConfigError, match="does not exist"):
-        cfg.load(cfg.DistillJobConfig, tmp_path / "absent.yaml")
+        cfg.load(denoise_config.DistillJobConfig, tmp_path / "absent.yaml")
 
 
 def test_schedules():
@@ -61,23 +62,23 @@ def test_macs_and_params_of_a_known_network():
 
 
 def test_default_student_is_10x_cheaper_than_default_teacher():
-    teacher, student = cfg.TeacherJobConfig().net, cfg.DistillJobConfig().student
+    teacher, student = denoise_config.TeacherJobConfig().net, denoise_config.DistillJobConfig().student
     ratio = (count_macs(build_unet(teacher.widths, teacher.blocks), (64, 64, 3))
              / count_macs(build_unet(student.widths, student.blocks), (64, 64, 3)))
     assert ratio >= 10
 
 
 def test_teacher_cache_is_automatic_for_output_only_distillation():
-    from kd_tf.jobs import batches_to_cache
+    from kd_tf.denoise.jobs import batches_to_cache
 
-    assert batches_to_cache(cfg.from_dict(cfg.DistillJobConfig, {})) == 300
-    assert batches_to_cache(cfg.from_dict(cfg.DistillJobConfig, {"train": {"steps": 40}})) == 40
+    assert batches_to_cache(cfg.from_dict(denoise_config.DistillJobConfig, {})) == 300
+    assert batches_to_cache(cfg.from_dict(denoise_config.DistillJobConfig, {"train": {"steps": 40}})) == 40
     with_features = {"distill": {"features": [["dec0", "dec0", 0.1]]}}
-    assert batches_to_cache(cfg.from_dict(cfg.DistillJobConfig, with_features)) == 0
+    assert batches_to_cache(cfg.from_dict(denoise_config.DistillJobConfig, with_features)) == 0
     with pytest.raises(cfg.ConfigError, match="live teacher"):
-        cfg.from_dict(cfg.DistillJobConfig, {"distill": {"features": [["dec0", "dec0"]], "cache_batches": 10}})
+        cfg.from_dict(denoise_config.DistillJobConfig, {"distill": {"features": [["dec0", "dec0"]], "cache_batches": 10}})
     with pytest.raises(cfg.ConfigError, match="distill.cache_batches"):
-        cfg.from_dict(cfg.DistillJobConfig, {"distill": {"cache_batches": -1}})
+        cfg.from_dict(denoise_config.DistillJobConfig, {"distill": {"cache_batches": -1}})
 
 
 def test_mixed_precision_auto_asks_the_hardware(monkeypatch, tmp_path):
@@ -85,10 +86,10 @@ def test_mixed_precision_auto_asks_the_hardware(monkeypatch, tmp_path):
 
     for fast in (True, False):
         monkeypatch.setattr(precision, "bfloat16_is_fast", lambda fast=fast: fast)
-        assert cfg.from_dict(cfg.DistillJobConfig, {}).train.mixed_precision is fast
-    assert cfg.from_dict(cfg.DistillJobConfig, {"train": {"mixed_precision": True}}).train.mixed_precision is True
+        assert cfg.from_dict(denoise_config.DistillJobConfig, {}).train.mixed_precision is fast
+    assert cfg.from_dict(denoise_config.DistillJobConfig, {"train": {"mixed_precision": True}}).train.mixed_precision is True
     with pytest.raises(cfg.ConfigError, match="train.mixed_precision"):
-        cfg.from_dict(cfg.DistillJobConfig, {"train": {"mixed_precision": "bf16"}})
+        cfg.from_dict(denoise_config.DistillJobConfig, {"train": {"mixed_precision": "bf16"}})
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_bf16\n")
     assert set(precision.CPU_BF16_FLAGS) & precision.cpu_flags(str(cpuinfo)) == {"avx512_bf16"}

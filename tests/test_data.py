@@ -5,28 +5,28 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_tf import data
+from kd_tf import images
 
 
 def test_reader_handles_gray_rgba_16bit_and_bgr(tmp_path):
     gray = (np.arange(64 * 48) % 256).astype(np.uint8).reshape(48, 64)
     cv2.imwrite(str(tmp_path / "gray.png"), gray)
-    image = data.read_image(tmp_path / "gray.png")
+    image = images.read_image(tmp_path / "gray.png")
     assert image.shape == (48, 64, 3) and image.dtype == np.float32
     np.testing.assert_allclose(image[..., 0], gray / 255.0, atol=1e-6)
 
     deep = np.full((10, 12, 3), 65535, np.uint16)
     deep[..., 0] = 0                                      # blue channel in OpenCV's BGR order
     cv2.imwrite(str(tmp_path / "deep.png"), deep)
-    image = data.read_image(tmp_path / "deep.png")
+    image = images.read_image(tmp_path / "deep.png")
     np.testing.assert_allclose(image[0, 0], [1.0, 1.0, 0.0])  # RGB: blue is last
 
     rgba = np.zeros((8, 8, 4), np.uint8)
     rgba[..., 2] = 255                                    # red (BGR index 2)
     rgba[..., 3] = 128
     cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
-    assert data.read_image(tmp_path / "rgba.png").shape == (8, 8, 3)
-    with_alpha = data.read_image(tmp_path / "rgba.png", keep_alpha=True)
+    assert images.read_image(tmp_path / "rgba.png").shape == (8, 8, 3)
+    with_alpha = images.read_image(tmp_path / "rgba.png", keep_alpha=True)
     np.testing.assert_allclose(with_alpha[0, 0], [1.0, 0.0, 0.0, 128 / 255], atol=1e-6)
 
 
@@ -39,52 +39,52 @@ def test_folder_reader_skips_and_counts_bad_files(tmp_path, caplog):
     cv2.imwrite(str(tmp_path / "small.png"), np.zeros((20, 20, 3), np.uint8))
     (tmp_path / "notes.txt").write_text("not an image")
     with caplog.at_level("WARNING"):
-        images = data.read_image_folder(tmp_path, min_size=64)
-    assert sorted(images) == ["good.png", "sub/good2.jpg"]
+        found = images.read_image_folder(tmp_path, min_size=64)
+    assert sorted(found) == ["good.png", "sub/good2.jpg"]
     assert "skipped 3 of 5 files" in caplog.text
     assert "broken.png" in caplog.text and "empty.jpg" in caplog.text and "smaller than 64" in caplog.text
 
 
 def test_folder_reader_errors_when_nothing_is_usable(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"junk")
-    with pytest.raises(data.ImageReadError, match="no readable images"):
-        data.read_image_folder(tmp_path)
+    with pytest.raises(images.ImageReadError, match="no readable images"):
+        images.read_image_folder(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        data.read_image_folder(tmp_path / "absent")
+        images.read_image_folder(tmp_path / "absent")
 
 
 def test_embedded_photos_and_documented_split():
-    assert set(data.DEFAULT_TRAIN).isdisjoint(data.DEFAULT_HELDOUT)
-    assert len(data.DEFAULT_TRAIN) >= 12 and len(data.DEFAULT_HELDOUT) >= 4
-    photos = data.default_photos(["flower", "ascent", "grace_hopper"])
+    assert set(images.DEFAULT_TRAIN).isdisjoint(images.DEFAULT_HELDOUT)
+    assert len(images.DEFAULT_TRAIN) >= 12 and len(images.DEFAULT_HELDOUT) >= 4
+    photos = images.default_photos(["flower", "ascent", "grace_hopper"])
     for image in photos.values():
         assert image.ndim == 3 and image.shape[-1] == 3 and image.dtype == np.float32
         assert 0.0 <= image.min() and image.max() <= 1.0 and min(image.shape[:2]) >= 256
     with pytest.raises(KeyError, match="available"):
-        data.default_photos(["lena"])
+        images.default_photos(["lena"])
 
 
 def test_split_is_by_whole_image_and_seeded():
-    images = {f"img{i}": np.zeros((8, 8, 3), np.float32) for i in range(10)}
-    split = data.split_images(images, 0.3, seed=1)
+    pictures = {f"img{i}": np.zeros((8, 8, 3), np.float32) for i in range(10)}
+    split = images.split_images(pictures, 0.3, seed=1)
     assert len(split.heldout) == 3 and len(split.train) == 7
     assert set(split.train).isdisjoint(split.heldout)
-    assert data.split_images(images, 0.3, seed=1).heldout.keys() == split.heldout.keys()
+    assert images.split_images(pictures, 0.3, seed=1).heldout.keys() == split.heldout.keys()
 
 
 def test_patch_dataset_is_seeded_and_noise_follows_sigma(photos):
-    ds = data.patch_dataset(photos, patch_size=32, batch_size=8, sigma_range=(25, 25), seed=3)
+    ds = images.patch_dataset(photos, patch_size=32, batch_size=8, sigma_range=(25, 25), seed=3)
     noisy, clean = next(iter(ds))
     assert noisy.shape == (8, 32, 32, 3) and clean.shape == (8, 32, 32, 3)
     assert float(tf.math.reduce_std(noisy - clean)) * 255 == pytest.approx(25, rel=0.05)
-    again, _ = next(iter(data.patch_dataset(photos, patch_size=32, batch_size=8, sigma_range=(25, 25), seed=3)))
+    again, _ = next(iter(images.patch_dataset(photos, patch_size=32, batch_size=8, sigma_range=(25, 25), seed=3)))
     np.testing.assert_array_equal(noisy.numpy(), again.numpy())
-    other, _ = next(iter(data.patch_dataset(photos, patch_size=32, batch_size=8, sigma_range=(25, 25), seed=4)))
+    other, _ = next(iter(images.patch_dataset(photos, patch_size=32, batch_size=8, sigma_range=(25, 25), seed=4)))
     assert not np.allclose(noisy.numpy(), other.numpy())
 
 
 def test_blind_sigma_range_varies_per_patch(photos):
-    noisy, clean = next(iter(data.patch_dataset(photos, patch_size=32, batch_size=64, sigma_range=(0, 55), seed=0)))
+    noisy, clean = next(iter(images.patch_dataset(photos, patch_size=32, batch_size=64, sigma_range=(0, 55), seed=0)))
     sigmas = np.std((noisy - clean).numpy().reshape(64, -1), axis=1) * 255
     assert sigmas.min() < 15 and sigmas.max() > 40 and sigmas.max() < 60
 
@@ -92,30 +92,30 @@ def test_blind_sigma_range_varies_per_patch(photos):
 def test_noisy_8bit_stores_the_noisy_patch_as_a_file_would(photos):
     """The same noise, clipped to [0, 1] and rounded to 1/255; validation crops follow."""
     kwargs = dict(patch_size=32, batch_size=8, sigma_range=(50, 50), seed=3)
-    raw, clean = next(iter(data.patch_dataset(photos, **kwargs)))
-    stored, clean_again = next(iter(data.patch_dataset(photos, noisy_8bit=True, **kwargs)))
+    raw, clean = next(iter(images.patch_dataset(photos, **kwargs)))
+    stored, clean_again = next(iter(images.patch_dataset(photos, noisy_8bit=True, **kwargs)))
     np.testing.assert_array_equal(clean.numpy(), clean_again.numpy())
     assert raw.numpy().min() < 0 or raw.numpy().max() > 1, "sigma 50 should leave [0, 1] somewhere"
-    np.testing.assert_array_equal(stored.numpy(), data.to_8bit(raw.numpy()))
-    crops, _ = data.fixed_crops(photos, crop_size=64, per_image=2, noisy_8bit=True)
-    np.testing.assert_array_equal(crops, data.to_8bit(data.fixed_crops(photos, crop_size=64, per_image=2)[0]))
+    np.testing.assert_array_equal(stored.numpy(), images.to_8bit(raw.numpy()))
+    crops, _ = images.fixed_crops(photos, crop_size=64, per_image=2, noisy_8bit=True)
+    np.testing.assert_array_equal(crops, images.to_8bit(images.fixed_crops(photos, crop_size=64, per_image=2)[0]))
 
 
 def test_patch_dataset_rejects_bad_arguments(photos):
     with pytest.raises(ValueError, match="sigma_range"):
-        data.patch_dataset(photos, sigma_range=(30, 10))
+        images.patch_dataset(photos, sigma_range=(30, 10))
     with pytest.raises(ValueError, match="smaller than patch_size"):
-        data.patch_dataset({"tiny": np.zeros((16, 16, 3), np.float32)}, patch_size=32)
+        images.patch_dataset({"tiny": np.zeros((16, 16, 3), np.float32)}, patch_size=32)
 
 
 def test_fixed_crops_are_deterministic(photos):
-    noisy, clean = data.fixed_crops(photos, crop_size=64, per_image=2)
+    noisy, clean = images.fixed_crops(photos, crop_size=64, per_image=2)
     assert noisy.shape == clean.shape == (6, 64, 64, 3)
-    again, _ = data.fixed_crops(photos, crop_size=64, per_image=2)
+    again, _ = images.fixed_crops(photos, crop_size=64, per_image=2)
     np.testing.assert_array_equal(noisy, again)
 
 
 def test_write_then_read_roundtrip(tmp_path, rng):
     image = rng.random((16, 20, 3)).astype(np.float32)
-    data.write_image(tmp_path / "x.png", image, bit_depth=16)
-    np.testing.assert_allclose(data.read_image(tmp_path / "x.png"), image, atol=1e-4)
+    images.write_image(tmp_path / "x.png", image, bit_depth=16)
+    np.testing.assert_allclose(images.read_image(tmp_path / "x.png"), image, atol=1e-4)

@@ -150,9 +150,9 @@ output: {{runs_dir: {root}/runs, log_dir: {root}/tb}}
 def diffusion_cli(tmp_path_factory):
     """train-teacher / distill --task diffusion, each a few steps, on a folder of 100 digits."""
     from kd_tf.cli import main
-    from kd_tf.data import write_image
+    from kd_tf.images import write_image
     from kd_tf.digits import load_digits
-    from kd_tf.nets import build_classifier
+    from kd_tf.classifier import build_classifier
 
     root = tmp_path_factory.mktemp("diffusion_cli")
     digits = load_digits("pureml")

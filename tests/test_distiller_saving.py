@@ -10,7 +10,7 @@ import pytest
 import kd_tf.schedules
 from kd_tf import schedules
 from kd_tf.distiller import Distiller
-from kd_tf.nets import build_unet
+from kd_tf.denoise.nets import build_unet
 
 
 def test_schedule_docstring_examples_run():
@@ -68,8 +68,8 @@ def test_compile_loss_sets_the_students_own_loss_and_metrics_are_logged(rng):
 
 
 def test_compile_loss_is_refused_for_an_adversarial_objective():
-    from kd_tf.data import LatentSampler
-    from kd_tf.nets.dcgan import build_discriminator, build_generator
+    from kd_tf.generators import LatentSampler
+    from kd_tf.gan.nets import build_discriminator, build_generator
     from kd_tf.objectives import Adversarial
 
     generator = build_generator(latent_dim=8, name="g")

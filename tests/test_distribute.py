@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from kd_tf import config as cfg
+from kd_tf.denoise import config as denoise_config
 from kd_tf import distribute
 from kd_tf.cli import _overrides, build_parser
 
@@ -171,10 +172,10 @@ def test_strategy_names_and_tf_config_errors(monkeypatch):
 
 
 def test_config_and_cli_take_the_strategy(capsys):
-    assert cfg.from_dict(cfg.DistillJobConfig, {"train": {"strategy": "mirrored"}}).train.strategy == "mirrored"
+    assert cfg.from_dict(denoise_config.DistillJobConfig, {"train": {"strategy": "mirrored"}}).train.strategy == "mirrored"
     with pytest.raises(cfg.ConfigError, match=r"train.strategy='tpu' is not accepted; expected one of \('default', "
                                               r"'mirrored', 'multiworker'\)"):
-        cfg.from_dict(cfg.TeacherJobConfig, {"train": {"strategy": "tpu"}})
+        cfg.from_dict(denoise_config.TeacherJobConfig, {"train": {"strategy": "tpu"}})
     for verb in ("distill", "train-teacher"):
         args = build_parser().parse_args([verb, "--strategy", "multiworker"])
         assert _overrides(args)["train.strategy"] == "multiworker"

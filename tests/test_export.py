@@ -6,8 +6,8 @@ import keras
 import tensorflow as tf
 
 from kd_tf import export
-from kd_tf.data import patch_dataset
-from kd_tf.nets import build_unet
+from kd_tf.images import patch_dataset
+from kd_tf.denoise.nets import build_unet
 
 
 @pytest.fixture(scope="module")

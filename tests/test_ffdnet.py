@@ -1,4 +1,4 @@
-"""kd_tf.ffdnet: the Keras port of FFDNet against a numpy forward pass written from torch's
+"""kd_tf.denoise.ffdnet: the Keras port of FFDNet against a numpy forward pass written from torch's
 semantics, the channel order proved pixel by pixel, the legacy torch pickle reader, .keras
 round trips, and (when converted) the real weights on a photo. No torch, no download."""
 
@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 
-from kd_tf import ffdnet
+from kd_tf.denoise import ffdnet
 
 REAL_MODEL = Path(__file__).resolve().parents[1] / "models" / "denoise" / "ffdnet_color.keras"
 
@@ -285,7 +285,7 @@ def test_cli_verb_checks_the_pinned_sha256(tmp_path, fake_torch, capsys):
 
 @pytest.mark.skipif(not REAL_MODEL.exists(), reason="run `python -m kd_tf convert-ffdnet` first")
 def test_converted_ffdnet_denoises_a_photo_crop():
-    from kd_tf.data import default_photos, noisy_copy
+    from kd_tf.images import default_photos, noisy_copy
 
     clean = default_photos(["chelsea"])["chelsea"][40:137, 100:195]            # 97 x 95: odd sizes
     noisy = np.clip(np.round(noisy_copy(clean, 25.0, 7) * 255), 0, 255) / 255

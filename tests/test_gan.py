@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_tf.data import LatentSampler
+from kd_tf.generators import LatentSampler
 from kd_tf.distiller import Distiller
 from kd_tf.metrics import diversity, frechet_distance, kernel_inception_distance, precision_recall_coverage
-from kd_tf.nets import build_classifier, build_discriminator, build_generator
+from kd_tf.classifier import build_classifier
+from kd_tf.gan.nets import build_discriminator, build_generator
 from kd_tf.objectives import Adversarial, clone_discriminator
 
 LATENT = 8
@@ -197,18 +198,18 @@ def classifier_path(tmp_path_factory):
 
 def test_mode_collapse_is_warned(classifier_path, caplog):
     from kd_tf.digits import as_signed, load_digits
-    from kd_tf.gan_jobs import Scorer
+    from kd_tf.generators import Scorer
 
     digits = load_digits("pureml")
     scorer = Scorer(str(classifier_path), digits.test_images[:300], collapse_ratio=0.5)
     one = as_signed(digits.test_images[:1])
-    with caplog.at_level(logging.WARNING, logger="kd_tf.gan_jobs"):
+    with caplog.at_level(logging.WARNING, logger="kd_tf.gan.jobs"):
         collapsed = scorer(lambda z: np.repeat(one, len(z), axis=0), 300, LATENT, name="collapsed")
     assert collapsed["diversity_ratio"] < 0.05
     assert "mode collapse suspected for collapsed" in caplog.text
     caplog.clear()
     real_like = as_signed(digits.test_images[300:600])
-    with caplog.at_level(logging.WARNING, logger="kd_tf.gan_jobs"):
+    with caplog.at_level(logging.WARNING, logger="kd_tf.gan.jobs"):
         healthy = scorer(lambda z: real_like[:len(z)], 300, LATENT, name="healthy")
     assert healthy["diversity_ratio"] > 0.8 and "mode collapse" not in caplog.text
     assert healthy["fid"] < collapsed["fid"]
@@ -239,7 +240,7 @@ def test_digits_offline_and_idx_files(tmp_path):
 
 def test_int8_tflite_generator_takes_latents(nets, tmp_path):
     from kd_tf.export import LiteRTModel
-    from kd_tf.gan_jobs import export_generator
+    from kd_tf.generators import export_generator
 
     path = export_generator(nets["student"], tmp_path, calibration_batches=4)
     assert tf.saved_model.load(str(tmp_path / "savedmodel")).signatures["serving_default"] \
@@ -268,7 +269,7 @@ def cli_run(tmp_path_factory):
     """train-classifier, train-teacher --task gan and distill --task gan, each a few steps, on a
     folder of 120 digits (sub-folders named by label)."""
     from kd_tf.cli import main
-    from kd_tf.data import write_image
+    from kd_tf.images import write_image
     from kd_tf.digits import load_digits
 
     root = tmp_path_factory.mktemp("gan_cli")
@@ -318,7 +319,7 @@ def test_cli_trains_teacher_distills_and_reports(cli_run):
 
 def test_generate_grid_and_folder_with_the_same_seed(cli_run, tmp_path):
     from kd_tf.cli import main
-    from kd_tf.data import read_image
+    from kd_tf.images import read_image
 
     root, _ = cli_run
     student = root / "runs" / "distill" / "student_generator.keras"

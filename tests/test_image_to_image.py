@@ -13,10 +13,10 @@ import kd_tf.degradations
 import kd_tf.sr.nets
 import kd_tf.tiling
 from kd_tf import Distiller
-from kd_tf.data import patch_dataset
+from kd_tf.images import patch_dataset
 from kd_tf.degradations import JPEG, AlreadyDegraded, Downscale, GaussianBlur, GaussianNoise, from_config
 from kd_tf.errors import InputError
-from kd_tf.nets import build_unet
+from kd_tf.denoise.nets import build_unet
 from kd_tf.sr import build_upscaler
 from kd_tf.teacher_cache import cache_teacher_outputs
 
@@ -144,7 +144,7 @@ def test_upscaling_inference_tiles_any_size_without_seams(tile, max_tile):
 
 def test_upscale_verb_writes_larger_images_and_refuses_a_denoiser(tmp_path):
     from kd_tf.cli import main
-    from kd_tf.data import read_image, write_image
+    from kd_tf.images import read_image, write_image
 
     keras.utils.set_random_seed(0)
     upscaler = build_upscaler(4, 1, 2)
@@ -162,7 +162,7 @@ def test_upscale_verb_writes_larger_images_and_refuses_a_denoiser(tmp_path):
 
 
 def test_evaluation_keeps_an_upscalers_whole_output():
-    from kd_tf.evaluation import run_on_image
+    from kd_tf.inference import run_on_image
 
     keras.utils.set_random_seed(0)
     model = build_upscaler(4, 1, 2)
@@ -177,7 +177,7 @@ def test_unlabeled_distillation_from_a_folder_reports_agreement_with_the_teacher
     import json
 
     from kd_tf.cli import main
-    from kd_tf.data import write_image
+    from kd_tf.images import write_image
 
     rng = np.random.default_rng(4)
     for index in range(5):                   # "camera noise": already in the files, no clean versions
@@ -268,7 +268,7 @@ def test_sr_cli_trains_distils_exports_and_scores_against_bicubic(sr_cli, tmp_pa
     import json
 
     from kd_tf.cli import main
-    from kd_tf.data import load_split, to_8bit
+    from kd_tf.images import load_split, to_8bit
 
     root, codes = sr_cli
     assert codes == {"teacher": 0, "distill": 0}

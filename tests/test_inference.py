@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from kd_tf import export, inference
-from kd_tf.data import add_gaussian_noise, patch_dataset
+from kd_tf.images import add_gaussian_noise, patch_dataset
 from kd_tf.metrics import psnr
-from kd_tf.nets import build_unet
+from kd_tf.denoise.nets import build_unet
 
 
 @pytest.fixture(scope="module")

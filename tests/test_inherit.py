@@ -1,4 +1,4 @@
-"""Weight inheritance (kd_tf.nets.inherit): a student U-Net that starts from its teacher's
+"""Weight inheritance (kd_tf.denoise.inherit): a student U-Net that starts from its teacher's
 strongest channels and residual blocks."""
 
 import keras
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_tf import jobs
-from kd_tf.nets import build_unet
-from kd_tf.nets.inherit import inherit_from_teacher
+from kd_tf.denoise import jobs
+from kd_tf.denoise.nets import build_unet
+from kd_tf.denoise.inherit import inherit_from_teacher
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +65,9 @@ def test_auto_falls_back_to_random_weights_and_teacher_insists(teacher, batches,
     student = build_unet((4, 8), 1, name="student")
     before = [w.copy() for w in student.get_weights()]
     stream = tf.data.Dataset.from_tensor_slices((tf.concat(batches, 0), tf.concat(batches, 0))).batch(2)
-    with caplog.at_level("INFO", logger="kd_tf.jobs"):
+    with caplog.at_level("INFO", logger="kd_tf.denoise.jobs"):
         assert jobs.start_from_teacher("auto", plain, student, stream) is None
-    assert "random weights" in caplog.text and "not a kd_tf.nets.build_unet network" in caplog.text
+    assert "random weights" in caplog.text and "not a kd_tf.denoise.nets.build_unet network" in caplog.text
     assert all(np.array_equal(a, b) for a, b in zip(before, student.get_weights()))
     with pytest.raises(ValueError, match="distill.student_init=teacher: the teacher is not"):
         jobs.start_from_teacher("teacher", plain, student, stream)

@@ -9,16 +9,19 @@ import pytest
 import tensorflow as tf
 
 import kd_tf.config
-import kd_tf.diffusion.config  # noqa: F401 - its jobs join cfg.JOBS
+import kd_tf.denoise.config  # noqa: F401 - each task's jobs join cfg.JOBS
+import kd_tf.diffusion.config  # noqa: F401
+import kd_tf.gan.config  # noqa: F401
 import kd_tf.sr.config  # noqa: F401
 import kd_tf.distiller
 import kd_tf.losses
 import kd_tf.precision
 from kd_tf import Distiller
 from kd_tf import config as cfg
+from kd_tf.denoise import config as denoise_config
 from kd_tf import schedules
 from kd_tf.losses import DistillationTerm, FeatureTerm, LogitsTerm, from_keras
-from kd_tf.nets import build_unet
+from kd_tf.denoise.nets import build_unet
 
 
 @keras.saving.register_keras_serializable(package="kd_tf_tests")
@@ -134,10 +137,10 @@ def test_alpha_still_works_with_a_deprecation_warning(pair):
     with pytest.raises(ValueError, match="give one"):
         Distiller(teacher, student, alpha=0.3, student_loss_weight=0.7)
     with pytest.warns(DeprecationWarning, match="distill.alpha is deprecated"):
-        config = cfg.from_dict(cfg.DistillJobConfig, {"distill": {"alpha": {"kind": "linear", "start": 0.9, "end": 0.2}}})
+        config = cfg.from_dict(denoise_config.DistillJobConfig, {"distill": {"alpha": {"kind": "linear", "start": 0.9, "end": 0.2}}})
     assert (config.distill.student_loss_weight.start, config.distill.student_loss_weight.end) == (0.1, 0.8)
     with pytest.raises(cfg.ConfigError, match="both set"):
-        cfg.from_dict(cfg.DistillJobConfig, {"distill": {"alpha": {"start": 0.9}, "student_loss_weight": {"start": 0.1}}})
+        cfg.from_dict(denoise_config.DistillJobConfig, {"distill": {"alpha": {"start": 0.9}, "student_loss_weight": {"start": 0.1}}})
 
 
 def _train(precision, x, y, steps=12):
@@ -169,9 +172,9 @@ def test_precision_follows_the_device(monkeypatch):
         monkeypatch.setattr(kd_tf.precision, "float16_gpu", lambda old_gpu=old_gpu: old_gpu)
         assert kd_tf.precision.resolve_mixed_precision("auto") == expected
         assert cfg.TrainConfig(mixed_precision="auto").validate() is None
-    assert cfg.from_dict(cfg.DistillJobConfig, {"train": {"mixed_precision": "float16"}}).train.mixed_precision == "float16"
+    assert cfg.from_dict(denoise_config.DistillJobConfig, {"train": {"mixed_precision": "float16"}}).train.mixed_precision == "float16"
     with pytest.raises(cfg.ConfigError, match="train.mixed_precision='fp8'"):
-        cfg.from_dict(cfg.DistillJobConfig, {"train": {"mixed_precision": "fp8"}})
+        cfg.from_dict(denoise_config.DistillJobConfig, {"train": {"mixed_precision": "fp8"}})
 
 
 @pytest.mark.parametrize("module", [kd_tf.losses, kd_tf.precision, kd_tf.config, schedules, kd_tf.distiller])
@@ -190,8 +193,8 @@ def test_config_verb_lists_every_key_with_its_default_and_meaning(capsys):
         assert {f.name for f in __import__("dataclasses").fields(cls)} <= keys
     assert main(["config", "distill"]) == 0
     printed = capsys.readouterr().out
-    defaults = cfg.DistillJobConfig()
-    for key, default, _ in cfg.describe(cfg.DistillJobConfig):
+    defaults = denoise_config.DistillJobConfig()
+    for key, default, _ in cfg.describe(denoise_config.DistillJobConfig):
         assert key in printed
     line = next(line for line in printed.splitlines() if line.split()[:1] == ["train.steps"])
     assert line.split()[1] == repr(defaults.train.steps) == "1200"

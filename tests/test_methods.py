@@ -148,7 +148,7 @@ def test_distiller_adaptive_weight_follows_the_terms_and_is_checkpointed(tmp_pat
     assert float(alpha.variables[2].numpy()) == 1.0
 
 
-# -- the fine-tuning stage and multi-stage distillation (kd_tf.jobs) ------------------------------
+# -- the fine-tuning stage and multi-stage distillation (kd_tf.denoise.jobs) ------------------------------
 
 CHAIN_BASE = """
 data: {patch_size: 32, batch_size: 4, val_crop: 32, val_crops_per_image: 1}
@@ -163,7 +163,7 @@ export_formats: []
 def chain_run(tmp_path_factory):
     """teacher (8-16, 2 blocks) -> assistant (6-12, 1 block) -> student (4-8, 1 block, fine-tuned)."""
     from kd_tf.cli import main
-    from kd_tf.nets import build_unet
+    from kd_tf.denoise.nets import build_unet
 
     root = tmp_path_factory.mktemp("chain")
     keras.utils.set_random_seed(0)
@@ -210,11 +210,12 @@ def test_finetune_phase_takes_its_steps_from_the_budget_and_skips_the_teacher(ch
 
 def test_finetune_steps_must_leave_distillation_steps():
     from kd_tf import config as cfg
+    from kd_tf.denoise import config as denoise_config
 
     with pytest.raises(cfg.ConfigError, match=r"finetune.steps=6 .*below train.steps=6"):
-        cfg.from_dict(cfg.DistillJobConfig, {"train": {"steps": 6}, "finetune": {"steps": 6}})
+        cfg.from_dict(denoise_config.DistillJobConfig, {"train": {"steps": 6}, "finetune": {"steps": 6}})
     with pytest.raises(cfg.ConfigError, match="finetune.learning_rate"):
-        cfg.from_dict(cfg.DistillJobConfig, {"finetune": {"steps": 1, "learning_rate": 0}})
+        cfg.from_dict(denoise_config.DistillJobConfig, {"finetune": {"steps": 1, "learning_rate": 0}})
 
 
 def test_gan_distill_takes_one_config(tmp_path, capsys):
@@ -233,9 +234,9 @@ def test_main_job_distills_through_its_assistant_when_it_fits(tmp_path, monkeypa
     the assistant learns from the teacher, the student from the assistant, and the report scores all."""
     import json
 
-    from kd_tf import jobs
+    from kd_tf.denoise import jobs
     from kd_tf.cli import main
-    from kd_tf.nets import build_unet
+    from kd_tf.denoise.nets import build_unet
 
     keras.utils.set_random_seed(0)
     build_unet((8, 16), 2, name="teacher").save(tmp_path / "teacher.keras")
@@ -276,8 +277,9 @@ def test_assistant_is_off_by_default_skipped_when_it_does_not_fit_and_validated(
     import json
 
     from kd_tf import config as cfg
-    from kd_tf.jobs import assistant_plan
-    from kd_tf.nets import build_unet
+    from kd_tf.denoise import config as denoise_config
+    from kd_tf.denoise.jobs import assistant_plan
+    from kd_tf.denoise.nets import build_unet
 
     root, _ = chain_run
     first = json.loads((root / "runs" / "chain-stage1" / "report.json").read_text())
@@ -286,7 +288,7 @@ def test_assistant_is_off_by_default_skipped_when_it_does_not_fit_and_validated(
     teacher = build_unet((8, 16), 2, name="teacher")
 
     def plan(**assistant):
-        return assistant_plan(cfg.from_dict(cfg.DistillJobConfig, {
+        return assistant_plan(cfg.from_dict(denoise_config.DistillJobConfig, {
             "student": {"widths": [4, 8], "blocks": 1}, "assistant": assistant}), teacher)
 
     assert plan() == (False, "assistant.use=never") and plan(use="always") == (True, "assistant.use=always")
@@ -296,9 +298,9 @@ def test_assistant_is_off_by_default_skipped_when_it_does_not_fit_and_validated(
     assert not used and "is not strictly between the teacher" in why
     assert plan(use="auto", widths=[6, 12], blocks=1)[0]
     with pytest.raises(cfg.ConfigError, match=r"assistant.use='sometimes' .*one of \('auto', 'always', 'never'\)"):
-        cfg.from_dict(cfg.DistillJobConfig, {"assistant": {"use": "sometimes"}})
+        cfg.from_dict(denoise_config.DistillJobConfig, {"assistant": {"use": "sometimes"}})
     with pytest.raises(cfg.ConfigError, match=r"assistant.steps=0"):
-        cfg.from_dict(cfg.DistillJobConfig, {"assistant": {"steps": 0}})
+        cfg.from_dict(denoise_config.DistillJobConfig, {"assistant": {"steps": 0}})
     with pytest.raises(cfg.ConfigError, match=r"assistant.widths"):
-        cfg.from_dict(cfg.DistillJobConfig, {"assistant": {"widths": [8]}})
-    assert cfg.from_dict(cfg.DistillJobConfig, {}).assistant.steps_for(3000) == 500
+        cfg.from_dict(denoise_config.DistillJobConfig, {"assistant": {"widths": [8]}})
+    assert cfg.from_dict(denoise_config.DistillJobConfig, {}).assistant.steps_for(3000) == 500

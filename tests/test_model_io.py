@@ -5,8 +5,9 @@ import pytest
 import keras
 
 from kd_tf.distiller import Distiller
-from kd_tf.model_io import float32_copy, load_model, save_model, with_dtype_policy
-from kd_tf.nets import build_unet
+from kd_tf.denoise.nets import float32_copy
+from kd_tf.model_io import load_model, save_model, with_dtype_policy
+from kd_tf.denoise.nets import build_unet
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_teacher_is_stored_in_bfloat16_and_computes_what_mixed_precision_did(tmp
     import keras
 
     from kd_tf.model_io import load_teacher
-    from kd_tf.nets import build_unet
+    from kd_tf.denoise.nets import build_unet
 
     keras.utils.set_random_seed(0)
     build_unet((8, 16), 1, name="teacher").save(tmp_path / "teacher.keras")

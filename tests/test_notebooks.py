@@ -111,7 +111,7 @@ def test_setup_cell_finds_the_repository_from_either_folder(cwd, tmp_path):
     source = nbformat.read(ROOT / "notebooks" / "01_denoise_distillation.ipynb", as_version=4)
     code = [cell for cell in source.cells if cell.cell_type == "code"]
     setup = next(i for i, cell in enumerate(code) if "def repo_root" in cell.source)
-    probe = nbformat.v4.new_code_cell("import kd_tf.data\nprint(Path.cwd(), Path(kd_tf.data.__file__).parent.parent)")
+    probe = nbformat.v4.new_code_cell("import kd_tf.images\nprint(Path.cwd(), Path(kd_tf.images.__file__).parent.parent)")
     trimmed = nbformat.v4.new_notebook(cells=code[:setup + 1] + [probe], metadata=source.metadata)
     path = tmp_path / "setup_only.ipynb"
     nbformat.write(trimmed, path)

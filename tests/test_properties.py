@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image, ImageOps
 
-from kd_tf import data, inference
-from kd_tf.nets import build_unet
+from kd_tf import images, inference
+from kd_tf.denoise.nets import build_unet
 
 SETTINGS = settings(max_examples=25, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -111,7 +111,7 @@ def test_reader_round_trips_every_accepted_layout(tmp_path, stored, keep_alpha):
     params = {".webp": [cv2.IMWRITE_WEBP_QUALITY, 101], ".tif": [cv2.IMWRITE_TIFF_COMPRESSION, 1]}.get(extension, [])
     path = tmp_path / f"image{extension}"
     assert cv2.imwrite(str(path), array, params)
-    image = data.read_image(path, keep_alpha=keep_alpha)
+    image = images.read_image(path, keep_alpha=keep_alpha)
     peak = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535, np.dtype(np.float32): 1}[array.dtype]
     stored_bgr = array.reshape(array.shape[:2] + (-1,)).astype(np.float32) / np.float32(peak)
     order = {1: [0, 0, 0], 3: [2, 1, 0], 4: [2, 1, 0, 3] if keep_alpha else [2, 1, 0]}[stored_bgr.shape[-1]]
@@ -126,8 +126,8 @@ def test_reader_round_trips_every_accepted_layout(tmp_path, stored, keep_alpha):
        bit_depth=st.sampled_from([8, 16]))
 def test_write_then_read_is_exact_up_to_quantization(tmp_path, image, bit_depth):
     path = tmp_path / "out.png"
-    data.write_image(path, image, bit_depth=bit_depth)
-    back = data.read_image(path, keep_alpha=True)
+    images.write_image(path, image, bit_depth=bit_depth)
+    back = images.read_image(path, keep_alpha=True)
     peak = 255 if bit_depth == 8 else 65535
     np.testing.assert_allclose(back, np.clip(image, 0, 1), atol=0.5 / peak + 1e-6, rtol=0)
 
@@ -143,4 +143,4 @@ def test_exif_orientation_matches_pillow(tmp_path, orientation, height, width, k
     Image.fromarray(pixels).save(buffer, kind, exif=exif.tobytes(), **({"lossless": True} if kind == "WEBP" else {}))
     (tmp_path / "photo.img").write_bytes(buffer.getvalue())
     upright = np.asarray(ImageOps.exif_transpose(Image.open(buffer)), np.float32) / np.float32(255)
-    np.testing.assert_array_equal(data.read_image(tmp_path / "photo.img"), upright)
+    np.testing.assert_array_equal(images.read_image(tmp_path / "photo.img"), upright)

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from kd_tf import config as cfg
+from kd_tf.denoise import config as denoise_config
 from kd_tf import export
-from kd_tf.data import patch_dataset
-from kd_tf.nets import build_unet
-from kd_tf.nets.fake_quant import (FakeQuant, calibrate_ranges, copy_weights, freeze_ranges, quant_name,
-                                   quantize_aware)
-from kd_tf.nets.unet import equalize_channel_ranges, has_unet_streams
+from kd_tf.images import patch_dataset
+from kd_tf.denoise.nets import build_unet
+from kd_tf.fake_quant import FakeQuant, calibrate_ranges, copy_weights, freeze_ranges, quant_name, quantize_aware
+from kd_tf.denoise.nets import equalize_channel_ranges, has_unet_streams, unet_equalizer
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def batches(photos):
 
 def _level_peaks(model, batches, level=0):
     """Per-channel peak |value| over every tensor that carries a level's stream."""
-    from kd_tf.nets.unet import _stream_layers
+    from kd_tf.denoise.nets import _stream_layers
 
     _, _, carriers = _stream_layers(model, level, 3)
     taps = keras.Model(model.inputs, [model.get_layer(name).output for name in carriers])
@@ -103,12 +103,12 @@ def test_frozen_ranges_do_not_move_in_training(uneven_unet, batches):
 
 def test_export_with_qat_writes_an_int8_model(tmp_path, tiny_teacher):
     """The CLI path: percentile calibration plus a few QAT steps, on tiny models."""
-    from kd_tf.export_job import export_student
+    from kd_tf.denoise.export_job import export_student
     from kd_tf.model_io import save_model
 
     teacher_path = save_model(tiny_teacher, tmp_path / "teacher.keras")
     student_path = save_model(build_unet((4, 8), 1, name="student"), tmp_path / "student.keras")
-    config = cfg.from_dict(cfg.ExportJobConfig, {
+    config = cfg.from_dict(denoise_config.ExportJobConfig, {
         "model": str(student_path), "out_dir": str(tmp_path / "out"), "formats": ["int8"], "qat_steps": 3,
         "qat_teacher": str(teacher_path), "calibration_batches": 2, "latency_sizes": [32], "threads": [1],
         "data": {"patch_size": 32, "batch_size": 2, "corpus_path": str(tmp_path / "no-corpus")},
@@ -122,15 +122,15 @@ def test_export_with_qat_writes_an_int8_model(tmp_path, tiny_teacher):
     assert len(parity["sets"]["heldout"]["per_image"]) == 5 and "int8 against float" in report["table"]
     assert not list((tmp_path / "out").glob("*.partial"))
     with pytest.raises(cfg.ConfigError, match="qat_steps"):
-        cfg.from_dict(cfg.ExportJobConfig, {"qat_steps": 5, "int8_calibration": "minmax"})
+        cfg.from_dict(denoise_config.ExportJobConfig, {"qat_steps": 5, "int8_calibration": "minmax"})
 
 
 def test_qat_distills_from_the_teacher_of_the_students_run_even_a_non_blind_one(tmp_path, monkeypatch):
     """A student from a run is fine-tuned toward the teacher that made it (here a tiny FFDNet,
     which takes [image, noise level]), and the report names it; a student from no run, toward the
     shipped teacher."""
-    from kd_tf import export_job
-    from kd_tf.ffdnet import build_ffdnet
+    from kd_tf.denoise import export_job
+    from kd_tf.denoise.ffdnet import build_ffdnet
     from kd_tf.model_io import save_model
 
     keras.utils.set_random_seed(0)
@@ -145,21 +145,21 @@ def test_qat_distills_from_the_teacher_of_the_students_run_even_a_non_blind_one(
     settings = {"out_dir": str(tmp_path / "out"), "formats": ["int8"], "qat_steps": 2, "calibration_batches": 2,
                 "latency_sizes": [32], "threads": [1], "data": {"patch_size": 32, "batch_size": 2},
                 "output": {"runs_dir": str(tmp_path / "runs_export"), "log_dir": str(tmp_path / "tb")}}
-    report = export_job.export_student(cfg.from_dict(cfg.ExportJobConfig, {"model": str(student_path), **settings}))
+    report = export_job.export_student(cfg.from_dict(denoise_config.ExportJobConfig, {"model": str(student_path), **settings}))
     assert loaded == [str(teacher_path)]
     assert report["qat_teacher"]["path"] == str(teacher_path) and "training_config.json" in report["qat_teacher"]["why"]
     assert str(teacher_path) in report["table"] and np.isfinite(report["formats"]["int8"]["psnr"])
 
-    assert export_job.qat_teacher(cfg.from_dict(cfg.ExportJobConfig, {"model": str(tmp_path / "s.keras")}))[0] \
-        == cfg.DEFAULT_TEACHER                                 # a student from no run
-    assert export_job.qat_teacher(cfg.from_dict(cfg.ExportJobConfig, {
+    assert export_job.qat_teacher(cfg.from_dict(denoise_config.ExportJobConfig, {"model": str(tmp_path / "s.keras")}))[0] \
+        == denoise_config.DEFAULT_TEACHER                                 # a student from no run
+    assert export_job.qat_teacher(cfg.from_dict(denoise_config.ExportJobConfig, {
         "model": str(student_path), "qat_teacher": "mine.keras"}))[0] == "mine.keras"   # asked for: used
 
 
 # -- issue 17: int8 that keeps its colours ------------------------------------------------------
 
 def test_colour_sets_cover_the_gamut_and_calibration_never_sees_the_check():
-    from kd_tf.int8_parity import colour_set, gamut_images, noisy_8bit_batches
+    from kd_tf.denoise.int8_parity import colour_set, gamut_images, noisy_8bit_batches
 
     check = colour_set(32)
     assert {"flat_yellow", "hue_wheel", "near_black", "near_white", "primaries_secondaries"} <= set(check)
@@ -179,7 +179,7 @@ def test_colour_sets_cover_the_gamut_and_calibration_never_sees_the_check():
 
 
 def test_parity_report_names_the_worst_image_and_the_channel_shift():
-    from kd_tf.int8_parity import colour_set, parity_report
+    from kd_tf.denoise.int8_parity import colour_set, parity_report
 
     sets = {"colour": {k: v for k, v in colour_set(32).items() if k in ("flat_yellow", "grey_ramp", "near_black")}}
     identity = lambda batch: np.asarray(batch)                                      # noqa: E731
@@ -211,14 +211,15 @@ def _int8_parity(student, gamut, tmp_path):
     """The shipped student through the exporter's int8 path: with the fix (gamut in the
     calibration, input and output ranges [0, 1]) or as before issue 17 (photos only, unclipped
     noise, calibrated input and output ranges)."""
-    from kd_tf.data import load_split
-    from kd_tf.export_job import calibration_batches
-    from kd_tf.int8_parity import colour_set, parity_report
+    from kd_tf.images import load_split
+    from kd_tf.denoise.export_job import calibration_batches
+    from kd_tf.denoise.int8_parity import colour_set, parity_report
 
     split = load_split()
     calibration = calibration_batches(split.train, 6, gamut=gamut)
     fixed = (0.0, 1.0) if gamut else None
-    ready = export.int8_ready(student, calibration, input_range=fixed, output_range=fixed)
+    ready = export.int8_ready(student, calibration, equalize=unet_equalizer(student), input_range=fixed,
+                              output_range=fixed)
     saved = export.export_saved_model(ready, tmp_path / ("fixed" if gamut else "before"))
     int8 = export.LiteRTModel(export.to_tflite(saved, "int8", calibration), num_threads=2)
     photos = {name: image[:256, :256] for name, image in split.heldout.items() if name in ("camera", "flower")}

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from kd_tf.nets import build_unet
+from kd_tf.denoise.nets import build_unet
 
 CONFIG = """
 data: {patch_size: 32, batch_size: 4, val_crop: 32, val_crops_per_image: 1}

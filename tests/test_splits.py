@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from kd_tf import config as cfg
+from kd_tf.denoise import config as denoise_config
 from kd_tf.runs import RunPaths, image_digest, record_split, trained_on
 
 
@@ -35,9 +36,9 @@ def test_resumed_run_with_another_split_is_refused(tmp_path):
 
 
 def test_evaluate_refuses_a_model_on_images_it_trained_on(tmp_path):
-    from kd_tf.data import write_image
-    from kd_tf.jobs import evaluate_saved
-    from kd_tf.nets import build_unet
+    from kd_tf.images import write_image
+    from kd_tf.denoise.jobs import evaluate_saved
+    from kd_tf.denoise.nets import build_unet
 
     folder = tmp_path / "photos"
     images = _images(2, 4)
@@ -48,7 +49,7 @@ def test_evaluate_refuses_a_model_on_images_it_trained_on(tmp_path):
     build_unet((4, 8), 1).save(run / "student.keras")
     # the run trained on every photo (as if with another heldout_fraction): nothing may be scored
     (run / "split.json").write_text(json.dumps({"train": {f"{n}.png": image_digest(i) for n, i in images.items()}}))
-    config = cfg.load(cfg.DistillJobConfig, None, {
+    config = cfg.load(denoise_config.DistillJobConfig, None, {
         "data.data_dir": str(folder), "data.patch_size": 32, "data.heldout_fraction": 0.25,
         "eval.sigmas": [25], "eval.baselines": [], "eval.timing_size": 64,
         "output.runs_dir": str(tmp_path / "runs"), "output.log_dir": str(tmp_path / "tb")})
@@ -65,7 +66,7 @@ def test_a_rerun_with_other_training_settings_does_not_resume_silently(tmp_path)
     from kd_tf.runs import record_config
 
     output = cfg.OutputConfig(run_name="r", runs_dir=str(tmp_path / "runs"), log_dir=str(tmp_path / "tb"))
-    config = cfg.to_dict(cfg.DistillJobConfig())
+    config = cfg.to_dict(denoise_config.DistillJobConfig())
     record_config(RunPaths(output, "distill"), config)
     record_config(RunPaths(output, "distill"), {**config, "eval": {"sigmas": [25.0]}})     # evaluation may change
     other = json.loads(json.dumps(config))
@@ -79,7 +80,7 @@ def test_a_key_added_after_a_run_started_does_not_block_its_resume_at_its_defaul
     from kd_tf.runs import record_config
 
     output = cfg.OutputConfig(run_name="r", runs_dir=str(tmp_path / "runs"), log_dir=str(tmp_path / "tb"))
-    defaults = cfg.to_dict(cfg.DistillJobConfig())
+    defaults = cfg.to_dict(denoise_config.DistillJobConfig())
     older = json.loads(json.dumps(defaults))
     del older["distill"]["cache_augment"]                      # a run started before the key existed
     record_config(RunPaths(output, "distill"), older)
@@ -91,12 +92,12 @@ def test_a_key_added_after_a_run_started_does_not_block_its_resume_at_its_defaul
 
 
 def test_reports_score_the_second_heldout_set_when_the_corpus_is_there(tmp_path, monkeypatch):
-    from kd_tf import jobs
-    from kd_tf.nets import build_unet
+    from kd_tf.denoise import jobs
+    from kd_tf.denoise.nets import build_unet
 
     big = np.random.default_rng(3).random((600, 700, 3)).astype(np.float32)
     monkeypatch.setattr(jobs, "heldout2_photos", lambda data: {"wallpaper": big})
-    config = cfg.load(cfg.DistillJobConfig, None, {"eval.sigmas": [25], "eval.baselines": [], "eval.max_images": 1,
+    config = cfg.load(denoise_config.DistillJobConfig, None, {"eval.sigmas": [25], "eval.baselines": [], "eval.max_images": 1,
                                                    "eval.timing_size": 64, "output.runs_dir": str(tmp_path)})
     split = type("Split", (), {"heldout": {"tiny": big[:64, :64]}})()
     paths = RunPaths(config.output, "evaluate")
@@ -115,4 +116,4 @@ def test_tests_never_write_into_the_repositorys_runs_or_tensorboard_logs():
     output = cfg.OutputConfig()
     for folder in (output.runs_dir, output.log_dir):
         assert not Path(folder).resolve().is_relative_to(repo), folder
-    assert cfg.DistillJobConfig().output.log_dir == output.log_dir
+    assert denoise_config.DistillJobConfig().output.log_dir == output.log_dir

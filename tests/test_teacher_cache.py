@@ -82,7 +82,7 @@ def test_cached_outputs_refuse_feature_terms(tiny_teacher, tiny_student, rng):
 
 def test_offline_distillation_learns(tiny_teacher, rng):
     """A few hundred cached steps move the student toward the teacher."""
-    from kd_tf.nets import build_unet
+    from kd_tf.denoise.nets import build_unet
 
     keras.utils.set_random_seed(0)
     student = build_unet((4, 8), 1, name="student_offline")

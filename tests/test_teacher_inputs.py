@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import kd_tf.data
+import kd_tf.images
 import kd_tf.teacher_cache
-from kd_tf.data import patch_dataset, to_8bit, with_noise_level
+from kd_tf.images import patch_dataset, to_8bit, with_noise_level
 from kd_tf.distiller import Distiller
-from kd_tf.evaluation import evaluate, methods_for
+from kd_tf.denoise.evaluation import evaluate, methods_for
 from kd_tf.model_io import takes_noise_level
 from kd_tf.teacher_cache import cache_teacher_outputs, split_inputs
 
@@ -33,7 +33,7 @@ def images(photos):
 
 
 def test_docstring_examples_run():
-    for module in (kd_tf.data, kd_tf.teacher_cache):
+    for module in (kd_tf.images, kd_tf.teacher_cache):
         failed, tried = doctest.testmod(module)
         assert tried and not failed, module.__name__
 
@@ -78,7 +78,7 @@ def test_report_scores_a_non_blind_model_with_the_true_sigma(images):
 
 
 def test_noise_level_is_required_for_a_non_blind_model():
-    from kd_tf.evaluation import run_on_image
+    from kd_tf.inference import run_on_image
 
     with pytest.raises(ValueError, match="noise level"):
         run_on_image(level_teacher(), np.zeros((16, 16, 3), np.float32))
@@ -96,7 +96,7 @@ def test_denoise_cli_gives_a_non_blind_model_its_sigma(tmp_path, capsys):
     noisy = np.clip(clean + rng.normal(0, 25, clean.shape), 0, 255).astype(np.uint8)
     cv2.imwrite(str(image), noisy)
     model = tmp_path / "level.keras"
-    from kd_tf.ffdnet import build_ffdnet
+    from kd_tf.denoise.ffdnet import build_ffdnet
 
     build_ffdnet(features=8, depth=3).save(model)
     assert main(["denoise", "--model", str(model), "--input", str(image), "--output", str(tmp_path / "no")]) == 2

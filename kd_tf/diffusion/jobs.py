@@ -18,14 +18,14 @@ import tensorflow as tf
 from kd_tf import config as cfg
 from kd_tf.callbacks import digit_grid
 from kd_tf.complexity import count_macs, count_params
-from kd_tf.data import write_image
+from kd_tf.images import write_image
 from kd_tf.diffusion.model import DiffusionModel
 from kd_tf.diffusion.nets import build_denoiser
 from kd_tf.diffusion.progressive import progressive_distillation
 from kd_tf.diffusion.sampler import DDIMSampler
 from kd_tf.digits import as_unit, load_digits
 from kd_tf.distribute import BackupAndRestore
-from kd_tf.evaluation import render_table
+from kd_tf.tables import render_table
 from kd_tf.model_io import load_frozen, save_model
 from kd_tf.runs import RunPaths, epochs_for, resumed_batches
 
@@ -56,7 +56,7 @@ def macs_per_image(network: keras.Model, steps: int) -> int:
 
 
 def _score(network, steps, scorer, eval_config, name) -> dict:
-    from kd_tf.gan_jobs import keras_generate, ms_per_64
+    from kd_tf.generators import keras_generate, ms_per_64
 
     generator = as_generator(network, steps)
     generate = keras_generate(generator)
@@ -83,7 +83,7 @@ def _write_grid(path, network, steps, seed=1234, count=64):
 
 def train_teacher(config) -> dict:
     """Trains the noise-predicting network on the training digits; scores its sampler."""
-    from kd_tf.gan_jobs import Scorer
+    from kd_tf.generators import Scorer
 
     config.validate()
     keras.utils.set_random_seed(config.train.seed)
@@ -125,7 +125,7 @@ def train_teacher(config) -> dict:
 def distill(config) -> dict:
     """Progressive distillation of the teacher's sampler, `teacher_steps` -> ... -> `end_steps`;
     every stage's sampler scored on the same latents, the chosen ones exported to int8 TFLite."""
-    from kd_tf.gan_jobs import Scorer, export_generator, score_tflite
+    from kd_tf.generators import Scorer, export_generator, score_tflite
 
     config.validate()
     keras.utils.set_random_seed(config.seed)
@@ -150,7 +150,7 @@ def distill(config) -> dict:
         if index and steps in config.export_int8_steps:
             tflite = export_generator(as_generator(network, steps), paths.root / f"export_{steps}_steps")
             exported[steps] = str(tflite)
-            rows[f"student, {steps} steps, int8"] = {**score_tflite(tflite, scorer, config.eval), "steps": steps,
+            rows[f"student, {steps} steps, int8"] = {**score_tflite(tflite, scorer, config.eval.samples), "steps": steps,
                                                      "params": count_params(network),
                                                      "macs": macs_per_image(network, steps)}
     teacher_row = rows[f"teacher, {config.teacher_steps} steps"]

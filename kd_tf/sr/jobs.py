@@ -17,11 +17,13 @@ import tensorflow as tf
 
 from kd_tf import config as cfg
 from kd_tf.complexity import count_macs, count_params
-from kd_tf.data import fixed_crops, most_textured_window, patch_dataset, to_8bit
+from kd_tf.images import fixed_crops, load_split, most_textured_window, patch_dataset, to_8bit
 from kd_tf.degradations import Downscale
 from kd_tf.distiller import Distiller
-from kd_tf.evaluation import render_table, run_on_image
+from kd_tf.tables import render_table
+from kd_tf.inference import run_on_image
 from kd_tf.metrics import image_scores
+from kd_tf.photo_corpus import HELDOUT2_CROP, heldout2_photos
 from kd_tf.model_io import load_float_teacher, save_model
 from kd_tf.runs import (RunPaths, cosine_optimizer, epochs_for, record_config, record_split, resumed_batches,
                         standard_callbacks)
@@ -29,15 +31,13 @@ from kd_tf.sr.nets import build_upscaler
 from kd_tf.teacher_cache import cache_teacher_outputs
 
 log = logging.getLogger(__name__)
-HELDOUT2_CROP = 512
 
 
 def _images(config_data):
-    """(split, training images): the split of kd_tf.jobs (embedded photos or a folder), plus the
-    photo corpus's training photos with data.corpus."""
-    from kd_tf.jobs import _split
-
-    split = _split(config_data)
+    """(split, training images): the split every image task uses (kd_tf.images.load_split: the
+    embedded photos or a folder), plus the photo corpus's training photos with data.corpus."""
+    split = load_split(config_data.data_dir, config_data.heldout_fraction, config_data.split_seed,
+                       min_size=config_data.patch_size)
     train = dict(split.train)
     if config_data.corpus:
         from kd_tf.photo_corpus import load_corpus
@@ -74,10 +74,8 @@ def score(upscalers: dict, photos: dict, factor: int) -> dict:
 
 
 def _heldout_sets(config_data, split) -> dict:
-    from kd_tf.jobs import heldout2_photos
-
     sets = {"heldout1": split.heldout}
-    second = heldout2_photos(config_data)
+    second = heldout2_photos(config_data.corpus_dir())
     if second:
         sets["heldout2"] = {k: most_textured_window(v, HELDOUT2_CROP) for k, v in second.items()}
     return sets

@@ -7,32 +7,10 @@ bilinear copy of the input added back, so the network learns only the missing de
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 from keras import layers
 
 from kd_tf.errors import InputError
-from kd_tf.ffdnet import DepthToSpace       # the pixel shuffle FFDNet's port uses too
-
-
-@keras.saving.register_keras_serializable(package="kd_tf")
-class BilinearUpscale(layers.Layer):
-    """Bilinear enlargement by `factor` that also traces with unknown height and width (Keras'
-    UpSampling2D does not, which a SavedModel with dynamic H and W needs); TFLite's RESIZE_BILINEAR."""
-
-    def __init__(self, factor: int, **kwargs):
-        super().__init__(**kwargs)
-        self.factor = int(factor)
-
-    def call(self, images):
-        size = tf.shape(images)[1:3] * self.factor
-        return tf.cast(tf.image.resize(images, size, method="bilinear"), images.dtype)
-
-    def compute_output_shape(self, input_shape):
-        grow = lambda d: None if d is None else d * self.factor   # noqa: E731
-        return (input_shape[0], grow(input_shape[1]), grow(input_shape[2]), input_shape[3])
-
-    def get_config(self):
-        return {**super().get_config(), "factor": self.factor}
+from kd_tf.layers import BilinearUpscale, DepthToSpace    # DepthToSpace: FFDNet's port uses it too
 
 
 def build_upscaler(width: int = 32, blocks: int = 4, factor: int = 2, channels: int = 3,
@@ -41,7 +19,7 @@ def build_upscaler(width: int = 32, blocks: int = 4, factor: int = 2, channels: 
 
     >>> build_upscaler(8, 1, 2).output_shape
     (None, None, None, 3)
-    >>> build_upscaler(8, 1, 2)(tf.zeros((1, 5, 7, 3))).shape
+    >>> build_upscaler(8, 1, 2)(keras.ops.zeros((1, 5, 7, 3))).shape
     TensorShape([1, 10, 14, 3])
     """
     if int(width) < 1 or int(blocks) < 0 or int(factor) < 2:

@@ -8,7 +8,7 @@ activation energy. The sliced network is a poor denoiser as it stands (dropped c
 holes), but its filters are the teacher's: measured here, it trains to in 800 steps what a
 randomly initialised student needs several thousand for.
 
-Both networks must come from kd_tf.nets.build_unet (the layer names tell the streams apart); the
+Both networks must come from kd_tf.denoise.nets.build_unet (the layer names tell the streams apart); the
 student has the teacher's number of levels and at most its widths and blocks.
 """
 
@@ -17,7 +17,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from kd_tf.nets.unet import _stream_layers, has_unet_streams, stride_of
+from kd_tf.denoise.nets import _stream_layers, has_unet_streams
+from kd_tf.inference import stride_of
 from kd_tf.errors import InputError
 
 
@@ -46,7 +47,7 @@ def _width(model: keras.Model, level: int) -> int:
 def _check_pair(teacher: keras.Model, student: keras.Model):
     for role, model in (("teacher", teacher), ("student", student)):
         if not has_unet_streams(model):
-            raise InputError(f"the {role} is not a kd_tf.nets.build_unet network (layers head/down*/up*/skip*/"
+            raise InputError(f"the {role} is not a kd_tf.denoise.nets.build_unet network (layers head/down*/up*/skip*/"
                              f"tail); weight inheritance needs its layer names")
     levels = _levels(teacher)
     if _levels(student) != levels:

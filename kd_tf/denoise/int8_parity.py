@@ -12,8 +12,8 @@ orange (-6.5 dB against float; issue 17). This module holds
   calibration data (the check never scores what calibration saw);
 - `image_parity` / `parity_report`: per-image PSNR of the float and the int8 model under the
   evaluation protocol (8-bit noisy input, output clipped and rounded to 8 bits,
-  kd_tf.data.to_8bit), the drop, the mean per-channel shift int8 - float in 1/255 units, the
-  worst image named; and the same for a generator on fixed latents (`generator_parity`).
+  kd_tf.images.to_8bit), the drop, the mean per-channel shift int8 - float in 1/255 units, the
+  worst image named (a generator's parity on fixed latents is kd_tf.generators.generator_parity).
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def gamut_images(count: int, size: int = 64, seed: int = 0) -> list[np.ndarray]:
 def noisy_8bit_batches(images, batch_size: int, sigma_range=(0.0, 55.0), seed: int = 0) -> list[np.ndarray]:
     """Batches of `images` (equal sizes) with Gaussian noise of a per-image sigma drawn in
     `sigma_range` (0-255 scale), rounded and clipped to 8 bits as a user's photo is."""
-    from kd_tf.data import to_8bit
+    from kd_tf.images import to_8bit
 
     rng = np.random.default_rng(seed)
     batches = []
@@ -157,9 +157,9 @@ def image_parity(float_model, int8_model, images: dict[str, np.ndarray], sigma: 
     """Float vs int8 on `images` under the evaluation protocol. `float_model`/`int8_model` map an
     NHWC float batch to an NHWC batch (a Keras model, kd_tf.export.LiteRTModel, ...).
 
-    Image i (sorted by name) gets noise seed `seed + i`, as kd_tf.evaluation scores a set, is
+    Image i (sorted by name) gets noise seed `seed + i`, as kd_tf.denoise.evaluation scores a set, is
     cropped to a multiple of `stride` and run whole. Returns per-image rows and a summary."""
-    from kd_tf.data import noisy_copy, to_8bit
+    from kd_tf.images import noisy_copy, to_8bit
     from kd_tf.metrics import image_scores
 
     rows = {}
@@ -196,7 +196,7 @@ def parity_sets(heldout: dict[str, np.ndarray], corpus_dir=None, colour_size: in
     """The sets of the parity check: the synthetic colour set, the given held-out photos and the
     photo corpus's second held-out set (its most textured `heldout2_crop` px windows, as the
     reports score it) when the corpus is there. Returns (sets, {set: why it was skipped})."""
-    from kd_tf.data import most_textured_window
+    from kd_tf.images import most_textured_window
 
     sets = {"colour": colour_set(colour_size), "heldout": dict(heldout)}
     skipped = {}
@@ -229,7 +229,7 @@ def parity_report(float_model, int8_model, sets: dict[str, dict], skipped: dict 
 
 
 def format_parity(report: dict) -> str:
-    from kd_tf.evaluation import render_table
+    from kd_tf.tables import render_table
 
     rows = [[name, str(r["images"]), f"{r['mean_drop_db']:+.3f}", f"{r['max_drop_db']:+.3f}", r["worst_image"],
              f"{r['max_abs_channel_shift_255']:.2f}", "yes" if all(r["targets_met"].values()) else "no"]
@@ -239,30 +239,3 @@ def format_parity(report: dict) -> str:
     for name, why in report.get("skipped", {}).items():
         table += f"\n{name}: skipped ({why})"
     return table
-
-
-def generator_parity(float_generator, int8_generator, latent_dim: int, samples: int = 256, seed: int = 0,
-                     batch_size: int = 64) -> dict:
-    """Float vs int8 generator on fixed N(0, 1) latents: both outputs in [-1, 1] mapped to 8-bit
-    images; per sample the PSNR of int8 against float (the float image as reference), and the
-    mean intensity shift int8 - float in 1/255 (the one-channel analogue of a colour shift)."""
-    from kd_tf.data import to_8bit
-
-    z = np.random.default_rng(seed).standard_normal((samples, latent_dim)).astype(np.float32)
-    psnrs, shifts, errors = [], [], []
-    for start in range(0, samples, batch_size):
-        batch = z[start:start + batch_size]
-        a = to_8bit((np.asarray(float_generator(batch), np.float32) + 1.0) / 2.0)
-        b = to_8bit((np.asarray(int8_generator(batch), np.float32) + 1.0) / 2.0)
-        mse = ((a - b) ** 2).reshape(len(batch), -1).mean(axis=1)
-        psnrs.extend(10 * np.log10(1.0 / np.maximum(mse, 1e-12)))
-        shifts.extend((b - a).reshape(len(batch), -1).mean(axis=1) * 255.0)
-        errors.extend(np.abs(b - a).reshape(len(batch), -1).mean(axis=1) * 255.0)
-    psnrs, shifts = np.asarray(psnrs), np.asarray(shifts)
-    worst = int(np.argmin(psnrs))
-    return {"samples": samples, "latent_seed": seed,
-            "psnr_int8_vs_float_mean_db": float(np.mean(np.minimum(psnrs, 100.0))),
-            "psnr_int8_vs_float_min_db": float(psnrs[worst]), "worst_sample": worst,
-            "mean_intensity_shift_255": float(np.mean(shifts)),
-            "max_abs_intensity_shift_255": float(np.max(np.abs(shifts))),
-            "mean_abs_pixel_error_255": float(np.mean(errors))}

@@ -18,14 +18,16 @@ import numpy as np
 import tensorflow as tf
 
 from kd_tf import config as cfg
+from kd_tf.denoise import config as denoise_config
 from kd_tf.complexity import count_macs
-from kd_tf.data import load_split, patch_dataset, with_noise_level
+from kd_tf.images import load_split, patch_dataset, with_noise_level
 from kd_tf.degradations import AlreadyDegraded
 from kd_tf.distiller import Distiller
-from kd_tf.evaluation import render_table, run_on_image
+from kd_tf.tables import render_table
+from kd_tf.inference import run_on_image
 from kd_tf.metrics import image_scores
-from kd_tf.model_io import float32_copy, load_float_teacher, save_model, takes_noise_level
-from kd_tf.nets import build_unet
+from kd_tf.denoise.nets import build_unet, float32_copy
+from kd_tf.model_io import load_float_teacher, save_model, takes_noise_level
 from kd_tf.runs import (RunPaths, cosine_optimizer, epochs_for, record_config, record_split, resumed_batches,
                         standard_callbacks)
 from kd_tf.teacher_cache import cache_teacher_outputs
@@ -52,7 +54,7 @@ def agreement(teacher, student, photos: dict, sigma: float) -> dict:
     return {"images": rows, "mean": means}
 
 
-def distill_unlabeled(config: cfg.DistillJobConfig) -> dict:
+def distill_unlabeled(config: denoise_config.DistillJobConfig) -> dict:
     """Trains config.student on the teacher's outputs for a folder of degraded photos."""
     config.validate()
     if not config.data.data_dir:

@@ -19,10 +19,12 @@ import numpy as np
 from kd_tf.atomic import write_bytes_atomically
 from kd_tf.precision import bfloat16_is_fast
 from kd_tf import config as cfg
-from kd_tf.data import load_split, patch_dataset
+from kd_tf.denoise import config as denoise_config
+from kd_tf.images import load_split, patch_dataset
 from kd_tf.distiller import Distiller
-from kd_tf.evaluation import render_table
+from kd_tf.tables import render_table
 from kd_tf.model_io import load_model, load_teacher, save_model, takes_noise_level
+from kd_tf.denoise.nets import unet_equalizer
 from kd_tf.runs import RunPaths
 from kd_tf.teacher_cache import cache_teacher_outputs
 
@@ -33,11 +35,11 @@ def calibration_batches(images: dict, batches: int, seed: int = 7, data: cfg.Dat
                         gamut: bool = True) -> list:
     """Full-integer calibration data as a user's image reaches the model (8-bit: noise as in
     training, then rounded and clipped): real training crops and, with `gamut`, as many batches
-    of synthetic colour-gamut images (kd_tf.int8_parity.gamut_images: saturated primaries and
+    of synthetic colour-gamut images (kd_tf.denoise.int8_parity.gamut_images: saturated primaries and
     secondaries, gradients, hue wheels, near-black/white), interleaved. Photos alone leave
     saturated colours outside the calibrated ranges (issue 17: -6.5 dB on flat yellow)."""
-    from kd_tf.data import to_8bit
-    from kd_tf.int8_parity import gamut_images, noisy_8bit_batches
+    from kd_tf.images import to_8bit
+    from kd_tf.denoise.int8_parity import gamut_images, noisy_8bit_batches
 
     data = data or cfg.DataConfig()
     stream = patch_dataset(images, data.patch_size, 8, (data.sigma_min, data.sigma_max), seed=seed)
@@ -64,11 +66,12 @@ def _latency_ms(predict, size: int, repeats: int = 5) -> float:
     return 1000.0 * float(np.median(times))
 
 
-def quantization_aware_finetune(aware: keras.Model, config: cfg.ExportJobConfig, images: dict) -> keras.Model:
+def quantization_aware_finetune(aware: keras.Model, config: denoise_config.ExportJobConfig,
+                                images: dict) -> keras.Model:
     """Fine-tunes the int8-ready copy with its calibrated ranges frozen, distilling from the
     teacher on cached outputs as the student itself was trained; its weights learn to sit well
     on the int8 grid (1,000 steps: from 0.117 to 0.070 dB lost on the shipped student, see the model card)."""
-    from kd_tf.nets.fake_quant import freeze_ranges
+    from kd_tf.fake_quant import freeze_ranges
 
     keras.utils.set_random_seed(config.eval_seed)
     teacher_path, why = qat_teacher(config)
@@ -116,7 +119,7 @@ def run_teacher(model_path) -> str | None:
     return (json.loads(record.read_text()).get("distill") or {}).get("teacher")
 
 
-def qat_teacher(config: cfg.ExportJobConfig) -> tuple[str, str]:
+def qat_teacher(config: denoise_config.ExportJobConfig) -> tuple[str, str]:
     """(path, why) of the teacher QAT distills from: qat_teacher when set, else the teacher of the
     student's run, else the shipped teacher. A student is fine-tuned toward what it learned from."""
     if config.qat_teacher:
@@ -124,18 +127,18 @@ def qat_teacher(config: cfg.ExportJobConfig) -> tuple[str, str]:
     from_run = run_teacher(config.model)
     if from_run:
         return from_run, f"the teacher of the student's run ({Path(config.model).parent / 'training_config.json'})"
-    return cfg.DEFAULT_TEACHER, "the shipped teacher (the student comes from no run)"
+    return denoise_config.DEFAULT_TEACHER, "the shipped teacher (the student comes from no run)"
 
 
-def export_student(config: cfg.ExportJobConfig) -> dict:
+def export_student(config: denoise_config.ExportJobConfig) -> dict:
     """Exports the student to every requested format and measures each one against the Keras
     float student: PSNR/SSIM on the held-out photos, size, op count, latency."""
     import tensorflow as tf
 
     from kd_tf import export
-    from kd_tf.data import noisy_copy, to_8bit
+    from kd_tf.images import noisy_copy, to_8bit
     from kd_tf.inference import Runner, load_runner, run_rgb
-    from kd_tf.int8_parity import format_parity, parity_report, parity_sets
+    from kd_tf.denoise.int8_parity import format_parity, parity_report, parity_sets
     from kd_tf.metrics import image_scores
 
     config.validate()
@@ -172,6 +175,7 @@ def export_student(config: cfg.ExportJobConfig) -> dict:
             if fmt == "int8" and config.int8_calibration == "percentile":
                 source_dir = out / "savedmodel_int8_ready.partial"
                 ready = export.int8_ready(student, calibration, config.calibration_percentile,
+                                          equalize=unet_equalizer(student),
                                           input_range=(0.0, 1.0), output_range=(0.0, 1.0))
                 if config.qat_steps:
                     ready = quantization_aware_finetune(ready, config, split.train)
@@ -219,7 +223,7 @@ def export_student(config: cfg.ExportJobConfig) -> dict:
     return report
 
 
-def format_export_table(report: dict, config: cfg.ExportJobConfig) -> str:
+def format_export_table(report: dict, config: denoise_config.ExportJobConfig) -> str:
     """One row per format. TensorFlow rows (keras, savedmodel) use every core: their latency
     appears under the largest thread count."""
     columns = [(size, threads) for size in config.latency_sizes for threads in config.threads]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import keras
 from keras import layers
-from kd_tf.errors import InputError
 
 SIZE, CHANNELS = 28, 1
 
@@ -56,12 +55,3 @@ def build_discriminator(widths=(64, 128), name: str = "discriminator", input_sha
     x = layers.Flatten(name="flatten")(x)
     logit = layers.Dense(1, name="logit", dtype="float32")(x)
     return keras.Model(image, logit, name=name)
-
-
-def latent_dim_of(generator: keras.Model) -> int:
-    """The latent size a generator takes; a clear error for a model that does not take a vector."""
-    shape = tuple(generator.input_shape) if not isinstance(generator.input_shape, list) else None
-    if shape is None or len(shape) != 2 or shape[1] is None:
-        raise InputError(f"model {generator.name!r} takes inputs of shape {generator.input_shape}; "
-                         f"expected a generator taking a latent vector (batch, latent_dim)")
-    return int(shape[1])

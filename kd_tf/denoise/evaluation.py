@@ -9,38 +9,13 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-from kd_tf import baselines as classical
+from kd_tf.denoise import baselines as classical
 from kd_tf.complexity import count_macs, count_params
-from kd_tf.data import noisy_copy, to_8bit
+from kd_tf.images import noisy_copy, to_8bit
 from kd_tf.metrics import image_scores
+from kd_tf.inference import model_inputs, run_on_image
 from kd_tf.model_io import takes_noise_level
-from kd_tf.nets import stride_of
-from kd_tf.errors import InputError
-
-
-def model_inputs(model: keras.Model, batch: np.ndarray, sigma: float | None):
-    """What `model` takes for a batch of noisy images: the images, plus sigma / 255 per image for a
-    non-blind denoiser (FFDNet), which then needs `sigma`."""
-    if not takes_noise_level(model):
-        return batch
-    if sigma is None:
-        raise InputError(f"model {model.name!r} takes the noise level beside the image; give sigma "
-                         f"(0-255 scale, e.g. --sigma 25)")
-    return [batch, np.full((len(batch), 1), float(sigma) / 255.0, np.float32)]
-
-
-def run_on_image(model: keras.Model, image: np.ndarray, stride: int | None = None,
-                 sigma: float | None = None) -> np.ndarray:
-    """Runs a fully convolutional model on one HxWxC image of any size (reflect-padded to
-    `stride`); `sigma` (0-255) for models that take the noise level. An upscaler's output is
-    cropped to its scale times the image."""
-    stride = stride_of(model) if stride is None else stride
-    height, width = image.shape[:2]
-    pad_h, pad_w = (-height) % stride, (-width) % stride
-    padded = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect") if pad_h or pad_w else image
-    out = np.asarray(model(model_inputs(model, padded[None].astype(np.float32), sigma), training=False))[0]
-    scale = out.shape[0] // padded.shape[0]          # 2 for a 2x super-resolution model
-    return out[:height * scale, :width * scale]
+from kd_tf.tables import render_table
 
 
 @dataclasses.dataclass
@@ -92,7 +67,7 @@ def evaluate(methods: list[Method], heldout: dict[str, np.ndarray], sigmas=(15, 
     """Scores every method on every held-out image at every sigma (same noisy images for all).
 
     The protocol of a user's photo: the noisy image is rounded and clipped to 8 bits, and each
-    output is clipped and rounded to 8 bits before PSNR/SSIM (kd_tf.data.to_8bit).
+    output is clipped and rounded to 8 bits before PSNR/SSIM (kd_tf.images.to_8bit).
 
     CBM3D, which takes ~20 s per photo on 2 cores, runs only at `cbm3d_sigmas` (None: all).
 
@@ -154,11 +129,3 @@ def format_table(report: dict, timing_size: int = 512) -> str:
         cells.append("-" if ms is None else f"{ms:.1f}")
         rows.append(cells)
     return render_table(header, rows)
-
-
-def render_table(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table with padded columns: readable in a terminal and in a README."""
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), rule] + [line(r) for r in rows])

@@ -3,6 +3,9 @@
 Images inside kd_tf are float32 RGB in [0, 1], HxWx3 (NHWC once batched). OpenCV's
 BGR order stays inside `read_image`. Noise sigma is on the 0-255 scale wherever a user
 sees it and is divided by 255 here.
+
+Task-neutral: the denoising task (Gaussian noise, the default) and the super-resolution task
+(`degradation=Downscale(factor)`) read their photos, splits and patches here.
 """
 
 from __future__ import annotations
@@ -576,39 +579,3 @@ def fixed_crops(images, crop_size: int = 128, per_image: int = 4, sigma: float =
     clean = np.stack(cleans).astype(np.float32)
     noisy = add_gaussian_noise(clean, sigma, [seed, 1])
     return (quantize_8bit(noisy) if noisy_8bit else noisy).numpy(), clean
-
-
-class LatentSampler:
-    """Latent vectors drawn inside the training step: N(0, 1), statelessly from (seed, step).
-
-    The same step gives the same z whatever the process, and teacher and student get the same z.
-    Under tf.distribute every replica draws the *global* batch and keeps its own slice (offset
-    by the replicas before it), so R replicas see exactly the z's of one device with the global
-    batch, and a resumed run draws the z's it would have drawn.
-    """
-
-    def __init__(self, latent_dim: int, seed: int = 0):
-        if int(latent_dim) < 1:
-            raise InputError(f"latent_dim={latent_dim!r} is not accepted; expected an int >= 1")
-        self.latent_dim, self.seed = int(latent_dim), int(seed)
-
-    def __call__(self, local_batch, step):
-        local = tf.cast(local_batch, tf.int32)
-        offset, total = tf.constant(0, tf.int32), local
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
-            replicas = context.num_replicas_in_sync
-            replica = tf.cast(context.replica_id_in_sync_group, tf.int32)
-            sizes = context.all_reduce(tf.distribute.ReduceOp.SUM,
-                                       tf.one_hot(replica, replicas) * tf.cast(local, tf.float32))
-            sizes = tf.cast(tf.round(sizes), tf.int32)
-            offset = tf.reduce_sum(sizes[:replica])
-            total = tf.reduce_sum(sizes)
-        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
-        z = tf.random.stateless_normal(tf.stack([total, self.latent_dim]), seed=seed)
-        return z[offset:offset + local]
-
-    def fixed(self, count: int, seed: int | None = None) -> np.ndarray:
-        """`count` latents outside training (sample grids, metrics, generate), from `seed`."""
-        rng = np.random.default_rng(self.seed if seed is None else seed)
-        return rng.standard_normal((count, self.latent_dim)).astype(np.float32)

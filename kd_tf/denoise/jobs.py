@@ -3,7 +3,7 @@ through an assistant, or as a chain of stages), evaluate saved models, denoise f
 
 Each job writes its artifacts and a JSON report to its run folder (kd_tf.runs), resumes from its
 last completed epoch when rerun with the same run name, and returns its report so that the CLI
-(or a notebook) can print it. Exporting is kd_tf.export_job.
+(or a notebook) can print it. Exporting is kd_tf.denoise.export_job.
 """
 
 from __future__ import annotations
@@ -19,16 +19,19 @@ import numpy as np
 
 from kd_tf import config as cfg
 from kd_tf import distribute, schedules
+from kd_tf.denoise import config as denoise_config
 from kd_tf.complexity import count_params
-from kd_tf.data import fixed_crops, load_split, most_textured_window, patch_dataset, with_noise_level
+from kd_tf.images import fixed_crops, load_split, most_textured_window, patch_dataset, with_noise_level
 from kd_tf.distiller import Distiller
-from kd_tf.evaluation import evaluate, format_table, methods_for, render_table
-from kd_tf.export_job import export_student
+from kd_tf.denoise.evaluation import evaluate, format_table, methods_for
+from kd_tf.tables import render_table
+from kd_tf.denoise.export_job import export_student
 from kd_tf.metrics import psnr_metric
-from kd_tf.model_io import (float32_copy, load_float_teacher, load_model, load_teacher, save_model, takes_noise_level,
+from kd_tf.photo_corpus import HELDOUT2_CROP, heldout2_photos
+from kd_tf.denoise.nets import build_unet, float32_copy
+from kd_tf.model_io import (load_float_teacher, load_model, load_teacher, save_model, takes_noise_level,
                             with_dtype_policy)
-from kd_tf.nets import build_unet
-from kd_tf.nets.inherit import inherit_from_teacher, inheritance_problem
+from kd_tf.denoise.inherit import inherit_from_teacher, inheritance_problem
 from kd_tf.precision import policy_name, with_loss_scaling
 from kd_tf.runs import (RunPaths, cosine_optimizer, epochs_for, record_config, record_split, resumed_batches,
                         standard_callbacks, trained_on, worker_report, write_json)
@@ -77,10 +80,11 @@ def _record_run(paths: RunPaths, config, split) -> None:
     """runs/<run>/split.json (what trained and what is held out, by content) and
     training_config.json; a rerun that resumes the run must match both (kd_tf.runs)."""
     record_config(paths, cfg.to_dict(config), cfg.to_dict(type(config)()))
-    record_split(paths, {"train": split.train, "heldout": split.heldout, "heldout2": heldout2_photos(config.data)})
+    record_split(paths, {"train": split.train, "heldout": split.heldout,
+                         "heldout2": heldout2_photos(config.data.corpus_dir())})
 
 
-def train_teacher(config: cfg.TeacherJobConfig, strategy=None) -> dict:
+def train_teacher(config: denoise_config.TeacherJobConfig, strategy=None) -> dict:
     """Trains the residual U-Net teacher on noisy/clean patches and saves it in float32.
     `strategy`: a tf.distribute strategy instead of train.strategy's (a TPUStrategy, say)."""
     config.validate()
@@ -139,7 +143,7 @@ def train_teacher(config: cfg.TeacherJobConfig, strategy=None) -> dict:
     return report
 
 
-def _limit(heldout: dict, eval_config: cfg.EvalConfig) -> dict:
+def _limit(heldout: dict, eval_config: denoise_config.EvalConfig) -> dict:
     if eval_config.max_images is None:
         return heldout
     return {name: heldout[name] for name in sorted(heldout)[:eval_config.max_images]}
@@ -147,7 +151,7 @@ def _limit(heldout: dict, eval_config: cfg.EvalConfig) -> dict:
 
 def start_from_teacher(student_init: str, teacher: keras.Model, student: keras.Model, batches,
                        energy_batches: int = 8) -> dict | None:
-    """Gives the student its teacher's strongest channels and blocks (kd_tf.nets.inherit) when
+    """Gives the student its teacher's strongest channels and blocks (kd_tf.denoise.inherit) when
     `student_init` asks for it ("auto": whenever both are build_unet networks that fit); returns
     what was kept, or None when the student keeps its random weights. A .keras path: the student
     continues from that model's weights (same widths and blocks), returned as {"from": path}."""
@@ -173,12 +177,12 @@ def start_from_teacher(student_init: str, teacher: keras.Model, student: keras.M
     return kept
 
 
-def distill_steps(config: cfg.DistillJobConfig) -> int:
+def distill_steps(config: denoise_config.DistillJobConfig) -> int:
     """Steps of the distillation phase: the budget less the fine-tuning phase's."""
     return config.train.steps - config.finetune.steps
 
 
-def batches_to_cache(config: cfg.DistillJobConfig, steps: int | None = None) -> int:
+def batches_to_cache(config: denoise_config.DistillJobConfig, steps: int | None = None) -> int:
     """Teacher batches for offline distillation of a phase of `steps` steps (default: the
     student's distillation phase): as configured, else min(300, steps) when only outputs are
     distilled (features, attention and Jacobian need the live teacher). 300 batches of 64x64 take 0.35 GB."""
@@ -216,8 +220,8 @@ class DistillPhase:
     timings: dict
 
 
-def distill_phase(config: cfg.DistillJobConfig, teacher_path: str, reference_teacher: keras.Model,
-                  net: cfg.NetConfig, name: str, steps: int, stream, paths: RunPaths, validation: tuple,
+def distill_phase(config: denoise_config.DistillJobConfig, teacher_path: str, reference_teacher: keras.Model,
+                  net: denoise_config.NetConfig, name: str, steps: int, stream, paths: RunPaths, validation: tuple,
                   strategy, tag: str) -> DistillPhase:
     """`teacher_path` teaches a new build_unet `net` for `steps` steps with config.distill's losses
     and student_loss_weight (offline, from cached teacher outputs, when only outputs are distilled); the new
@@ -264,7 +268,6 @@ def distill_phase(config: cfg.DistillJobConfig, teacher_path: str, reference_tea
     return DistillPhase(student, initial_weights, inherited, history.history, timings)
 
 
-
 def as_input_error(build):
     """`build` whose ValueErrors are InputErrors: the Distiller checks what the config and the
     models give it (layer names, shapes), which the CLI reports in one line."""
@@ -276,7 +279,7 @@ def as_input_error(build):
         except ValueError as error:
             raise InputError(str(error)) from error
     return checked
-def assistant_plan(config: cfg.DistillJobConfig, teacher: keras.Model) -> tuple[bool, str]:
+def assistant_plan(config: denoise_config.DistillJobConfig, teacher: keras.Model) -> tuple[bool, str]:
     """Whether the main job distills through config.assistant, and why (logged and reported)."""
     use = config.assistant.use
     if use != "auto":
@@ -295,14 +298,14 @@ def assistant_plan(config: cfg.DistillJobConfig, teacher: keras.Model) -> tuple[
     return True, f"assistant.use=auto: {sizes[0]:,} -> {sizes[1]:,} -> {sizes[2]:,} params"
 
 
-def distill(config: cfg.DistillJobConfig, strategy=None) -> dict:
+def distill(config: denoise_config.DistillJobConfig, strategy=None) -> dict:
     """The main job: distill the teacher into the student (through the assistant first, when
     config.assistant says so; then, optionally, fine-tune it on its own objective), train the same
     student from scratch with the same budget for comparison, evaluate all of them on the held-out photos.
     `strategy`: a tf.distribute strategy instead of train.strategy's (a TPUStrategy, say)."""
     config.validate()
     if config.data.unlabeled:                       # photos with no clean versions: the teacher labels them
-        from kd_tf.unlabeled import distill_unlabeled
+        from kd_tf.denoise.unlabeled import distill_unlabeled
 
         return distill_unlabeled(config)
     strategy = strategy or distribute.strategy_from_name(config.train.strategy)   # first: may set up collectives
@@ -321,8 +324,8 @@ def distill(config: cfg.DistillJobConfig, strategy=None) -> dict:
     if use_assistant:
         steps = config.assistant.steps_for(config.train.steps)
         phase = distill_phase(config, teacher_path, reference_teacher,
-                              cfg.NetConfig(config.assistant.widths, config.assistant.blocks), "assistant", steps,
-                              stream, paths, validation, strategy, "assistant")
+                              denoise_config.NetConfig(config.assistant.widths, config.assistant.blocks), "assistant",
+                              steps, stream, paths, validation, strategy, "assistant")
         evaluated["assistant"] = float32_copy(phase.model, config.assistant.widths, config.assistant.blocks)
         teacher_path = str(save_model(evaluated["assistant"], paths.root / "assistant.keras"))
         histories["assistant"] = phase.history
@@ -372,7 +375,7 @@ def distill(config: cfg.DistillJobConfig, strategy=None) -> dict:
                   assistant=assistant, assistant_decision=why)
     report["report_path"] = str(paths.write_json("report.json", report))      # kept even if export fails
     if config.export_formats:
-        exported = export_student(cfg.ExportJobConfig(
+        exported = export_student(denoise_config.ExportJobConfig(
             model=str(paths.root / "student.keras"), out_dir=str(paths.root / "export"),
             formats=config.export_formats, data=config.data, qat_steps=config.qat_steps,
             qat_teacher=config.distill.teacher, output=dataclasses.replace(config.output, run_name=paths.name)))
@@ -382,7 +385,7 @@ def distill(config: cfg.DistillJobConfig, strategy=None) -> dict:
     return report
 
 
-def distill_chain(configs: list[cfg.DistillJobConfig]) -> dict:
+def distill_chain(configs: list[denoise_config.DistillJobConfig]) -> dict:
     """Multi-stage distillation (teacher -> assistant -> ... -> student; Mirzadeh et al., 2020):
     each config is one whole `distill` stage, and from the second on its teacher is the student
     the stage before saved. A run name shared by the stages becomes <name>-stage<k>, so that
@@ -396,7 +399,7 @@ def distill_chain(configs: list[cfg.DistillJobConfig]) -> dict:
     for index, config in enumerate(configs, start=1):
         changes = {}
         if teacher is not None:
-            if config.distill.teacher not in (cfg.DEFAULT_TEACHER, teacher):
+            if config.distill.teacher not in (denoise_config.DEFAULT_TEACHER, teacher):
                 log.info("stage %d: its teacher is stage %d's student %s (distill.teacher=%s is replaced)",
                          index, index - 1, teacher, config.distill.teacher)
             changes["distill"] = dataclasses.replace(config.distill, teacher=teacher)
@@ -421,15 +424,15 @@ def distill_chain(configs: list[cfg.DistillJobConfig]) -> dict:
     return report
 
 
-def evaluate_saved(config: cfg.DistillJobConfig, teacher: str | None, students: dict[str, str]) -> dict:
+def evaluate_saved(config: denoise_config.DistillJobConfig, teacher: str | None, students: dict[str, str]) -> dict:
     """`python -m kd_tf evaluate`: the held-out report for saved models."""
     config.validate()
     paths = RunPaths(config.output, "evaluate")
     split = _split(config.data)
     teacher = teacher or config.distill.teacher
-    if not students and Path(cfg.DEFAULT_STUDENT).exists():
-        students = {"student": cfg.DEFAULT_STUDENT}
-    heldout = {**split.heldout, **{f"heldout2/{k}": v for k, v in heldout2_photos(config.data).items()}}
+    if not students and Path(denoise_config.DEFAULT_STUDENT).exists():
+        students = {"student": denoise_config.DEFAULT_STUDENT}
+    heldout = {**split.heldout, **{f"heldout2/{k}": v for k, v in heldout2_photos(config.data.corpus_dir()).items()}}
     for name, path in {"teacher": teacher, **students}.items():
         seen = trained_on(path, heldout)
         if seen:
@@ -453,7 +456,8 @@ def _report(config, paths, split, models, job) -> dict:
     report.update(job=job, run=paths.name, config=cfg.to_dict(config), heldout=sorted(split.heldout),
                   tensorboard=str(paths.logs))
     report["table"] = "held-out set 1:\n" + format_table(report, config.eval.timing_size)
-    heldout2 = {name: most_textured_window(image, HELDOUT2_CROP) for name, image in heldout2_photos(config.data).items()}
+    heldout2 = {name: most_textured_window(image, HELDOUT2_CROP)
+                for name, image in heldout2_photos(config.data.corpus_dir()).items()}
     if heldout2:
         second = evaluate(methods_for(models, config.eval.baselines), _limit(heldout2, config.eval),
                           config.eval.sigmas, config.eval.seed, config.eval.timing_size, config.eval.cbm3d_sigmas,
@@ -462,21 +466,6 @@ def _report(config, paths, split, models, job) -> dict:
         report["table"] += (f"\n\nheld-out set 2 (photo corpus, the most textured {HELDOUT2_CROP} px window "
                             f"of each):\n" + format_table(second, config.eval.timing_size))
     return report
-
-
-HELDOUT2_CROP = 512
-
-
-def heldout2_photos(config_data: cfg.DataConfig) -> dict:
-    """The photo corpus's second held-out set, or {} when the corpus is not fetched (the main job
-    needs no fetch). Reports score each photo's most textured HELDOUT2_CROP-px square, so that a 4K
-    wallpaper is scored on detail rather than on sky, in seconds rather than minutes."""
-    directory = config_data.corpus_dir()
-    if not (directory / "manifest.json").is_file():
-        return {}
-    from kd_tf.photo_corpus import load_corpus
-
-    return load_corpus(directory, "heldout2")
 
 
 def denoise(model: str, source: str, output_dir: str, threads: int = 2, overlap: int = 32,

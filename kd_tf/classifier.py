@@ -39,5 +39,5 @@ def feature_extractor(classifier: keras.Model) -> keras.Model:
     """image -> the penultimate 128-d features (FID/KID space)."""
     if FEATURE_LAYER not in [layer.name for layer in classifier.layers]:
         raise InputError(f"classifier {classifier.name!r} has no layer {FEATURE_LAYER!r}; "
-                         f"expected one built by kd_tf.nets.classifier.build_classifier")
+                         f"expected one built by kd_tf.classifier.build_classifier")
     return keras.Model(classifier.inputs, classifier.get_layer(FEATURE_LAYER).output, name="digit_features")

@@ -1,10 +1,11 @@
 """The work behind the GAN task's CLI verbs: the feature classifier, the teacher GAN, distillation
-into a small generator (with the from-scratch baseline), scoring, export and `generate`.
+into a small generator (with the from-scratch baseline), evaluation and export of saved generators
+(scoring, int8 export and `generate` are kd_tf.generators, which the diffusion task shares).
 
-Same habits as kd_tf.jobs (shared in kd_tf.runs): a run folder `runs/<run>` with a JSON report, TensorBoard logs in
-`tensorboard_logs/<run>`, resume from the last completed epoch when rerun with the same run name,
-only the chief writes under tf.distribute. Generators map N(0, 1) latents to 28x28 digits in
-[-1, 1]; the classifier and the metrics see [0, 1].
+Same habits as kd_tf.denoise.jobs (shared in kd_tf.runs): a run folder `runs/<run>` with a JSON
+report, TensorBoard logs in `tensorboard_logs/<run>`, resume from the last completed epoch when
+rerun with the same run name, only the chief writes under tf.distribute. Generators map N(0, 1)
+latents to 28x28 digits in [-1, 1]; the classifier and the metrics see [0, 1].
 """
 
 from __future__ import annotations
@@ -18,25 +19,24 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kd_tf.atomic import write_bytes_atomically, write_text_atomically
 from kd_tf import config as cfg
 from kd_tf import distribute, schedules
-from kd_tf.callbacks import GeneratorMetricsCallback, StopOnNonFiniteLoss, digit_grid
+from kd_tf.callbacks import GeneratorMetricsCallback, StopOnNonFiniteLoss
+from kd_tf.classifier import build_classifier
 from kd_tf.complexity import count_macs, count_params
-from kd_tf.data import LatentSampler, write_image
 from kd_tf.digits import as_signed, as_unit, load_digits, real_dataset
 from kd_tf.distiller import Distiller
-from kd_tf.evaluation import render_table
+from kd_tf.gan import config as gan_config
+from kd_tf.gan.nets import build_discriminator, build_generator
+from kd_tf.generators import (RECOGNIZED_CONFIDENCE, LatentSampler, Scorer, export_generator, keras_generate,
+                              latent_dim_of, ms_per_64, score_tflite)
+from kd_tf.tables import render_table
 from kd_tf.runs import RunPaths, epochs_for, resumed_batches, worker_report
-from kd_tf.metrics import diversity, frechet_distance, kernel_inception_distance, precision_recall_coverage
 from kd_tf.model_io import load_frozen, load_model, save_model
-from kd_tf.nets import build_classifier, build_discriminator, build_generator, feature_extractor, latent_dim_of
 from kd_tf.objectives import Adversarial, AdversarialTraining, clone_discriminator
 from kd_tf.errors import InputError
 
 log = logging.getLogger(__name__)
-
-PR_SAMPLES = 5000          # precision/recall/coverage use k-NN balls: O(n^2) distances, so a subset
 
 
 def _verbose():
@@ -54,81 +54,7 @@ def gan_optimizer(learning_rate: float, steps: int = 1, final_fraction: float = 
     return keras.optimizers.Adam(schedule, beta_1=0.5)
 
 
-# -- scoring -----------------------------------------------------------------------------------
-
-RECOGNIZED_CONFIDENCE = 0.9     # a sample "is a digit" when the classifier is at least this sure
-
-
-class Scorer:
-    """FID, KID, precision/recall/coverage and the mode-collapse check of a generator, in the
-    feature space of the shipped digit classifier, against the 10k test digits.
-
-    The collapse criterion: the mean feature distance between random pairs of samples, divided by
-    the same for real digits (`diversity_ratio`); below `collapse_ratio` (0.5 by default) every
-    sample looks nearly alike and a warning goes to the log.
-    """
-
-    def __init__(self, classifier_path: str, real_images: np.ndarray, collapse_ratio: float = 0.5, seed: int = 0):
-        if not Path(classifier_path).exists():
-            raise FileNotFoundError(f"feature classifier {classifier_path!r} does not exist: train it with "
-                                    f"`python -m kd_tf train-classifier` or set eval.classifier")
-        classifier = load_model(classifier_path)
-        self.features_model = feature_extractor(classifier)
-        self._features = tf.function(lambda x: self.features_model(x, training=False))
-        self._logits = tf.function(lambda x: classifier(x, training=False))
-        self.real = self.features(as_unit(real_images))
-        self.real_recognized = self.recognized(as_unit(real_images))     # the floor of `recognized`
-        self.real_diversity = diversity(self.real, seed=seed)
-        self.collapse_ratio, self.seed = collapse_ratio, seed
-
-    def features(self, images01: np.ndarray, batch: int = 500) -> np.ndarray:
-        return np.concatenate([self._features(tf.constant(images01[i:i + batch], tf.float32)).numpy()
-                               for i in range(0, len(images01), batch)])
-
-    def recognized(self, images01: np.ndarray, confidence: float = RECOGNIZED_CONFIDENCE, batch: int = 500) -> float:
-        """The share of images the classifier assigns a class with at least `confidence` (softmax)."""
-        top = np.concatenate([tf.reduce_max(tf.nn.softmax(self._logits(tf.constant(images01[i:i + batch],
-                                                                                   tf.float32))), -1).numpy()
-                              for i in range(0, len(images01), batch)])
-        return float(np.mean(top >= confidence))
-
-    def __call__(self, generate, count: int = 10000, latent_dim: int | None = None, latents=None,
-                 name: str = "generator") -> dict:
-        """`generate`: z batch -> images in [-1, 1]; scored on `latents` (or `count` N(0, 1) draws)."""
-        if latents is None:
-            latents = np.random.default_rng(self.seed).standard_normal((count, latent_dim)).astype(np.float32)
-        images = np.concatenate([np.asarray(generate(latents[i:i + 500])) for i in range(0, len(latents), 500)])
-        return self.score_images(images, name)
-
-    def score_images(self, images: np.ndarray, name: str = "images") -> dict:
-        """The scores of images in [-1, 1] (a generator's samples, or real digits: the floor)."""
-        fake = self.features(np.clip((images + 1.0) / 2.0, 0.0, 1.0))
-        kid, kid_std = kernel_inception_distance(self.real, fake, seed=self.seed)
-        scores = {"fid": frechet_distance(self.real, fake), "kid": kid, "kid_std": kid_std,
-                  **precision_recall_coverage(self.real[:PR_SAMPLES], fake[:PR_SAMPLES]),
-                  "diversity_ratio": diversity(fake, seed=self.seed) / self.real_diversity, "samples": len(images),
-                  "recognized": self.recognized(np.clip((images + 1.0) / 2.0, 0.0, 1.0)),
-                  "recognized_real": self.real_recognized}
-        if scores["diversity_ratio"] < self.collapse_ratio:
-            log.warning("mode collapse suspected for %s: its samples are %.2fx as diverse as real digits "
-                        "(mean pairwise feature distance; warning below %.2fx). Lower the learning rate, "
-                        "add adversarial.r1_weight or lower distill.student_loss_weight", name, scores["diversity_ratio"],
-                        self.collapse_ratio)
-        return scores
-
-
-def ms_per_64(generate, latent_dim: int, repeats: int = 20) -> float:
-    """Median milliseconds for one batch of 64 images, after 3 warm-up batches."""
-    z = np.random.default_rng(0).standard_normal((64, latent_dim)).astype(np.float32)
-    for _ in range(3):
-        np.asarray(generate(z))
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        np.asarray(generate(z))
-        times.append((time.perf_counter() - started) * 1000)
-    return float(np.median(times))
-
+# -- scoring (kd_tf.generators.Scorer) ----------------------------------------------------------
 
 def describe(model: keras.Model, generate, scorer: Scorer, eval_config: cfg.GanEvalConfig, name: str) -> dict:
     """One row of the comparison: params, MACs per image, ms per 64 images, the scores."""
@@ -137,13 +63,6 @@ def describe(model: keras.Model, generate, scorer: Scorer, eval_config: cfg.GanE
            "ms_per_64": ms_per_64(generate, latent)}
     row.update(scorer(generate, eval_config.samples, latent, name=name))
     return row
-
-
-def keras_generate(model: keras.Model):
-    """z (numpy) -> images (numpy), one traced function for any batch size."""
-    serve = tf.function(lambda z: model(z, training=False),
-                        input_signature=[tf.TensorSpec((None, latent_dim_of(model)), tf.float32)])
-    return lambda z: serve(tf.constant(z, tf.float32)).numpy()
 
 
 def format_table(rows: dict) -> str:
@@ -172,7 +91,7 @@ def _callbacks(paths: RunPaths, scorer: Scorer, config, latent_dim: int, tag: st
 
 # -- the feature classifier -------------------------------------------------------------------
 
-def train_classifier(config: cfg.ClassifierJobConfig) -> dict:
+def train_classifier(config: gan_config.ClassifierJobConfig) -> dict:
     """The digit classifier behind FID/KID: trained on the 60k training digits, its accuracy on the
     10k test digits goes into the report (and the model card)."""
     config.validate()
@@ -214,7 +133,7 @@ def train_classifier(config: cfg.ClassifierJobConfig) -> dict:
 
 # -- the teacher GAN --------------------------------------------------------------------------
 
-def _adversarial(config: cfg.AdversarialConfig, discriminator, train: cfg.TrainConfig) -> Adversarial:
+def _adversarial(config: gan_config.AdversarialConfig, discriminator, train: cfg.TrainConfig) -> Adversarial:
     """The objective; the discriminator's rate follows the generator's schedule (d_steps per step)."""
     optimizer = gan_optimizer(config.learning_rate, train.steps * config.d_steps, train.final_learning_rate_fraction)
     return Adversarial(discriminator, optimizer, loss=config.loss, d_steps=config.d_steps, r1_weight=config.r1_weight)
@@ -237,7 +156,7 @@ class EpochSnapshots(keras.callbacks.Callback):
         save_model(self.discriminator, self.folder / f"discriminator_{epoch + 1:02d}.keras")
 
 
-def train_teacher(config: cfg.GanTeacherJobConfig, strategy=None) -> dict:
+def train_teacher(config: gan_config.GanTeacherJobConfig, strategy=None) -> dict:
     """Trains the DCGAN teacher (generator and discriminator) on the training digits and saves both."""
     config.validate()
     strategy = strategy or distribute.strategy_from_name(config.train.strategy)
@@ -285,7 +204,7 @@ def train_teacher(config: cfg.GanTeacherJobConfig, strategy=None) -> dict:
 TRAIN_GAN_TEACHER = "train one with `python -m kd_tf train-teacher --task gan` or set its path in the config"
 
 
-def distill(config: cfg.GanDistillJobConfig, strategy=None) -> dict:
+def distill(config: gan_config.GanDistillJobConfig, strategy=None) -> dict:
     """Distills the teacher generator into the small student (MSE to the teacher's images on the same
     z, optional feature terms, and the adversarial loss against a discriminator started from the
     teacher's); trains the same student as a plain GAN from scratch with the same steps and seed;
@@ -375,7 +294,7 @@ def distill(config: cfg.GanDistillJobConfig, strategy=None) -> dict:
     report["report_path"] = str(paths.write_json("report.json", report))      # kept even if export fails
     if config.export_int8:
         path = export_generator(student, paths.root / "export", config.calibration_batches, config.train.seed)
-        rows["student int8 TFLite"] = score_tflite(path, scorer, config.eval)
+        rows["student int8 TFLite"] = score_tflite(path, scorer, config.eval.samples)
         report["int8_tflite"] = str(path)
     distilled = rows["student (distilled)"]
     report["targets"] = {
@@ -390,23 +309,10 @@ def distill(config: cfg.GanDistillJobConfig, strategy=None) -> dict:
     return report
 
 
-# -- export and generate ----------------------------------------------------------------------
-
-def export_generator(generator: keras.Model, out_dir, calibration_batches: int = 16, seed: int = 0) -> Path:
-    """The generator's SavedModel (input "latent") and full-integer TFLite, calibrated on N(0, 1)
-    latents; float32 input and output, as every kd_tf TFLite model."""
-    from kd_tf import export
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    saved = export.export_saved_model(generator, out_dir / "savedmodel")
-    calibration = export.latent_calibration(latent_dim_of(generator), calibration_batches, seed=seed)
-    flatbuffer = export.to_tflite(saved, "int8", calibration)
-    path = out_dir / "student_generator_int8.tflite"
-    return write_bytes_atomically(path, flatbuffer)
+# -- evaluation and export of saved generators -------------------------------------------------
 
 
-def evaluate_saved(config: cfg.GanEvaluateJobConfig, models: dict) -> dict:
+def evaluate_saved(config: gan_config.GanEvaluateJobConfig, models: dict) -> dict:
     """`python -m kd_tf evaluate --task gan`: params, MACs, ms per 64 images and the scores of saved
     generators ({name: .keras / SavedModel / .tflite path}), all on the same latents."""
     config.validate()
@@ -416,7 +322,7 @@ def evaluate_saved(config: cfg.GanEvaluateJobConfig, models: dict) -> dict:
     rows = {}
     for name, path in models.items():
         if str(path).endswith(".tflite"):
-            rows[name] = score_tflite(path, scorer, config.eval)
+            rows[name] = score_tflite(path, scorer, config.eval.samples)
         else:
             model = load_model(path)
             rows[name] = describe(model, keras_generate(model), scorer, config.eval, name)
@@ -428,7 +334,7 @@ def evaluate_saved(config: cfg.GanEvaluateJobConfig, models: dict) -> dict:
     return report
 
 
-def export_saved(config: cfg.GanEvaluateJobConfig, model_path: str, out_dir: str | None) -> dict:
+def export_saved(config: gan_config.GanEvaluateJobConfig, model_path: str, out_dir: str | None) -> dict:
     """`python -m kd_tf export --model GENERATOR`: SavedModel (input "latent") and int8 TFLite of a
     generator, with the FID/KID of the float model and of the int8 one on the same latents."""
     config.validate()
@@ -442,79 +348,4 @@ def export_saved(config: cfg.GanEvaluateJobConfig, model_path: str, out_dir: str
     report.update(job="export (generator)", out_dir=str(out), int8_tflite=str(tflite),
                   int8_fid_change=rows["int8 TFLite"]["fid"] / rows["float (Keras)"]["fid"] - 1.0)
     report["report_path"] = str(paths.write_json("export_report.json", report))
-    return report
-
-
-def tflite_generate(path, threads: int = 2):
-    from kd_tf.export import LiteRTModel
-
-    runner = LiteRTModel(path, num_threads=threads)
-    return runner, (lambda z: runner(np.asarray(z, np.float32)))
-
-
-def score_tflite(path, scorer: Scorer, eval_config: cfg.GanEvalConfig) -> dict:
-    runner, generate = tflite_generate(path)
-    latent = runner.input_signature[-1]
-    row = {"params": None, "macs": None, "bytes": Path(path).stat().st_size, "ms_per_64": ms_per_64(generate, latent)}
-    row.update(scorer(generate, eval_config.samples, latent, name=str(path)))
-    return row
-
-
-def load_generator(path: str, steps: int | None = None):
-    """(latent_dim, z -> images in [-1, 1]) for a .keras/.h5/SavedModel generator or a .tflite one,
-    or a diffusion network (kd_tf.diffusion) sampled with `steps` DDIM steps."""
-    if str(path).endswith(".tflite"):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"model {path!r} does not exist")
-        runner, generate = tflite_generate(path)
-        signature = runner.input_signature
-        if len(signature) != 2:
-            raise InputError(f"{path!r} takes inputs of shape {signature}; expected a generator taking (batch, latent_dim)")
-        return signature[-1], generate
-    import kd_tf.diffusion  # noqa: F401 - registers the diffusion layers a saved sampler uses
-
-    model = load_model(path)
-    if isinstance(model.input_shape, list) and len(model.input_shape) == 2:    # [noisy image, noise variance]
-        if steps is None:
-            raise InputError(f"{path!r} is a diffusion network: give --steps N (its sampler's DDIM steps)")
-        from kd_tf.diffusion.jobs import as_generator
-
-        model = as_generator(model, steps)
-    return latent_dim_of(model), keras_generate(model)
-
-
-def generate(model: str, num: int, seed: int, out: str, columns: int | None = None, steps: int | None = None) -> dict:
-    """`python -m kd_tf generate`: `num` digits from latents drawn with `seed`; a grid PNG when `out`
-    ends in .png, else one PNG per image in the folder `out`. The same seed gives the same images."""
-    from kd_tf.data import writable_folder
-
-    if num < 1:
-        raise InputError(f"--num {num} is not accepted; expected an int >= 1")
-    latent, run = load_generator(model, steps)
-    started = time.time()
-    z = np.random.default_rng(seed).standard_normal((num, latent)).astype(np.float32)
-    images = np.concatenate([np.asarray(run(z[i:i + 256])) for i in range(0, num, 256)])
-    seconds = time.time() - started
-    out_path = Path(out)
-    if out_path.suffix.lower() == ".png":
-        writable_folder(out_path.parent if str(out_path.parent) else ".")
-        write_image(out_path, digit_grid(images, columns or int(np.ceil(np.sqrt(num)))))
-        written = [str(out_path)]
-        report_path = out_path.with_suffix(".json")
-    else:
-        writable_folder(out_path)
-        written = []
-        for index, image in enumerate(images):
-            target = out_path / f"{index:05d}.png"
-            write_image(target, np.clip((image[..., 0] + 1.0) / 2.0, 0.0, 1.0))
-            written.append(str(target))
-        report_path = out_path / "generate_report.json"
-    report = {"job": "generate", "model": model, "num": num, "seed": seed, "latent_dim": latent, "out": out,
-              "written": len(written), "seconds": seconds}
-    report["table"] = render_table(["model", "images", "seed", "written to", "seconds"],
-                                   [[model, str(num), str(seed), out, f"{seconds:.2f}"]])
-    import json
-
-    write_text_atomically(report_path, json.dumps(report, indent=2))
-    report["report_path"] = str(report_path)
     return report

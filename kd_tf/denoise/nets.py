@@ -11,6 +11,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from kd_tf.inference import stride_of
+
 MIXED = "mixed_bfloat16"
 
 
@@ -59,12 +61,6 @@ def build_unet(widths=(32, 64, 128, 256), blocks=2, channels: int = 3, name: str
     correction = layers.Conv2D(channels, 3, padding="same", name="tail", dtype="float32")(x)
     outputs = layers.Add(name="denoised", dtype="float32")([inputs, correction])
     return keras.Model(inputs, outputs, name=name)
-
-
-def stride_of(model: keras.Model) -> int:
-    """The factor that input height and width must be divisible by (1 for non-U-Nets)."""
-    downs = [layer for layer in model.layers if layer.name.startswith("down")]
-    return 2 ** len(downs)
 
 
 def has_unet_streams(model: keras.Model) -> bool:
@@ -126,3 +122,16 @@ def equalize_channel_ranges(model: keras.Model, batches, max_scale: float = 16.0
             kernel = kernel / (scale[:, None] if kind == "conv" else scale)
             model.get_layer(name).set_weights([kernel, bias])
     return model
+
+
+def float32_copy(model: keras.Model, widths, blocks) -> keras.Model:
+    """The same U-Net computing in float32 (for export and evaluation after bf16 training)."""
+    copy = build_unet(widths, blocks, channels=model.input_shape[-1], name=model.name, mixed_precision=False)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def unet_equalizer(model: keras.Model):
+    """`equalize_channel_ranges` for kd_tf.export.int8_ready when `model` is one of build_unet's
+    U-Nets (their layer names tell the streams apart), else None: nothing to equalize."""
+    return equalize_channel_ranges if has_unet_streams(model) else None

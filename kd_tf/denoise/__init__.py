@@ -1,0 +1,14 @@
+"""The denoising task: noisy photos in, clean photos out.
+
+- `config`: its job schemas (`train-teacher`, `distill`, `evaluate`, `export`);
+- `jobs`: training the U-Net teacher, distillation (assistant, fine-tuning, chains), evaluation,
+  the `denoise` verb; `unlabeled`: distillation on degraded photos with no clean versions;
+  `export_job`: the student to every deployable format with its int8 parity report;
+- `nets`: the residual U-Nets (teacher and students); `inherit`: a student starting from its
+  teacher's strongest channels; `ffdnet`: FFDNet's published weights as a Keras teacher;
+- `evaluation`: the held-out report against the classical `baselines` (NL-means, CBM3D);
+  `int8_parity`: does the int8 student keep its colours.
+
+Its images, noise and patches come from the core (kd_tf.images, kd_tf.degradations,
+kd_tf.photo_corpus), which the super-resolution task shares.
+"""
