@@ -35,9 +35,9 @@ def test_teacher_loads_from_every_format_and_teaches(saved_teacher, tiny_student
 @pytest.mark.parametrize("name", ["ffdnet.keras", "ffdnet.h5", "ffdnet_savedmodel"])
 def test_a_non_blind_teacher_loads_from_every_format_and_teaches_a_blind_student(tmp_path, tiny_student, name):
     """An (image, noise level) teacher, as kd_tf exports it (export_saved_model keeps both inputs)."""
-    from kd_tf.data import with_noise_level
+    from kd_tf.images import with_noise_level
     from kd_tf.export import export_saved_model
-    from kd_tf.ffdnet import build_ffdnet
+    from kd_tf.denoise.ffdnet import build_ffdnet
     from kd_tf.model_io import takes_noise_level
 
     keras.utils.set_random_seed(1)

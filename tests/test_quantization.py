@@ -248,7 +248,7 @@ def test_int8_parity_check_catches_the_old_calibration(shipped_student, tmp_path
 def test_qat_trains_on_8bit_photos_and_saturated_colours():
     """Half the QAT batches come from the colour gamut (photos alone left saturated colours off
     the int8 grid, issue 17), every noisy input as an 8-bit file holds it."""
-    from kd_tf.export_job import qat_stream
+    from kd_tf.denoise.export_job import qat_stream
 
     grey = {"grey": np.full((96, 96, 3), 0.5, np.float32)}
     data = cfg.DataConfig(patch_size=32, batch_size=4, sigma_min=0, sigma_max=5)
