@@ -90,12 +90,12 @@ def quantization_aware_finetune(aware: keras.Model, config: denoise_config.Expor
 def qat_stream(images: dict, data: cfg.DataConfig, seed: int, non_blind: bool = False, gamut_share: float = 0.5):
     """What quantization-aware fine-tuning trains on: 8-bit noisy patches (as the int8 model will
     be fed) of the training photos and, in `gamut_share` of the batches, of synthetic colour-gamut
-    images (kd_tf.int8_parity.gamut_images, seeded apart from the parity check's colour set), so
+    images (kd_tf.denoise.int8_parity.gamut_images, seeded apart from the parity check's colour set), so
     that saturated colours are learnt on the int8 grid too. `non_blind`: the teacher gets each
     patch's sigma."""
     import tensorflow as tf
 
-    from kd_tf.int8_parity import gamut_images
+    from kd_tf.denoise.int8_parity import gamut_images
 
     def patches(source, offset):
         return patch_dataset(source, data.patch_size, data.batch_size, (data.sigma_min, data.sigma_max),
