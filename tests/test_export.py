@@ -41,6 +41,9 @@ def test_tflite_modes_are_builtin_and_close_to_keras(exported, photos, mode):
     flatbuffer = export.to_tflite(saved, mode, representative=calibration)
     names = export.check_builtin_only(flatbuffer)
     assert "CONV_2D" in names
+    # the U-Net's 2x2 stride-2 transposed convolution is traced as conv + depth-to-space: no
+    # TRANSPOSE_CONV with a run-time output shape (SHAPE ... PACK), which XNNPACK leaves out
+    assert "DEPTH_TO_SPACE" in names and not {"TRANSPOSE_CONV", "SHAPE", "PACK"} & set(names)
     runner = export.LiteRTModel(flatbuffer)
     assert runner.input_signature[1:3] == (-1, -1)
     x = calibration[0][:1]
@@ -109,3 +112,23 @@ def test_output_directory_that_is_a_file_is_one_line_error(tmp_path, capsys, ver
     message = capsys.readouterr().err.strip()
     assert str(blocker) in message and "\n" not in message
     assert blocker.read_text() == "a file, not a folder"
+
+
+def test_shuffle_upsampling_is_the_same_function_and_leaves_overlapping_transposes(tmp_path):
+    import doctest
+
+    failed, tried = doctest.testmod(export)
+    assert tried >= 3 and failed == 0
+    inputs = keras.Input((None, None, 6))
+    up = keras.layers.Conv2DTranspose(5, 3, strides=3, use_bias=False, name="up3")(inputs)
+    overlapping = keras.layers.Conv2DTranspose(4, 4, strides=2, padding="same", name="gan_up")(up)
+    model = keras.Model(inputs, overlapping)
+    keras.utils.set_random_seed(2)
+    model.get_layer("up3").set_weights([np.random.default_rng(3).normal(size=(3, 3, 5, 6)).astype("float32")])
+    rewritten = export.shuffle_upsampling(model)
+    kinds = {layer.name: type(layer).__name__ for layer in rewritten.layers}
+    assert kinds["up3"] == "Conv2D" and kinds["up3_shuffle"] == "DepthToSpace"
+    assert kinds["gan_up"] == "Conv2DTranspose"            # kernel 4, stride 2: it overlaps, kept
+    x = np.random.default_rng(4).random((2, 5, 7, 6)).astype("float32")
+    np.testing.assert_allclose(rewritten(x), model(x), atol=1e-5)
+    assert export.shuffle_upsampling(rewritten) is rewritten   # nothing left to replace
