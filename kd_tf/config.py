@@ -45,8 +45,9 @@ class DataConfig:
     val_crop: int = 128                   # side of the validation crops, px
     val_crops_per_image: int = 4          # validation crops per held-out image
     # clip and round noisy inputs to 8 bits, as cameras and image files store them and as the
-    # held-out photos are scored; false: unclipped float noise (the classic AWGN protocol)
-    noisy_8bit: bool = False
+    # held-out photos are scored; false: unclipped float noise (the classic AWGN protocol, and
+    # kd_tf's default before session 9: configs of older runs say so explicitly)
+    noisy_8bit: bool = True
     # the photo corpus (`python -m kd_tf photos fetch`): its training photos join the training
     # images; its second held-out set is scored beside the first whenever the corpus is there
     corpus: bool = False

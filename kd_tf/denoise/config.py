@@ -11,7 +11,7 @@ from kd_tf.config import (JOBS, MODELS_DIR, ConfigError, DataConfig, FeaturePair
 
 # FFDNet's published colour weights (kd_tf.denoise.ffdnet, MIT): on both held-out sets the strongest teacher
 # measured (models/denoise/MODEL_CARD.md); the U-Net kd_tf trained itself stays models/denoise/teacher.keras
-DEFAULT_TEACHER = str(MODELS_DIR / "denoise" / "ffdnet_color.keras")
+DEFAULT_TEACHER = str(MODELS_DIR / "denoise" / "ffdnet_8bit.keras")
 DEFAULT_STUDENT = str(MODELS_DIR / "denoise" / "student.keras")
 
 
