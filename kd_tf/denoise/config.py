@@ -9,8 +9,9 @@ from kd_tf.config import (JOBS, MODELS_DIR, ConfigError, DataConfig, FeaturePair
                           WeightConfig, _check, _check_writable)
 
 
-# FFDNet's published colour weights (kd_tf.denoise.ffdnet, MIT): on both held-out sets the strongest teacher
-# measured (models/denoise/MODEL_CARD.md); the U-Net kd_tf trained itself stays models/denoise/teacher.keras
+# FFDNet's published colour weights (kd_tf.denoise.ffdnet, MIT) fine-tuned by kd_tf on 8-bit noisy inputs
+# (configs/teacher_ffdnet_8bit.yaml): on both held-out sets the strongest teacher measured
+# (models/denoise/MODEL_CARD.md); the U-Net kd_tf trained itself stays models/denoise/teacher.keras
 DEFAULT_TEACHER = str(MODELS_DIR / "denoise" / "ffdnet_8bit.keras")
 DEFAULT_STUDENT = str(MODELS_DIR / "denoise" / "student.keras")
 
