@@ -5,7 +5,7 @@
     python -m benchmarks.int8_parity --generator models/gan/student_generator.keras \
         --int8 models/gan/student_generator_int8.tflite [--out report.json]
 
-Denoiser: kd_tf.denoise.int8_parity's synthetic colour set, the embedded held-out photos and the photo
+Denoiser: kd_tf.int8_parity's synthetic colour set, the embedded held-out photos and the photo
 corpus's held-out set 2 when it is there (per-image PSNR drop, mean per-channel shift, worst
 image). With --float32, the latency of both TFLite files at 1 and 2 threads on a 512x512 input,
 measured alternately (so a busy machine slows both alike), and their sizes.
@@ -38,7 +38,7 @@ def alternating_latency_ms(models: dict, size: int = 512, repeats: int = 15) -> 
 
 def main(argv=None) -> dict:
     from kd_tf.export import LiteRTModel, op_names
-    from kd_tf.denoise.int8_parity import format_parity, generator_parity, parity_report, parity_sets
+    from kd_tf.int8_parity import format_parity, generator_parity, parity_report, parity_sets
     from kd_tf.model_io import load_model
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="a student model to score, repeatable")
     export = verbs.add_parser("export", help="student to .keras/SavedModel/TFLite with a parity report")
     export.add_argument("--model", help="the student (.keras, .h5 or SavedModel dir); default: the shipped one")
+    export.add_argument("--task", choices=("denoise", "sr"), default=None,
+                        help="sr: a super-resolution model (default: sr for a model whose output is larger than "
+                             "its input, else denoise; generators are recognized by their latent input)")
     export.add_argument("--out", help="output folder (default: runs/<run>/export)")
     export.add_argument("--formats", nargs="+", metavar="FORMAT",
                         help="any of keras savedmodel float32 float16 dynamic int8 int16x8")
@@ -219,7 +222,8 @@ def main(argv=None) -> int:
             report = ffdnet.convert_command(args.wheel, args.out)
         elif getattr(args, "task", "denoise") == "diffusion" and args.verb in ("train-teacher", "distill"):
             report = _diffusion_verb(args, overrides)
-        elif getattr(args, "task", "denoise") == "sr" and args.verb in ("train-teacher", "distill"):
+        elif getattr(args, "task", "denoise") == "sr" or (args.verb == "export" and args.task is None
+                                                          and _is_upscaler(args.model)):
             report = _sr_verb(args, overrides)
         elif getattr(args, "task", "denoise") == "gan" or args.verb in ("train-classifier", "generate") \
                 or (args.verb == "export" and _is_generator(args.model)):
@@ -357,6 +361,17 @@ def _sr_verb(args, overrides) -> dict:
 
     if args.verb == "train-teacher":
         return jobs.train_teacher(cfg.load(sr_config.SRTeacherJobConfig, args.config, overrides))
+    if args.verb == "export":
+        for key, value in (("model", args.model), ("out_dir", args.out), ("formats", args.formats)):
+            if value is not None:
+                overrides[key] = value
+        if args.qat_steps:
+            raise InputError(f"--qat-steps {args.qat_steps}: quantization-aware fine-tuning is for the denoising "
+                             f"task; the super-resolution export calibrates only")
+        return jobs.export(cfg.load(sr_config.SRExportJobConfig, args.config, overrides))
+    if args.verb == "evaluate":
+        return jobs.evaluate(cfg.load(sr_config.SRDistillJobConfig, args.config, overrides), teacher=args.teacher,
+                             students=dict(_named(s) for s in args.student))
     if args.teacher:
         overrides["teacher"] = args.teacher
     if args.config and len(args.config) > 1:
@@ -374,6 +389,23 @@ def _is_generator(path) -> bool:
     try:
         return takes_latent(load_model(path))
     except InputError:
+        return False
+
+
+def _is_upscaler(path) -> bool:
+    """Whether `export --model PATH` names a super-resolution model (its output larger than its input)."""
+    if not path or not (os.path.isdir(path) or (os.path.isfile(path) and path.endswith((".keras", ".h5")))):
+        return False
+    import numpy as np
+
+    from kd_tf.model_io import load_model
+
+    try:
+        model = load_model(path)
+        if len(model.inputs) != 1 or model.inputs[0].shape[-1] != 3:
+            return False
+        return np.asarray(model(np.zeros((1, 16, 16, 3), np.float32))).shape[1] > 16
+    except (InputError, ValueError, TypeError, AttributeError):
         return False
 
 

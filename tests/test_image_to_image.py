@@ -290,3 +290,43 @@ def test_sr_cli_trains_distils_exports_and_scores_against_bicubic(sr_cli, tmp_pa
     ops = check_builtin_only(open(tflite, "rb").read())              # raises on a Flex or custom op
     assert {"DEPTH_TO_SPACE", "RESIZE_BILINEAR", "CONV_2D"} <= set(ops) and "QUANTIZE" in ops
     assert main(["upscale", "--model", tflite, "--input", str(tmp_path / "none"), "--output", str(tmp_path / "o")]) == 2
+    parity = report["int8_parity"]                                   # the colour set and the held-out photos
+    assert set(parity["sets"]) == {"colour", "heldout1"} and "heldout2" in parity["skipped"]
+    row = parity["sets"]["heldout1"]["per_image"][name]
+    assert row["psnr_float"] == pytest.approx(methods["student (distilled)"]["images"][name]["psnr"], abs=1e-3)
+    assert row["psnr_int8"] == pytest.approx(methods["student int8 (TFLite)"]["images"][name]["psnr"], abs=1e-3)
+
+
+def test_sr_cli_evaluates_and_exports_an_upscaler_on_its_own_protocol(sr_cli, tmp_path):
+    """`evaluate --task sr` scores saved upscalers (Keras and TFLite) against bicubic; `export` of an
+    upscaler (recognized without --task) writes every format and scores each the same way."""
+    import json
+
+    from kd_tf.cli import main
+    from kd_tf.export import check_builtin_only
+
+    root, _ = sr_cli
+    distilled = json.loads((root / "runs" / "distill" / "report.json").read_text())
+    settings = ["--set", f"output.runs_dir={tmp_path / 'runs'}", "--set", f"output.log_dir={tmp_path / 'tb'}",
+                "--set", f"data={{patch_size: 32, batch_size: 4, corpus_path: {root / 'no_corpus'}}}"]
+    assert main(["evaluate", "--task", "sr", "--teacher", str(root / "teacher.keras"), "--student",
+                 f"float={distilled['student_path']}", "--student", f"int8={distilled['int8_tflite']}",
+                 "--run-name", "evaluate", *settings]) == 0
+    evaluated = json.loads((tmp_path / "runs" / "evaluate" / "report.json").read_text())["heldout1"]["methods"]
+    for mine, theirs in (("teacher", "teacher"), ("float", "student (distilled)"), ("int8", "student int8 (TFLite)"),
+                         ("bicubic", "bicubic")):
+        assert evaluated[mine]["psnr"] == pytest.approx(distilled["heldout1"]["methods"][theirs]["psnr"], abs=1e-3)
+
+    assert main(["export", "--model", distilled["student_path"], "--out", str(tmp_path / "export"),
+                 "--run-name", "export", "--set", "calibration_batches=2", *settings]) == 0
+    exported = json.loads((tmp_path / "runs" / "export" / "export_report.json").read_text())
+    assert exported["job"] == "export --task sr" and set(exported["files"]) == {"keras", "savedmodel", "float32", "int8"}
+    methods = exported["heldout1"]["methods"]
+    float_psnr = methods["float (Keras)"]["psnr"]
+    assert methods["float32 TFLite"]["psnr"] == pytest.approx(float_psnr, abs=0.01)   # float32 TFLite is exact
+    assert float_psnr > methods["bicubic"]["psnr"] - 3.0                              # a trained upscaler, not junk
+    assert exported["bytes"]["int8"] < exported["bytes"]["float32"] / 2
+    assert "QUANTIZE" in check_builtin_only((tmp_path / "export" / "upscaler_int8.tflite").read_bytes())
+    assert exported["int8_parity"]["sets"]["heldout1"]["images"] == len(methods["bicubic"]["images"])
+    assert main(["export", "--task", "sr", "--model", distilled["student_path"], "--qat-steps", "5",
+                 *settings]) == 2                                  # QAT is the denoising export's

@@ -159,7 +159,7 @@ def test_qat_distills_from_the_teacher_of_the_students_run_even_a_non_blind_one(
 # -- issue 17: int8 that keeps its colours ------------------------------------------------------
 
 def test_colour_sets_cover_the_gamut_and_calibration_never_sees_the_check():
-    from kd_tf.denoise.int8_parity import colour_set, gamut_images, noisy_8bit_batches
+    from kd_tf.int8_parity import colour_set, gamut_images, noisy_8bit_batches
 
     check = colour_set(32)
     assert {"flat_yellow", "hue_wheel", "near_black", "near_white", "primaries_secondaries"} <= set(check)
@@ -179,7 +179,7 @@ def test_colour_sets_cover_the_gamut_and_calibration_never_sees_the_check():
 
 
 def test_parity_report_names_the_worst_image_and_the_channel_shift():
-    from kd_tf.denoise.int8_parity import colour_set, parity_report
+    from kd_tf.int8_parity import colour_set, parity_report
 
     sets = {"colour": {k: v for k, v in colour_set(32).items() if k in ("flat_yellow", "grey_ramp", "near_black")}}
     identity = lambda batch: np.asarray(batch)                                      # noqa: E731
@@ -213,7 +213,7 @@ def _int8_parity(student, gamut, tmp_path):
     noise, calibrated input and output ranges)."""
     from kd_tf.images import load_split
     from kd_tf.denoise.export_job import calibration_batches
-    from kd_tf.denoise.int8_parity import colour_set, parity_report
+    from kd_tf.int8_parity import colour_set, parity_report
 
     split = load_split()
     calibration = calibration_batches(split.train, 6, gamut=gamut)

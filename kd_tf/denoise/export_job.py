@@ -35,11 +35,11 @@ def calibration_batches(images: dict, batches: int, seed: int = 7, data: cfg.Dat
                         gamut: bool = True) -> list:
     """Full-integer calibration data as a user's image reaches the model (8-bit: noise as in
     training, then rounded and clipped): real training crops and, with `gamut`, as many batches
-    of synthetic colour-gamut images (kd_tf.denoise.int8_parity.gamut_images: saturated primaries and
+    of synthetic colour-gamut images (kd_tf.int8_parity.gamut_images: saturated primaries and
     secondaries, gradients, hue wheels, near-black/white), interleaved. Photos alone leave
     saturated colours outside the calibrated ranges (issue 17: -6.5 dB on flat yellow)."""
     from kd_tf.images import to_8bit
-    from kd_tf.denoise.int8_parity import gamut_images, noisy_8bit_batches
+    from kd_tf.int8_parity import gamut_images, noisy_8bit_batches
 
     data = data or cfg.DataConfig()
     stream = patch_dataset(images, data.patch_size, 8, (data.sigma_min, data.sigma_max), seed=seed)
@@ -90,12 +90,12 @@ def quantization_aware_finetune(aware: keras.Model, config: denoise_config.Expor
 def qat_stream(images: dict, data: cfg.DataConfig, seed: int, non_blind: bool = False, gamut_share: float = 0.5):
     """What quantization-aware fine-tuning trains on: 8-bit noisy patches (as the int8 model will
     be fed) of the training photos and, in `gamut_share` of the batches, of synthetic colour-gamut
-    images (kd_tf.denoise.int8_parity.gamut_images, seeded apart from the parity check's colour set), so
+    images (kd_tf.int8_parity.gamut_images, seeded apart from the parity check's colour set), so
     that saturated colours are learnt on the int8 grid too. `non_blind`: the teacher gets each
     patch's sigma."""
     import tensorflow as tf
 
-    from kd_tf.denoise.int8_parity import gamut_images
+    from kd_tf.int8_parity import gamut_images
 
     def patches(source, offset):
         return patch_dataset(source, data.patch_size, data.batch_size, (data.sigma_min, data.sigma_max),
@@ -138,7 +138,7 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
     from kd_tf import export
     from kd_tf.images import noisy_copy, to_8bit
     from kd_tf.inference import Runner, load_runner, run_rgb
-    from kd_tf.denoise.int8_parity import format_parity, parity_report, parity_sets
+    from kd_tf.int8_parity import format_parity, parity_report, parity_sets
     from kd_tf.metrics import image_scores
 
     config.validate()

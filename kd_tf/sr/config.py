@@ -8,6 +8,8 @@ from kd_tf.config import (JOBS, MODELS_DIR, DataConfig, OutputConfig, TrainConfi
 
 SR_DIR = str(MODELS_DIR / "sr")
 DEFAULT_SR_TEACHER = f"{SR_DIR}/teacher_x2.keras"
+DEFAULT_SR_STUDENT = f"{SR_DIR}/student_x2.keras"
+SR_EXPORT_FORMATS = ("keras", "savedmodel", "float32", "int8")
 
 
 @dataclasses.dataclass
@@ -35,7 +37,8 @@ def _check_data_and_factor(config):
     _check(config.factor in (2, 3, 4), "factor", config.factor, "2, 3 or 4")
     _check(config.data.patch_size % config.factor == 0, "data.patch_size", config.data.patch_size,
            f"a multiple of factor={config.factor}")
-    config.train.validate()
+    if hasattr(config, "train"):             # the export job trains nothing
+        config.train.validate()
 
 
 @dataclasses.dataclass
@@ -71,12 +74,15 @@ class SRDistillJobConfig:
     cache_batches: int = 300                 # offline distillation: teacher outputs on this many batches (0: live)
     export_int8: bool = True                 # full-integer TFLite of the student, scored like the float one
     calibration_batches: int = 16            # batches of low-resolution patches for the int8 calibration
+    calibration_gamut_share: float = 0.25    # share of synthetic colour-gamut images in them (issue 17)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     save_to: str | None = None               # the run folder only; ship into models/ by naming a path
 
     def validate(self):
         _check_data_and_factor(self)
         self.student.validate("student")
+        _check(0.0 <= self.calibration_gamut_share < 1.0, "calibration_gamut_share", self.calibration_gamut_share,
+               "0 <= value < 1")
         _check(0.0 <= self.student_loss_weight <= 1.0, "student_loss_weight", self.student_loss_weight, "0..1")
         _check(self.cache_batches >= 0, "cache_batches", self.cache_batches, "an int >= 0")
         _check(self.calibration_batches >= 1, "calibration_batches", self.calibration_batches, "an int >= 1")
@@ -84,5 +90,31 @@ class SRDistillJobConfig:
         return self
 
 
+@dataclasses.dataclass
+class SRExportJobConfig:
+    """`python -m kd_tf export --task sr`: an upscaler to SavedModel/TFLite, each format scored on
+    the held-out photos, the int8 one against float on the colour set and both held-out sets."""
+
+    data: SRDataConfig = dataclasses.field(default_factory=SRDataConfig)
+    factor: int = 2                          # must match the model's
+    model: str = DEFAULT_SR_STUDENT          # the upscaler (.keras, .h5 or SavedModel dir)
+    formats: list = dataclasses.field(default_factory=lambda: list(SR_EXPORT_FORMATS))
+    out_dir: str | None = None               # default: runs/<run>/export
+    calibration_batches: int = 16            # batches of low-resolution patches for the int8 calibration
+    calibration_gamut_share: float = 0.25    # share of synthetic colour-gamut images in them (issue 17)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+
+    def validate(self):
+        _check_data_and_factor(self)
+        _check(bool(self.formats) and set(self.formats) <= set(SR_EXPORT_FORMATS), "formats", self.formats,
+               f"a non-empty list of {', '.join(SR_EXPORT_FORMATS)}")
+        _check(self.calibration_batches >= 1, "calibration_batches", self.calibration_batches, "an int >= 1")
+        _check(0.0 <= self.calibration_gamut_share < 1.0, "calibration_gamut_share", self.calibration_gamut_share,
+               "0 <= value < 1")
+        return self
+
+
 JOBS.update({"train-teacher --task sr": SRTeacherJobConfig,
-             "distill --task sr": SRDistillJobConfig})     # for `python -m kd_tf config`
+             "distill --task sr": SRDistillJobConfig,
+             "evaluate --task sr": SRDistillJobConfig,       # its teacher, data and factor
+             "export --task sr": SRExportJobConfig})     # for `python -m kd_tf config`

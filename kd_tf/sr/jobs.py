@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -173,18 +174,134 @@ def distill(config) -> dict:
     report = _report(models, sets, config.factor, "distill --task sr", paths, config)
     report.update(train_seconds=seconds, history=history, student_path=str(path), teacher_path=config.teacher,
                   int8_tflite=str(exported) if exported else None)
+    if exported:
+        from kd_tf.int8_parity import format_parity
+
+        report["int8_parity"] = int8_parity(student, exported, config, split)
+        report["table"] += "\n\nint8 against float:\n" + format_parity(report["int8_parity"])
     report["report_path"] = str(paths.write_json("report.json", report))
     return report
 
 
+def _protocol_input(factor: int):
+    """The evaluation protocol's model input for a truth image: its antialiased bicubic downscale, 8-bit."""
+    return lambda clean, index: to_8bit(Downscale(factor).apply(to_8bit(clean)).numpy())
+
+
+def calibration_inputs(train_images: dict, patch_size: int, batch_size: int, factor: int, batches: int,
+                       gamut_share: float = 0.25, seed: int = 1) -> list[np.ndarray]:
+    """Low-resolution calibration batches for the int8 converter: downscaled training patches, and
+    a `gamut_share` of each batch downscaled synthetic colour-gamut images (kd_tf.int8_parity:
+    saturated primaries, gradients, near-black and near-white, which photos seldom hold), so no
+    colour's activations fall outside the calibrated ranges (issue 17)."""
+    from kd_tf.int8_parity import gamut_images
+
+    stream = patch_dataset(train_images, patch_size, batch_size, seed=seed, degradation=Downscale(factor))
+    gamut_count = int(round(batch_size * gamut_share))
+    gamut = gamut_images(gamut_count * batches, patch_size, seed=seed)
+    out = []
+    for index, (low, _) in enumerate(stream.take(batches)):
+        low = low.numpy()
+        if gamut_count:
+            extra = to_8bit(Downscale(factor).apply(np.stack(gamut[index * gamut_count:(index + 1) * gamut_count])).numpy())
+            low = np.concatenate([low[:batch_size - gamut_count], extra])
+        out.append(low)
+    return out
+
+
+def int8_parity(float_model, tflite_path, config, split) -> dict:
+    """kd_tf.int8_parity on the synthetic colour set and both held-out sets, under the SR protocol."""
+    from kd_tf.export import LiteRTModel
+    from kd_tf.int8_parity import parity_report, parity_sets
+
+    sets, skipped = parity_sets(split.heldout, config.data.corpus_dir())
+    sets["heldout1"] = sets.pop("heldout")
+    return parity_report(lambda batch: float_model(batch, training=False), LiteRTModel(tflite_path, num_threads=2),
+                         sets, skipped, stride=config.factor, make_input=_protocol_input(config.factor),
+                         protocol=f"truth cropped to a multiple of {config.factor}, its antialiased bicubic "
+                                  f"downscale rounded to 8 bits as the input, outputs clipped and rounded to 8 bits")
+
+
 def export_int8(student, train_images: dict, config, out_dir) -> str:
-    """The student's full-integer TFLite, calibrated on low-resolution training patches."""
+    """The student's full-integer TFLite, calibrated on low-resolution training patches and gamut images."""
     from kd_tf import export
     from kd_tf.atomic import write_bytes_atomically
 
-    stream = patch_dataset(train_images, config.data.patch_size, config.data.batch_size, seed=config.train.seed + 1,
-                           degradation=Downscale(config.factor))
-    calibration = [low.numpy() for low, _ in stream.take(config.calibration_batches)]
+    calibration = calibration_inputs(train_images, config.data.patch_size, config.data.batch_size, config.factor,
+                                     config.calibration_batches, config.calibration_gamut_share,
+                                     seed=config.train.seed + 1 if hasattr(config, "train") else 1)
     saved = export.export_saved_model(student, out_dir / "savedmodel")
     flatbuffer = export.to_tflite(saved, "int8", calibration)
     return str(write_bytes_atomically(out_dir / "student_sr_int8.tflite", flatbuffer))
+
+
+def evaluate(config, teacher: str | None = None, students: dict | None = None) -> dict:
+    """`evaluate --task sr`: bicubic, the teacher and each student upscaler (.keras, SavedModel or
+    .tflite) on both held-out sets, the 8-bit protocol of this module."""
+    from kd_tf.inference import load_runner, run_rgb
+    from kd_tf.model_io import load_model
+
+    config.validate()
+    split = load_split(config.data.data_dir, config.data.heldout_fraction, config.data.split_seed)
+    paths = RunPaths(config.output, "sr-evaluate")
+    sets = _heldout_sets(config.data, split)
+    models = {"teacher": load_model(teacher or config.teacher)}
+    for name, path in (students or {}).items():
+        if str(path).endswith(".tflite"):
+            runner = load_runner(path, num_threads=2)
+            models[name] = (lambda r: lambda small: run_rgb(r, small))(runner)
+        else:
+            models[name] = load_model(path)
+    report = _report(models, sets, config.factor, "evaluate --task sr", paths, config)
+    report.update(teacher_path=teacher or config.teacher, students={k: str(v) for k, v in (students or {}).items()})
+    report["report_path"] = str(paths.write_json("report.json", report))
+    return report
+
+
+def export(config) -> dict:
+    """`export --task sr`: the upscaler to each format (keras, savedmodel, float32, int8 TFLite), each
+    scored like the float model on both held-out sets, the int8 one also against float image by
+    image (the colour set too: kd_tf.int8_parity), ops and size."""
+    from kd_tf import export as exporting
+    from kd_tf.atomic import write_bytes_atomically
+    from kd_tf.inference import load_runner, run_rgb
+    from kd_tf.int8_parity import format_parity
+    from kd_tf.model_io import load_model
+
+    config.validate()
+    model = load_model(config.model)
+    split, train = _images(config.data)
+    paths = RunPaths(config.output, "sr-export")
+    out = Path(config.out_dir) if config.out_dir else paths.root / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    sets = _heldout_sets(config.data, split)
+    saved = exporting.export_saved_model(model, out / "savedmodel") if set(config.formats) - {"keras"} else None
+    models, files, parity = {"float (Keras)": model}, {}, None
+    for fmt in config.formats:
+        if fmt == "keras":
+            files[fmt] = str(save_model(model, out / "upscaler.keras"))
+            continue
+        if fmt == "savedmodel":
+            files[fmt] = str(saved)
+            continue
+        calibration = None if fmt == "float32" else calibration_inputs(
+            train, config.data.patch_size, config.data.batch_size, config.factor, config.calibration_batches,
+            config.calibration_gamut_share)
+        flatbuffer = exporting.to_tflite(saved, fmt, calibration)
+        exporting.check_builtin_only(flatbuffer)
+        path = write_bytes_atomically(out / f"upscaler_{fmt}.tflite", flatbuffer)
+        files[fmt] = str(path)
+        models[f"{fmt} TFLite"] = (lambda r: lambda small: run_rgb(r, small))(load_runner(path, num_threads=2))
+        if fmt == "int8":
+            parity = int8_parity(model, path, config, split)
+    report = _report(models, sets, config.factor, "export --task sr", paths, config)
+    report.update(model=config.model, out_dir=str(out), files=files,
+                  bytes={fmt: (Path(f).stat().st_size if Path(f).is_file() else
+                               sum(p.stat().st_size for p in Path(f).rglob("*") if p.is_file()))
+                         for fmt, f in files.items()},
+                  ops={fmt: exporting.op_names(Path(f).read_bytes()) for fmt, f in files.items() if f.endswith(".tflite")})
+    if parity is not None:
+        report["int8_parity"] = parity
+        report["table"] += "\n\nint8 against float:\n" + format_parity(parity)
+    report["report_path"] = str(paths.write_json("export_report.json", report))
+    return report

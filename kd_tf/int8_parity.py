@@ -1,5 +1,8 @@
 """Does the int8 model keep its colours? Parity of a quantized image model against its float self.
 
+Core (any image-to-image task): the denoising protocol (8-bit noisy inputs) is the default; a task
+passes its own `make_input` (super-resolution: the 8-bit bicubic downscale) and `stride`.
+
 Full-integer TFLite gives every tensor one 8-bit range. Ranges calibrated on ordinary photos
 clip the activations of saturated colours: on the shipped student, flat yellow drove the
 deepest level's features to +-30 against a calibrated +-1.8, and the int8 model turned yellow
@@ -152,22 +155,32 @@ def _crop_to(image: np.ndarray, stride: int) -> np.ndarray:
     return image[:height, :width]
 
 
+def noisy_input(sigma: float = 25.0, seed: int = 2024):
+    """The denoising protocol's `make_input`: image i (sorted by name) gets noise seed `seed + i`, as
+    kd_tf.denoise.evaluation scores a set, rounded and clipped to 8 bits."""
+    from kd_tf.images import noisy_copy, to_8bit
+
+    return lambda clean, index: to_8bit(noisy_copy(clean, sigma, seed + index))
+
+
 def image_parity(float_model, int8_model, images: dict[str, np.ndarray], sigma: float = 25.0,
-                 seed: int = 2024, stride: int = 8) -> dict:
+                 seed: int = 2024, stride: int = 8, make_input=None) -> dict:
     """Float vs int8 on `images` under the evaluation protocol. `float_model`/`int8_model` map an
     NHWC float batch to an NHWC batch (a Keras model, kd_tf.export.LiteRTModel, ...).
 
-    Image i (sorted by name) gets noise seed `seed + i`, as kd_tf.denoise.evaluation scores a set, is
-    cropped to a multiple of `stride` and run whole. Returns per-image rows and a summary."""
-    from kd_tf.images import noisy_copy, to_8bit
+    Each image (sorted by name) is cropped to a multiple of `stride` and is the truth; the models
+    see `make_input(truth, index)` (default `noisy_input(sigma, seed)`), whole. Returns per-image
+    rows and a summary."""
+    from kd_tf.images import to_8bit
     from kd_tf.metrics import image_scores
 
+    make_input = make_input or noisy_input(sigma, seed)
     rows = {}
     for index, name in enumerate(sorted(images)):
         clean = _crop_to(np.asarray(images[name], np.float32), stride)
-        noisy = to_8bit(noisy_copy(clean, sigma, seed + index))[None]
-        out_float = to_8bit(np.asarray(float_model(noisy))[0])
-        out_int8 = to_8bit(np.asarray(int8_model(noisy))[0])
+        degraded = np.asarray(make_input(clean, index), np.float32)[None]
+        out_float = to_8bit(np.asarray(float_model(degraded))[0])
+        out_int8 = to_8bit(np.asarray(int8_model(degraded))[0])
         psnr_float, psnr_int8 = image_scores(clean, out_float)[0], image_scores(clean, out_int8)[0]
         shift = (out_int8 - out_float).reshape(-1, out_float.shape[-1]).mean(axis=0) * 255.0
         rows[name] = {"psnr_float": psnr_float, "psnr_int8": psnr_int8, "drop_db": psnr_float - psnr_int8,
@@ -212,14 +225,16 @@ def parity_sets(heldout: dict[str, np.ndarray], corpus_dir=None, colour_size: in
 
 
 def parity_report(float_model, int8_model, sets: dict[str, dict], skipped: dict | None = None,
-                  sigma: float = 25.0, seed: int = 2024, stride: int = 8) -> dict:
-    """`image_parity` on every set, plus the worst over all of them."""
-    report = {"protocol": f"sigma {sigma:g}, noise seed {seed} + image index per set, 8-bit noisy input, "
-                          f"outputs clipped and rounded to 8 bits; drop = PSNR(float) - PSNR(int8); "
-                          f"shift = mean(int8 - float) per channel x 255",
+                  sigma: float = 25.0, seed: int = 2024, stride: int = 8, make_input=None,
+                  protocol: str | None = None) -> dict:
+    """`image_parity` on every set, plus the worst over all of them. `make_input`/`protocol`: a
+    task's own degradation and its description (default: the denoising protocol at `sigma`)."""
+    protocol = protocol or (f"sigma {sigma:g}, noise seed {seed} + image index per set, 8-bit noisy input, "
+                            f"outputs clipped and rounded to 8 bits")
+    report = {"protocol": f"{protocol}; drop = PSNR(float) - PSNR(int8); shift = mean(int8 - float) per channel x 255",
               "sets": {}, "skipped": dict(skipped or {})}
     for name, images in sets.items():
-        report["sets"][name] = image_parity(float_model, int8_model, images, sigma, seed, stride)
+        report["sets"][name] = image_parity(float_model, int8_model, images, sigma, seed, stride, make_input)
     every = {f"{set_name}/{image}": row for set_name, result in report["sets"].items()
              for image, row in result["per_image"].items()}
     report["overall"] = summarize(every) if every else {}
