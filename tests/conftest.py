@@ -14,6 +14,9 @@ _SCRATCH = tempfile.mkdtemp(prefix="kd_tf-tests-")
 atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 os.environ["KD_TF_RUNS_DIR"] = os.path.join(_SCRATCH, "runs")
 os.environ["KD_TF_LOG_DIR"] = os.path.join(_SCRATCH, "tensorboard_logs")
+# No photo corpus (400 MB, `photos fetch`), as on a fresh machine: a developer's fetched corpus must
+# not change what the tests run or how long they take. Tests of the corpus build their own.
+os.environ["KD_TF_PHOTOS"] = os.path.join(_SCRATCH, "no_photo_corpus")
 
 import numpy as np
 import pytest

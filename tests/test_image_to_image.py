@@ -304,6 +304,7 @@ def test_sr_cli_evaluates_and_exports_an_upscaler_on_its_own_protocol(sr_cli, tm
 
     from kd_tf.cli import main
     from kd_tf.export import check_builtin_only
+    from kd_tf.images import load_split, to_8bit
 
     root, _ = sr_cli
     distilled = json.loads((root / "runs" / "distill" / "report.json").read_text())
@@ -317,16 +318,26 @@ def test_sr_cli_evaluates_and_exports_an_upscaler_on_its_own_protocol(sr_cli, tm
                          ("bicubic", "bicubic")):
         assert evaluated[mine]["psnr"] == pytest.approx(distilled["heldout1"]["methods"][theirs]["psnr"], abs=1e-3)
 
-    assert main(["export", "--model", distilled["student_path"], "--out", str(tmp_path / "export"),
+    # an upscaler whose function is known: its detail branch zeroed, it is bilinear enlargement
+    known = build_upscaler(4, 1, 2)
+    known.get_layer("to_subpixels").set_weights([np.zeros_like(w) for w in known.get_layer("to_subpixels").get_weights()])
+    known.save(tmp_path / "bilinear.keras")
+    assert main(["export", "--model", str(tmp_path / "bilinear.keras"), "--out", str(tmp_path / "export"),
                  "--run-name", "export", "--set", "calibration_batches=2", *settings]) == 0
     exported = json.loads((tmp_path / "runs" / "export" / "export_report.json").read_text())
     assert exported["job"] == "export --task sr" and set(exported["files"]) == {"keras", "savedmodel", "float32", "int8"}
     methods = exported["heldout1"]["methods"]
-    float_psnr = methods["float (Keras)"]["psnr"]
-    assert methods["float32 TFLite"]["psnr"] == pytest.approx(float_psnr, abs=0.01)   # float32 TFLite is exact
-    assert float_psnr > methods["bicubic"]["psnr"] - 3.0                              # a trained upscaler, not junk
-    assert exported["bytes"]["int8"] < exported["bytes"]["float32"] / 2
+    name, photo = sorted(load_split().heldout.items())[0]        # the protocol by hand: 8-bit truth and input
+    truth = to_8bit(photo[:photo.shape[0] // 2 * 2, :photo.shape[1] // 2 * 2])
+    small = to_8bit(tf.image.resize(truth, (truth.shape[0] // 2, truth.shape[1] // 2), "bicubic", antialias=True).numpy())
+    bilinear = _psnr(to_8bit(tf.image.resize(small, truth.shape[:2], "bilinear").numpy()), truth)
+    for row in ("float (Keras)", "float32 TFLite"):
+        assert methods[row]["images"][name]["psnr"] == pytest.approx(bilinear, abs=1e-3), row
+    assert abs(methods["int8 TFLite"]["images"][name]["psnr"] - bilinear) < 0.5   # int8: close, not exact
+    assert exported["bytes"]["int8"] < exported["bytes"]["float32"]            # a tiny net: mostly graph, not weights
     assert "QUANTIZE" in check_builtin_only((tmp_path / "export" / "upscaler_int8.tflite").read_bytes())
-    assert exported["int8_parity"]["sets"]["heldout1"]["images"] == len(methods["bicubic"]["images"])
+    parity = exported["int8_parity"]["sets"]["heldout1"]["per_image"]
+    assert parity[name]["psnr_float"] == pytest.approx(bilinear, abs=1e-3)
+    assert parity[name]["psnr_int8"] == pytest.approx(methods["int8 TFLite"]["images"][name]["psnr"], abs=1e-3)
     assert main(["export", "--task", "sr", "--model", distilled["student_path"], "--qat-steps", "5",
                  *settings]) == 2                                  # QAT is the denoising export's
