@@ -20,6 +20,7 @@ distill:
   compare_scratch: true
 eval: {sigmas: [25], baselines: [nlmeans], max_images: 1, timing_size: 64}
 export_formats: [keras, int8]
+export_calibration_batches: 2
 """
 
 

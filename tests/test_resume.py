@@ -47,32 +47,39 @@ def workspace(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("phase", ["distill", "scratch"])
-def test_sigkill_then_rerun_matches_an_uninterrupted_run(workspace, phase):
+def _run_until_killed(root, run, phase, env, log):
+    """Starts the job and SIGKILLs it once `phase` has checkpointed two epochs."""
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(_command(root, run), env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            deadline = time.time() + 240
+            while _epochs_done(root, run, phase) < 2 and process.poll() is None and time.time() < deadline:
+                time.sleep(0.02)
+            process.send_signal(signal.SIGKILL)
+            assert process.wait(timeout=30) == -signal.SIGKILL, f"the run ended before it could be killed in {phase}"
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert not (root / "runs" / run / "report.json").exists()
+    assert _epochs_done(root, run, phase) >= 2
+    return Path(log).read_text()
+
+
+def test_sigkill_in_each_phase_then_rerun_matches_an_uninterrupted_run(workspace):
+    """Killed while distilling, rerun and killed again while training the scratch comparison,
+    rerun to the end: both students and their scores equal the uninterrupted run's."""
     env = {**os.environ, "KD_TF_QUIET": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     full = workspace / "runs" / "full" / "report.json"
-    if not full.exists():
-        subprocess.run(_command(workspace, "full"), check=True, env=env, capture_output=True, cwd=Path.cwd())
+    subprocess.run(_command(workspace, "full"), check=True, env=env, capture_output=True, cwd=Path.cwd())
 
-    run = f"killed-{phase}"
-    process = subprocess.Popen(_command(workspace, run), env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while _epochs_done(workspace, run, phase) < 2 and process.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-        assert process.wait(timeout=30) == -signal.SIGKILL, "the run ended before it could be killed"
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert not (workspace / "runs" / run / "report.json").exists()
-    assert _epochs_done(workspace, run, phase) >= 2
-
+    run = "killed"
+    _run_until_killed(workspace, run, "distill", env, workspace / "first.log")
+    second = _run_until_killed(workspace, run, "scratch", env, workspace / "second.log")
+    assert "resuming distill after epoch" in second
     resumed = subprocess.run(_command(workspace, run), env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resuming {phase} after epoch" in resumed.stderr
+    assert "resuming scratch after epoch" in resumed.stderr
 
     expected = json.loads(full.read_text())["methods"]
     got = json.loads((workspace / "runs" / run / "report.json").read_text())["methods"]

@@ -198,6 +198,7 @@ class DistillJobConfig:
     # formats the distilled student is exported to (see `export`)
     export_formats: list[str] = dataclasses.field(default_factory=lambda: ["keras", "savedmodel", "int8"])
     qat_steps: int = 0                    # quantization-aware fine-tuning of the exported int8 student
+    export_calibration_batches: int = 32  # the int8 export's calibration (export's calibration_batches)
 
     def validate(self):
         self.data.validate()
@@ -210,6 +211,8 @@ class DistillJobConfig:
         for name in self.export_formats:
             _check(name in EXPORT_FORMATS, "export_formats", name, f"any of {EXPORT_FORMATS}")
         _check(isinstance(self.qat_steps, int) and self.qat_steps >= 0, "qat_steps", self.qat_steps, "an int >= 0")
+        _check(isinstance(self.export_calibration_batches, int) and self.export_calibration_batches >= 1,
+               "export_calibration_batches", self.export_calibration_batches, "an int >= 1")
         _check_writable("save_to", self.save_to)
         return self
 
