@@ -155,6 +155,31 @@ def distillation_gain(gain: dict) -> str:
                    "gap closure (c-a)/(teacher-a)", "(c) above (a) on every seed"], rows)
 
 
+SR_REPORT = "models/sr/sr_report.json"
+
+
+def sr_results(report: dict) -> str:
+    """README and models/sr/MODEL_CARD.md: every upscaler against bicubic on both held-out sets."""
+    sets = [key for key in ("heldout1", "heldout2") if key in report]
+    names = list(report[sets[0]]["methods"])
+    rows = []
+    for name in names:
+        model = report.get("models", {}).get(name)
+        size = (f"{model['params'] / 1e3:.0f} k", f"{model['macs_512'] / (512 // report['factor']) ** 2 / 1e3:.0f} k") \
+            if model else ("-", "-")
+        row = [name, *size]
+        for key in sets:
+            methods = report[key]["methods"]
+            row += [f"{methods[name]['psnr']:.2f} / {methods[name]['ssim']:.4f}",
+                    f"{methods[name]['psnr'] - methods['bicubic']['psnr']:+.2f}"]
+        rows.append(row)
+    header = ["method", "params", "MACs per input px"]
+    for index, key in enumerate(sets):
+        header += [f"set {index + 1} ({len(report[key]['methods']['bicubic']['images'])} photos) PSNR / SSIM",
+                   "vs bicubic"]
+    return _table(header, rows)
+
+
 # name -> (report file, renderer); the files hold `<!-- table:NAME -->` ... `<!-- /table:NAME -->`
 TABLES = {
     "teacher-choice": (TEACHER_CHOICE, teacher_choice),
@@ -162,8 +187,9 @@ TABLES = {
     "teacher-card-set2": (TEACHER_CHOICE, lambda report: card_set(report, 2)),
     "speed-targets": (RESULTS, speed_targets),
     "distillation-gain": ("benchmarks/distillation_gain/gain.json", distillation_gain),
+    "sr-results": (SR_REPORT, sr_results),
 }
-FILES = ("README.md", "models/denoise/MODEL_CARD.md")
+FILES = ("README.md", "models/denoise/MODEL_CARD.md", "models/sr/MODEL_CARD.md")
 _SECTION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(\n<!-- /table:(?P=name) -->)", re.S)
 
 

