@@ -98,7 +98,7 @@ class SRExportJobConfig:
     data: SRDataConfig = dataclasses.field(default_factory=SRDataConfig)
     factor: int = 2                          # must match the model's
     model: str = DEFAULT_SR_STUDENT          # the upscaler (.keras, .h5 or SavedModel dir)
-    formats: list = dataclasses.field(default_factory=lambda: list(SR_EXPORT_FORMATS))
+    formats: list = dataclasses.field(default_factory=lambda: list(SR_EXPORT_FORMATS))  # any of keras, savedmodel, float32, int8
     out_dir: str | None = None               # default: runs/<run>/export
     calibration_batches: int = 16            # batches of low-resolution patches for the int8 calibration
     calibration_gamut_share: float = 0.25    # share of synthetic colour-gamut images in them (issue 17)
