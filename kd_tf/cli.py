@@ -400,19 +400,15 @@ def _is_generator(path) -> bool:
 
 
 def _is_upscaler(path) -> bool:
-    """Whether `export --model PATH` names a super-resolution model (its output larger than its input)."""
+    """Whether `export --model PATH` names a super-resolution model: kd_tf.inference measures every
+    model's output scale on a probe (1 for a denoiser, the factor for an upscaler)."""
     if not path or not (os.path.isdir(path) or (os.path.isfile(path) and path.endswith((".keras", ".h5")))):
         return False
-    import numpy as np
-
-    from kd_tf.model_io import load_model
+    from kd_tf.inference import load_runner
 
     try:
-        model = load_model(path)
-        if len(model.inputs) != 1 or model.inputs[0].shape[-1] != 3:
-            return False
-        return np.asarray(model(np.zeros((1, 16, 16, 3), np.float32))).shape[1] > 16
-    except (InputError, ValueError, TypeError, AttributeError):
+        return load_runner(path).scale > 1
+    except (InputError, ValueError, TypeError):       # not an RGB image model (a generator, a non-blind teacher)
         return False
 
 
