@@ -341,3 +341,25 @@ def test_sr_cli_evaluates_and_exports_an_upscaler_on_its_own_protocol(sr_cli, tm
     assert parity[name]["psnr_int8"] == pytest.approx(methods["int8 TFLite"]["images"][name]["psnr"], abs=1e-3)
     assert main(["export", "--task", "sr", "--model", distilled["student_path"], "--qat-steps", "5",
                  *settings]) == 2                                  # QAT is the denoising export's
+
+
+def test_sr_teacher_continues_from_saved_weights_and_never_over_them(sr_cli, tmp_path):
+    """init_from starts a new learning-rate cycle from a saved teacher (a learning rate of ~0 keeps
+    its weights); a mismatched net or a save_to equal to init_from is refused before training."""
+    from kd_tf.cli import main
+
+    root, _ = sr_cli
+    settings = ["--set", f"output.runs_dir={tmp_path / 'runs'}", "--set", f"output.log_dir={tmp_path / 'tb'}",
+                "--set", f"data={{patch_size: 32, batch_size: 4, val_crop: 64, corpus_path: {root / 'no_corpus'}}}",
+                "--set", "train.steps_per_epoch=2", "--set", f"init_from={root / 'teacher.keras'}"]
+    assert main(["train-teacher", "--task", "sr", "--steps", "2", "--run-name", "continued", "--set",
+                 "net={width: 8, blocks: 1}", "--set", "train.learning_rate=1e-20", "--set",
+                 f"save_to={tmp_path / 'continued.keras'}", *settings]) == 0
+    start, continued = (keras.saving.load_model(p) for p in (root / "teacher.keras", tmp_path / "continued.keras"))
+    for before, after in zip(start.get_weights(), continued.get_weights()):
+        np.testing.assert_allclose(after, before, atol=1e-12)
+    assert main(["train-teacher", "--task", "sr", "--steps", "2", "--run-name", "wider", "--set",
+                 "net={width: 16, blocks: 1}", *settings]) != 0
+    assert main(["train-teacher", "--task", "sr", "--steps", "2", "--run-name", "over", "--set",
+                 "net={width: 8, blocks: 1}", "--set", f"save_to={root / 'teacher.keras'}", *settings]) != 0
+    assert not (tmp_path / "runs" / "over").exists()                # refused up front

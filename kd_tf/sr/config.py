@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from kd_tf.config import (JOBS, MODELS_DIR, DataConfig, OutputConfig, TrainConfig, _check, _check_writable)
 
@@ -52,12 +53,18 @@ class SRTeacherJobConfig:
     loss: str = "l1"                         # the reconstruction loss: l1 (sharper, EDSR's) or mse
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     save_to: str | None = None               # the run folder only; ship into models/ by naming a path
+    init_from: str | None = None             # continue from a saved upscaler's weights (a new LR cycle)
 
     def validate(self):
         _check_data_and_factor(self)
         self.net.validate("net")
         _check(self.loss in ("l1", "mse"), "loss", self.loss, "l1 or mse")
         _check_writable("save_to", self.save_to)
+        _check(self.init_from is None or Path(self.init_from).is_file(), "init_from", self.init_from,
+               "a saved upscaler (.keras) that exists")
+        _check(self.init_from is None or self.save_to is None
+               or Path(self.init_from).resolve() != Path(self.save_to).resolve(), "save_to", self.save_to,
+               "a path other than init_from's (a shipped model is replaced only after it is beaten)")
         return self
 
 

@@ -25,7 +25,8 @@ from kd_tf.tables import render_table
 from kd_tf.inference import run_on_image
 from kd_tf.metrics import image_scores
 from kd_tf.photo_corpus import HELDOUT2_CROP, heldout2_photos
-from kd_tf.model_io import load_float_teacher, save_model
+from kd_tf.errors import InputError
+from kd_tf.model_io import load_float_teacher, load_model, save_model
 from kd_tf.runs import (RunPaths, cosine_optimizer, epochs_for, record_config, record_split, resumed_batches,
                         standard_callbacks)
 from kd_tf.sr.nets import build_upscaler
@@ -124,6 +125,13 @@ def train_teacher(config) -> dict:
     """Trains the teacher upscaler on (bicubic-downscaled, original) patches."""
     split, train, paths, sets = _start(config, "sr-teacher")
     model = build_upscaler(config.net.width, config.net.blocks, config.factor, name="teacher_sr")
+    if config.init_from:
+        start = load_model(config.init_from)
+        if [w.shape for w in start.weights] != [w.shape for w in model.weights]:
+            raise InputError(f"init_from={config.init_from!r} is not an upscaler of net.width={config.net.width}, "
+                             f"net.blocks={config.net.blocks}, factor={config.factor}")
+        model.set_weights(start.get_weights())
+        log.info("continuing from the weights of %s", config.init_from)
     model.compile(optimizer=cosine_optimizer(config.train), loss="mae" if config.loss == "l1" else "mse")
     per_epoch = epochs_for(config.train)[1]
     stream = patch_dataset(train, config.data.patch_size, config.data.batch_size, seed=config.train.seed,
@@ -250,8 +258,6 @@ def evaluate(config, teacher: str | None = None, students: dict | None = None) -
     """`evaluate --task sr`: bicubic, the teacher and each student upscaler (.keras, SavedModel or
     .tflite) on both held-out sets, the 8-bit protocol of this module."""
     from kd_tf.inference import load_runner, run_rgb
-    from kd_tf.model_io import load_model
-
     config.validate()
     split = load_split(config.data.data_dir, config.data.heldout_fraction, config.data.split_seed)
     paths = RunPaths(config.output, "sr-evaluate")
@@ -277,8 +283,6 @@ def export(config) -> dict:
     from kd_tf.atomic import write_bytes_atomically
     from kd_tf.inference import load_runner, run_rgb
     from kd_tf.int8_parity import format_parity
-    from kd_tf.model_io import load_model
-
     config.validate()
     model = load_model(config.model)
     split, train = _images(config.data)
