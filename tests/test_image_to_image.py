@@ -338,6 +338,14 @@ def test_sr_cli_evaluates_and_exports_an_upscaler_on_its_own_protocol(sr_cli, tm
     assert "QUANTIZE" in check_builtin_only((tmp_path / "export" / "upscaler_int8.tflite").read_bytes())
     parity = exported["int8_parity"]["sets"]["heldout1"]["per_image"]
     assert parity[name]["psnr_float"] == pytest.approx(bilinear, abs=1e-3)
+    # which tensor costs what: the zeroed detail branch nothing at all, the rounded bilinear base something
+    sensitivity = {row["tensor"]: row for row in exported["int8_sensitivity"]["rows"]}
+    assert f"heldout1/{name}" in sensitivity["bilinear"]["per_input_db"]
+    floor = sensitivity["weights only"]["fidelity_db"]                # every activation at 16 bits
+    assert floor > 100 and min(sensitivity[t]["fidelity_db"] for t in ("to_subpixels", "subpixel")) > floor - 0.5
+    assert 40 < sensitivity["bilinear"]["fidelity_db"] < 70            # rounded to the input's 8-bit grid,
+    assert sensitivity["bilinear"]["clipped_share"] == 0                # whose [0, 1] range holds it whole
+    assert sensitivity["bilinear"]["per_input_db"]["colour/flat_yellow"] == float("inf")   # a flat stays exact
     assert parity[name]["psnr_int8"] == pytest.approx(methods["int8 TFLite"]["images"][name]["psnr"], abs=1e-3)
     assert main(["export", "--task", "sr", "--model", distilled["student_path"], "--qat-steps", "5",
                  *settings]) == 2                                  # QAT is the denoising export's

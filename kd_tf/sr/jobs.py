@@ -239,19 +239,45 @@ def export_int8(student, train_images: dict, config, out_dir) -> str:
                                      config.calibration_batches, config.calibration_gamut_share,
                                      seed=config.train.seed + 1 if hasattr(config, "train") else 1)
     export.export_saved_model(student, out_dir / "savedmodel")
-    flatbuffer = export.to_tflite(int8_ready_saved_model(student, calibration, out_dir), "int8", calibration)
+    ready = export.export_saved_model(int8_ready_upscaler(student, calibration), out_dir / "savedmodel_int8_ready")
+    flatbuffer = export.to_tflite(ready, "int8", calibration)
     return str(write_bytes_atomically(out_dir / "student_sr_int8.tflite", flatbuffer))
 
 
-def int8_ready_saved_model(model, calibration, out_dir) -> Path:
+def int8_ready_upscaler(model, calibration) -> keras.Model:
     """The upscaler prepared for full-integer conversion (kd_tf.export.int8_ready: percentile ranges
     of every tensor, the input and the output fixed to [0, 1]). The converter's own min/max ranges
     put the output's 256 levels over the overshoot of the residual sum (about -0.2..1.2): steps of
-    1/180 on every pixel, a loss of 1.6 dB on the held-out photos (session 10)."""
+    1/180 on every pixel, a loss of 1.6 dB on the held-out photos (session 10). The bilinear base of
+    an image in [0, 1] lies in [0, 1] too: its range is fixed to the input's, so its 8-bit grid is the
+    input's and a flat area stays exact (calibrated percentiles shift the grid by a fraction of a level)."""
     from kd_tf import export
+    from kd_tf.fake_quant import quant_name
+    from kd_tf.layers import BilinearUpscale
 
     ready = export.int8_ready(model, calibration, input_range=(0.0, 1.0), output_range=(0.0, 1.0))
-    return export.export_saved_model(ready, Path(out_dir) / "savedmodel_int8_ready")
+    for layer in model.layers:
+        if isinstance(layer, BilinearUpscale):
+            ready.get_layer(quant_name(layer.name)).set_range(0.0, 1.0)
+    return ready
+
+
+def int8_sensitivity(float_model, ready, config, split) -> dict:
+    """kd_tf.int8_sensitivity on the int8 parity's images (colour set, both held-out sets) under the
+    SR protocol: which tensor's range or rounding costs the int8 upscaler what."""
+    from kd_tf.int8_parity import parity_sets
+    from kd_tf.int8_sensitivity import quantization_sensitivity
+
+    sets, _ = parity_sets(split.heldout, config.data.corpus_dir())
+    sets["heldout1"] = sets.pop("heldout")
+    make_input = _protocol_input(config.factor)
+    inputs = {}
+    for set_name, images in sets.items():
+        for index, name in enumerate(sorted(images)):
+            truth = images[name][:images[name].shape[0] // config.factor * config.factor,
+                                 :images[name].shape[1] // config.factor * config.factor]
+            inputs[f"{set_name}/{name}"] = np.asarray(make_input(truth, index), np.float32)[None]
+    return quantization_sensitivity(float_model, ready, inputs)
 
 
 def evaluate(config, teacher: str | None = None, students: dict | None = None) -> dict:
@@ -291,7 +317,7 @@ def export(config) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     sets = _heldout_sets(config.data, split)
     saved = exporting.export_saved_model(model, out / "savedmodel") if set(config.formats) - {"keras"} else None
-    models, files, parity = {"float (Keras)": model}, {}, None
+    models, files, parity, sensitivity = {"float (Keras)": model}, {}, None, None
     for fmt in config.formats:
         if fmt == "keras":
             files[fmt] = str(save_model(model, out / "upscaler.keras"))
@@ -302,7 +328,8 @@ def export(config) -> dict:
         calibration = None if fmt == "float32" else calibration_inputs(
             train, config.data.patch_size, config.data.batch_size, config.factor, config.calibration_batches,
             config.calibration_gamut_share)
-        source = saved if calibration is None else int8_ready_saved_model(model, calibration, out)
+        ready = None if calibration is None else int8_ready_upscaler(model, calibration)
+        source = saved if ready is None else exporting.export_saved_model(ready, out / "savedmodel_int8_ready")
         flatbuffer = exporting.to_tflite(source, fmt, calibration)
         exporting.check_builtin_only(flatbuffer)
         path = write_bytes_atomically(out / f"upscaler_{fmt}.tflite", flatbuffer)
@@ -310,6 +337,7 @@ def export(config) -> dict:
         models[f"{fmt} TFLite"] = (lambda r: lambda small: run_rgb(r, small))(load_runner(path, num_threads=2))
         if fmt == "int8":
             parity = int8_parity(model, path, config, split)
+            sensitivity = int8_sensitivity(model, ready, config, split)
     report = _report(models, sets, config.factor, "export --task sr", paths, config)
     report.update(model=config.model, out_dir=str(out), files=files,
                   bytes={fmt: (Path(f).stat().st_size if Path(f).is_file() else
@@ -319,5 +347,11 @@ def export(config) -> dict:
     if parity is not None:
         report["int8_parity"] = parity
         report["table"] += "\n\nint8 against float:\n" + format_parity(parity)
+    if sensitivity is not None:
+        from kd_tf.int8_sensitivity import format_sensitivity
+
+        report["int8_sensitivity"] = sensitivity
+        report["table"] += "\n\nwhich tensor costs the int8 model what (kd_tf.int8_sensitivity):\n" + \
+            format_sensitivity(sensitivity)
     report["report_path"] = str(paths.write_json("export_report.json", report))
     return report
