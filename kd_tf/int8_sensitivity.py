@@ -43,7 +43,7 @@ def _db(mse: float, peak: float) -> float:
 
 
 def quantization_sensitivity(float_model, ready: keras.Model, inputs: dict[str, np.ndarray],
-                             wide_bits: int = 16, peak: float = 1.0) -> dict:
+                             wide_bits: int = 16, peak: float = 1.0, output_transform=None) -> dict:
     """Per-tensor sensitivity of `ready` (a fake-quantized copy of `float_model`, with its ranges
     set) on `inputs` ({name: NHWC batch}).
 
@@ -51,6 +51,10 @@ def quantization_sensitivity(float_model, ready: keras.Model, inputs: dict[str, 
     its range, the share of its values outside the range on `inputs` (clipped), and the fidelity of
     the output, PSNR(simulated int8 vs float, peak `peak`), per input and its mean. Rows after the
     two summary rows are sorted worst first. The FakeQuant widths and ranges are restored on return.
+
+    `output_transform` maps both outputs to what the user gets before they are compared (an image
+    task: kd_tf.images.to_8bit, so the output's own clipping and rounding, which the float model's
+    8-bit file has too, cost nothing).
     """
     from kd_tf.fake_quant import FakeQuant
 
@@ -61,10 +65,12 @@ def quantization_sensitivity(float_model, ready: keras.Model, inputs: dict[str, 
     quants = [layer for layer in ready.layers if isinstance(layer, FakeQuant)]
     if not quants:
         raise ValueError(f"{ready.name!r} has no FakeQuant layer: pass kd_tf.export.int8_ready's copy of the model")
-    references = {name: np.asarray(float_model(batch, training=False)) for name, batch in inputs.items()}
+    finish = output_transform or (lambda outputs: outputs)
+    references = {name: np.asarray(finish(np.asarray(float_model(batch, training=False)))) for name, batch in inputs.items()}
 
     def fidelity() -> dict:
-        return {name: _mse(ready(batch, training=False), references[name]) for name, batch in inputs.items()}
+        return {name: _mse(finish(np.asarray(ready(batch, training=False))), references[name])
+                for name, batch in inputs.items()}
 
     def row(tensor: str, errors: dict, **extra) -> dict:
         return {"tensor": tensor, **extra, "fidelity_db": _db(float(np.mean(list(errors.values()))), peak),
@@ -112,7 +118,8 @@ def quantization_sensitivity(float_model, ready: keras.Model, inputs: dict[str, 
             quant.num_bits = bits
             quant.set_range(low, high)
     return {"rows": rows, "columns": {
-        "fidelity_db": f"PSNR of the simulated int8 output against the float output (peak {peak:g}); only this "
+        "fidelity_db": f"PSNR of the simulated int8 output against the float output (peak {peak:g}"
+                       f"{', both through ' + getattr(output_transform, '__name__', 'a transform') if output_transform else ''}); only this "
                        f"tensor at 8 bits over its calibrated range, the others at {wide_bits} bits over all they see",
         "clipped_share": "share of the tensor's values (on these inputs) outside its calibrated range"}}
 

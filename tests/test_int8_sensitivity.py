@@ -44,6 +44,20 @@ def test_a_clipping_range_is_named_worst_and_widths_are_restored(rng):
     assert "middle" in format_sensitivity(table, limit=1) and "last" not in format_sensitivity(table, limit=1)
 
 
+def test_an_output_transform_forgives_what_the_user_never_sees(rng):
+    """Compared after the task's own clipping, the output's clipping range costs nothing."""
+    model = _model()
+    batch = rng.random((2, 16, 16, 3)).astype("float32")
+    ready = int8_ready(model, [batch])
+    ready.get_layer(quant_name("last")).set_range(0.0, 0.05)          # the output clipped at 0.05
+    clip = lambda outputs: np.clip(outputs, 0.0, 0.05)                # noqa: E731 - so is what the user gets
+    raw = {row["tensor"]: row for row in quantization_sensitivity(model, ready, {"a": batch})["rows"]}
+    seen = {row["tensor"]: row for row in quantization_sensitivity(model, ready, {"a": batch},
+                                                                   output_transform=clip)["rows"]}
+    assert raw["last"]["clipped_share"] > 0.1 and raw["last"]["fidelity_db"] < 30
+    assert seen["last"]["fidelity_db"] > raw["last"]["fidelity_db"] + 20
+
+
 def test_bad_arguments_are_named(rng):
     model = _model()
     batch = rng.random((1, 8, 8, 3)).astype("float32")

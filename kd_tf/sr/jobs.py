@@ -277,7 +277,7 @@ def int8_sensitivity(float_model, ready, config, split) -> dict:
             truth = images[name][:images[name].shape[0] // config.factor * config.factor,
                                  :images[name].shape[1] // config.factor * config.factor]
             inputs[f"{set_name}/{name}"] = np.asarray(make_input(truth, index), np.float32)[None]
-    return quantization_sensitivity(float_model, ready, inputs)
+    return quantization_sensitivity(float_model, ready, inputs, output_transform=to_8bit)
 
 
 def evaluate(config, teacher: str | None = None, students: dict | None = None) -> dict:
