@@ -56,6 +56,9 @@ def test_an_output_transform_forgives_what_the_user_never_sees(rng):
                                                                    output_transform=clip)["rows"]}
     assert raw["last"]["clipped_share"] > 0.1 and raw["last"]["fidelity_db"] < 30
     assert seen["last"]["fidelity_db"] > raw["last"]["fidelity_db"] + 20
+    # both outputs go through the transform: one that forgets everything leaves no difference at all
+    blind = quantization_sensitivity(model, ready, {"a": batch}, output_transform=np.zeros_like)["rows"]
+    assert all(row["fidelity_db"] == float("inf") for row in blind)
 
 
 def test_bad_arguments_are_named(rng):
