@@ -284,6 +284,7 @@ def evaluate(config, teacher: str | None = None, students: dict | None = None) -
     """`evaluate --task sr`: bicubic, the teacher and each student upscaler (.keras, SavedModel or
     .tflite) on both held-out sets, the 8-bit protocol of this module."""
     from kd_tf.inference import load_runner, run_rgb
+
     config.validate()
     split = load_split(config.data.data_dir, config.data.heldout_fraction, config.data.split_seed)
     paths = RunPaths(config.output, "sr-evaluate")
@@ -309,6 +310,7 @@ def export(config) -> dict:
     from kd_tf.atomic import write_bytes_atomically
     from kd_tf.inference import load_runner, run_rgb
     from kd_tf.int8_parity import format_parity
+
     config.validate()
     model = load_model(config.model)
     split, train = _images(config.data)
