@@ -117,10 +117,10 @@ def quantization_sensitivity(float_model, ready: keras.Model, inputs: dict[str, 
         for quant, (bits, low, high) in zip(quants, calibrated):
             quant.num_bits = bits
             quant.set_range(low, high)
+    compared = f", both through {getattr(output_transform, '__name__', 'a transform')}" if output_transform else ""
     return {"rows": rows, "columns": {
-        "fidelity_db": f"PSNR of the simulated int8 output against the float output (peak {peak:g}"
-                       f"{', both through ' + getattr(output_transform, '__name__', 'a transform') if output_transform else ''}); only this "
-                       f"tensor at 8 bits over its calibrated range, the others at {wide_bits} bits over all they see",
+        "fidelity_db": f"PSNR of the simulated int8 output against the float output (peak {peak:g}{compared}); only "
+                       f"this tensor at 8 bits over its calibrated range, the others at {wide_bits} bits over all they see",
         "clipped_share": "share of the tensor's values (on these inputs) outside its calibrated range"}}
 
 
