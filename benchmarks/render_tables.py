@@ -180,6 +180,19 @@ def sr_results(report: dict) -> str:
     return _table(header, rows)
 
 
+def tflite_speed(results: dict) -> str:
+    """README and the denoising card: each shipped int8 TFLite against its float32 twin, same threads."""
+    rows = []
+    for name, row in results["models"].items():
+        for timing in row["timings"]:
+            rows.append([name, "x".join(map(str, timing["input_shape"])), str(timing["threads"]),
+                         f"{timing['float32_ms']:.1f}", f"{timing['int8_ms']:.1f}", f"{timing['speedup_int8']:.2f}x",
+                         f"{row['bytes']['float32'] / 1e6:.2f} MB / {row['bytes']['int8'] / 1e6:.2f} MB "
+                         f"({row['size_ratio_float32_over_int8']:.2f}x)"])
+    return _table(["model", "input", "LiteRT threads", "float32 ms", "int8 ms", "int8 speed-up",
+                   "size float32 / int8"], rows)
+
+
 # name -> (report file, renderer); the files hold `<!-- table:NAME -->` ... `<!-- /table:NAME -->`
 TABLES = {
     "teacher-choice": (TEACHER_CHOICE, teacher_choice),
@@ -188,6 +201,7 @@ TABLES = {
     "speed-targets": (RESULTS, speed_targets),
     "distillation-gain": ("benchmarks/distillation_gain/gain.json", distillation_gain),
     "sr-results": (SR_REPORT, sr_results),
+    "tflite-speed": ("benchmarks/tflite_speed.json", tflite_speed),
 }
 FILES = ("README.md", "models/denoise/MODEL_CARD.md", "models/sr/MODEL_CARD.md")
 _SECTION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(\n<!-- /table:(?P=name) -->)", re.S)

@@ -1,0 +1,110 @@
+"""Shipped int8 TFLite models against their float32 TFLite twins, same LiteRT threads (issue 17's
+"int8 at least 2x faster than float32, at most 1/3.5 of its size").
+
+    python -m benchmarks.tflite_speed            # writes benchmarks/tflite_speed.json (~2 min)
+
+Each float32 flatbuffer is converted here from the shipped Keras model the way `python -m kd_tf
+export` writes its float32 format (SavedModel, then `kd_tf.export.to_tflite`); the int8 one is the
+shipped file. Both run through `kd_tf.export.LiteRTModel` (LiteRT's default CPU path, XNNPACK) on
+the same random input; a figure is the median of `REPEATS` invocations after one warm-up. Whether
+int8 pays depends on the CPU's integer dot-product instructions (AVX512-VNNI / AVX-VNNI on x86,
+SDOT on Arm), so the CPU flags go into the file. Run it on an otherwise idle machine:
+`cores_busy_at_start` is recorded beside the figures.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import machine_info
+from benchmarks.render_tables import tflite_speed as render
+from kd_tf.config import MODELS_DIR
+
+HERE = Path(__file__).resolve().parent
+REPEATS = 15
+THREADS = (1, 2)
+TARGET_SPEEDUP, TARGET_SIZE_RATIO = 2.0, 3.5
+# (name, Keras model, shipped int8 flatbuffer, input shapes to time)
+MODELS = (
+    ("denoise student", MODELS_DIR / "denoise" / "student.keras", MODELS_DIR / "denoise" / "student_int8.tflite",
+     [(1, 256, 256, 3), (1, 512, 512, 3)]),
+    ("sr student (x2)", MODELS_DIR / "sr" / "student_x2.keras", MODELS_DIR / "sr" / "student_x2_int8.tflite",
+     [(1, 128, 128, 3), (1, 256, 256, 3)]),
+    ("gan student generator", MODELS_DIR / "gan" / "student_generator.keras",
+     MODELS_DIR / "gan" / "student_generator_int8.tflite", [(64, 64)]),
+)
+
+
+def median_ms(model, batch: np.ndarray, repeats: int = REPEATS) -> float:
+    """Median wall time of one invocation, after a warm-up that also resizes the interpreter."""
+    model(batch)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        model(batch)
+        times.append(time.perf_counter() - started)
+    return 1000.0 * float(np.median(times))
+
+
+def float32_flatbuffer(keras_path: Path, workdir: Path) -> bytes:
+    """The float32 TFLite `python -m kd_tf export` would write for this model."""
+    from kd_tf import export
+    from kd_tf.model_io import load_model
+
+    saved = export.export_saved_model(load_model(keras_path), workdir / keras_path.stem)
+    return export.to_tflite(saved, "float32")
+
+
+def compare(name: str, keras_path: Path, int8_path: Path, shapes, workdir: Path) -> dict:
+    """ms per input for float32 and int8 at each thread count, their ratio, and both sizes."""
+    from kd_tf.export import LiteRTModel, op_names
+
+    flat32, flat8 = float32_flatbuffer(keras_path, workdir), int8_path.read_bytes()
+    rng = np.random.default_rng(0)
+    row = {"keras_model": str(keras_path.relative_to(MODELS_DIR.parent)),
+           "int8_model": str(int8_path.relative_to(MODELS_DIR.parent)),
+           "bytes": {"float32": len(flat32), "int8": len(flat8)},
+           "size_ratio_float32_over_int8": len(flat32) / len(flat8),
+           "ops": {"float32": sorted(set(op_names(flat32))), "int8": sorted(set(op_names(flat8)))},
+           "timings": []}
+    for shape in shapes:
+        batch = (rng.random(shape) if len(shape) == 4 else rng.standard_normal(shape)).astype(np.float32)
+        for threads in THREADS:
+            float_ms = median_ms(LiteRTModel(flat32, num_threads=threads), batch)
+            int8_ms = median_ms(LiteRTModel(flat8, num_threads=threads), batch)
+            row["timings"].append({"input_shape": list(shape), "threads": threads, "float32_ms": float_ms,
+                                   "int8_ms": int8_ms, "speedup_int8": float_ms / int8_ms})
+            print(f"{name} {shape} {threads} thread(s): float32 {float_ms:.1f} ms, int8 {int8_ms:.1f} ms, "
+                  f"{float_ms / int8_ms:.2f}x", flush=True)
+    speedups = [t["speedup_int8"] for t in row["timings"]]
+    row["min_speedup_int8"] = min(speedups)
+    row["speedup_target_met"] = min(speedups) >= TARGET_SPEEDUP
+    row["size_target_met"] = row["size_ratio_float32_over_int8"] >= TARGET_SIZE_RATIO
+    return row
+
+
+def main() -> int:
+    results = {"machine": machine_info(), "repeats": REPEATS,
+               "targets": {"int8_speedup_at_least": TARGET_SPEEDUP, "size_ratio_at_least": TARGET_SIZE_RATIO},
+               "models": {}}
+    with tempfile.TemporaryDirectory() as workdir:
+        for name, keras_path, int8_path, shapes in MODELS:
+            results["models"][name] = compare(name, keras_path, int8_path, shapes, Path(workdir))
+    results["table"] = render(results)
+    (HERE / "tflite_speed.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(results["table"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
