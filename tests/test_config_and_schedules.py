@@ -93,3 +93,16 @@ def test_mixed_precision_auto_asks_the_hardware(monkeypatch, tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_bf16\n")
     assert set(precision.CPU_BF16_FLAGS) & precision.cpu_flags(str(cpuinfo)) == {"avx512_bf16"}
+
+
+def test_sr_jobs_train_in_float32_and_refuse_bfloat16(monkeypatch):
+    """The SR jobs build float32 nets: their config must not claim bfloat16 (auto once did, and logged it)."""
+    from kd_tf import precision
+    from kd_tf.sr import config as sr_config
+
+    monkeypatch.setattr(precision, "bfloat16_is_fast", lambda: True)
+    for job in (sr_config.SRTeacherJobConfig, sr_config.SRDistillJobConfig):
+        assert cfg.from_dict(job, {}).train.mixed_precision is False
+        assert cfg.from_dict(job, {"train": {"mixed_precision": "float32"}}).train.mixed_precision is False
+        with pytest.raises(cfg.ConfigError, match=r"train.mixed_precision=('auto'|True).*float32"):
+            cfg.from_dict(job, {"train": {"mixed_precision": "auto"}})
