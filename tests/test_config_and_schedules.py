@@ -103,6 +103,8 @@ def test_sr_jobs_train_in_float32_and_refuse_bfloat16(monkeypatch):
     monkeypatch.setattr(precision, "bfloat16_is_fast", lambda: True)
     for job in (sr_config.SRTeacherJobConfig, sr_config.SRDistillJobConfig):
         assert cfg.from_dict(job, {}).train.mixed_precision is False
+        assert cfg.from_dict(job, {"train": {"steps": 5}}).train.mixed_precision is False
         assert cfg.from_dict(job, {"train": {"mixed_precision": "float32"}}).train.mixed_precision is False
-        with pytest.raises(cfg.ConfigError, match=r"train.mixed_precision=('auto'|True).*float32"):
-            cfg.from_dict(job, {"train": {"mixed_precision": "auto"}})
+        for forced in (True, "bfloat16"):
+            with pytest.raises(cfg.ConfigError, match=r"train.mixed_precision=(True|'bfloat16').*float32"):
+                cfg.from_dict(job, {"train": {"mixed_precision": forced}})

@@ -295,6 +295,10 @@ def test_sr_cli_trains_distils_exports_and_scores_against_bicubic(sr_cli, tmp_pa
     row = parity["sets"]["heldout1"]["per_image"][name]
     assert row["psnr_float"] == pytest.approx(methods["student (distilled)"]["images"][name]["psnr"], abs=1e-3)
     assert row["psnr_int8"] == pytest.approx(methods["student int8 (TFLite)"]["images"][name]["psnr"], abs=1e-3)
+    sensitivity = {row["tensor"]: row for row in report["int8_sensitivity"]["rows"]}   # the same images, per tensor
+    assert {"all tensors", "weights only", "head", "subpixel", "bilinear"} <= set(sensitivity)
+    assert set(sensitivity["head"]["per_input_db"]) == {f"{s}/{n}" for s in parity["sets"] for n in parity["sets"][s]["per_image"]}
+    assert "which tensor costs the int8 model what" in report["table"]
 
 
 def test_sr_cli_evaluates_and_exports_an_upscaler_on_its_own_protocol(sr_cli, tmp_path):

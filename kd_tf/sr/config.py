@@ -39,8 +39,10 @@ def _check_data_and_factor(config):
     _check(config.data.patch_size % config.factor == 0, "data.patch_size", config.data.patch_size,
            f"a multiple of factor={config.factor}")
     if hasattr(config, "train"):             # the export job trains nothing
+        if config.train.mixed_precision == "auto":   # the SR nets are built in float32 whatever the hardware
+            config.train.mixed_precision = False
         _check(config.train.mixed_precision in (False, "float32"), "train.mixed_precision",
-               config.train.mixed_precision, "false / float32: the super-resolution jobs train in float32")
+               config.train.mixed_precision, "auto, false or float32: the super-resolution jobs train in float32")
         config.train.validate()
 
 
@@ -50,8 +52,7 @@ class SRTeacherJobConfig:
 
     data: SRDataConfig = dataclasses.field(default_factory=SRDataConfig)
     factor: int = 2                          # upscaling factor (2: inputs are half the size)
-    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(steps=20000, steps_per_epoch=500,
-                                                                                   mixed_precision=False))
+    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(steps=20000, steps_per_epoch=500))
     net: UpscalerConfig = dataclasses.field(default_factory=UpscalerConfig)
     loss: str = "l1"                         # the reconstruction loss: l1 (sharper, EDSR's) or mse
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
@@ -78,8 +79,7 @@ class SRDistillJobConfig:
     data: SRDataConfig = dataclasses.field(default_factory=SRDataConfig)
     factor: int = 2                          # must match the teacher's
     teacher: str = DEFAULT_SR_TEACHER        # the teacher upscaler (.keras, .h5 or SavedModel dir)
-    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(steps=10000, steps_per_epoch=500,
-                                                                                   mixed_precision=False))
+    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(steps=10000, steps_per_epoch=500))
     student: UpscalerConfig = dataclasses.field(default_factory=lambda: UpscalerConfig(width=28, blocks=4))  # 9.9x fewer MACs
     student_loss_weight: float = 0.5         # the student's own L1 loss; the teacher term gets 1 - it
     cache_batches: int = 300                 # offline distillation: teacher outputs on this many batches (0: live)

@@ -174,7 +174,7 @@ def distill(config) -> dict:
     models = {"teacher": teacher, "student (distilled)": student}
     exported = None
     if config.export_int8:
-        exported = export_int8(student, train, config, paths.root / "export")
+        exported, ready = export_int8(student, train, config, paths.root / "export")
         from kd_tf.inference import load_runner, run_rgb
 
         runner = load_runner(exported, num_threads=2)
@@ -183,10 +183,7 @@ def distill(config) -> dict:
     report.update(train_seconds=seconds, history=history, student_path=str(path), teacher_path=config.teacher,
                   int8_tflite=str(exported) if exported else None)
     if exported:
-        from kd_tf.int8_parity import format_parity
-
-        report["int8_parity"] = int8_parity(student, exported, config, split)
-        report["table"] += "\n\nint8 against float:\n" + format_parity(report["int8_parity"])
+        add_int8_checks(report, student, exported, ready, config, split)
     report["report_path"] = str(paths.write_json("report.json", report))
     return report
 
@@ -230,18 +227,33 @@ def int8_parity(float_model, tflite_path, config, split) -> dict:
                                   f"downscale rounded to 8 bits as the input, outputs clipped and rounded to 8 bits")
 
 
-def export_int8(student, train_images: dict, config, out_dir) -> str:
-    """The student's full-integer TFLite, calibrated on low-resolution training patches and gamut images."""
+def export_int8(student, train_images: dict, config, out_dir, name: str = "student_sr_int8.tflite"
+                ) -> tuple[str, keras.Model]:
+    """The student's full-integer TFLite, calibrated on low-resolution training patches and gamut
+    images, and the fake-quantized copy it was converted from (what int8_sensitivity takes)."""
     from kd_tf import export
     from kd_tf.atomic import write_bytes_atomically
 
     calibration = calibration_inputs(train_images, config.data.patch_size, config.data.batch_size, config.factor,
                                      config.calibration_batches, config.calibration_gamut_share,
                                      seed=config.train.seed + 1 if hasattr(config, "train") else 1)
-    export.export_saved_model(student, out_dir / "savedmodel")
-    ready = export.export_saved_model(int8_ready_upscaler(student, calibration), out_dir / "savedmodel_int8_ready")
-    flatbuffer = export.to_tflite(ready, "int8", calibration)
-    return str(write_bytes_atomically(out_dir / "student_sr_int8.tflite", flatbuffer))
+    ready = int8_ready_upscaler(student, calibration)
+    flatbuffer = export.to_tflite(export.export_saved_model(ready, out_dir / "savedmodel_int8_ready"), "int8",
+                                  calibration)
+    return str(write_bytes_atomically(out_dir / name, flatbuffer)), ready
+
+
+def add_int8_checks(report: dict, float_model, tflite_path, ready, config, split) -> None:
+    """Adds the int8 parity (every image of the colour set and both held-out sets) and the
+    per-tensor sensitivity to a distill or export report, and both tables to its text."""
+    from kd_tf.int8_parity import format_parity
+    from kd_tf.int8_sensitivity import format_sensitivity
+
+    report["int8_parity"] = int8_parity(float_model, tflite_path, config, split)
+    report["int8_sensitivity"] = int8_sensitivity(float_model, ready, config, split)
+    report["table"] += ("\n\nint8 against float:\n" + format_parity(report["int8_parity"]) +
+                        "\n\nwhich tensor costs the int8 model what (kd_tf.int8_sensitivity):\n" +
+                        format_sensitivity(report["int8_sensitivity"]))
 
 
 def int8_ready_upscaler(model, calibration) -> keras.Model:
@@ -309,7 +321,6 @@ def export(config) -> dict:
     from kd_tf import export as exporting
     from kd_tf.atomic import write_bytes_atomically
     from kd_tf.inference import load_runner, run_rgb
-    from kd_tf.int8_parity import format_parity
 
     config.validate()
     model = load_model(config.model)
@@ -319,7 +330,7 @@ def export(config) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     sets = _heldout_sets(config.data, split)
     saved = exporting.export_saved_model(model, out / "savedmodel") if set(config.formats) - {"keras"} else None
-    models, files, parity, sensitivity = {"float (Keras)": model}, {}, None, None
+    models, files, int8 = {"float (Keras)": model}, {}, None
     for fmt in config.formats:
         if fmt == "keras":
             files[fmt] = str(save_model(model, out / "upscaler.keras"))
@@ -327,33 +338,21 @@ def export(config) -> dict:
         if fmt == "savedmodel":
             files[fmt] = str(saved)
             continue
-        calibration = None if fmt == "float32" else calibration_inputs(
-            train, config.data.patch_size, config.data.batch_size, config.factor, config.calibration_batches,
-            config.calibration_gamut_share)
-        ready = None if calibration is None else int8_ready_upscaler(model, calibration)
-        source = saved if ready is None else exporting.export_saved_model(ready, out / "savedmodel_int8_ready")
-        flatbuffer = exporting.to_tflite(source, fmt, calibration)
-        exporting.check_builtin_only(flatbuffer)
-        path = write_bytes_atomically(out / f"upscaler_{fmt}.tflite", flatbuffer)
+        if fmt == "int8":
+            path, ready = export_int8(model, train, config, out, name="upscaler_int8.tflite")
+            path, int8 = Path(path), (path, ready)
+        else:
+            path = write_bytes_atomically(out / f"upscaler_{fmt}.tflite", exporting.to_tflite(saved, fmt))
+        exporting.check_builtin_only(path.read_bytes())
         files[fmt] = str(path)
         models[f"{fmt} TFLite"] = (lambda r: lambda small: run_rgb(r, small))(load_runner(path, num_threads=2))
-        if fmt == "int8":
-            parity = int8_parity(model, path, config, split)
-            sensitivity = int8_sensitivity(model, ready, config, split)
     report = _report(models, sets, config.factor, "export --task sr", paths, config)
     report.update(model=config.model, out_dir=str(out), files=files,
                   bytes={fmt: (Path(f).stat().st_size if Path(f).is_file() else
                                sum(p.stat().st_size for p in Path(f).rglob("*") if p.is_file()))
                          for fmt, f in files.items()},
                   ops={fmt: exporting.op_names(Path(f).read_bytes()) for fmt, f in files.items() if f.endswith(".tflite")})
-    if parity is not None:
-        report["int8_parity"] = parity
-        report["table"] += "\n\nint8 against float:\n" + format_parity(parity)
-    if sensitivity is not None:
-        from kd_tf.int8_sensitivity import format_sensitivity
-
-        report["int8_sensitivity"] = sensitivity
-        report["table"] += "\n\nwhich tensor costs the int8 model what (kd_tf.int8_sensitivity):\n" + \
-            format_sensitivity(sensitivity)
+    if int8 is not None:
+        add_int8_checks(report, model, int8[0], int8[1], config, split)
     report["report_path"] = str(paths.write_json("export_report.json", report))
     return report
