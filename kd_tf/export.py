@@ -182,7 +182,7 @@ def int8_ready(model: keras.Model, calibration, percentile: float = 99.99, equal
     student this halves the int8 loss (0.27 -> 0.12 dB at sigma 25, see the model card).
 
     `calibration` must cover what the model will see: for a denoiser, photos *and* the colour
-    gamut (kd_tf.denoise.int8_parity.gamut_images), or saturated colours clip (issue 17).
+    gamut (kd_tf.int8_parity.gamut_images), or saturated colours clip (issue 17).
     `input_range` / `output_range` fix the input's and the output's range instead (an image
     model: (0, 1), so an 8-bit image is represented exactly and the output clips to what an
     8-bit file holds, as the evaluation clips it anyway).

@@ -150,7 +150,13 @@ def noisy_8bit_batches(images, batch_size: int, sigma_range=(0.0, 55.0), seed: i
     return batches
 
 
-def _crop_to(image: np.ndarray, stride: int) -> np.ndarray:
+def crop_to_multiple(image: np.ndarray, stride: int) -> np.ndarray:
+    """The top-left crop whose height and width are multiples of `stride` (what a model that halves
+    or upscales by it maps back exactly).
+
+    >>> crop_to_multiple(np.zeros((5, 7, 3)), 2).shape
+    (4, 6, 3)
+    """
     height, width = image.shape[0] // stride * stride, image.shape[1] // stride * stride
     return image[:height, :width]
 
@@ -177,7 +183,7 @@ def image_parity(float_model, int8_model, images: dict[str, np.ndarray], sigma: 
     make_input = make_input or noisy_input(sigma, seed)
     rows = {}
     for index, name in enumerate(sorted(images)):
-        clean = _crop_to(np.asarray(images[name], np.float32), stride)
+        clean = crop_to_multiple(np.asarray(images[name], np.float32), stride)
         degraded = np.asarray(make_input(clean, index), np.float32)[None]
         out_float = to_8bit(np.asarray(float_model(degraded))[0])
         out_int8 = to_8bit(np.asarray(int8_model(degraded))[0])

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 import kd_tf.degradations
+import kd_tf.int8_parity
 import kd_tf.sr.nets
 import kd_tf.tiling
 from kd_tf import Distiller
@@ -119,7 +120,7 @@ def test_restoration_pairs_train_through_the_same_distiller(photos, degradation)
     assert distiller.evaluate(degraded, clean, verbose=0, return_dict=True)["own"] < before
 
 
-@pytest.mark.parametrize("module", [kd_tf.degradations, kd_tf.sr.nets, kd_tf.tiling])
+@pytest.mark.parametrize("module", [kd_tf.degradations, kd_tf.sr.nets, kd_tf.tiling, kd_tf.int8_parity])
 def test_docstring_examples_run(module):
     failed, tried = doctest.testmod(module)
     assert tried and not failed

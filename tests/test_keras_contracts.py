@@ -201,6 +201,19 @@ def test_config_verb_lists_every_key_with_its_default_and_meaning(capsys):
     assert main(["config", "no-such-verb"]) == 2
 
 
+def test_config_verb_does_not_start_tensorflow():
+    """The job list is plain dataclasses: `python -m kd_tf config` answers in a second, with no
+    TensorFlow start-up lines (a task package that imports its nets eagerly breaks this)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from kd_tf.cli import main; code = main(['config', 'distill']); "
+             "sys.exit(code or 3 * ('tensorflow' in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "train.steps" in done.stdout and "cuda" not in done.stderr
+
+
 def test_help_shows_defaults(capsys):
     from kd_tf.cli import main
 

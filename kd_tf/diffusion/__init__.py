@@ -11,10 +11,17 @@
   before it, each target two teacher DDIM steps folded into one.
 """
 
-from kd_tf.diffusion.model import DiffusionModel
-from kd_tf.diffusion.nets import build_denoiser
-from kd_tf.diffusion.progressive import TwoStepTarget, XPrediction, progressive_distillation, stage_dataset
-from kd_tf.diffusion.sampler import DDIMSampler
+import importlib
 
-__all__ = ["DDIMSampler", "DiffusionModel", "TwoStepTarget", "XPrediction", "build_denoiser",
-           "progressive_distillation", "stage_dataset"]
+# Imported on first use (PEP 562), so that `kd_tf.diffusion.config` (the CLI's job list) does not
+# start TensorFlow: `python -m kd_tf config` stays quiet and quick.
+_EXPORTS = {"DDIMSampler": "sampler", "DiffusionModel": "model", "TwoStepTarget": "progressive",
+            "XPrediction": "progressive", "build_denoiser": "nets", "progressive_distillation": "progressive",
+            "stage_dataset": "progressive"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'kd_tf.diffusion' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"kd_tf.diffusion.{_EXPORTS[name]}"), name)

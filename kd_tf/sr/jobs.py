@@ -277,7 +277,7 @@ def int8_ready_upscaler(model, calibration) -> keras.Model:
 def int8_sensitivity(float_model, ready, config, split) -> dict:
     """kd_tf.int8_sensitivity on the int8 parity's images (colour set, both held-out sets) under the
     SR protocol: which tensor's range or rounding costs the int8 upscaler what."""
-    from kd_tf.int8_parity import parity_sets
+    from kd_tf.int8_parity import crop_to_multiple, parity_sets
     from kd_tf.int8_sensitivity import quantization_sensitivity
 
     sets, _ = parity_sets(split.heldout, config.data.corpus_dir())
@@ -286,8 +286,7 @@ def int8_sensitivity(float_model, ready, config, split) -> dict:
     inputs = {}
     for set_name, images in sets.items():
         for index, name in enumerate(sorted(images)):
-            truth = images[name][:images[name].shape[0] // config.factor * config.factor,
-                                 :images[name].shape[1] // config.factor * config.factor]
+            truth = crop_to_multiple(images[name], config.factor)
             inputs[f"{set_name}/{name}"] = np.asarray(make_input(truth, index), np.float32)[None]
     return quantization_sensitivity(float_model, ready, inputs, output_transform=to_8bit)
 
