@@ -89,6 +89,7 @@ def distill_unlabeled(config: denoise_config.DistillJobConfig) -> dict:
     started = time.time()
     history = distiller.fit(cache.dataset(data.batch_size, seed=config.train.seed, skip_batches=done),
                             epochs=epochs, steps_per_epoch=per_epoch, validation_data=(val_x, taught), verbose=0,
+                            shuffle=False,
                             callbacks=standard_callbacks(paths, val_x, taught, config.output, "distill",
                                                          config.train.steps))
     seconds = time.time() - started

@@ -101,7 +101,7 @@ def train_teacher(config) -> dict:
     data = data.batch(config.data.batch_size, drop_remainder=True)
     skip = resumed_batches(paths.backup / "teacher", per_epoch)
     started = time.time()
-    history = model.fit(data.skip(skip).prefetch(2), epochs=epochs, steps_per_epoch=per_epoch, verbose=0,
+    history = model.fit(data.skip(skip).prefetch(2), epochs=epochs, steps_per_epoch=per_epoch, verbose=0, shuffle=False,
                         callbacks=[keras.callbacks.TensorBoard(str(paths.logs / "teacher"), update_freq="epoch",
                                                                write_graph=False),
                                    BackupAndRestore(str(paths.backup / "teacher"), delete_checkpoint=False)])

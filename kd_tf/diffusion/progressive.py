@@ -129,7 +129,7 @@ def progressive_distillation(network: keras.Model, images: np.ndarray, start_ste
         distiller.compile(optimizer=keras.optimizers.Adam(learning_rate))
         log.info("progressive distillation: %d -> %d steps, %d optimizer steps", steps, steps // 2, steps_per_stage)
         distiller.fit(stage_dataset(images, steps // 2, batch_size, seed + steps), epochs=1,
-                      steps_per_epoch=steps_per_stage, verbose=0,
+                      steps_per_epoch=steps_per_stage, verbose=0, shuffle=False,
                       callbacks=list(callbacks(steps // 2)) if callbacks else None)
         teacher, steps = student, steps // 2
         stages.append((steps, student))

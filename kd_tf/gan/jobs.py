@@ -112,7 +112,7 @@ def train_classifier(config: gan_config.ClassifierJobConfig) -> dict:
     epochs, per_epoch = epochs_for(config.train)
     started = time.time()
     history = model.fit(data.skip(resumed_batches(paths.backup / "classifier", per_epoch)).prefetch(2),
-                        epochs=epochs, steps_per_epoch=per_epoch, verbose=_verbose(), callbacks=[
+                        epochs=epochs, steps_per_epoch=per_epoch, verbose=_verbose(), shuffle=False, callbacks=[
         keras.callbacks.TensorBoard(log_dir=str(paths.logs / "classifier"), update_freq="epoch", write_graph=False),
         distribute.BackupAndRestore(str(paths.backup / "classifier"), delete_checkpoint=False)])
     seconds = time.time() - started
@@ -179,7 +179,7 @@ def train_teacher(config: gan_config.GanTeacherJobConfig, strategy=None) -> dict
     started = time.time()
     history = gan.fit(real_dataset(digits.train_images, config.data.batch_size, config.train.seed,
                                    resumed_batches(paths.backup / "teacher", per_epoch)),
-                      epochs=epochs, steps_per_epoch=per_epoch, callbacks=callbacks, verbose=_verbose())
+                      epochs=epochs, steps_per_epoch=per_epoch, callbacks=callbacks, verbose=_verbose(), shuffle=False)
     seconds = time.time() - started
     if not paths.chief:
         return worker_report(paths, "train-teacher --task gan", history)
@@ -246,7 +246,7 @@ def distill(config: gan_config.GanDistillJobConfig, strategy=None) -> dict:
     callbacks, monitors["distill"] = _callbacks(paths, scorer, config, latent, "distill")
     started = time.time()
     histories["distill"] = distiller.fit(stream("distill"), epochs=epochs, steps_per_epoch=per_epoch,
-                                         callbacks=callbacks, verbose=_verbose()).history
+                                         callbacks=callbacks, verbose=_verbose(), shuffle=False).history
     timings["distill_seconds"] = time.time() - started
     students = {"student (distilled)": student}
     save_model(student, paths.root / "student_generator.keras")
@@ -271,7 +271,7 @@ def distill(config: gan_config.GanDistillJobConfig, strategy=None) -> dict:
         callbacks, monitors[tag] = _callbacks(paths, scorer, config, latent, tag)
         started = time.time()
         histories[tag] = gan.fit(stream(tag), epochs=epochs, steps_per_epoch=per_epoch,
-                                 callbacks=callbacks, verbose=_verbose()).history
+                                 callbacks=callbacks, verbose=_verbose(), shuffle=False).history
         timings[f"{tag}_seconds"] = time.time() - started
         name = "student (scratch)" if start == "inherited" else "student (scratch, fresh discriminator)"
         students[name] = scratch

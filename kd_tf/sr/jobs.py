@@ -105,6 +105,7 @@ def _fit(model, dataset, config, paths, validation, tag):
     epochs, per_epoch = epochs_for(config.train)
     low, high = validation
     return model.fit(dataset, epochs=epochs, steps_per_epoch=per_epoch, validation_data=(low, high), verbose=0,
+                     shuffle=False,                # the dataset shuffles itself; Keras warns otherwise
                      callbacks=standard_callbacks(paths, low, high, config.output, tag, config.train.steps)).history
 
 
