@@ -180,6 +180,24 @@ def sr_results(report: dict) -> str:
     return _table(header, rows)
 
 
+def sr_int8_parity(report: dict) -> str:
+    """models/sr/MODEL_CARD.md: the shipped int8 upscaler against its float model, set by set."""
+    rows = [[name, str(r["images"]), f"{r['mean_drop_db']:.3f} dB", f"{r['max_drop_db']:.3f} dB ({r['worst_image']})",
+             f"{r['max_abs_channel_shift_255']:.2f}"] for name, r in report["int8_parity"]["sets"].items()]
+    return _table(["set", "images", "mean drop", "worst drop (image)", "max mean channel shift /255"], rows)
+
+
+def sr_int8_sensitivity(report: dict, limit: int = 6) -> str:
+    """models/sr/MODEL_CARD.md: which tensor of the int8 upscaler costs what (kd_tf.int8_sensitivity)."""
+    rows = []
+    for row in report["int8_sensitivity"]["rows"][:2 + limit]:
+        label = {"all tensors": "all tensors (the int8 model)",
+                 "weights only": "weights only (every activation at 16 bits)"}.get(row["tensor"], row["tensor"])
+        rows.append([label, f"[{row['range'][0]:.3g}, {row['range'][1]:.3g}]" if "range" in row else "",
+                     f"{row['clipped_share']:.1e}" if "clipped_share" in row else "", f"{row['fidelity_db']:.2f}"])
+    return _table(["tensor at 8 bits", "range", "clipped", "PSNR int8 vs float (dB)"], rows)
+
+
 def tflite_speed(results: dict) -> str:
     """README and the denoising card: each shipped int8 TFLite against its float32 twin, same threads."""
     rows = []
@@ -202,6 +220,8 @@ TABLES = {
     "distillation-gain": ("benchmarks/distillation_gain/gain.json", distillation_gain),
     "sr-results": (SR_REPORT, sr_results),
     "tflite-speed": ("benchmarks/tflite_speed.json", tflite_speed),
+    "sr-int8-parity": ("models/sr/student_x2_report.json", sr_int8_parity),
+    "sr-int8-sensitivity": ("models/sr/student_x2_export_report.json", sr_int8_sensitivity),
 }
 FILES = ("README.md", "models/denoise/MODEL_CARD.md", "models/sr/MODEL_CARD.md")
 _SECTION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(\n<!-- /table:(?P=name) -->)", re.S)
