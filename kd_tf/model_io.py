@@ -29,7 +29,10 @@ def load_model(path: str | os.PathLike) -> keras.Model:
     # Keras finds a saved custom layer only if its class is registered before the file is read, and
     # imports no module outside Keras to find one: the diffusion task's samplers and layers are
     # registered here, the one place the core imports a task (tests/test_layout.py lists it).
-    import kd_tf.diffusion.model, kd_tf.diffusion.nets, kd_tf.diffusion.progressive, kd_tf.diffusion.sampler  # noqa: F401, E401
+    import kd_tf.diffusion.model  # noqa: F401
+    import kd_tf.diffusion.nets  # noqa: F401
+    import kd_tf.diffusion.progressive  # noqa: F401
+    import kd_tf.diffusion.sampler  # noqa: F401
 
     path = Path(path)
     if not path.exists():

@@ -298,7 +298,8 @@ def test_sr_cli_trains_distils_exports_and_scores_against_bicubic(sr_cli, tmp_pa
     assert row["psnr_int8"] == pytest.approx(methods["student int8 (TFLite)"]["images"][name]["psnr"], abs=1e-3)
     sensitivity = {row["tensor"]: row for row in report["int8_sensitivity"]["rows"]}   # the same images, per tensor
     assert {"all tensors", "weights only", "head", "subpixel", "bilinear"} <= set(sensitivity)
-    assert set(sensitivity["head"]["per_input_db"]) == {f"{s}/{n}" for s in parity["sets"] for n in parity["sets"][s]["per_image"]}
+    parity_images = {f"{s}/{n}" for s in parity["sets"] for n in parity["sets"][s]["per_image"]}
+    assert set(sensitivity["head"]["per_input_db"]) == parity_images
     assert "which tensor costs the int8 model what" in report["table"]
 
 
