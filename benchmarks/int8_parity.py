@@ -38,7 +38,8 @@ def alternating_latency_ms(models: dict, size: int = 512, repeats: int = 15) -> 
 
 def main(argv=None) -> dict:
     from kd_tf.export import LiteRTModel, op_names
-    from kd_tf.int8_parity import format_parity, generator_parity, parity_report, parity_sets
+    from kd_tf.generators import generator_parity
+    from kd_tf.int8_parity import format_parity, parity_report, parity_sets
     from kd_tf.model_io import load_model
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -198,6 +198,28 @@ def sr_int8_sensitivity(report: dict, limit: int = 6) -> str:
     return _table(["tensor at 8 bits", "range", "clipped", "PSNR int8 vs float (dB)"], rows)
 
 
+GAN_ROWS = {"teacher": "teacher", "real training digits (floor)": "real training digits (the floor)",
+            "student (distilled)": "**student, distilled**",
+            "student (scratch)": "student, plain GAN from scratch (same steps, seed, initial weights, discriminator)",
+            "student (scratch, fresh discriminator)": "student, plain GAN from scratch, fresh discriminator",
+            "student int8 TFLite": "student int8 TFLite"}
+
+
+def gan_results(report: dict) -> str:
+    """README and models/gan/MODEL_CARD.md: every generator of the distillation report, same 10,000 latents."""
+    teacher_macs = report["generators"]["teacher"]["macs"]
+    rows = []
+    for name, row in report["generators"].items():
+        macs = row.get("macs")
+        rows.append([GAN_ROWS.get(name, name), f"{row['params']:,}" if row.get("params") else "-",
+                     f"{macs / 1e6:.2f} M" if macs else "-", f"1/{teacher_macs / macs:.1f}" if macs else "-",
+                     f"{row['ms_per_64']:.1f}" if row.get("ms_per_64") else "-", f"{row['fid']:.2f}", f"{row['kid']:.2f}",
+                     f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['coverage']:.3f}",
+                     f"{100 * row['recognized']:.1f} %" if row.get("recognized") is not None else "-"])
+    return _table(["generator", "params", "MACs / image", "MACs vs teacher", "ms / 64 images", "FID", "KID (unscaled)",
+                   "precision", "recall", "coverage", "recognized (p >= 0.9)"], rows)
+
+
 def tflite_speed(results: dict) -> str:
     """README and the denoising card: each shipped int8 TFLite against its float32 twin, same threads."""
     rows = []
@@ -220,10 +242,11 @@ TABLES = {
     "distillation-gain": ("benchmarks/distillation_gain/gain.json", distillation_gain),
     "sr-results": (SR_REPORT, sr_results),
     "tflite-speed": ("benchmarks/tflite_speed.json", tflite_speed),
+    "gan-results": ("models/gan/distill_report.json", gan_results),
     "sr-int8-parity": ("models/sr/student_x2_report.json", sr_int8_parity),
     "sr-int8-sensitivity": ("models/sr/student_x2_export_report.json", sr_int8_sensitivity),
 }
-FILES = ("README.md", "models/denoise/MODEL_CARD.md", "models/sr/MODEL_CARD.md")
+FILES = ("README.md", "models/denoise/MODEL_CARD.md", "models/sr/MODEL_CARD.md", "models/gan/MODEL_CARD.md")
 _SECTION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(\n<!-- /table:(?P=name) -->)", re.S)
 
 

@@ -337,6 +337,23 @@ def test_generate_grid_and_folder_with_the_same_seed(cli_run, tmp_path):
     assert main(["generate", "--model", str(root / "classifier.keras"), "--num", "2", "--out", str(tmp_path / "x.png")]) == 2
 
 
+def test_int8_parity_benchmark_scores_a_generator_against_its_int8_file(cli_run, tmp_path):
+    """benchmarks.int8_parity --generator (what models/gan/int8_parity_report.json comes from):
+    the int8 file's samples against the float generator's on the same latents."""
+    from benchmarks import int8_parity
+
+    root, _ = cli_run
+    student = root / "runs" / "distill" / "student_generator.keras"
+    tflite = root / "runs" / "distill" / "export" / "student_generator_int8.tflite"
+    report = int8_parity.main(["--generator", str(student), "--int8", str(tflite), "--out", str(tmp_path / "p.json")])
+    assert json.loads((tmp_path / "p.json").read_text()) == json.loads(json.dumps(report))
+    parity = report["parity"]
+    assert parity["samples"] == 512 and "QUANTIZE" in report["int8_ops"]
+    assert 15 < parity["psnr_int8_vs_float_min_db"] <= parity["psnr_int8_vs_float_mean_db"] < 80   # close, not equal
+    same = int8_parity.main(["--generator", str(student), "--int8", str(tflite)])["parity"]
+    assert same == parity                                            # fixed latents: the same figures
+
+
 def test_export_and_evaluate_verbs_take_generators(cli_run, tmp_path):
     from kd_tf.cli import main
 
