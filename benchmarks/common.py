@@ -132,15 +132,25 @@ def time_loop(step, batches, warmup: int, steps: int) -> StepStats:
     return stats_from_ends(ends, warmup)
 
 
-def best_seconds(function, repeats: int) -> float:
-    """Fastest of `repeats` calls after one warm-up call (for peak throughput, the best is the peak)."""
+def call_seconds(function, repeats: int) -> list[float]:
+    """Wall time of each of `repeats` calls, after one warm-up call (tracing, interpreter resizing)."""
     function()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         function()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def median_seconds(function, repeats: int) -> float:
+    """The median call: a latency."""
+    return float(np.median(call_seconds(function, repeats)))
+
+
+def best_seconds(function, repeats: int) -> float:
+    """The fastest call (for peak throughput, the best is the peak)."""
+    return min(call_seconds(function, repeats))
 
 
 # -- memory --------------------------------------------------------------------------------

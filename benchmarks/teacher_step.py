@@ -15,14 +15,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import json
-import time
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.common import Bench, Sizes, cores_busy_by_others, machine_info
+from benchmarks.common import Bench, Sizes, cores_busy_by_others, machine_info, median_seconds
 from benchmarks.flops import measured_peak
 from kd_tf.denoise import config as denoise_config
 from kd_tf.complexity import count_macs
@@ -30,16 +29,6 @@ from kd_tf.model_io import load_model, with_dtype_policy
 
 HERE = Path(__file__).resolve().parent
 BATCH, PATCH, TIMED = 16, 64, 6
-
-
-def median_seconds(function, repeats: int = TIMED) -> float:
-    function()                                            # tracing and warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
 
 
 def main() -> int:
@@ -58,7 +47,7 @@ def main() -> int:
         model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="mse")
         train_s = median_seconds(lambda: model.train_on_batch(x, y), 3 if precision == "bf16" else TIMED)
         forward = tf.function(lambda batch: model(batch, training=False))
-        forward_s = median_seconds(lambda: forward(x).numpy())
+        forward_s = median_seconds(lambda: forward(x).numpy(), TIMED)
         peak = measured_peak(bench, precision)["conv3x3_gflops"]
         train_gflops = 3 * 2 * macs / train_s / 1e9
         forward_gflops = 2 * macs / forward_s / 1e9

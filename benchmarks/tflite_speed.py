@@ -21,12 +21,11 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine_info
+from benchmarks.common import machine_info, median_seconds
 from benchmarks.render_tables import tflite_speed as render
 from kd_tf.config import MODELS_DIR
 
@@ -47,13 +46,7 @@ MODELS = (
 
 def median_ms(model, batch: np.ndarray, repeats: int = REPEATS) -> float:
     """Median wall time of one invocation, after a warm-up that also resizes the interpreter."""
-    model(batch)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        model(batch)
-        times.append(time.perf_counter() - started)
-    return 1000.0 * float(np.median(times))
+    return 1000.0 * median_seconds(lambda: model(batch), repeats)
 
 
 def float32_flatbuffer(keras_path: Path, workdir: Path) -> bytes:
