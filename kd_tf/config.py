@@ -88,10 +88,11 @@ class TrainConfig:
     steps_per_epoch: int = 250            # steps between checkpoints, logs and image grids
     learning_rate: float = 1e-3           # Adam's peak rate
     final_learning_rate_fraction: float = 0.01   # cosine decay to lr * this
-    # "auto": bfloat16 where the hardware has it (1.6x faster on a CPU with AVX512_BF16, 5-15x slower
-    # where it is emulated), float16 with loss scaling on GPUs without it, else float32 (kd_tf.precision);
-    # true/bfloat16, float16, false/float32 force one
-    mixed_precision: bool | str = "auto"
+    # false (the default): float32. "auto": bfloat16 where the hardware has it (1.6x faster on a CPU
+    # with AVX512_BF16, 5-15x slower where it is emulated), float16 with loss scaling on GPUs without
+    # it, else float32 (kd_tf.precision); true/bfloat16, float16 force one. Not the default: the main
+    # job's student lost 2.54 dB in bfloat16 on an AVX512_BF16 CPU (benchmarks/main_job_time.json)
+    mixed_precision: bool | str = False
     seed: int = 0                         # seed of weights, patches and noise
     strategy: str = "default"                    # one of STRATEGIES; data.batch_size is the global batch
 

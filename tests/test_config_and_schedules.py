@@ -86,7 +86,9 @@ def test_mixed_precision_auto_asks_the_hardware(monkeypatch, tmp_path):
 
     for fast in (True, False):
         monkeypatch.setattr(precision, "bfloat16_is_fast", lambda fast=fast: fast)
-        assert cfg.from_dict(denoise_config.DistillJobConfig, {}).train.mixed_precision is fast
+        auto = {"train": {"mixed_precision": "auto"}}
+        assert cfg.from_dict(denoise_config.DistillJobConfig, auto).train.mixed_precision is fast
+        assert cfg.from_dict(denoise_config.DistillJobConfig, {}).train.mixed_precision is False   # float32 default
     assert cfg.from_dict(denoise_config.DistillJobConfig, {"train": {"mixed_precision": True}}).train.mixed_precision is True
     with pytest.raises(cfg.ConfigError, match="train.mixed_precision"):
         cfg.from_dict(denoise_config.DistillJobConfig, {"train": {"mixed_precision": "bf16"}})
