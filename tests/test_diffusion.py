@@ -21,10 +21,10 @@ from kd_tf.diffusion.schedule import ddim_step, predict, rates, to_pixels
 def _network(seed=0, name="denoiser"):
     keras.utils.set_random_seed(seed)
     network = build_denoiser(28, 1, (8, 16), 1, embedding_dims=8, name=name)
-    # the output layer starts at zero (an untrained network predicts no noise): perturb it so the
+    # the output layer starts at zero (an untrained network predicts v = 0): perturb it so the
     # tests see a network whose predictions depend on its input
-    kernel, bias = network.get_layer("noise").get_weights()
-    network.get_layer("noise").set_weights([np.random.default_rng(seed).normal(0, 0.05, kernel.shape), bias])
+    kernel, bias = network.get_layer("velocity").get_weights()
+    network.get_layer("velocity").set_weights([np.random.default_rng(seed).normal(0, 0.05, kernel.shape), bias])
     return network
 
 
@@ -54,9 +54,10 @@ def test_the_sampler_is_the_ddim_loop(rng):
     noisy, image = tf.constant(noise), None
     for k in range(3):                                   # by hand: times 1, 2/3, 1/3, then the last image
         now, after = tf.fill([3, 1, 1, 1], 1 - k / 3), tf.fill([3, 1, 1, 1], 1 - (k + 1) / 3)
-        eps = network([noisy, rates(now)[0] ** 2]).numpy()
+        v = network([noisy, rates(now)[0] ** 2]).numpy()
         noise_rate, signal_rate = (r.numpy() for r in rates(now))
-        image = (noisy.numpy() - noise_rate * eps) / signal_rate
+        image = signal_rate * noisy.numpy() - noise_rate * v
+        eps = noise_rate * noisy.numpy() + signal_rate * v
         next_noise, next_signal = (r.numpy() for r in rates(after))
         noisy = tf.constant(next_signal * image + next_noise * eps)
     np.testing.assert_allclose(sampler(noise).numpy(), (image + 1) / 2, atol=1e-5)
@@ -119,15 +120,38 @@ def test_each_progressive_stage_trains_only_its_student(digits):
     assert DDIMSampler(one_step, 1)(noise).shape == (2, 28, 28, 1)
     with pytest.raises(ValueError, match="powers of two"):
         progressive_distillation(network, digits, start_steps=6)
+    with pytest.raises(ValueError, match="one per stage of 4 -> 1 steps"):
+        progressive_distillation(network, digits, start_steps=4, steps_per_stage=[3, 3, 3])
 
 
-def test_the_teacher_trains_on_noise_prediction_with_an_ema_copy(digits):
+def test_a_killed_progressive_distillation_resumes_at_its_unfinished_stage(digits, tmp_path):
+    network = _network(4)
+    trained = []                                    # the stages that trained, by their teacher's steps
+
+    def record(teacher, teacher_steps, student):
+        trained.append(teacher_steps)
+        return []
+
+    first = progressive_distillation(network, digits, 4, 1, steps_per_stage=2, batch_size=8, learning_rate=1e-3,
+                                     callbacks=record, stages_dir=tmp_path)
+    assert trained == [4, 2] and sorted(p.name for p in tmp_path.glob("*.keras")) == [
+        "student_denoiser_1_steps.keras", "student_denoiser_2_steps.keras"]
+    (tmp_path / "student_denoiser_1_steps.keras").unlink()          # killed during the last stage
+    again = progressive_distillation(network, digits, 4, 1, steps_per_stage=2, batch_size=8, learning_rate=1e-3,
+                                     callbacks=record, stages_dir=tmp_path)
+    assert trained == [4, 2, 2]                                     # only the unfinished stage trained again
+    for kept, loaded in zip(first[1][1].get_weights(), again[1][1].get_weights()):
+        np.testing.assert_array_equal(kept, loaded)
+    assert (tmp_path / "student_denoiser_1_steps.keras").is_file()
+
+
+def test_the_teacher_trains_on_velocity_prediction_with_an_ema_copy(digits):
     network = build_denoiser(28, 1, (8, 16), 1, embedding_dims=8)
     model = DiffusionModel(network, ema=0.5)
     model.compile(optimizer=keras.optimizers.Adam(2e-3))
     ema_before = _weights(model.ema_network)
     history = model.fit(digits, batch_size=16, epochs=3, verbose=0).history
-    assert history["noise_loss"][-1] < history["noise_loss"][0]
+    assert history["velocity_loss"][-1] < history["velocity_loss"][0]
     assert _changed(ema_before, model.ema_network)
     assert not model.ema_network.trainable
     assert to_pixels(tf.constant(-1.0)).numpy() == 0.0
@@ -163,7 +187,8 @@ def diffusion_cli(tmp_path_factory):
     common = DIFFUSION_CLI.format(data=root / "digits", classifier=root / "classifier.keras", root=root)
     (root / "teacher.yaml").write_text(common + "train: {steps: 4, steps_per_epoch: 2}\n"
                                        "net: {widths: [8, 16, 16], blocks: 1, embedding_dims: 8}\nsampler_steps: 4\n")
-    (root / "distill.yaml").write_text(common + "teacher_steps: 4\nend_steps: 1\nexport_int8_steps: [1]\n")
+    (root / "distill.yaml").write_text(common + "teacher_steps: 4\nend_steps: 1\nexport_int8_steps: [1]\n"
+                                       "score_steps: [1]\n")
     codes = {"teacher": main(["train-teacher", "--task", "diffusion", "--config", str(root / "teacher.yaml"),
                               "--run-name", "teacher", "--set", f"save_to={root / 'teacher_denoiser.keras'}"])}
     codes["distill"] = main(["distill", "--task", "diffusion", "--config", str(root / "distill.yaml"),
@@ -179,11 +204,16 @@ def test_cli_trains_the_teacher_distills_stages_and_scores_each(diffusion_cli, t
     root, codes = diffusion_cli
     assert codes == {"teacher": 0, "distill": 0}
     teacher = json.loads((root / "runs" / "teacher" / "report.json").read_text())
-    assert list(teacher["samplers"]) == ["teacher, 4 steps"] and len(teacher["history"]["noise_loss"]) == 2
+    assert list(teacher["samplers"]) == ["teacher, 4 steps"] and len(teacher["history"]["velocity_loss"]) == 2
     report = json.loads((root / "runs" / "distill" / "report.json").read_text())
     rows = report["samplers"]
-    assert list(rows) == ["teacher, 4 steps", "student, 2 steps", "student, 1 steps", "student, 1 steps, int8"]
-    assert rows["student, 2 steps"]["macs"] * 2 == rows["teacher, 4 steps"]["macs"]
+    assert list(rows) == ["teacher, 4 steps", "student, 1 steps", "student, 1 steps, int8"]   # score_steps: [1]
+    assert rows["student, 1 steps"]["macs"] * 4 == rows["teacher, 4 steps"]["macs"]
+    assert (root / "runs" / "distill" / "student_denoiser_2_steps.keras").is_file()        # kept, not scored
+    grids = [v for f in sorted((root / "tb" / "distill" / "stages").glob("events.*"))
+             for e in tf.compat.v1.train.summary_iterator(str(f)) for v in e.summary.value]
+    assert [v.metadata.summary_description for v in grids] == ["teacher, 4 steps | student, 2 steps",
+                                                               "teacher, 2 steps | student, 1 steps"]
     for row in rows.values():
         assert row["samples"] == 100 and 0 <= row["recognized"] <= 1 and np.isfinite(row["fid"])
     assert (root / "runs" / "distill" / "student_denoiser_1_steps.keras").is_file()
@@ -193,3 +223,13 @@ def test_cli_trains_the_teacher_distills_stages_and_scores_each(diffusion_cli, t
                  "--out", str(grid)]) == 0 and grid.is_file()
     assert main(["generate", "--model", str(root / "teacher_denoiser.keras"), "--num", "4",
                  "--out", str(tmp_path / "no_steps.png")]) == 2
+
+
+def test_distill_config_names_a_bad_stage_budget_or_score_list():
+    from kd_tf.diffusion.config import DiffusionDistillJobConfig
+
+    DiffusionDistillJobConfig(teacher_steps=8, steps_per_stage=[1, 2, 3], score_steps=[8, 1]).validate()
+    with pytest.raises(ValueError, match=r"steps_per_stage.*3 of them"):
+        DiffusionDistillJobConfig(teacher_steps=8, steps_per_stage=[1, 2]).validate()
+    with pytest.raises(ValueError, match=r"score_steps.*any of \[8, 4, 2, 1\]"):
+        DiffusionDistillJobConfig(teacher_steps=8, score_steps=[3]).validate()

@@ -1,7 +1,7 @@
 """The diffusion task: a DDIM teacher whose N-step sampler teaches few-step students.
 
 - `schedule`: the continuous-time cosine noise schedule (keras.io's DDIM example's) and DDIM steps;
-- `nets`: the noise-predicting U-Net with a sinusoidal noise embedding;
+- `nets`: the velocity-predicting U-Net with a sinusoidal noise embedding;
 - `model.DiffusionModel`: trains that network with `fit()` (noise prediction, EMA weights);
 - `sampler.DDIMSampler`: a network and a step count as a Keras model, noise in, image out, so
   that an N-step sampler is a `kd_tf.Distiller` teacher like any other (one-step students:

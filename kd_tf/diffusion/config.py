@@ -13,7 +13,7 @@ DEFAULT_DIFFUSION_TEACHER = f"{DIFFUSION_DIR}/teacher_denoiser.keras"
 
 @dataclasses.dataclass
 class DenoiserConfig:
-    """The noise-predicting U-Net (kd_tf.diffusion.nets): channels at 28, 14 and 7 px."""
+    """The velocity-predicting U-Net (kd_tf.diffusion.nets): channels at 28, 14 and 7 px."""
 
     widths: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 96])   # channels per level
     blocks: int = 2                          # residual blocks per level
@@ -68,15 +68,16 @@ class DiffusionDistillJobConfig:
     """`python -m kd_tf distill --task diffusion`: few-step students of the teacher's sampler."""
 
     data: DigitsConfig = dataclasses.field(default_factory=DigitsConfig)
-    teacher: str = DEFAULT_DIFFUSION_TEACHER  # the teacher's noise-predicting network (.keras)
+    teacher: str = DEFAULT_DIFFUSION_TEACHER  # the teacher's velocity-predicting network (.keras)
     teacher_steps: int = 64                  # the teacher sampler's DDIM steps (a power of two)
     end_steps: int = 1                       # progressive distillation halves the steps down to this
-    steps_per_stage: int = 1000              # optimizer steps of each halving stage
+    steps_per_stage: int | list[int] = 1000  # optimizer steps of each halving stage (or one per stage)
     learning_rate: float = 1e-4              # Adam's rate in every stage (students start at their teacher)
     seed: int = 0                            # seed of each stage's noise and times
     eval: GanEvalConfig = dataclasses.field(default_factory=GanEvalConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     export_int8_steps: list[int] = dataclasses.field(default_factory=lambda: [4, 1])   # students exported to int8
+    score_steps: list[int] | None = None     # stages scored (FID etc. on eval.samples); None: every stage
     save_to: str | None = None               # a folder for the students' generators (None: run folder only)
 
     def validate(self):
@@ -84,11 +85,16 @@ class DiffusionDistillJobConfig:
         steps, end = self.teacher_steps, self.end_steps
         _check(steps >= 2 and steps & (steps - 1) == 0, "teacher_steps", steps, "a power of two >= 2")
         _check(1 <= end < steps and end & (end - 1) == 0, "end_steps", end, f"a power of two below {steps}")
-        _check(self.steps_per_stage >= 1, "steps_per_stage", self.steps_per_stage, "an int >= 1")
+        stage_count = (steps // end).bit_length() - 1 if end >= 1 and steps % end == 0 else 0
+        budgets = self.steps_per_stage if isinstance(self.steps_per_stage, list) else [self.steps_per_stage]
+        _check(all(isinstance(b, int) and b >= 1 for b in budgets) and len(budgets) in (1, stage_count),
+               "steps_per_stage", self.steps_per_stage, f"an int >= 1, or {stage_count} of them (one per stage)")
         _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "a float > 0")
         stages = [steps >> k for k in range(steps.bit_length()) if steps >> k >= end]
         for count in self.export_int8_steps:
             _check(count in stages, "export_int8_steps", count, f"step counts of the stages, any of {stages}")
+        for count in self.score_steps or []:
+            _check(count in stages, "score_steps", count, f"step counts of the stages, any of {stages}")
         self.eval.validate()
         return self
 

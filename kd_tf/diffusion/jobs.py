@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from kd_tf import config as cfg
-from kd_tf.callbacks import digit_grid
+from kd_tf.callbacks import digit_grid, side_by_side
 from kd_tf.complexity import count_macs, count_params
 from kd_tf.images import write_image
 from kd_tf.diffusion.model import DiffusionModel
@@ -75,14 +75,46 @@ def format_table(rows: dict) -> str:
          f"{r['recognized']:.3f}" if r.get("recognized") is not None else "-"] for name, r in rows.items()])
 
 
+def _latents(network, count: int, seed: int = 1234) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((count, int(np.prod(network.input_shape[0][1:])))).astype("float32")
+
+
 def _write_grid(path, network, steps, seed=1234, count=64):
-    z = np.random.default_rng(seed).standard_normal((count, int(np.prod(network.input_shape[0][1:])))).astype("float32")
-    images = as_generator(network, steps)(z).numpy()
+    images = as_generator(network, steps)(_latents(network, count, seed)).numpy()
     write_image(path, digit_grid(images, 8))
 
 
+class StageGrids:
+    """Per progressive stage, a TensorBoard grid of the stage's teacher | student samplers from
+    the same latents ("progressive/teacher | student", one TensorBoard step per stage), written
+    when the stage's training ends: progressive_distillation's `callbacks` factory."""
+
+    def __init__(self, log_dir, latents: np.ndarray):
+        self.log_dir, self.latents, self.stage = str(log_dir), latents, 0
+
+    def __call__(self, teacher, teacher_steps: int, student):
+        self.stage += 1
+        return [_StageGrid(self, teacher, teacher_steps, student, self.stage)]
+
+
+class _StageGrid(keras.callbacks.Callback):
+    def __init__(self, grids: StageGrids, teacher, teacher_steps: int, student, stage: int):
+        super().__init__()
+        self.grids, self.teacher, self.teacher_steps, self.student, self.stage = grids, teacher, teacher_steps, student, stage
+
+    def on_train_end(self, logs=None):
+        steps = self.teacher_steps // 2
+        panels = {f"teacher, {self.teacher_steps} steps": as_generator(self.teacher, self.teacher_steps)(self.grids.latents),
+                  f"student, {steps} steps": as_generator(self.student, steps)(self.grids.latents)}
+        writer = tf.summary.create_file_writer(self.grids.log_dir)
+        with writer.as_default():
+            tf.summary.image("progressive/teacher | student", side_by_side(panels, 4)[None, ..., None],
+                             step=self.stage, description=" | ".join(panels))
+        writer.close()
+
+
 def train_teacher(config) -> dict:
-    """Trains the noise-predicting network on the training digits; scores its sampler."""
+    """Trains the velocity-predicting network on the training digits; scores its sampler."""
     from kd_tf.generators import Scorer
 
     config.validate()
@@ -124,7 +156,9 @@ def train_teacher(config) -> dict:
 
 def distill(config) -> dict:
     """Progressive distillation of the teacher's sampler, `teacher_steps` -> ... -> `end_steps`;
-    every stage's sampler scored on the same latents, the chosen ones exported to int8 TFLite."""
+    the teacher and the chosen stages (`score_steps`, default all) scored on the same latents, the
+    chosen ones exported to int8 TFLite. Rerun with the same --run-name, it resumes at the stage
+    a kill interrupted (finished stages are kept in the run folder)."""
     from kd_tf.generators import Scorer, export_generator, score_tflite
 
     config.validate()
@@ -133,17 +167,18 @@ def distill(config) -> dict:
     digits = load_digits(config.data.source)
     teacher = load_frozen(config.teacher, "diffusion teacher", TRAIN_TEACHER)
     started = time.time()
+    grids = StageGrids(paths.logs / "stages", _latents(teacher, 16))
     stages = progressive_distillation(teacher, as_unit(digits.train_images), config.teacher_steps,
                                       config.end_steps, config.steps_per_stage, config.data.batch_size,
-                                      config.learning_rate, config.seed)
+                                      config.learning_rate, config.seed, callbacks=grids, stages_dir=paths.root)
     seconds = time.time() - started
     scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed)
     rows, exported = {}, {}
     for index, (steps, network) in enumerate(stages):
         name = f"teacher, {steps} steps" if index == 0 else f"student, {steps} steps"
-        rows[name] = _score(network, steps, scorer, config.eval, name)
+        if index == 0 or config.score_steps is None or steps in config.score_steps:
+            rows[name] = _score(network, steps, scorer, config.eval, name)
         if index:
-            save_model(network, paths.root / f"student_denoiser_{steps}_steps.keras")
             _write_grid(paths.root / f"samples_{steps}_steps.png", network, steps)
             if config.save_to:
                 save_model(as_generator(network, steps), f"{config.save_to}/student_generator_{steps}_steps.keras")

@@ -1,4 +1,4 @@
-"""The noise-predicting U-Net: [noisy image, noise variance] -> predicted noise.
+"""The velocity-predicting U-Net: [noisy image, noise variance] -> predicted v (see schedule.predict).
 
 Shaped after keras.io's DDIM example (residual blocks, a sinusoidal embedding of the noise
 variance broadcast over the image), sized for 28x28 digits: levels at 28, 14 and 7 pixels.
@@ -55,7 +55,7 @@ def _residual(x, width, name):
 
 def build_denoiser(image_size: int = 28, channels: int = 1, widths=(32, 64, 96), blocks: int = 2,
                    embedding_dims: int = 32, name: str = "denoiser") -> keras.Model:
-    """A residual U-Net predicting the noise in a noisy image, told the noise variance.
+    """A residual U-Net predicting the velocity v of a noisy image, told the noise variance.
 
     `image_size` must be divisible by 2 ** (len(widths) - 1) (28: three levels).
 
@@ -85,6 +85,6 @@ def build_denoiser(image_size: int = 28, channels: int = 1, widths=(32, 64, 96),
         for block in range(blocks):
             x = layers.Concatenate(name=f"up{level}_skip{block}")([x, skips.pop()])
             x = _residual(x, widths[level], f"up{level}_block{block}")
-    # zero-initialised output: an untrained network predicts no noise, a stable start
-    outputs = layers.Conv2D(channels, 1, kernel_initializer="zeros", name="noise", dtype="float32")(x)
+    # zero-initialised output: an untrained network predicts v = 0, a stable start
+    outputs = layers.Conv2D(channels, 1, kernel_initializer="zeros", name="velocity", dtype="float32")(x)
     return keras.Model([noisy, variance], outputs, name=name)

@@ -17,6 +17,7 @@ then trains only the student; the next stage's teacher is this stage's student, 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -104,22 +105,44 @@ def stage_dataset(images: np.ndarray, student_steps: int, batch_size: int, seed:
     return tf.data.Dataset.zip((batches, seeds)).map(noised, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
 
+def stage_path(folder, steps: int) -> Path:
+    """Where a stage's student network is kept: `folder`/student_denoiser_{steps}_steps.keras."""
+    return Path(folder) / f"student_denoiser_{int(steps)}_steps.keras"
+
+
 def progressive_distillation(network: keras.Model, images: np.ndarray, start_steps: int, end_steps: int = 1,
-                             steps_per_stage: int = 1000, batch_size: int = 64, learning_rate: float = 1e-4,
-                             seed: int = 0, callbacks=None) -> list[tuple[int, keras.Model]]:
+                             steps_per_stage: int | list[int] = 1000, batch_size: int = 64, learning_rate: float = 1e-4,
+                             seed: int = 0, callbacks=None, stages_dir=None) -> list[tuple[int, keras.Model]]:
     """Distils `network`'s `start_steps`-step sampler stage by stage down to `end_steps` steps.
 
     Returns [(steps, network)] per stage, the first the teacher itself. Each stage's student is a
-    copy of the stage's teacher, trained `steps_per_stage` optimizer steps; the teacher is frozen.
-    `callbacks(steps)` may return Keras callbacks for a stage (TensorBoard grids).
+    copy of the stage's teacher, trained `steps_per_stage` optimizer steps (one int for every stage,
+    or a list with one per stage: the last halvings are the hardest); the teacher is frozen.
+    `callbacks(teacher_network, teacher_steps, student_network)` may return Keras callbacks for a
+    stage (TensorBoard grids). With `stages_dir`, each finished stage's student is saved there
+    (atomically) and a rerun loads the finished stages instead of training them again, so a long
+    distillation killed mid-way resumes at the stage it was in.
     """
     from kd_tf.distiller import Distiller
+    from kd_tf.model_io import load_model, save_model
 
     if start_steps < 2 or start_steps & (start_steps - 1) or end_steps < 1 or start_steps % end_steps:
         raise InputError(f"start_steps={start_steps}, end_steps={end_steps}; accepted: powers of two, "
                          f"start_steps >= 2 and a multiple of end_steps")
+    count = (start_steps // end_steps).bit_length() - 1
+    budgets = [int(steps_per_stage)] * count if np.ndim(steps_per_stage) == 0 else [int(b) for b in steps_per_stage]
+    if len(budgets) != count or min(budgets) < 1:
+        raise InputError(f"steps_per_stage={steps_per_stage!r}; accepted: an int >= 1 or {count} of them, "
+                         f"one per stage of {start_steps} -> {end_steps} steps")
     stages, teacher, steps = [(start_steps, network)], network, start_steps
     while steps > end_steps:
+        budget = budgets[len(stages) - 1]
+        saved = stage_path(stages_dir, steps // 2) if stages_dir is not None else None
+        if saved is not None and saved.is_file():
+            log.info("progressive distillation: %d -> %d steps already done, loaded %s", steps, steps // 2, saved)
+            teacher, steps = load_model(saved), steps // 2
+            stages.append((steps, teacher))
+            continue
         student = keras.models.clone_model(teacher)
         student.set_weights(teacher.get_weights())
         frozen = keras.models.clone_model(teacher)
@@ -127,10 +150,12 @@ def progressive_distillation(network: keras.Model, images: np.ndarray, start_ste
         frozen.trainable = False
         distiller = Distiller(TwoStepTarget(frozen, steps), XPrediction(student), student_loss_weight=0.0)
         distiller.compile(optimizer=keras.optimizers.Adam(learning_rate))
-        log.info("progressive distillation: %d -> %d steps, %d optimizer steps", steps, steps // 2, steps_per_stage)
+        log.info("progressive distillation: %d -> %d steps, %d optimizer steps", steps, steps // 2, budget)
         distiller.fit(stage_dataset(images, steps // 2, batch_size, seed + steps), epochs=1,
-                      steps_per_epoch=steps_per_stage, verbose=0, shuffle=False,
-                      callbacks=list(callbacks(steps // 2)) if callbacks else None)
+                      steps_per_epoch=budget, verbose=0, shuffle=False,
+                      callbacks=list(callbacks(frozen, steps, student)) if callbacks else None)
+        if saved is not None:
+            save_model(student, saved)
         teacher, steps = student, steps // 2
         stages.append((steps, student))
     return stages

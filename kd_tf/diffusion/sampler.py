@@ -1,4 +1,4 @@
-"""`DDIMSampler`: a noise-predicting network and a step count as one Keras model, noise in,
+"""`DDIMSampler`: a velocity-predicting network and a step count as one Keras model, noise in,
 image out.
 
 An N-step sampler is then a teacher like any other for `kd_tf.Distiller` (the same noise goes to
