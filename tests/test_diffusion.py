@@ -82,6 +82,27 @@ def test_a_one_step_student_learns_the_samplers_map_and_only_it_trains(rng):
     assert last == pytest.approx(expected, rel=1e-3)
 
 
+def test_an_offline_cache_of_the_samplers_pairs_teaches_a_one_step_student(rng):
+    from kd_tf.teacher_cache import cache_teacher_outputs
+
+    teacher_net, student_net = _network(0, "teacher_net"), _network(0, "student_net")
+    teacher = DDIMSampler(teacher_net, steps=4)
+    noise = rng.normal(size=(16, 28, 28, 1)).astype(np.float32)
+    cache = cache_teacher_outputs(teacher, tf.data.Dataset.from_tensor_slices(noise).batch(8), 2, dtype=np.float32)
+    np.testing.assert_allclose(cache.teacher_outputs, teacher(noise).numpy(), atol=1e-5)   # (noise, sample) pairs
+    # the sampler's map is not dihedral-equivariant (a turned digit is no digit): the bank is served as cached
+    (batch,) = next(iter(cache.dataset(8, augment=False)))
+    pairs = {tuple(np.round(z[:2, 0, 0], 4)): out for z, out in zip(cache.inputs, cache.teacher_outputs)}
+    for z, out in zip(batch["inputs"].numpy(), batch["teacher_outputs"].numpy()):
+        np.testing.assert_array_equal(pairs[tuple(np.round(z[:2, 0, 0], 4))], out)
+    distiller = Distiller(teacher, DDIMSampler(student_net, steps=1), student_loss_weight=0.0, probe_size=28)
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-3))
+    teacher_before = _weights(teacher_net)
+    history = distiller.fit(cache.dataset(8, augment=False), steps_per_epoch=2, epochs=6, verbose=0).history
+    assert history["distill"][-1] < history["distill"][0]
+    assert not _changed(teacher_before, teacher_net)
+
+
 def test_the_folded_target_lands_where_two_teacher_steps_do(rng):
     network = _network(1)
     z = tf.constant(rng.normal(size=(4, 28, 28, 1)).astype(np.float32))
