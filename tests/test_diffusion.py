@@ -228,7 +228,9 @@ def test_cli_trains_the_teacher_distills_stages_and_scores_each(diffusion_cli, t
     assert list(teacher["samplers"]) == ["teacher, 4 steps"] and len(teacher["history"]["velocity_loss"]) == 2
     report = json.loads((root / "runs" / "distill" / "report.json").read_text())
     rows = report["samplers"]
-    assert list(rows) == ["teacher, 4 steps", "student, 1 steps", "student, 1 steps, int8"]   # score_steps: [1]
+    assert list(rows) == ["teacher, 4 steps", "student, 1 steps", "teacher network, 1 steps (undistilled)",
+                          "student, 1 steps, int8"]                                       # score_steps: [1]
+    assert rows["teacher network, 1 steps (undistilled)"]["macs"] == rows["student, 1 steps"]["macs"]
     assert rows["student, 1 steps"]["macs"] * 4 == rows["teacher, 4 steps"]["macs"]
     assert (root / "runs" / "distill" / "student_denoiser_2_steps.keras").is_file()        # kept, not scored
     grids = [v for f in sorted((root / "tb" / "distill" / "stages").glob("events.*"))

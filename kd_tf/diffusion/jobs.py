@@ -156,7 +156,8 @@ def train_teacher(config) -> dict:
 
 def distill(config) -> dict:
     """Progressive distillation of the teacher's sampler, `teacher_steps` -> ... -> `end_steps`;
-    the teacher and the chosen stages (`score_steps`, default all) scored on the same latents, the
+    the teacher and the chosen stages (`score_steps`, default all) scored on the same latents, each
+    beside the teacher's own network sampled with as few steps (what the distillation adds), the
     chosen ones exported to int8 TFLite. Rerun with the same --run-name, it resumes at the stage
     a kill interrupted (finished stages are kept in the run folder)."""
     from kd_tf.generators import Scorer, export_generator, score_tflite
@@ -178,6 +179,9 @@ def distill(config) -> dict:
         name = f"teacher, {steps} steps" if index == 0 else f"student, {steps} steps"
         if index == 0 or config.score_steps is None or steps in config.score_steps:
             rows[name] = _score(network, steps, scorer, config.eval, name)
+            if index:            # the control arm: the teacher's own network at the student's step count
+                control = f"teacher network, {steps} steps (undistilled)"
+                rows[control] = _score(teacher, steps, scorer, config.eval, control)
         if index:
             _write_grid(paths.root / f"samples_{steps}_steps.png", network, steps)
             if config.save_to:
