@@ -233,6 +233,7 @@ def test_cli_trains_the_teacher_distills_stages_and_scores_each(diffusion_cli, t
     assert rows["teacher network, 1 steps (undistilled)"]["macs"] == rows["student, 1 steps"]["macs"]
     assert rows["student, 1 steps"]["macs"] * 4 == rows["teacher, 4 steps"]["macs"]
     assert (root / "runs" / "distill" / "student_denoiser_2_steps.keras").is_file()        # kept, not scored
+    assert {p.name for p in (root / "tb" / "distill" / "stages").iterdir() if p.is_dir()} == {"2_steps", "1_steps"}
     grids = [v for f in sorted((root / "tb" / "distill" / "stages").glob("events.*"))
              for e in tf.compat.v1.train.summary_iterator(str(f)) for v in e.summary.value]
     assert [v.metadata.summary_description for v in grids] == ["teacher, 4 steps | student, 2 steps",

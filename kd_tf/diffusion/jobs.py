@@ -87,14 +87,17 @@ def _write_grid(path, network, steps, seed=1234, count=64):
 class StageGrids:
     """Per progressive stage, a TensorBoard grid of the stage's teacher | student samplers from
     the same latents ("progressive/teacher | student", one TensorBoard step per stage), written
-    when the stage's training ends: progressive_distillation's `callbacks` factory."""
+    when the stage's training ends, and the stage's loss every `update_freq` batches (in
+    `log_dir`/<N>_steps): progressive_distillation's `callbacks` factory."""
 
-    def __init__(self, log_dir, latents: np.ndarray):
-        self.log_dir, self.latents, self.stage = str(log_dir), latents, 0
+    def __init__(self, log_dir, latents: np.ndarray, update_freq: int = 50):
+        self.log_dir, self.latents, self.update_freq, self.stage = str(log_dir), latents, update_freq, 0
 
     def __call__(self, teacher, teacher_steps: int, student):
         self.stage += 1
-        return [_StageGrid(self, teacher, teacher_steps, student, self.stage)]
+        losses = keras.callbacks.TensorBoard(f"{self.log_dir}/{teacher_steps // 2}_steps", update_freq=self.update_freq,
+                                             write_graph=False)
+        return [_StageGrid(self, teacher, teacher_steps, student, self.stage), losses]
 
 
 class _StageGrid(keras.callbacks.Callback):
@@ -107,7 +110,7 @@ class _StageGrid(keras.callbacks.Callback):
         panels = {f"teacher, {self.teacher_steps} steps": as_generator(self.teacher, self.teacher_steps)(self.grids.latents),
                   f"student, {steps} steps": as_generator(self.student, steps)(self.grids.latents)}
         writer = tf.summary.create_file_writer(self.grids.log_dir)
-        with writer.as_default():
+        with writer.as_default(), tf.summary.record_if(True):   # the stage's TensorBoard callback gates recording
             tf.summary.image("progressive/teacher | student", side_by_side(panels, 4)[None, ..., None],
                              step=self.stage, description=" | ".join(panels))
         writer.close()
