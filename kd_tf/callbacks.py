@@ -168,8 +168,9 @@ class GeneratorMetricsCallback(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         self._writer.close()
 
-    def _generator(self):
-        return getattr(self.model, "student", None) or self.model.generator
+    def _generator(self):     # a Distiller's student, else the generator's moving average if kept, else it
+        return (getattr(self.model, "student", None) or getattr(self.model, "ema_generator", None)
+                or self.model.generator)
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:

@@ -168,11 +168,26 @@ class AdversarialTraining(keras.Model):
     without the teacher terms (a teacher pass would cost the baseline 10x its own compute).
 
     fit() on batches of real images; under tf.distribute: global-batch means, as the Distiller.
+    With `ema` > 0, `ema_generator` follows the generator's weights as an exponential moving average
+    after every step (as keras.io's DDIM example does for its network; StyleGAN and BigGAN sample
+    from such an average): it smooths the oscillation of adversarial training, and it is what the
+    teacher job scores and ships. Single replica only: the average is updated in place.
     """
 
-    def __init__(self, generator, objective: Adversarial, latent_sampler, name: str = "gan", **kwargs):
+    def __init__(self, generator, objective: Adversarial, latent_sampler, ema: float = 0.0, name: str = "gan",
+                 **kwargs):
         super().__init__(name=name, **kwargs)
+        if not 0.0 <= float(ema) < 1.0:
+            raise InputError(f"ema={ema!r}; accepted: 0 (off) or a momentum 0 < ema < 1, e.g. 0.999")
+        if ema and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            raise InputError(f"ema={ema!r} under {tf.distribute.get_strategy().num_replicas_in_sync} replicas; "
+                             f"accepted: ema=0 with tf.distribute, or one replica")
         self.generator, self.objective, self.latent_sampler = generator, objective, latent_sampler
+        self.ema, self.ema_generator = float(ema), None
+        if self.ema:
+            self.ema_generator = keras.models.clone_model(generator)
+            self.ema_generator.set_weights(generator.get_weights())
+            self.ema_generator.trainable = False
         for key, value in objective.trackables().items():      # checkpointed with the generator
             setattr(self, f"objective_{key}", value)
         objective.check_prediction_shape(tuple(generator.output_shape))
@@ -187,7 +202,10 @@ class AdversarialTraining(keras.Model):
         return self.generator(z, training=training)
 
     def panels(self, z) -> dict:
-        return {"generator": self.generator(z, training=False)}
+        panels = {"generator": self.generator(z, training=False)}
+        if self.ema_generator is not None:
+            panels["generator (EMA)"] = self.ema_generator(z, training=False)
+        return panels
 
     def train_step(self, data):
         real, _, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -198,6 +216,9 @@ class AdversarialTraining(keras.Model):
             per_sample = self.objective(z, real, fake)
             loss = tf.nn.compute_average_loss(per_sample, global_batch_size=global_batch_size(tf.shape(real)[0]))
         self.optimizer.apply(tape.gradient(loss, variables), variables)
+        if self.ema_generator is not None:
+            for weight, average in zip(self.generator.weights, self.ema_generator.weights):
+                average.assign(self.ema * average + (1.0 - self.ema) * weight)
         self.objective.discriminator_step(real, fake)
         self.loss_tracker.update_state(tf.reduce_mean(per_sample), sample_weight=tf.cast(tf.shape(real)[0], tf.float32))
         return mean_results(self.metrics)

@@ -91,6 +91,26 @@ def test_generator_phase_updates_only_the_student_and_adapters(nets, real):
     assert trained.isdisjoint({id(v) for v in nets["teacher"].weights})
 
 
+def test_the_teacher_gan_keeps_a_moving_average_of_its_generator(nets, real):
+    from kd_tf.objectives import AdversarialTraining
+
+    generator = keras.models.clone_model(nets["teacher"])
+    generator.set_weights(nets["teacher"].get_weights())
+    adversarial = Adversarial(clone_discriminator(nets["teacher_d"]), keras.optimizers.SGD(0.05))
+    gan = AdversarialTraining(generator, adversarial, LatentSampler(LATENT, 0), ema=0.75)
+    gan.compile(optimizer=keras.optimizers.SGD(0.05))
+    start = [w.numpy().copy() for w in generator.weights]
+    gan.train_on_batch(real)
+    trained = [w.numpy() for w in generator.weights]
+    assert any(not np.array_equal(a, b) for a, b in zip(start, trained))
+    for first, last, average in zip(start, trained, gan.ema_generator.weights):
+        np.testing.assert_allclose(average.numpy(), 0.75 * first + 0.25 * last, rtol=1e-5, atol=1e-6)
+    assert not gan.ema_generator.trainable and list(gan.panels(LatentSampler(LATENT, 0)(2, 0))) == [
+        "generator", "generator (EMA)"]
+    with pytest.raises(ValueError, match=r"ema=1.0; accepted: 0 \(off\)"):
+        AdversarialTraining(generator, adversarial, LatentSampler(LATENT, 0), ema=1.0)
+
+
 def test_teacher_and_student_get_the_same_latents(nets, real):
     distiller = _distiller(nets, g_lr=0.0, d_lr=0.0, features=())
     z = LatentSampler(LATENT, 3)(4, 0)                                   # what step 0 draws for a batch of 4
@@ -282,7 +302,7 @@ def cli_run(tmp_path_factory):
                                  "--run-name", "classifier", "--set", f"save_to={root / 'classifier.keras'}",
                                  "--set", f"output.runs_dir={root / 'runs'}", "--set", f"output.log_dir={root / 'tb'}"])}
     codes["teacher"] = main(["train-teacher", "--task", "gan", "--config", str(root / "gan.yaml"), "--run-name", "teacher",
-                             "--set", "generator={latent_dim: 8, widths: [16, 8, 8]}",
+                             "--set", "generator={latent_dim: 8, widths: [16, 8, 8]}", "--set", "train.ema=0.5",
                              "--set", f"save_to={root / 'teacher_generator.keras'}",
                              "--set", f"save_discriminator_to={root / 'teacher_discriminator.keras'}"])
     codes["distill"] = main(["distill", "--task", "gan", "--config", str(root / "gan.yaml"), "--run-name", "distill",
@@ -296,6 +316,9 @@ def cli_run(tmp_path_factory):
 def test_cli_trains_teacher_distills_and_reports(cli_run):
     root, codes = cli_run
     assert codes == {"classifier": 0, "teacher": 0, "distill": 0}
+    teacher = json.loads((root / "runs" / "teacher" / "report.json").read_text())
+    assert list(teacher["generators"]) == ["teacher", "teacher (last weights, no EMA)"]      # train.ema=0.5
+    assert teacher["generators"]["teacher"]["fid"] != teacher["generators"]["teacher (last weights, no EMA)"]["fid"]
     classifier = json.loads((root / "runs" / "classifier" / "report.json").read_text())
     assert classifier["test_images"] == 12 and 0 <= classifier["test_accuracy"] <= 1
     report = json.loads((root / "runs" / "distill" / "report.json").read_text())

@@ -59,6 +59,17 @@ class GanTrainConfig(TrainConfig):
 
 
 @dataclasses.dataclass
+class GanTeacherTrainConfig(GanTrainConfig):
+    """The teacher GAN's budget, and the momentum of its generator's moving average (0: off)."""
+
+    ema: float = 0.0                      # e.g. 0.999: the average is scored, snapshotted and shipped
+
+    def validate(self):
+        super().validate()
+        _check(0.0 <= self.ema < 1.0, "train.ema", self.ema, "0 (off) or a momentum 0 < ema < 1, e.g. 0.999")
+
+
+@dataclasses.dataclass
 class GanDistillTrainConfig(GanTrainConfig):
     steps: int = 3000
 
@@ -115,7 +126,7 @@ class GanTeacherJobConfig:
     """`python -m kd_tf train-teacher --task gan`: the teacher GAN (generator and discriminator)."""
 
     data: DigitsConfig = dataclasses.field(default_factory=DigitsConfig)
-    train: GanTrainConfig = dataclasses.field(default_factory=GanTrainConfig)
+    train: GanTeacherTrainConfig = dataclasses.field(default_factory=GanTeacherTrainConfig)
     generator: GeneratorConfig = dataclasses.field(default_factory=GeneratorConfig)
     adversarial: AdversarialConfig = dataclasses.field(default_factory=AdversarialConfig)
     eval: GanEvalConfig = dataclasses.field(default_factory=GanEvalConfig)

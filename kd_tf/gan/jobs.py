@@ -170,12 +170,13 @@ def train_teacher(config: gan_config.GanTeacherJobConfig, strategy=None) -> dict
         generator = build_generator(latent, config.generator.widths, name="teacher_generator")
         discriminator = build_discriminator(config.adversarial.discriminator_widths, name="teacher_discriminator")
         gan = AdversarialTraining(generator, _adversarial(config.adversarial, discriminator, config.train),
-                                  LatentSampler(latent, config.train.seed), name="teacher_gan")
+                                  LatentSampler(latent, config.train.seed), ema=config.train.ema, name="teacher_gan")
         gan.compile(optimizer=_generator_optimizer(config.train))
     epochs, per_epoch = epochs_for(config.train)
     callbacks, monitor = _callbacks(paths, scorer, config, latent, "teacher")
     if paths.chief:      # every epoch's generator and discriminator, to pick one that is not in a bad phase
-        callbacks.insert(2, EpochSnapshots(paths.root / "epochs", generator, discriminator))
+        callbacks.insert(2, EpochSnapshots(paths.root / "epochs", gan.ema_generator if gan.ema else generator,
+                                            discriminator))
     started = time.time()
     history = gan.fit(real_dataset(digits.train_images, config.data.batch_size, config.train.seed,
                                    resumed_batches(paths.backup / "teacher", per_epoch)),
@@ -183,6 +184,7 @@ def train_teacher(config: gan_config.GanTeacherJobConfig, strategy=None) -> dict
     seconds = time.time() - started
     if not paths.chief:
         return worker_report(paths, "train-teacher --task gan", history)
+    raw_generator, generator = generator, gan.ema_generator if gan.ema else generator   # the average teaches
     save_model(generator, paths.root / "teacher_generator.keras")
     save_model(discriminator, paths.root / "teacher_discriminator.keras")
     if config.save_to:
@@ -190,6 +192,9 @@ def train_teacher(config: gan_config.GanTeacherJobConfig, strategy=None) -> dict
     if config.save_discriminator_to:
         save_model(discriminator, config.save_discriminator_to)
     rows = {"teacher": describe(generator, keras_generate(generator), scorer, config.eval, "teacher")}
+    if generator is not raw_generator:        # what the average adds over the last step's weights
+        rows["teacher (last weights, no EMA)"] = describe(raw_generator, keras_generate(raw_generator), scorer,
+                                                          config.eval, "teacher (last weights, no EMA)")
     report = {"job": "train-teacher --task gan", "run": paths.name, "data": digits.source, "train_seconds": seconds,
               "generators": rows, "discriminator_params": count_params(discriminator),
               "history": history.history, "metrics_during_training": monitor.history,
