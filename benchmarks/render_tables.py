@@ -220,6 +220,21 @@ def gan_results(report: dict) -> str:
                    "precision", "recall", "coverage", "recognized (p >= 0.9)"], rows)
 
 
+def diffusion_results(report: dict) -> str:
+    """README and models/diffusion/MODEL_CARD.md: the teacher's sampler and the scored progressive
+    stages, same 10,000 latents; FID and speed also as ratios to the teacher's sampler."""
+    rows = []
+    for name, row in report["samplers"].items():
+        ratio, speedup = report["fid_over_teacher"][name], report["speedup_over_teacher"].get(name)
+        ms = row.get("ms_per_64")
+        rows.append([name, str(row["steps"]), f"{row['params']:,}", f"{row['macs'] / 1e6:.0f} M",
+                     f"{ms:.0f}" if ms else "-", f"{speedup:.1f}x" if ms and speedup else "-",
+                     f"{row['fid']:.2f}", f"{ratio:.2f}x", f"{row['kid']:.3f}", f"{row['precision']:.3f}",
+                     f"{row['recall']:.3f}", f"{100 * row['recognized']:.1f} %" if row.get("recognized") is not None else "-"])
+    return _table(["sampler", "DDIM steps", "params", "MACs / image", "ms / 64 images", "faster than teacher",
+                   "FID", "FID / teacher's", "KID (unscaled)", "precision", "recall", "recognized (p >= 0.9)"], rows)
+
+
 def tflite_speed(results: dict) -> str:
     """README and the denoising card: each shipped int8 TFLite against its float32 twin, same threads."""
     rows = []
@@ -243,10 +258,12 @@ TABLES = {
     "sr-results": (SR_REPORT, sr_results),
     "tflite-speed": ("benchmarks/tflite_speed.json", tflite_speed),
     "gan-results": ("models/gan/distill_report.json", gan_results),
+    "diffusion-results": ("models/diffusion/distill_report.json", diffusion_results),
     "sr-int8-parity": ("models/sr/student_x2_report.json", sr_int8_parity),
     "sr-int8-sensitivity": ("models/sr/student_x2_export_report.json", sr_int8_sensitivity),
 }
-FILES = ("README.md", "models/denoise/MODEL_CARD.md", "models/sr/MODEL_CARD.md", "models/gan/MODEL_CARD.md")
+FILES = ("README.md", "models/denoise/MODEL_CARD.md", "models/sr/MODEL_CARD.md", "models/gan/MODEL_CARD.md",
+         "models/diffusion/MODEL_CARD.md")
 _SECTION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(\n<!-- /table:(?P=name) -->)", re.S)
 
 
