@@ -236,6 +236,9 @@ def test_cli_trains_the_teacher_distills_stages_and_scores_each(diffusion_cli, t
     assert {p.name for p in (root / "tb" / "distill" / "stages").iterdir() if p.is_dir()} == {"2_steps", "1_steps"}
     grids = [v for f in sorted((root / "tb" / "distill" / "stages").glob("events.*"))
              for e in tf.compat.v1.train.summary_iterator(str(f)) for v in e.summary.value]
+    steps = [e.step for f in sorted((root / "tb" / "distill" / "stages").glob("events.*"))
+             for e in tf.compat.v1.train.summary_iterator(str(f)) if e.summary.value]
+    assert steps == [1, 2]                                   # 4 -> 2 is stage 1, 2 -> 1 stage 2
     assert [v.metadata.summary_description for v in grids] == ["teacher, 4 steps | student, 2 steps",
                                                                "teacher, 2 steps | student, 1 steps"]
     for row in rows.values():

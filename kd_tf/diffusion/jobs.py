@@ -86,18 +86,19 @@ def _write_grid(path, network, steps, seed=1234, count=64):
 
 class StageGrids:
     """Per progressive stage, a TensorBoard grid of the stage's teacher | student samplers from
-    the same latents ("progressive/teacher | student", one TensorBoard step per stage), written
-    when the stage's training ends, and the stage's loss every `update_freq` batches (in
-    `log_dir`/<N>_steps): progressive_distillation's `callbacks` factory."""
+    the same latents ("progressive/teacher | student"; TensorBoard step k is the stage that ends
+    at `start_steps` / 2^k steps, also after a resume), written when the stage's training ends,
+    and the stage's loss every `update_freq` batches (in `log_dir`/<N>_steps):
+    progressive_distillation's `callbacks` factory."""
 
-    def __init__(self, log_dir, latents: np.ndarray, update_freq: int = 50):
-        self.log_dir, self.latents, self.update_freq, self.stage = str(log_dir), latents, update_freq, 0
+    def __init__(self, log_dir, latents: np.ndarray, start_steps: int, update_freq: int = 50):
+        self.log_dir, self.latents, self.start_steps, self.update_freq = str(log_dir), latents, start_steps, update_freq
 
     def __call__(self, teacher, teacher_steps: int, student):
-        self.stage += 1
+        stage = (self.start_steps // teacher_steps).bit_length()
         losses = keras.callbacks.TensorBoard(f"{self.log_dir}/{teacher_steps // 2}_steps", update_freq=self.update_freq,
                                              write_graph=False)
-        return [_StageGrid(self, teacher, teacher_steps, student, self.stage), losses]
+        return [_StageGrid(self, teacher, teacher_steps, student, stage), losses]
 
 
 class _StageGrid(keras.callbacks.Callback):
@@ -171,7 +172,7 @@ def distill(config) -> dict:
     digits = load_digits(config.data.source)
     teacher = load_frozen(config.teacher, "diffusion teacher", TRAIN_TEACHER)
     started = time.time()
-    grids = StageGrids(paths.logs / "stages", _latents(teacher, 16))
+    grids = StageGrids(paths.logs / "stages", _latents(teacher, 16), config.teacher_steps)
     stages = progressive_distillation(teacher, as_unit(digits.train_images), config.teacher_steps,
                                       config.end_steps, config.steps_per_stage, config.data.batch_size,
                                       config.learning_rate, config.seed, callbacks=grids, stages_dir=paths.root)
