@@ -143,18 +143,25 @@ def test_each_progressive_stage_trains_only_its_student(digits):
         progressive_distillation(network, digits, start_steps=6)
     with pytest.raises(ValueError, match="one per stage of 4 -> 1 steps"):
         progressive_distillation(network, digits, start_steps=4, steps_per_stage=[3, 3, 3])
+    with pytest.raises(ValueError, match=r"learning_rate=\[0.001\]; accepted: a float > 0 or 2 of them"):
+        progressive_distillation(network, digits, start_steps=4, learning_rate=[1e-3])
 
 
 def test_a_killed_progressive_distillation_resumes_at_its_unfinished_stage(digits, tmp_path):
     network = _network(4)
-    trained = []                                    # the stages that trained, by their teacher's steps
+    trained, rates = [], []                         # the stages that trained, by their teacher's steps
+
+    class Rate(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            rates.append(round(float(self.model.optimizer.learning_rate), 6))
 
     def record(teacher, teacher_steps, student):
         trained.append(teacher_steps)
-        return []
+        return [Rate()]
 
-    first = progressive_distillation(network, digits, 4, 1, steps_per_stage=2, batch_size=8, learning_rate=1e-3,
-                                     callbacks=record, stages_dir=tmp_path)
+    first = progressive_distillation(network, digits, 4, 1, steps_per_stage=2, batch_size=8,
+                                     learning_rate=[1e-3, 2e-3], callbacks=record, stages_dir=tmp_path)
+    assert rates == [1e-3, 2e-3]                    # each stage trains at its own rate
     assert trained == [4, 2] and sorted(p.name for p in tmp_path.glob("*.keras")) == [
         "student_denoiser_1_steps.keras", "student_denoiser_2_steps.keras"]
     (tmp_path / "student_denoiser_1_steps.keras").unlink()          # killed during the last stage
@@ -258,5 +265,8 @@ def test_distill_config_names_a_bad_stage_budget_or_score_list():
     DiffusionDistillJobConfig(teacher_steps=8, steps_per_stage=[1, 2, 3], score_steps=[8, 1]).validate()
     with pytest.raises(ValueError, match=r"steps_per_stage.*3 of them"):
         DiffusionDistillJobConfig(teacher_steps=8, steps_per_stage=[1, 2]).validate()
+    DiffusionDistillJobConfig(teacher_steps=8, learning_rate=[1e-4, 1e-4, 3e-4]).validate()
+    with pytest.raises(ValueError, match=r"learning_rate.*3 of them"):
+        DiffusionDistillJobConfig(teacher_steps=8, learning_rate=[1e-4, 3e-4]).validate()
     with pytest.raises(ValueError, match=r"score_steps.*any of \[8, 4, 2, 1\]"):
         DiffusionDistillJobConfig(teacher_steps=8, score_steps=[3]).validate()

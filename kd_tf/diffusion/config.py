@@ -72,7 +72,7 @@ class DiffusionDistillJobConfig:
     teacher_steps: int = 64                  # the teacher sampler's DDIM steps (a power of two)
     end_steps: int = 1                       # progressive distillation halves the steps down to this
     steps_per_stage: int | list[int] = 1000  # optimizer steps of each halving stage (or one per stage)
-    learning_rate: float = 1e-4              # Adam's rate in every stage (students start at their teacher)
+    learning_rate: float | list[float] = 1e-4   # Adam's rate in every stage, or one per stage (students start at their teacher)
     seed: int = 0                            # seed of each stage's noise and times
     eval: GanEvalConfig = dataclasses.field(default_factory=GanEvalConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
@@ -89,7 +89,9 @@ class DiffusionDistillJobConfig:
         budgets = self.steps_per_stage if isinstance(self.steps_per_stage, list) else [self.steps_per_stage]
         _check(all(isinstance(b, int) and b >= 1 for b in budgets) and len(budgets) in (1, stage_count),
                "steps_per_stage", self.steps_per_stage, f"an int >= 1, or {stage_count} of them (one per stage)")
-        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "a float > 0")
+        rates = self.learning_rate if isinstance(self.learning_rate, list) else [self.learning_rate]
+        _check(all(isinstance(r, (int, float)) and r > 0 for r in rates) and len(rates) in (1, stage_count),
+               "learning_rate", self.learning_rate, f"a float > 0, or {stage_count} of them (one per stage)")
         stages = [steps >> k for k in range(steps.bit_length()) if steps >> k >= end]
         for count in self.export_int8_steps:
             _check(count in stages, "export_int8_steps", count, f"step counts of the stages, any of {stages}")

@@ -111,13 +111,15 @@ def stage_path(folder, steps: int) -> Path:
 
 
 def progressive_distillation(network: keras.Model, images: np.ndarray, start_steps: int, end_steps: int = 1,
-                             steps_per_stage: int | list[int] = 1000, batch_size: int = 64, learning_rate: float = 1e-4,
+                             steps_per_stage: int | list[int] = 1000, batch_size: int = 64,
+                             learning_rate: float | list[float] = 1e-4,
                              seed: int = 0, callbacks=None, stages_dir=None) -> list[tuple[int, keras.Model]]:
     """Distils `network`'s `start_steps`-step sampler stage by stage down to `end_steps` steps.
 
     Returns [(steps, network)] per stage, the first the teacher itself. Each stage's student is a
     copy of the stage's teacher, trained `steps_per_stage` optimizer steps (one int for every stage,
-    or a list with one per stage: the last halvings are the hardest); the teacher is frozen.
+    or a list with one per stage: the last halvings are the hardest) with Adam at `learning_rate`
+    (one for every stage, or one per stage); the teacher is frozen.
     `callbacks(teacher_network, teacher_steps, student_network)` may return Keras callbacks for a
     stage (TensorBoard grids). With `stages_dir`, each finished stage's student is saved there
     (atomically) and a rerun loads the finished stages instead of training them again, so a long
@@ -134,9 +136,13 @@ def progressive_distillation(network: keras.Model, images: np.ndarray, start_ste
     if len(budgets) != count or min(budgets) < 1:
         raise InputError(f"steps_per_stage={steps_per_stage!r}; accepted: an int >= 1 or {count} of them, "
                          f"one per stage of {start_steps} -> {end_steps} steps")
+    rates = [float(learning_rate)] * count if np.ndim(learning_rate) == 0 else [float(r) for r in learning_rate]
+    if len(rates) != count or min(rates) <= 0:
+        raise InputError(f"learning_rate={learning_rate!r}; accepted: a float > 0 or {count} of them, "
+                         f"one per stage of {start_steps} -> {end_steps} steps")
     stages, teacher, steps = [(start_steps, network)], network, start_steps
     while steps > end_steps:
-        budget = budgets[len(stages) - 1]
+        budget, rate = budgets[len(stages) - 1], rates[len(stages) - 1]
         saved = stage_path(stages_dir, steps // 2) if stages_dir is not None else None
         if saved is not None and saved.is_file():
             log.info("progressive distillation: %d -> %d steps already done, loaded %s", steps, steps // 2, saved)
@@ -149,8 +155,8 @@ def progressive_distillation(network: keras.Model, images: np.ndarray, start_ste
         frozen.set_weights(teacher.get_weights())
         frozen.trainable = False
         distiller = Distiller(TwoStepTarget(frozen, steps), XPrediction(student), student_loss_weight=0.0)
-        distiller.compile(optimizer=keras.optimizers.Adam(learning_rate))
-        log.info("progressive distillation: %d -> %d steps, %d optimizer steps", steps, steps // 2, budget)
+        distiller.compile(optimizer=keras.optimizers.Adam(rate))
+        log.info("progressive distillation: %d -> %d steps, %d optimizer steps at %g", steps, steps // 2, budget, rate)
         distiller.fit(stage_dataset(images, steps // 2, batch_size, seed + steps), epochs=1,
                       steps_per_epoch=budget, verbose=0, shuffle=False,
                       callbacks=list(callbacks(frozen, steps, student)) if callbacks else None)
