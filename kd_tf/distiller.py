@@ -162,6 +162,9 @@ class Distiller(keras.Model):
         if fixed_size(teacher) is not None and fixed_size(student) is None and not any(teacher_layers):
             # a teacher exported for one input size teaches patches of any size tile by tile
             teacher = Tiled(teacher)
+        if getattr(student, "built", False) and not student.trainable_variables:
+            raise InputError(f"student {student.name!r} has no trainable variables: a clone of a frozen model keeps "
+                             f"its layers frozen; pass kd_tf.model_io.trainable_copy(model) or a model of trainable layers")
         teacher.trainable = False
         self.teacher = teacher
         self.student = student

@@ -136,6 +136,34 @@ def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
     return path
 
 
+def make_trainable(model: keras.Model, what: str = "model") -> keras.Model:
+    """Every layer of `model` trainable. A clone of a frozen model keeps its layers frozen while
+    Keras 3 reports `clone.trainable == True`, so `clone.trainable = True` changes nothing: set
+    on each layer (a model with no trainable variables never learns, and nothing says so)."""
+    model.trainable = True                      # the model's own flag (a frozen Sequential's clone keeps it)
+    for layer in model.layers:
+        layer.trainable = True
+    if not model.trainable_variables:
+        raise InputError(f"{what} {model.name!r} has no trainable variables")
+    return model
+
+
+def trainable_copy(model: keras.Model, what: str = "model") -> keras.Model:
+    """A copy of `model` with its weights and every layer trainable, to train while `model` stays.
+
+    A plain keras.models.clone_model of a loaded, frozen teacher trains nothing, silently (kd_tf's
+    first progressive distillation trained no stage that way; the GAN's discriminator copies before).
+
+    >>> frozen = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> frozen.trainable = False
+    >>> len(keras.models.clone_model(frozen).trainable_variables), len(trainable_copy(frozen).trainable_variables)
+    (0, 2)
+    """
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return make_trainable(copy, what)
+
+
 def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
     """A functional model cloned with its layers under `policy` (e.g. "mixed_bfloat16"), same weights.
 

@@ -14,6 +14,7 @@ import tensorflow as tf
 from kd_tf.distribute import global_batch_size, mean_results
 from kd_tf.losses import output_loss, serialize_loss
 from kd_tf.metrics import psnr
+from kd_tf.model_io import make_trainable, trainable_copy
 from kd_tf.errors import InputError
 
 
@@ -68,7 +69,7 @@ class Adversarial:
             raise InputError(f"d_steps={d_steps!r} is not accepted; expected an int >= 1")
         if not r1_weight >= 0:
             raise InputError(f"r1_weight={r1_weight!r} is not accepted; expected a float >= 0")
-        self.discriminator = make_trainable(discriminator)
+        self.discriminator = make_trainable(discriminator, "discriminator")
         self.optimizer = optimizer if optimizer is not None else keras.optimizers.Adam(2e-4, beta_1=0.5)
         self.optimizer.build(discriminator.trainable_variables)   # here, so a checkpoint always holds its state
         self.kind, self.d_steps, self.r1_weight = loss, d_steps, float(r1_weight)
@@ -143,23 +144,10 @@ class Adversarial:
         return {"name": self.name, "loss": self.kind, "d_steps": self.d_steps, "r1_weight": self.r1_weight}
 
 
-def make_trainable(model):
-    """Every layer of `model` trainable. A clone of a frozen model keeps its layers frozen while
-    Keras 3 reports `clone.trainable == True`, so `clone.trainable = True` changes nothing: set
-    on each layer (a discriminator with no trainable variables never learns, and nothing says so)."""
-    for layer in model.layers:
-        layer.trainable = True
-    if not model.trainable_variables:
-        raise InputError(f"discriminator {model.name!r} has no trainable variables")
-    return model
-
-
 def clone_discriminator(discriminator, name: str = "discriminator"):
     """A trainable copy of a (teacher's) discriminator with the same weights: the objective trains
     the copy, so the shipped teacher discriminator never changes."""
-    copy = keras.models.clone_model(discriminator)
-    copy.set_weights(discriminator.get_weights())
-    return make_trainable(copy)
+    return trainable_copy(discriminator, "discriminator")
 
 
 class AdversarialTraining(keras.Model):
@@ -182,6 +170,9 @@ class AdversarialTraining(keras.Model):
         if ema and tf.distribute.get_strategy().num_replicas_in_sync > 1:
             raise InputError(f"ema={ema!r} under {tf.distribute.get_strategy().num_replicas_in_sync} replicas; "
                              f"accepted: ema=0 with tf.distribute, or one replica")
+        if getattr(generator, "built", False) and not generator.trainable_variables:
+            raise InputError(f"generator {generator.name!r} has no trainable variables: a clone of a frozen model "
+                             f"keeps its layers frozen; pass kd_tf.model_io.trainable_copy(model)")
         self.generator, self.objective, self.latent_sampler = generator, objective, latent_sampler
         self.ema, self.ema_generator = float(ema), None
         if self.ema:

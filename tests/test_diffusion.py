@@ -129,6 +129,7 @@ def test_stage_data_are_noised_on_the_students_grid(digits):
 
 def test_each_progressive_stage_trains_only_its_student(digits):
     network = _network(2)
+    network.trainable = False                       # as the job loads its teacher: frozen
     before = _weights(network)
     stages = progressive_distillation(network, digits, start_steps=4, end_steps=1, steps_per_stage=3,
                                       batch_size=8, learning_rate=1e-3)
@@ -183,6 +184,18 @@ def test_the_teacher_trains_on_velocity_prediction_with_an_ema_copy(digits):
     assert _changed(ema_before, model.ema_network)
     assert not model.ema_network.trainable
     assert to_pixels(tf.constant(-1.0)).numpy() == 0.0
+
+
+def test_the_distiller_refuses_a_student_with_nothing_to_train():
+    import kd_tf.model_io
+
+    teacher = _network(5)
+    teacher.trainable = False
+    with pytest.raises(ValueError, match="has no trainable variables: a clone of a frozen model"):
+        Distiller(teacher, keras.models.clone_model(teacher))      # a plain clone keeps the frozen flags
+    Distiller(teacher, kd_tf.model_io.trainable_copy(teacher))
+    failed, tried = doctest.testmod(kd_tf.model_io)
+    assert tried and not failed
 
 
 @pytest.mark.parametrize("module", [kd_tf.diffusion.schedule, kd_tf.diffusion.nets, kd_tf.diffusion.sampler])

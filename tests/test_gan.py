@@ -94,9 +94,13 @@ def test_generator_phase_updates_only_the_student_and_adapters(nets, real):
 def test_the_teacher_gan_keeps_a_moving_average_of_its_generator(nets, real):
     from kd_tf.objectives import AdversarialTraining
 
-    generator = keras.models.clone_model(nets["teacher"])
-    generator.set_weights(nets["teacher"].get_weights())
+    from kd_tf.model_io import trainable_copy
+
     adversarial = Adversarial(clone_discriminator(nets["teacher_d"]), keras.optimizers.SGD(0.05))
+    nets["teacher"].trainable = False               # as a Distiller leaves it: a plain clone would train nothing
+    with pytest.raises(ValueError, match="generator 'teacher_generator' has no trainable variables"):
+        AdversarialTraining(keras.models.clone_model(nets["teacher"]), adversarial, LatentSampler(LATENT, 0))
+    generator = trainable_copy(nets["teacher"])
     gan = AdversarialTraining(generator, adversarial, LatentSampler(LATENT, 0), ema=0.75)
     gan.compile(optimizer=keras.optimizers.SGD(0.05))
     start = [w.numpy().copy() for w in generator.weights]

@@ -126,7 +126,7 @@ def progressive_distillation(network: keras.Model, images: np.ndarray, start_ste
     distillation killed mid-way resumes at the stage it was in.
     """
     from kd_tf.distiller import Distiller
-    from kd_tf.model_io import load_model, save_model
+    from kd_tf.model_io import load_model, save_model, trainable_copy
 
     if start_steps < 2 or start_steps & (start_steps - 1) or end_steps < 1 or start_steps % end_steps:
         raise InputError(f"start_steps={start_steps}, end_steps={end_steps}; accepted: powers of two, "
@@ -149,8 +149,7 @@ def progressive_distillation(network: keras.Model, images: np.ndarray, start_ste
             teacher, steps = load_model(saved), steps // 2
             stages.append((steps, teacher))
             continue
-        student = keras.models.clone_model(teacher)
-        student.set_weights(teacher.get_weights())
+        student = trainable_copy(teacher)            # the teacher may be frozen (a loaded one is)
         frozen = keras.models.clone_model(teacher)
         frozen.set_weights(teacher.get_weights())
         frozen.trainable = False
