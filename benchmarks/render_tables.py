@@ -222,7 +222,7 @@ def gan_results(report: dict) -> str:
 
 def diffusion_results(report: dict) -> str:
     """README and models/diffusion/MODEL_CARD.md: the teacher's sampler and the scored progressive
-    stages, same 10,000 latents; FID and speed also as ratios to the teacher's sampler."""
+    stages, all on the same latents (eval.samples of them); FID and speed also as ratios to the teacher's sampler."""
     rows = []
     for name, row in report["samplers"].items():
         ratio, speedup = report["fid_over_teacher"][name], report["speedup_over_teacher"].get(name)

@@ -87,10 +87,12 @@ class Scorer:
 
     The collapse criterion: the mean feature distance between random pairs of samples, divided by
     the same for real digits (`diversity_ratio`); below `collapse_ratio` (0.5 by default) every
-    sample looks nearly alike and a warning goes to the log.
+    sample looks nearly alike and a warning goes to the log, with `collapse_advice`: what to
+    change in the job that trained the generator (each task knows its own settings).
     """
 
-    def __init__(self, classifier_path: str, real_images: np.ndarray, collapse_ratio: float = 0.5, seed: int = 0):
+    def __init__(self, classifier_path: str, real_images: np.ndarray, collapse_ratio: float = 0.5, seed: int = 0,
+                 collapse_advice: str = "Train longer or at a lower learning rate"):
         if not Path(classifier_path).exists():
             raise FileNotFoundError(f"feature classifier {classifier_path!r} does not exist: train it with "
                                     f"`python -m kd_tf train-classifier` or set eval.classifier")
@@ -101,7 +103,7 @@ class Scorer:
         self.real = self.features(as_unit(real_images))
         self.real_recognized = self.recognized(as_unit(real_images))     # the floor of `recognized`
         self.real_diversity = diversity(self.real, seed=seed)
-        self.collapse_ratio, self.seed = collapse_ratio, seed
+        self.collapse_ratio, self.seed, self.collapse_advice = collapse_ratio, seed, collapse_advice
 
     def features(self, images01: np.ndarray, batch: int = 500) -> np.ndarray:
         return np.concatenate([self._features(tf.constant(images01[i:i + batch], tf.float32)).numpy()
@@ -133,9 +135,8 @@ class Scorer:
                   "recognized_real": self.real_recognized}
         if scores["diversity_ratio"] < self.collapse_ratio:
             log.warning("mode collapse suspected for %s: its samples are %.2fx as diverse as real digits "
-                        "(mean pairwise feature distance; warning below %.2fx). Lower the learning rate, "
-                        "add adversarial.r1_weight or lower distill.student_loss_weight", name, scores["diversity_ratio"],
-                        self.collapse_ratio)
+                        "(mean pairwise feature distance; warning below %.2fx). %s", name, scores["diversity_ratio"],
+                        self.collapse_ratio, self.collapse_advice)
         return scores
 
 

@@ -172,6 +172,10 @@ def test_a_killed_progressive_distillation_resumes_at_its_unfinished_stage(digit
     for kept, loaded in zip(first[1][1].get_weights(), again[1][1].get_weights()):
         np.testing.assert_array_equal(kept, loaded)
     assert (tmp_path / "student_denoiser_1_steps.keras").is_file()
+    from kd_tf.diffusion.progressive import stage_record
+    kept, redone = stage_record(tmp_path, 2), stage_record(tmp_path, 1)     # each stage's cost survives the kill
+    assert kept["seconds"] > 0 and (kept["from_steps"], kept["optimizer_steps"], kept["learning_rate"]) == (4, 2, 1e-3)
+    assert redone["learning_rate"] == 1e-3 and stage_record(tmp_path, 8) is None
 
 
 def test_the_teacher_trains_on_velocity_prediction_with_an_ema_copy(digits):
@@ -196,6 +200,54 @@ def test_the_distiller_refuses_a_student_with_nothing_to_train():
     Distiller(teacher, kd_tf.model_io.trainable_copy(teacher))
     failed, tried = doctest.testmod(kd_tf.model_io)
     assert tried and not failed
+
+
+def _saved_in_session_13(network):
+    """`network` as denoisers were built before the int8 fix: a plain Concatenate joins the
+    noise-level embedding and the image, so the sampler gives one noise variance per sample."""
+    def clone(layer):
+        cls = keras.layers.Concatenate if layer.name == "with_embedding" else layer.__class__
+        return cls.from_config(layer.get_config())
+
+    old = keras.models.clone_model(network, clone_function=clone)
+    old.set_weights(network.get_weights())
+    return old
+
+
+def test_an_older_denoiser_samples_alike_once_its_noise_level_is_shared(rng):
+    from kd_tf.diffusion.nets import shares_noise_level, with_shared_noise_level
+
+    network = _network()
+    old = _saved_in_session_13(network)
+    assert shares_noise_level(network) and not shares_noise_level(old)
+    upgraded = with_shared_noise_level(old)
+    assert shares_noise_level(upgraded) and with_shared_noise_level(network) is network
+    noise = rng.normal(size=(3, 28, 28, 1)).astype(np.float32)
+    expected = DDIMSampler(old, 3)(noise).numpy()             # one variance per sample
+    np.testing.assert_allclose(DDIMSampler(upgraded, 3)(noise).numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(DDIMSampler(network, 3)(noise).numpy(), expected, atol=1e-5)
+
+
+def test_the_int8_sampler_keeps_the_noise_level(rng, tmp_path):
+    """The sines and cosines of the noise level fold into constants (no SIN op is left), so the
+    int8 sampler stays close to its float twin; computed from int8 tensors they lose their
+    phase and the int8 sampler drifts far from it (the first shipped 1-step int8 collapsed)."""
+    from kd_tf.diffusion.jobs import as_generator
+    from kd_tf.export import LiteRTModel, op_names
+    from kd_tf.generators import export_generator
+
+    old = _saved_in_session_13(_network())
+    z = rng.normal(size=(64, 784)).astype(np.float32)
+    errors = {}
+    for name, generator in {"shared": as_generator(old, 1),          # one step: the noise level weighs most
+                            "per sample": keras.Model(*(lambda x: (x, DDIMSampler(old, 1)(
+                                keras.layers.Reshape((28, 28, 1))(x)) * 2.0 - 1.0))(keras.Input((784,))))}.items():
+        path = export_generator(generator, tmp_path / name.replace(" ", "_"), calibration_batches=4)
+        ops_used = op_names(path.read_bytes())
+        assert ("SIN" in ops_used) == (name == "per sample"), ops_used
+        reference = np.asarray(generator(z))
+        errors[name] = float(np.sqrt(np.mean((LiteRTModel(path)(z) - reference) ** 2)) / reference.std())
+    assert errors["shared"] < 0.2 and errors["per sample"] > 3 * errors["shared"], errors   # measured 0.13 vs 0.60
 
 
 @pytest.mark.parametrize("module", [kd_tf.diffusion.schedule, kd_tf.diffusion.nets, kd_tf.diffusion.sampler])
@@ -265,6 +317,8 @@ def test_cli_trains_the_teacher_distills_stages_and_scores_each(diffusion_cli, t
         assert row["samples"] == 100 and 0 <= row["recognized"] <= 1 and np.isfinite(row["fid"])
     assert (root / "runs" / "distill" / "student_denoiser_1_steps.keras").is_file()
     assert report["config"]["steps_per_stage"] == 2
+    assert [(s["from_steps"], s["to_steps"], s["optimizer_steps"]) for s in report["stages"]] == [(4, 2, 2), (2, 1, 2)]
+    assert all(s["seconds"] > 0 for s in report["stages"])
     grid = tmp_path / "grid.png"
     assert main(["generate", "--model", str(root / "teacher_denoiser.keras"), "--steps", "2", "--num", "4",
                  "--out", str(grid)]) == 0 and grid.is_file()

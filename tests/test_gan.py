@@ -225,12 +225,14 @@ def test_mode_collapse_is_warned(classifier_path, caplog):
     from kd_tf.generators import Scorer
 
     digits = load_digits("pureml")
-    scorer = Scorer(str(classifier_path), digits.test_images[:300], collapse_ratio=0.5)
+    scorer = Scorer(str(classifier_path), digits.test_images[:300], collapse_ratio=0.5,
+                    collapse_advice="Train the stage longer")
     one = as_signed(digits.test_images[:1])
     with caplog.at_level(logging.WARNING, logger="kd_tf.gan.jobs"):
         collapsed = scorer(lambda z: np.repeat(one, len(z), axis=0), 300, LATENT, name="collapsed")
     assert collapsed["diversity_ratio"] < 0.05
     assert "mode collapse suspected for collapsed" in caplog.text
+    assert "Train the stage longer" in caplog.text          # the task's own advice, not a GAN setting
     caplog.clear()
     real_like = as_signed(digits.test_images[300:600])
     with caplog.at_level(logging.WARNING, logger="kd_tf.gan.jobs"):

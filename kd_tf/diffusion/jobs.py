@@ -20,8 +20,8 @@ from kd_tf.callbacks import digit_grid, side_by_side
 from kd_tf.complexity import count_macs, count_params
 from kd_tf.images import write_image
 from kd_tf.diffusion.model import DiffusionModel
-from kd_tf.diffusion.nets import build_denoiser
-from kd_tf.diffusion.progressive import progressive_distillation
+from kd_tf.diffusion.nets import build_denoiser, with_shared_noise_level
+from kd_tf.diffusion.progressive import progressive_distillation, stage_record
 from kd_tf.diffusion.sampler import DDIMSampler
 from kd_tf.digits import as_unit, load_digits
 from kd_tf.distribute import BackupAndRestore
@@ -30,6 +30,10 @@ from kd_tf.model_io import load_frozen, save_model
 from kd_tf.runs import RunPaths, epochs_for, resumed_batches
 
 log = logging.getLogger(__name__)
+# what the scorer's mode-collapse warning advises for a sampler (the undistilled 1-step control
+# row is a blurred average, collapsed by design)
+COLLAPSE_ADVICE = ("For a distilled student: more steps_per_stage or another learning rate for its stage; an "
+                   "undistilled sampler with few steps collapses by design")
 TRAIN_TEACHER = "train one with `python -m kd_tf train-teacher --task diffusion` or set teacher"
 
 
@@ -44,7 +48,7 @@ def as_generator(network: keras.Model, steps: int, name: str | None = None) -> k
     shape = tuple(network.input_shape[0][1:])
     latent = keras.Input((int(np.prod(shape)),), name="latent")
     noise = keras.layers.Reshape(shape, name="noise_image")(latent)
-    images = DDIMSampler(network, steps)(noise)
+    images = DDIMSampler(with_shared_noise_level(network), steps)(noise)   # int8-safe noise embedding
     signed = keras.layers.Rescaling(2.0, -1.0, dtype="float32", name="signed")(images)
     return keras.Model(latent, signed, name=name or f"ddim_{steps}_steps")
 
@@ -146,7 +150,8 @@ def train_teacher(config) -> dict:
     save_model(teacher, paths.root / "teacher_denoiser.keras")
     if config.save_to:
         save_model(teacher, config.save_to)
-    scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed)
+    scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed,
+                    COLLAPSE_ADVICE)
     rows = {f"teacher, {config.sampler_steps} steps": _score(teacher, config.sampler_steps, scorer, config.eval,
                                                               "teacher")}
     _write_grid(paths.root / "teacher_samples.png", teacher, config.sampler_steps)
@@ -177,7 +182,8 @@ def distill(config) -> dict:
                                       config.end_steps, config.steps_per_stage, config.data.batch_size,
                                       config.learning_rate, config.seed, callbacks=grids, stages_dir=paths.root)
     seconds = time.time() - started
-    scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed)
+    scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed,
+                    COLLAPSE_ADVICE)
     rows, exported = {}, {}
     for index, (steps, network) in enumerate(stages):
         name = f"teacher, {steps} steps" if index == 0 else f"student, {steps} steps"
@@ -197,7 +203,11 @@ def distill(config) -> dict:
                                                      "params": count_params(network),
                                                      "macs": macs_per_image(network, steps)}
     teacher_row = rows[f"teacher, {config.teacher_steps} steps"]
-    report = {"job": "distill --task diffusion", "run": paths.name, "data": digits.source, "train_seconds": seconds,
+    records = [stage_record(paths.root, steps) for steps, _ in stages[1:]]
+    report = {"job": "distill --task diffusion", "run": paths.name, "data": digits.source,
+              "train_seconds": seconds,   # this run's; a resumed run loaded the stages finished before
+              "stages": [{"from_steps": 2 * steps, "to_steps": steps, "seconds": None, **(record or {})}
+                         for (steps, _), record in zip(stages[1:], records)],
               "samplers": rows, "int8": exported, "config": cfg.to_dict(config),
               "fid_over_teacher": {name: r["fid"] / teacher_row["fid"] for name, r in rows.items()},
               "speedup_over_teacher": {name: teacher_row["ms_per_64"] / r["ms_per_64"] for name, r in rows.items()}}

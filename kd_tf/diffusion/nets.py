@@ -2,6 +2,13 @@
 
 Shaped after keras.io's DDIM example (residual blocks, a sinusoidal embedding of the noise
 variance broadcast over the image), sized for 28x28 digits: levels at 28, 14 and 7 pixels.
+
+The embedding also broadcasts over the batch (`BroadcastConcatenate`): a sampler gives the
+network one noise variance per step, a constant, so the TFLite converter folds the sines and
+cosines into constants. Computed from an int8 tensor instead, their phase is lost (the product of
+a variance and a frequency of 1,000 spans 0 to 6,283 over 256 levels, 25 radians apart) and the
+int8 sampler ignores the noise level: the first int8 export of the one-step student collapsed
+onto a few digits (FID 807 against 160 in float).
 """
 
 from __future__ import annotations
@@ -39,6 +46,50 @@ class SinusoidalEmbedding(layers.Layer):
         return {**super().get_config(), "dims": self.dims}
 
 
+@keras.saving.register_keras_serializable(package="kd_tf")
+class BroadcastConcatenate(layers.Concatenate):
+    """Concatenates like `Concatenate`, after broadcasting every input's batch to the first's
+    (an embedding of batch 1 joins a batch of images).
+
+    >>> import numpy as np
+    >>> BroadcastConcatenate()([np.zeros((3, 2, 2, 1)), np.ones((1, 2, 2, 4))]).shape
+    TensorShape([3, 2, 2, 5])
+    """
+
+    def build(self, input_shape):          # the batches may differ: check the other axes only
+        super().build([(None, *shape[1:]) for shape in input_shape])
+
+    def call(self, inputs):
+        batch = ops.shape(inputs[0])[0]
+        return super().call([inputs[0], *(ops.broadcast_to(x, (batch, *x.shape[1:])) for x in inputs[1:])])
+
+
+def shares_noise_level(network: keras.Model) -> bool:
+    """Whether `network` takes one noise variance for the whole batch (shape (1, 1, 1, 1))."""
+    return any(isinstance(layer, BroadcastConcatenate) for layer in network.layers)
+
+
+def with_shared_noise_level(network: keras.Model) -> keras.Model:
+    """`network` as is if it `shares_noise_level`, else a copy (same weights) whose embedding join
+    is a `BroadcastConcatenate`: denoisers saved before it (session 13) sample and export like new
+    ones."""
+    if shares_noise_level(network):
+        return network
+
+    def clone(layer):
+        if layer.name == "with_embedding":
+            return BroadcastConcatenate.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(network, clone_function=clone)
+    if not shares_noise_level(copy):
+        raise InputError(f"network {network.name!r} has no layer named 'with_embedding' (the join of the noise "
+                         "embedding and the image); accepted: a network built by kd_tf.diffusion.nets.build_denoiser")
+    copy.set_weights(network.get_weights())
+    copy.trainable = network.trainable
+    return copy
+
+
 def _groups(channels: int) -> int:
     return next(g for g in (8, 4, 2, 1) if channels % g == 0)
 
@@ -71,7 +122,7 @@ def build_denoiser(image_size: int = 28, channels: int = 1, widths=(32, 64, 96),
     embedding = SinusoidalEmbedding(embedding_dims, name="embedding")(variance)
     embedding = layers.UpSampling2D(image_size, interpolation="nearest", name="embedding_broadcast")(embedding)
     x = layers.Conv2D(widths[0], 1, name="head")(noisy)
-    x = layers.Concatenate(name="with_embedding")([x, embedding])
+    x = BroadcastConcatenate(name="with_embedding")([x, embedding])
     skips = []
     for level, width in enumerate(widths[:-1]):
         for block in range(blocks):

@@ -16,7 +16,9 @@ then trains only the student; the next stage's teacher is this stage's student, 
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from pathlib import Path
 
 import keras
@@ -110,6 +112,13 @@ def stage_path(folder, steps: int) -> Path:
     return Path(folder) / f"student_denoiser_{int(steps)}_steps.keras"
 
 
+def stage_record(folder, steps: int) -> dict | None:
+    """What the stage that made the `steps`-step student cost (seconds, optimizer steps, rate),
+    kept beside it, so a resumed run still reports every stage's time; None where not kept."""
+    path = stage_path(folder, steps).with_suffix(".json")
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def progressive_distillation(network: keras.Model, images: np.ndarray, start_steps: int, end_steps: int = 1,
                              steps_per_stage: int | list[int] = 1000, batch_size: int = 64,
                              learning_rate: float | list[float] = 1e-4,
@@ -122,10 +131,11 @@ def progressive_distillation(network: keras.Model, images: np.ndarray, start_ste
     (one for every stage, or one per stage); the teacher is frozen.
     `callbacks(teacher_network, teacher_steps, student_network)` may return Keras callbacks for a
     stage (TensorBoard grids). With `stages_dir`, each finished stage's student is saved there
-    (atomically) and a rerun loads the finished stages instead of training them again, so a long
-    distillation killed mid-way resumes at the stage it was in.
+    (atomically) with its cost (`stage_record`) and a rerun loads the finished stages instead of
+    training them again, so a long distillation killed mid-way resumes at the stage it was in.
     """
     from kd_tf.distiller import Distiller
+    from kd_tf.atomic import write_text_atomically
     from kd_tf.model_io import load_model, save_model, trainable_copy
 
     if start_steps < 2 or start_steps & (start_steps - 1) or end_steps < 1 or start_steps % end_steps:
@@ -156,11 +166,15 @@ def progressive_distillation(network: keras.Model, images: np.ndarray, start_ste
         distiller = Distiller(TwoStepTarget(frozen, steps), XPrediction(student), student_loss_weight=0.0)
         distiller.compile(optimizer=keras.optimizers.Adam(rate))
         log.info("progressive distillation: %d -> %d steps, %d optimizer steps at %g", steps, steps // 2, budget, rate)
+        started = time.time()
         distiller.fit(stage_dataset(images, steps // 2, batch_size, seed + steps), epochs=1,
                       steps_per_epoch=budget, verbose=0, shuffle=False,
                       callbacks=list(callbacks(frozen, steps, student)) if callbacks else None)
         if saved is not None:
             save_model(student, saved)
+            write_text_atomically(saved.with_suffix(".json"), json.dumps(
+                {"from_steps": steps, "to_steps": steps // 2, "seconds": time.time() - started,
+                 "optimizer_steps": budget, "learning_rate": rate}))
         teacher, steps = student, steps // 2
         stages.append((steps, student))
     return stages

@@ -13,6 +13,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from kd_tf.diffusion.nets import shares_noise_level
 from kd_tf.diffusion.schedule import ddim_step, step_times, to_pixels
 from kd_tf.errors import InputError
 from kd_tf.model_io import rebuild_wrapper
@@ -51,7 +52,9 @@ class DDIMSampler(keras.Model):
 
     def call(self, noise, training=False):
         noisy = tf.cast(noise, tf.float32)
-        batch = tf.shape(noisy)[0]
+        # one time per step for the whole batch where the network broadcasts it: constants that
+        # the TFLite converter folds (see kd_tf.diffusion.nets), else one per sample
+        batch = 1 if shares_noise_level(self.network) else tf.shape(noisy)[0]
         times = step_times(self.steps, batch) + [tf.zeros([batch, 1, 1, 1])]
         network = lambda x: self.network(x, training=training)   # noqa: E731
         image = noisy

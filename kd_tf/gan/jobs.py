@@ -37,6 +37,8 @@ from kd_tf.objectives import Adversarial, AdversarialTraining, clone_discriminat
 from kd_tf.errors import InputError
 
 log = logging.getLogger(__name__)
+# what the scorer's mode-collapse warning advises for a GAN generator
+COLLAPSE_ADVICE = "Lower the learning rate, add adversarial.r1_weight or lower distill.student_loss_weight"
 
 
 def _verbose():
@@ -164,7 +166,8 @@ def train_teacher(config: gan_config.GanTeacherJobConfig, strategy=None) -> dict
     keras.utils.set_random_seed(config.train.seed)
     paths = RunPaths(config.output, "gan-teacher", chief=distribute.is_chief(strategy))
     digits = load_digits(config.data.source)
-    scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed)
+    scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed,
+                    COLLAPSE_ADVICE)
     latent = config.generator.latent_dim
     with strategy.scope():
         generator = build_generator(latent, config.generator.widths, name="teacher_generator")
@@ -239,7 +242,8 @@ def distill(config: gan_config.GanDistillJobConfig, strategy=None) -> dict:
         distiller.compile(optimizer=_generator_optimizer(config.train))
     paths = RunPaths(config.output, "distill-gan", chief=distribute.is_chief(strategy))
     digits = load_digits(config.data.source)
-    scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed)
+    scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed,
+                    COLLAPSE_ADVICE)
     epochs, per_epoch = epochs_for(config.train)
 
     def stream(tag):
@@ -323,7 +327,8 @@ def evaluate_saved(config: gan_config.GanEvaluateJobConfig, models: dict) -> dic
     config.validate()
     paths = RunPaths(config.output, "evaluate-gan")
     digits = load_digits(config.data.source)
-    scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed)
+    scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed,
+                    COLLAPSE_ADVICE)
     rows = {}
     for name, path in models.items():
         if str(path).endswith(".tflite"):
