@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from kd_tf.distribute import global_batch_size, mean_results
 from kd_tf.errors import InputError
+from kd_tf.model_io import require_trainable
 from kd_tf.losses import AttentionTerm, FeatureTerm, JacobianTerm, OutputTerm, from_keras, projected_input_gradient
 from kd_tf.losses import deserialize_loss, serialize_loss
 from kd_tf.objectives import Reconstruction
@@ -162,9 +163,7 @@ class Distiller(keras.Model):
         if fixed_size(teacher) is not None and fixed_size(student) is None and not any(teacher_layers):
             # a teacher exported for one input size teaches patches of any size tile by tile
             teacher = Tiled(teacher)
-        if getattr(student, "built", False) and not student.trainable_variables:
-            raise InputError(f"student {student.name!r} has no trainable variables: a clone of a frozen model keeps "
-                             f"its layers frozen; pass kd_tf.model_io.trainable_copy(model) or a model of trainable layers")
+        require_trainable(student, "student")
         teacher.trainable = False
         self.teacher = teacher
         self.student = student

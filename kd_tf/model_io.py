@@ -143,9 +143,40 @@ def make_trainable(model: keras.Model, what: str = "model") -> keras.Model:
     model.trainable = True                      # the model's own flag (a frozen Sequential's clone keeps it)
     for layer in model.layers:
         layer.trainable = True
-    if not model.trainable_variables:
-        raise InputError(f"{what} {model.name!r} has no trainable variables")
+    return require_trainable(model, what)
+
+
+def require_trainable(model: keras.Model, what: str = "model") -> keras.Model:
+    """`model`, or an error if it is built and has no trainable variables: it would train nothing,
+    silently (a plain clone of a frozen model keeps its layers frozen).
+
+    >>> frozen = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> frozen.trainable = False
+    >>> try:
+    ...     require_trainable(frozen, "student")
+    ... except InputError as error:
+    ...     print(str(error).split(": ")[0].replace(frozen.name, "frozen"))
+    student 'frozen' has no trainable variables
+    """
+    if getattr(model, "built", False) and not model.trainable_variables:
+        raise InputError(f"{what} {model.name!r} has no trainable variables: a clone of a frozen model keeps its "
+                         f"layers frozen; pass kd_tf.model_io.trainable_copy(model) or a model of trainable layers")
     return model
+
+
+def frozen_copy(model: keras.Model) -> keras.Model:
+    """A copy of `model` with its weights, frozen: a moving average of a network in training, or
+    a teacher that must not change while its own copy trains.
+
+    >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> copy = frozen_copy(net)
+    >>> len(copy.trainable_variables), len(net.trainable_variables), copy is net
+    (0, 2, False)
+    """
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    copy.trainable = False
+    return copy
 
 
 def trainable_copy(model: keras.Model, what: str = "model") -> keras.Model:

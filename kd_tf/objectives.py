@@ -14,7 +14,7 @@ import tensorflow as tf
 from kd_tf.distribute import global_batch_size, mean_results
 from kd_tf.losses import output_loss, serialize_loss
 from kd_tf.metrics import psnr
-from kd_tf.model_io import make_trainable, trainable_copy
+from kd_tf.model_io import frozen_copy, make_trainable, require_trainable, trainable_copy
 from kd_tf.errors import InputError
 
 
@@ -170,15 +170,11 @@ class AdversarialTraining(keras.Model):
         if ema and tf.distribute.get_strategy().num_replicas_in_sync > 1:
             raise InputError(f"ema={ema!r} under {tf.distribute.get_strategy().num_replicas_in_sync} replicas; "
                              f"accepted: ema=0 with tf.distribute, or one replica")
-        if getattr(generator, "built", False) and not generator.trainable_variables:
-            raise InputError(f"generator {generator.name!r} has no trainable variables: a clone of a frozen model "
-                             f"keeps its layers frozen; pass kd_tf.model_io.trainable_copy(model)")
+        require_trainable(generator, "generator")
         self.generator, self.objective, self.latent_sampler = generator, objective, latent_sampler
         self.ema, self.ema_generator = float(ema), None
         if self.ema:
-            self.ema_generator = keras.models.clone_model(generator)
-            self.ema_generator.set_weights(generator.get_weights())
-            self.ema_generator.trainable = False
+            self.ema_generator = frozen_copy(generator)
         for key, value in objective.trackables().items():      # checkpointed with the generator
             setattr(self, f"objective_{key}", value)
         objective.check_prediction_shape(tuple(generator.output_shape))

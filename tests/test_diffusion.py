@@ -3,6 +3,7 @@ student trains only itself, progressive distillation folds two teacher steps int
 stage trains only its student."""
 
 import doctest
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -303,6 +304,10 @@ def test_cli_trains_the_teacher_distills_stages_and_scores_each(diffusion_cli, t
     assert list(rows) == ["teacher, 4 steps", "student, 1 steps", "teacher network, 1 steps (undistilled)",
                           "student, 1 steps, int8"]                                       # score_steps: [1]
     assert rows["teacher network, 1 steps (undistilled)"]["macs"] == rows["student, 1 steps"]["macs"]
+    # the teacher job's score of the same network, steps and eval settings, not a second scoring
+    assert Path(rows["teacher, 4 steps"]["cached"]).parent == root / "runs" / "scores"
+    assert rows["teacher, 4 steps"]["fid"] == teacher["samplers"]["teacher, 4 steps"]["fid"]
+    assert "cached" not in rows["student, 1 steps"] and "cached" not in teacher["samplers"]["teacher, 4 steps"]
     assert rows["student, 1 steps"]["macs"] * 4 == rows["teacher, 4 steps"]["macs"]
     assert (root / "runs" / "distill" / "student_denoiser_2_steps.keras").is_file()        # kept, not scored
     assert {p.name for p in (root / "tb" / "distill" / "stages").iterdir() if p.is_dir()} == {"2_steps", "1_steps"}
@@ -324,6 +329,18 @@ def test_cli_trains_the_teacher_distills_stages_and_scores_each(diffusion_cli, t
                  "--out", str(grid)]) == 0 and grid.is_file()
     assert main(["generate", "--model", str(root / "teacher_denoiser.keras"), "--num", "4",
                  "--out", str(tmp_path / "no_steps.png")]) == 2
+
+
+def test_a_score_is_reused_only_for_the_same_network_steps_and_eval_settings(tmp_path):
+    from kd_tf.config import GanEvalConfig
+    from kd_tf.diffusion.jobs import ScoreCache
+    from kd_tf.diffusion.nets import build_denoiser
+
+    net, other = build_denoiser(28, 1, (8, 16), 1), build_denoiser(28, 1, (8, 16), 1)
+    cache = ScoreCache(tmp_path, GanEvalConfig(classifier=str(tmp_path / "none.keras"), samples=200), "pureml")
+    fewer = ScoreCache(tmp_path, GanEvalConfig(classifier=str(tmp_path / "none.keras"), samples=100), "pureml")
+    assert cache.path(net, 4) == cache.path(net, 4)
+    assert len({cache.path(net, 4), cache.path(net, 2), cache.path(other, 4), fewer.path(net, 4)}) == 4
 
 
 def test_distill_config_names_a_bad_stage_budget_or_score_list():

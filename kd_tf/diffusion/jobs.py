@@ -8,8 +8,12 @@ export and `evaluate --task gan` take it as they are.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -27,7 +31,7 @@ from kd_tf.digits import as_unit, load_digits
 from kd_tf.distribute import BackupAndRestore
 from kd_tf.tables import render_table
 from kd_tf.model_io import load_frozen, save_model
-from kd_tf.runs import RunPaths, epochs_for, resumed_batches
+from kd_tf.runs import RunPaths, epochs_for, resumed_batches, write_json
 
 log = logging.getLogger(__name__)
 # what the scorer's mode-collapse warning advises for a sampler (the undistilled 1-step control
@@ -57,6 +61,47 @@ def macs_per_image(network: keras.Model, steps: int) -> int:
     """The sampler's MACs per image: the network's, once per step."""
     shape = tuple(network.input_shape[0][1:])
     return steps * count_macs(network, [shape, (1, 1, 1)])
+
+
+def network_digest(network: keras.Model) -> str:
+    """SHA-256 of a network's architecture and weights: the same network whatever file holds it.
+
+    >>> net = build_denoiser(28, 1, (8, 16), 1)
+    >>> network_digest(net) == network_digest(keras.models.clone_model(net)), len(network_digest(net))
+    (False, 64)
+    """
+    digest = hashlib.sha256(json.dumps(network.get_config(), sort_keys=True, default=str).encode())
+    for weights in network.get_weights():
+        digest.update(np.ascontiguousarray(weights).tobytes())
+    return digest.hexdigest()
+
+
+class ScoreCache:
+    """Sampler scores kept under `folder` (runs/scores), keyed by the network's digest, the step
+    count, the eval settings, the classifier file and the digits: a distillation does not score its
+    teacher again (7 minutes at 5,000 samples) when the teacher job or an earlier run already did.
+    A cached row says so ("cached": its file); its ms_per_64 is the time measured then."""
+
+    def __init__(self, folder, eval_config, data_source: str):
+        self.folder = Path(folder)
+        classifier = Path(eval_config.classifier)
+        self.context = {"eval": dataclasses.asdict(eval_config), "data": data_source,
+                        "classifier_sha256": hashlib.sha256(classifier.read_bytes()).hexdigest()
+                        if classifier.is_file() else None}
+
+    def path(self, network, steps: int) -> Path:
+        key = json.dumps({**self.context, "network": network_digest(network), "steps": int(steps)}, sort_keys=True)
+        return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+    def score(self, network, steps, scorer, eval_config, name) -> dict:
+        path = self.path(network, steps)
+        if path.is_file():
+            log.info("%s: the score of %s (same network, steps and eval settings)", name, path)
+            return {**json.loads(path.read_text()), "cached": str(path)}
+        row = _score(network, steps, scorer, eval_config, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {**row, "scored_at": time.strftime("%Y-%m-%d %H:%M:%S")})
+        return row
 
 
 def _score(network, steps, scorer, eval_config, name) -> dict:
@@ -152,8 +197,9 @@ def train_teacher(config) -> dict:
         save_model(teacher, config.save_to)
     scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed,
                     COLLAPSE_ADVICE)
-    rows = {f"teacher, {config.sampler_steps} steps": _score(teacher, config.sampler_steps, scorer, config.eval,
-                                                              "teacher")}
+    scores = ScoreCache(Path(config.output.runs_dir) / "scores", config.eval, digits.source)
+    rows = {f"teacher, {config.sampler_steps} steps": scores.score(teacher, config.sampler_steps, scorer, config.eval,
+                                                                    "teacher")}
     _write_grid(paths.root / "teacher_samples.png", teacher, config.sampler_steps)
     report = {"job": "train-teacher --task diffusion", "run": paths.name, "data": digits.source,
               "train_seconds": seconds, "samplers": rows, "history": history.history,
@@ -175,7 +221,8 @@ def distill(config) -> dict:
     keras.utils.set_random_seed(config.seed)
     paths = RunPaths(config.output, "diffusion-distill")
     digits = load_digits(config.data.source)
-    teacher = load_frozen(config.teacher, "diffusion teacher", TRAIN_TEACHER)
+    # one upgrade (int8-safe noise embedding) for every sampler of the run, students included
+    teacher = with_shared_noise_level(load_frozen(config.teacher, "diffusion teacher", TRAIN_TEACHER))
     started = time.time()
     grids = StageGrids(paths.logs / "stages", _latents(teacher, 16), config.teacher_steps)
     stages = progressive_distillation(teacher, as_unit(digits.train_images), config.teacher_steps,
@@ -184,14 +231,15 @@ def distill(config) -> dict:
     seconds = time.time() - started
     scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed,
                     COLLAPSE_ADVICE)
+    scores = ScoreCache(Path(config.output.runs_dir) / "scores", config.eval, digits.source)
     rows, exported = {}, {}
     for index, (steps, network) in enumerate(stages):
         name = f"teacher, {steps} steps" if index == 0 else f"student, {steps} steps"
         if index == 0 or config.score_steps is None or steps in config.score_steps:
-            rows[name] = _score(network, steps, scorer, config.eval, name)
+            rows[name] = scores.score(network, steps, scorer, config.eval, name)
             if index:            # the control arm: the teacher's own network at the student's step count
                 control = f"teacher network, {steps} steps (undistilled)"
-                rows[control] = _score(teacher, steps, scorer, config.eval, control)
+                rows[control] = scores.score(teacher, steps, scorer, config.eval, control)
         if index:
             _write_grid(paths.root / f"samples_{steps}_steps.png", network, steps)
             if config.save_to:

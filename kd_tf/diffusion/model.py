@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from kd_tf.diffusion.schedule import predict, rates, to_model, velocity
 from kd_tf.errors import InputError
-from kd_tf.model_io import rebuild_wrapper
+from kd_tf.model_io import frozen_copy, rebuild_wrapper
 
 
 @keras.saving.register_keras_serializable(package="kd_tf")
@@ -25,9 +25,7 @@ class DiffusionModel(keras.Model):
         if not 0.0 <= float(ema) < 1.0:
             raise InputError(f"ema={ema!r}; accepted: 0 <= ema < 1")
         self.network = network
-        self.ema_network = keras.models.clone_model(network)
-        self.ema_network.set_weights(network.get_weights())
-        self.ema_network.trainable = False
+        self.ema_network = frozen_copy(network)
         self.ema = float(ema)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.velocity_loss_tracker = keras.metrics.Mean(name="velocity_loss")

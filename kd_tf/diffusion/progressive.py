@@ -136,7 +136,7 @@ def progressive_distillation(network: keras.Model, images: np.ndarray, start_ste
     """
     from kd_tf.distiller import Distiller
     from kd_tf.atomic import write_text_atomically
-    from kd_tf.model_io import load_model, save_model, trainable_copy
+    from kd_tf.model_io import frozen_copy, load_model, save_model, trainable_copy
 
     if start_steps < 2 or start_steps & (start_steps - 1) or end_steps < 1 or start_steps % end_steps:
         raise InputError(f"start_steps={start_steps}, end_steps={end_steps}; accepted: powers of two, "
@@ -160,9 +160,7 @@ def progressive_distillation(network: keras.Model, images: np.ndarray, start_ste
             stages.append((steps, teacher))
             continue
         student = trainable_copy(teacher)            # the teacher may be frozen (a loaded one is)
-        frozen = keras.models.clone_model(teacher)
-        frozen.set_weights(teacher.get_weights())
-        frozen.trainable = False
+        frozen = frozen_copy(teacher)                # the stage's teacher does not move while its copy trains
         distiller = Distiller(TwoStepTarget(frozen, steps), XPrediction(student), student_loss_weight=0.0)
         distiller.compile(optimizer=keras.optimizers.Adam(rate))
         log.info("progressive distillation: %d -> %d steps, %d optimizer steps at %g", steps, steps // 2, budget, rate)

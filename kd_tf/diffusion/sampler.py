@@ -36,6 +36,9 @@ class DDIMSampler(keras.Model):
             raise InputError(f"steps={steps!r}; accepted: an int >= 1")
         self.network = network
         self.steps = int(steps)
+        # one time per step for the whole batch where the network broadcasts it: constants that
+        # the TFLite converter folds (see kd_tf.diffusion.nets), else one per sample
+        self.shares_noise_level = shares_noise_level(network)
         self.image_shape = tuple(network.input_shape[0][1:])
         self.build((None, *self.image_shape))
 
@@ -52,9 +55,7 @@ class DDIMSampler(keras.Model):
 
     def call(self, noise, training=False):
         noisy = tf.cast(noise, tf.float32)
-        # one time per step for the whole batch where the network broadcasts it: constants that
-        # the TFLite converter folds (see kd_tf.diffusion.nets), else one per sample
-        batch = 1 if shares_noise_level(self.network) else tf.shape(noisy)[0]
+        batch = 1 if self.shares_noise_level else tf.shape(noisy)[0]
         times = step_times(self.steps, batch) + [tf.zeros([batch, 1, 1, 1])]
         network = lambda x: self.network(x, training=training)   # noqa: E731
         image = noisy
