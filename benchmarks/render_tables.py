@@ -180,10 +180,12 @@ def sr_results(report: dict) -> str:
     return _table(header, rows)
 
 
-def sr_int8_parity(report: dict) -> str:
-    """models/sr/MODEL_CARD.md: the shipped int8 upscaler against its float model, set by set."""
+def int8_parity_table(report: dict, key: str = "int8_parity") -> str:
+    """The model cards: a shipped int8 file against its float model, set by set, from the report's
+    `key` (kd_tf.int8_parity.parity_report: an upscaler's int8_parity or dynamic_int8_parity, the
+    parity of python -m benchmarks.int8_parity)."""
     rows = [[name, str(r["images"]), f"{r['mean_drop_db']:.3f} dB", f"{r['max_drop_db']:.3f} dB ({r['worst_image']})",
-             f"{r['max_abs_channel_shift_255']:.2f}"] for name, r in report["int8_parity"]["sets"].items()]
+             f"{r['max_abs_channel_shift_255']:.2f}"] for name, r in report[key]["sets"].items()]
     return _table(["set", "images", "mean drop", "worst drop (image)", "max mean channel shift /255"], rows)
 
 
@@ -259,8 +261,12 @@ TABLES = {
     "tflite-speed": ("benchmarks/tflite_speed.json", tflite_speed),
     "gan-results": ("models/gan/distill_report.json", gan_results),
     "diffusion-results": ("models/diffusion/distill_report.json", diffusion_results),
-    "sr-int8-parity": ("models/sr/student_x2_report.json", sr_int8_parity),
+    "sr-int8-parity": ("models/sr/student_x2_report.json", int8_parity_table),
     "sr-int8-sensitivity": ("models/sr/student_x2_export_report.json", sr_int8_sensitivity),
+    "sr-dynamic-int8-parity": ("models/sr/student_x2_dynamic_export_report.json",
+                               lambda report: int8_parity_table(report, "dynamic_int8_parity")),
+    "denoise-dynamic-int8-parity": ("models/denoise/student_int8_dynamic_parity.json",
+                                    lambda report: int8_parity_table(report, "parity")),
 }
 FILES = ("README.md", "models/denoise/MODEL_CARD.md", "models/sr/MODEL_CARD.md", "models/gan/MODEL_CARD.md",
          "models/diffusion/MODEL_CARD.md")

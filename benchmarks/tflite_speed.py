@@ -1,5 +1,6 @@
-"""Shipped int8 TFLite models against their float32 TFLite twins, same LiteRT threads (issue 17's
-"int8 at least 2x faster than float32, at most 1/3.5 of its size").
+"""Shipped int8 TFLite models (full integer, and dynamic-range where shipped) against their float32
+TFLite twins, same LiteRT threads (issue 17's "int8 at least 2x faster than float32, at most 1/3.5
+of its size").
 
     python -m benchmarks.tflite_speed            # writes benchmarks/tflite_speed.json (~2 min)
 
@@ -41,6 +42,11 @@ MODELS = (
      [(1, 128, 128, 3), (1, 256, 256, 3)]),
     ("gan student generator", MODELS_DIR / "gan" / "student_generator.keras",
      MODELS_DIR / "gan" / "student_generator_int8.tflite", [(64, 64)]),
+    # dynamic-range int8 (int8 weights; each activation quantized to int8 over its range in that call)
+    ("denoise student, dynamic-range int8", MODELS_DIR / "denoise" / "student.keras",
+     MODELS_DIR / "denoise" / "student_int8_dynamic.tflite", [(1, 256, 256, 3), (1, 512, 512, 3)]),
+    ("sr student (x2), dynamic-range int8", MODELS_DIR / "sr" / "student_x2.keras",
+     MODELS_DIR / "sr" / "student_x2_int8_dynamic.tflite", [(1, 128, 128, 3), (1, 256, 256, 3)]),
 )
 
 

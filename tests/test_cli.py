@@ -100,12 +100,16 @@ def test_export_cli_writes_every_format_and_parity_report(tiny_run):
     root, _ = tiny_run
     student = root / "runs" / "tiny" / "student.keras"
     code = main(["export", "--model", str(student), "--out", str(root / "export"), "--run-name", "exp",
-                 "--formats", "keras", "savedmodel", "float32", "int8", "--set", f"output.runs_dir={root / 'runs'}",
+                 "--formats", "keras", "savedmodel", "float32", "dynamic", "int8",
+                 "--set", f"output.runs_dir={root / 'runs'}",
                  "--set", "calibration_batches=2", "--set", "latency_sizes=[64]", "--set", "threads=[1, 2]"])
     assert code == 0
     report = json.loads((root / "runs" / "exp" / "export_report.json").read_text())
     rows = report["formats"]
-    assert list(rows) == ["keras", "savedmodel", "float32", "int8"]
+    assert list(rows) == ["keras", "savedmodel", "float32", "dynamic", "int8"]
+    for fmt in ("dynamic", "int8"):                   # both int8 kinds checked image by image (issue 17)
+        assert set(rows[fmt]["parity"]["sets"]) == {"colour", "heldout"} and f"{fmt} against float" in report["table"]
+    assert "parity" not in rows["float32"]
     assert rows["float32"]["psnr_vs_keras_output"] > 60
     assert rows["int8"]["bytes"] < rows["float32"]["bytes"]
     assert "QUANTIZE" in rows["int8"]["ops"] and rows["int8"]["op_count"] == len(rows["int8"]["ops"])

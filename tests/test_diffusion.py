@@ -153,8 +153,11 @@ def test_a_killed_progressive_distillation_resumes_at_its_unfinished_stage(digit
     network = _network(4)
     trained, rates = [], []                         # the stages that trained, by their teacher's steps
 
-    class Rate(keras.callbacks.Callback):
+    class Rate(keras.callbacks.Callback):           # the rate of a stage's first and after its last step
         def on_train_begin(self, logs=None):
+            rates.append(round(float(self.model.optimizer.learning_rate), 6))
+
+        def on_train_end(self, logs=None):
             rates.append(round(float(self.model.optimizer.learning_rate), 6))
 
     def record(teacher, teacher_steps, student):
@@ -162,8 +165,9 @@ def test_a_killed_progressive_distillation_resumes_at_its_unfinished_stage(digit
         return [Rate()]
 
     first = progressive_distillation(network, digits, 4, 1, steps_per_stage=2, batch_size=8,
-                                     learning_rate=[1e-3, 2e-3], callbacks=record, stages_dir=tmp_path)
-    assert rates == [1e-3, 2e-3]                    # each stage trains at its own rate
+                                     learning_rate=[1e-3, 2e-3], callbacks=record, stages_dir=tmp_path,
+                                     final_learning_rate_fraction=[1.0, 0.1])
+    assert rates == [1e-3, 1e-3, 2e-3, 2e-4]        # each stage at its own rate, the second decaying to 1/10
     assert trained == [4, 2] and sorted(p.name for p in tmp_path.glob("*.keras")) == [
         "student_denoiser_1_steps.keras", "student_denoiser_2_steps.keras"]
     (tmp_path / "student_denoiser_1_steps.keras").unlink()          # killed during the last stage
@@ -177,6 +181,9 @@ def test_a_killed_progressive_distillation_resumes_at_its_unfinished_stage(digit
     kept, redone = stage_record(tmp_path, 2), stage_record(tmp_path, 1)     # each stage's cost survives the kill
     assert kept["seconds"] > 0 and (kept["from_steps"], kept["optimizer_steps"], kept["learning_rate"]) == (4, 2, 1e-3)
     assert redone["learning_rate"] == 1e-3 and stage_record(tmp_path, 8) is None
+    assert kept["final_learning_rate_fraction"] == 1.0 and redone["final_learning_rate_fraction"] == 1.0
+    with pytest.raises(ValueError, match=r"final_learning_rate_fraction=0.0; accepted: a float in \(0, 1\]"):
+        progressive_distillation(network, digits, 4, 1, final_learning_rate_fraction=0.0)
 
 
 def test_the_teacher_trains_on_velocity_prediction_with_an_ema_copy(digits):
@@ -352,5 +359,8 @@ def test_distill_config_names_a_bad_stage_budget_or_score_list():
     DiffusionDistillJobConfig(teacher_steps=8, learning_rate=[1e-4, 1e-4, 3e-4]).validate()
     with pytest.raises(ValueError, match=r"learning_rate.*3 of them"):
         DiffusionDistillJobConfig(teacher_steps=8, learning_rate=[1e-4, 3e-4]).validate()
+    DiffusionDistillJobConfig(teacher_steps=8, final_learning_rate_fraction=[1, 1, 0.05]).validate()
+    with pytest.raises(ValueError, match=r"final_learning_rate_fraction.*in \(0, 1\], or 3 of them"):
+        DiffusionDistillJobConfig(teacher_steps=8, final_learning_rate_fraction=[1, 0]).validate()
     with pytest.raises(ValueError, match=r"score_steps.*any of \[8, 4, 2, 1\]"):
         DiffusionDistillJobConfig(teacher_steps=8, score_steps=[3]).validate()

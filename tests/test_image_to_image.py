@@ -331,14 +331,19 @@ def test_sr_cli_evaluates_and_exports_an_upscaler_on_its_own_protocol(sr_cli, tm
     assert main(["export", "--model", str(tmp_path / "bilinear.keras"), "--out", str(tmp_path / "export"),
                  "--run-name", "export", "--set", "calibration_batches=2", *settings]) == 0
     exported = json.loads((tmp_path / "runs" / "export" / "export_report.json").read_text())
-    assert exported["job"] == "export --task sr" and set(exported["files"]) == {"keras", "savedmodel", "float32", "int8"}
+    assert exported["job"] == "export --task sr" and set(exported["files"]) == {"keras", "savedmodel", "float32",
+                                                                               "dynamic", "int8"}
     methods = exported["heldout1"]["methods"]
     name, photo = sorted(load_split().heldout.items())[0]        # the protocol by hand: 8-bit truth and input
     truth = to_8bit(photo[:photo.shape[0] // 2 * 2, :photo.shape[1] // 2 * 2])
     small = to_8bit(tf.image.resize(truth, (truth.shape[0] // 2, truth.shape[1] // 2), "bicubic", antialias=True).numpy())
     bilinear = _psnr(to_8bit(tf.image.resize(small, truth.shape[:2], "bilinear").numpy()), truth)
-    for row in ("float (Keras)", "float32 TFLite"):
+    for row in ("float (Keras)", "float32 TFLite", "dynamic TFLite"):   # dynamic: zero weights and a float base
         assert methods[row]["images"][name]["psnr"] == pytest.approx(bilinear, abs=1e-3), row
+    dynamic = exported["dynamic_int8_parity"]["sets"]
+    assert set(dynamic) == {"colour", "heldout1"} and dynamic["heldout1"]["per_image"][name]["drop_db"] == pytest.approx(
+        0.0, abs=1e-3)
+    assert "dynamic-range int8 (ranges per inference) against float" in exported["table"]
     assert abs(methods["int8 TFLite"]["images"][name]["psnr"] - bilinear) < 0.5   # int8: close, not exact
     assert exported["bytes"]["int8"] < exported["bytes"]["float32"]            # a tiny net: mostly graph, not weights
     assert "QUANTIZE" in check_builtin_only((tmp_path / "export" / "upscaler_int8.tflite").read_bytes())

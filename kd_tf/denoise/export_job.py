@@ -198,7 +198,7 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
                      "psnr": float(np.mean([p for p, _ in scores])), "ssim": float(np.mean([s for _, s in scores])),
                      "psnr_vs_keras_output": float(np.mean(agreement)),
                      "ops": ops, "op_count": None if ops is None else len(ops), "latency_ms": latency}
-        if fmt in ("int8", "int16x8"):              # issue 17: colours, both held-out sets, every image
+        if fmt in ("dynamic", "int8", "int16x8"):   # issue 17: colours, both held-out sets, every image
             if parity_inputs is None:
                 parity_inputs = parity_sets(split.heldout, config.data.corpus_dir())
             rows[fmt]["parity"] = parity_report(lambda batch: student(batch, training=False),

@@ -73,6 +73,7 @@ class DiffusionDistillJobConfig:
     end_steps: int = 1                       # progressive distillation halves the steps down to this
     steps_per_stage: int | list[int] = 1000  # optimizer steps of each halving stage (or one per stage)
     learning_rate: float | list[float] = 1e-4   # Adam's rate in every stage, or one per stage (students start at their teacher)
+    final_learning_rate_fraction: float | list[float] = 1.0   # < 1: a stage's rate decays (cosine) to this share of it
     seed: int = 0                            # seed of each stage's noise and times
     eval: GanEvalConfig = dataclasses.field(default_factory=GanEvalConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
@@ -92,6 +93,12 @@ class DiffusionDistillJobConfig:
         rates = self.learning_rate if isinstance(self.learning_rate, list) else [self.learning_rate]
         _check(all(isinstance(r, (int, float)) and r > 0 for r in rates) and len(rates) in (1, stage_count),
                "learning_rate", self.learning_rate, f"a float > 0, or {stage_count} of them (one per stage)")
+        fractions = (self.final_learning_rate_fraction if isinstance(self.final_learning_rate_fraction, list)
+                     else [self.final_learning_rate_fraction])
+        _check(all(isinstance(f, (int, float)) and 0 < f <= 1 for f in fractions)
+               and len(fractions) in (1, stage_count),
+               "final_learning_rate_fraction", self.final_learning_rate_fraction,
+               f"a float in (0, 1], or {stage_count} of them (one per stage)")
         stages = [steps >> k for k in range(steps.bit_length()) if steps >> k >= end]
         for count in self.export_int8_steps:
             _check(count in stages, "export_int8_steps", count, f"step counts of the stages, any of {stages}")

@@ -229,7 +229,8 @@ def distill(config) -> dict:
     grids = StageGrids(paths.logs / "stages", _latents(teacher, 16), config.teacher_steps)
     stages = progressive_distillation(teacher, as_unit(digits.train_images), config.teacher_steps,
                                       config.end_steps, config.steps_per_stage, config.data.batch_size,
-                                      config.learning_rate, config.seed, callbacks=grids, stages_dir=paths.root)
+                                      config.learning_rate, config.seed, callbacks=grids, stages_dir=paths.root,
+                                      final_learning_rate_fraction=config.final_learning_rate_fraction)
     seconds = time.time() - started
     scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed,
                     COLLAPSE_ADVICE)

@@ -122,13 +122,17 @@ def stage_record(folder, steps: int) -> dict | None:
 def progressive_distillation(network: keras.Model, images: np.ndarray, start_steps: int, end_steps: int = 1,
                              steps_per_stage: int | list[int] = 1000, batch_size: int = 64,
                              learning_rate: float | list[float] = 1e-4,
-                             seed: int = 0, callbacks=None, stages_dir=None) -> list[tuple[int, keras.Model]]:
+                             seed: int = 0, callbacks=None, stages_dir=None,
+                             final_learning_rate_fraction: float | list[float] = 1.0) -> list[tuple[int, keras.Model]]:
     """Distils `network`'s `start_steps`-step sampler stage by stage down to `end_steps` steps.
 
     Returns [(steps, network)] per stage, the first the teacher itself. Each stage's student is a
     copy of the stage's teacher, trained `steps_per_stage` optimizer steps (one int for every stage,
     or a list with one per stage: the last halvings are the hardest) with Adam at `learning_rate`
-    (one for every stage, or one per stage); the teacher is frozen.
+    (one for every stage, or one per stage); the teacher is frozen. `final_learning_rate_fraction`
+    (one, or one per stage) below 1 decays a stage's rate along a cosine to that fraction of it by
+    the stage's last step: a student whose loss has flattened at a constant rate still gains as the
+    rate falls (1: constant, as before).
     `callbacks(teacher_network, teacher_steps, student_network)` may return Keras callbacks for a
     stage (TensorBoard grids). With `stages_dir`, each finished stage's student is saved there
     (atomically) with its cost (`stage_record`) and a rerun loads the finished stages instead of
@@ -142,17 +146,20 @@ def progressive_distillation(network: keras.Model, images: np.ndarray, start_ste
         raise InputError(f"start_steps={start_steps}, end_steps={end_steps}; accepted: powers of two, "
                          f"start_steps >= 2 and a multiple of end_steps")
     count = (start_steps // end_steps).bit_length() - 1
-    budgets = [int(steps_per_stage)] * count if np.ndim(steps_per_stage) == 0 else [int(b) for b in steps_per_stage]
-    if len(budgets) != count or min(budgets) < 1:
-        raise InputError(f"steps_per_stage={steps_per_stage!r}; accepted: an int >= 1 or {count} of them, "
-                         f"one per stage of {start_steps} -> {end_steps} steps")
-    rates = [float(learning_rate)] * count if np.ndim(learning_rate) == 0 else [float(r) for r in learning_rate]
-    if len(rates) != count or min(rates) <= 0:
-        raise InputError(f"learning_rate={learning_rate!r}; accepted: a float > 0 or {count} of them, "
-                         f"one per stage of {start_steps} -> {end_steps} steps")
+    def per_stage(name, value, cast, valid, accepted):
+        values = [cast(value)] * count if np.ndim(value) == 0 else [cast(v) for v in value]
+        if len(values) != count or not all(valid(v) for v in values):
+            raise InputError(f"{name}={value!r}; accepted: {accepted} or {count} of them, "
+                             f"one per stage of {start_steps} -> {end_steps} steps")
+        return values
+
+    budgets = per_stage("steps_per_stage", steps_per_stage, int, lambda b: b >= 1, "an int >= 1")
+    rates = per_stage("learning_rate", learning_rate, float, lambda r: r > 0, "a float > 0")
+    fractions = per_stage("final_learning_rate_fraction", final_learning_rate_fraction, float,
+                          lambda f: 0 < f <= 1, "a float in (0, 1]")
     stages, teacher, steps = [(start_steps, network)], network, start_steps
     while steps > end_steps:
-        budget, rate = budgets[len(stages) - 1], rates[len(stages) - 1]
+        budget, rate, fraction = budgets[len(stages) - 1], rates[len(stages) - 1], fractions[len(stages) - 1]
         saved = stage_path(stages_dir, steps // 2) if stages_dir is not None else None
         if saved is not None and saved.is_file():
             log.info("progressive distillation: %d -> %d steps already done, loaded %s", steps, steps // 2, saved)
@@ -162,8 +169,10 @@ def progressive_distillation(network: keras.Model, images: np.ndarray, start_ste
         student = trainable_copy(teacher)            # the teacher may be frozen (a loaded one is)
         frozen = frozen_copy(teacher)                # the stage's teacher does not move while its copy trains
         distiller = Distiller(TwoStepTarget(frozen, steps), XPrediction(student), student_loss_weight=0.0)
-        distiller.compile(optimizer=keras.optimizers.Adam(rate))
-        log.info("progressive distillation: %d -> %d steps, %d optimizer steps at %g", steps, steps // 2, budget, rate)
+        schedule = rate if fraction == 1 else keras.optimizers.schedules.CosineDecay(rate, budget, alpha=fraction)
+        distiller.compile(optimizer=keras.optimizers.Adam(schedule))
+        log.info("progressive distillation: %d -> %d steps, %d optimizer steps at %g (decaying to %g of it)",
+                 steps, steps // 2, budget, rate, fraction)
         started = time.time()
         distiller.fit(stage_dataset(images, steps // 2, batch_size, seed + steps), epochs=1,
                       steps_per_epoch=budget, verbose=0, shuffle=False,
@@ -172,7 +181,7 @@ def progressive_distillation(network: keras.Model, images: np.ndarray, start_ste
             save_model(student, saved)
             write_text_atomically(saved.with_suffix(".json"), json.dumps(
                 {"from_steps": steps, "to_steps": steps // 2, "seconds": time.time() - started,
-                 "optimizer_steps": budget, "learning_rate": rate}))
+                 "optimizer_steps": budget, "learning_rate": rate, "final_learning_rate_fraction": fraction}))
         teacher, steps = student, steps // 2
         stages.append((steps, student))
     return stages

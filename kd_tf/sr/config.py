@@ -10,7 +10,7 @@ from kd_tf.config import (JOBS, MODELS_DIR, DataConfig, OutputConfig, TrainConfi
 SR_DIR = str(MODELS_DIR / "sr")
 DEFAULT_SR_TEACHER = f"{SR_DIR}/teacher_x2.keras"
 DEFAULT_SR_STUDENT = f"{SR_DIR}/student_x2.keras"
-SR_EXPORT_FORMATS = ("keras", "savedmodel", "float32", "int8")
+SR_EXPORT_FORMATS = ("keras", "savedmodel", "float32", "dynamic", "int8")
 
 
 @dataclasses.dataclass
@@ -104,12 +104,13 @@ class SRDistillJobConfig:
 @dataclasses.dataclass
 class SRExportJobConfig:
     """`python -m kd_tf export --task sr`: an upscaler to SavedModel/TFLite, each format scored on
-    the held-out photos, the int8 one against float on the colour set and both held-out sets."""
+    the held-out photos, the int8 ones (dynamic: int8 weights, activations quantized to int8 per
+    inference; int8: full integer) against float on the colour set and both held-out sets."""
 
     data: SRDataConfig = dataclasses.field(default_factory=SRDataConfig)
     factor: int = 2                          # must match the model's
     model: str = DEFAULT_SR_STUDENT          # the upscaler (.keras, .h5 or SavedModel dir)
-    formats: list = dataclasses.field(default_factory=lambda: list(SR_EXPORT_FORMATS))  # any of keras, savedmodel, float32, int8
+    formats: list = dataclasses.field(default_factory=lambda: list(SR_EXPORT_FORMATS))  # any of SR_EXPORT_FORMATS
     out_dir: str | None = None               # default: runs/<run>/export
     calibration_batches: int = 16            # batches of low-resolution patches for the int8 calibration
     calibration_gamut_share: float = 0.25    # share of synthetic colour-gamut images in them (issue 17)

@@ -315,9 +315,11 @@ def evaluate(config, teacher: str | None = None, students: dict | None = None) -
 
 
 def export(config) -> dict:
-    """`export --task sr`: the upscaler to each format (keras, savedmodel, float32, int8 TFLite), each
-    scored like the float model on both held-out sets, the int8 one also against float image by
-    image (the colour set too: kd_tf.int8_parity), ops and size."""
+    """`export --task sr`: the upscaler to each format (keras, savedmodel, float32, dynamic and int8
+    TFLite), each scored like the float model on both held-out sets, the int8 ones also against
+    float image by image (the colour set too: kd_tf.int8_parity), ops and size. Dynamic-range int8
+    quantizes each activation over the range it has in that inference, so a smooth photo gets fine
+    steps where fixed full-integer ranges round it coarsely (the model card compares the two)."""
     from kd_tf import export as exporting
     from kd_tf.atomic import write_bytes_atomically
     from kd_tf.inference import load_runner, run_rgb
@@ -352,6 +354,12 @@ def export(config) -> dict:
                                sum(p.stat().st_size for p in Path(f).rglob("*") if p.is_file()))
                          for fmt, f in files.items()},
                   ops={fmt: exporting.op_names(Path(f).read_bytes()) for fmt, f in files.items() if f.endswith(".tflite")})
+    if "dynamic" in files:        # int8 weights, int8 activations over each inference's own range
+        from kd_tf.int8_parity import format_parity
+
+        report["dynamic_int8_parity"] = int8_parity(model, files["dynamic"], config, split)
+        report["table"] += ("\n\ndynamic-range int8 (ranges per inference) against float:\n" +
+                            format_parity(report["dynamic_int8_parity"]))
     if int8 is not None:
         add_int8_checks(report, model, int8[0], int8[1], config, split)
     report["report_path"] = str(paths.write_json("export_report.json", report))
