@@ -158,6 +158,9 @@ def test_upscale_verb_writes_larger_images_and_refuses_a_denoiser(tmp_path):
     out = read_image(tmp_path / "out" / "a.png")
     expected = np.clip(upscaler(read_image(tmp_path / "in" / "a.png")[None]).numpy()[0], 0, 1)
     assert out.shape == (42, 60, 3) and np.abs(out - expected).max() <= 1 / 255 + 1e-6
+    import json
+    report = json.loads((tmp_path / "out" / "upscale_report.json").read_text())   # named by its verb
+    assert report["job"] == "upscale" and report["written"] == 1 and not (tmp_path / "out" / "denoise_report.json").exists()
     assert main(["upscale", "--model", str(tmp_path / "denoiser.keras"), "--input", str(tmp_path / "in"),
                  "--output", str(tmp_path / "out2")]) == 2
 
