@@ -160,7 +160,8 @@ def test_upscale_verb_writes_larger_images_and_refuses_a_denoiser(tmp_path):
     assert out.shape == (42, 60, 3) and np.abs(out - expected).max() <= 1 / 255 + 1e-6
     import json
     report = json.loads((tmp_path / "out" / "upscale_report.json").read_text())   # named by its verb
-    assert report["job"] == "upscale" and report["written"] == 1 and not (tmp_path / "out" / "denoise_report.json").exists()
+    assert report["job"] == "upscale" and report["written"] == 1
+    assert not (tmp_path / "out" / "denoise_report.json").exists()
     assert main(["upscale", "--model", str(tmp_path / "denoiser.keras"), "--input", str(tmp_path / "in"),
                  "--output", str(tmp_path / "out2")]) == 2
 
@@ -344,8 +345,8 @@ def test_sr_cli_evaluates_and_exports_an_upscaler_on_its_own_protocol(sr_cli, tm
     for row in ("float (Keras)", "float32 TFLite", "dynamic TFLite"):   # dynamic: zero weights and a float base
         assert methods[row]["images"][name]["psnr"] == pytest.approx(bilinear, abs=1e-3), row
     dynamic = exported["dynamic_int8_parity"]["sets"]
-    assert set(dynamic) == {"colour", "heldout1"} and dynamic["heldout1"]["per_image"][name]["drop_db"] == pytest.approx(
-        0.0, abs=1e-3)
+    assert set(dynamic) == {"colour", "heldout1"}
+    assert dynamic["heldout1"]["per_image"][name]["drop_db"] == pytest.approx(0.0, abs=1e-3)
     assert "dynamic-range int8 (ranges per inference) against float" in exported["table"]
     assert abs(methods["int8 TFLite"]["images"][name]["psnr"] - bilinear) < 0.5   # int8: close, not exact
     assert exported["bytes"]["int8"] < exported["bytes"]["float32"]            # a tiny net: mostly graph, not weights

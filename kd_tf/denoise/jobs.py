@@ -479,8 +479,8 @@ def denoise(model: str, source: str, output_dir: str, threads: int = 2, overlap:
     result = denoise_path(model, source, output_dir, num_threads=threads, overlap=overlap, sigma=sigma,
                           upscale=upscale)
     report = {"job": "upscale" if upscale else "denoise", "scale": result["scale"], "model": model, "input": source,
-              "output": output_dir, "sigma": sigma, "written": len(result["written"]), "skipped": len(result["skipped"]),
-              "seconds": time.time() - started, "files": result}
+              "output": output_dir, "sigma": sigma, "written": len(result["written"]),
+              "skipped": len(result["skipped"]), "seconds": time.time() - started, "files": result}
     report["table"] = render_table(["model", "written", "skipped", "seconds"],
                                    [[model, str(report["written"]), str(report["skipped"]), f"{report['seconds']:.1f}"]])
     Path(output_dir).mkdir(parents=True, exist_ok=True)
