@@ -202,6 +202,23 @@ def int8_ready(model: keras.Model, calibration, percentile: float = 99.99, equal
     return ready
 
 
+def dynamic_ready(model: keras.Model, calibration, equalize=None) -> tuple[keras.Model, dict]:
+    """A copy of `model` for dynamic-range int8 conversion, with the same float function up to
+    int8 weight rounding: `equalize(copy, batches)` first (see int8_ready), then the transposed
+    2x2 convolutions become convolutions, then kd_tf.weight_rounding.gptq_int8_weights puts the
+    kernels on the int8 grid the converter uses, rounded by GPTQ against the run-time rounding of
+    the activations. Returns (copy, per-layer rounding errors nearest vs GPTQ). On the shipped
+    denoising student it cuts the colour set's loss from 0.166 to 0.03 dB (see its model card)."""
+    from kd_tf.weight_rounding import gptq_int8_weights
+
+    batches = list(calibration)
+    source = keras.models.clone_model(model)
+    source.set_weights(model.get_weights())
+    if equalize is not None:
+        equalize(source, batches[: max(1, len(batches) // 2)])
+    return gptq_int8_weights(shuffle_upsampling(source), batches, dynamic_activations=True)
+
+
 def op_names(flatbuffer: bytes) -> list[str]:
     """The operator names a TFLite model uses (custom ops by their custom code)."""
     from ai_edge_litert import schema_py_generated as schema

@@ -110,6 +110,8 @@ def test_export_cli_writes_every_format_and_parity_report(tiny_run):
     for fmt in ("dynamic", "int8"):                   # both int8 kinds checked image by image (issue 17)
         assert set(rows[fmt]["parity"]["sets"]) == {"colour", "heldout"} and f"{fmt} against float" in report["table"]
     assert "parity" not in rows["float32"]
+    assert rows["dynamic"]["weight_rounding"]["method"] == "gptq"     # the default: kd_tf.weight_rounding
+    assert isinstance(rows["dynamic"]["weight_rounding"]["layer_errors"], dict)
     assert rows["float32"]["psnr_vs_keras_output"] > 60
     assert rows["int8"]["bytes"] < rows["float32"]["bytes"]
     assert "QUANTIZE" in rows["int8"]["ops"] and rows["int8"]["op_count"] == len(rows["int8"]["ops"])

@@ -17,6 +17,7 @@ DEFAULT_STUDENT = str(MODELS_DIR / "denoise" / "student.keras")
 
 
 INT8_CALIBRATIONS = ("percentile", "minmax")
+WEIGHT_ROUNDINGS = ("gptq", "nearest")     # how dynamic-range int8 rounds the weights
 EXPORT_FORMATS = ("keras", "savedmodel", "float32", "float16", "dynamic", "int8", "int16x8")
 
 
@@ -229,6 +230,8 @@ class ExportJobConfig:
     calibration_batches: int = 32         # x 8 crops of 64x64 from training photos, noise as in training
     int8_calibration: str = "percentile"  # percentile ranges on an equalized copy, or the converter's "minmax"
     calibration_percentile: float = 99.99 # percentile of the activation ranges int8 covers
+    # dynamic-range int8's weights: "gptq" (equalized channels, kd_tf.weight_rounding) or the converter's "nearest"
+    dynamic_weight_rounding: str = "gptq"
     qat_steps: int = 0                    # > 0: quantization-aware fine-tuning of the int8 copy (percentile only)
     qat_learning_rate: float = 1e-4       # Adam's peak rate of the QAT fine-tuning
     qat_teacher: str | None = None        # QAT's teacher; None: the one that taught the student's run, else the shipped one
@@ -248,6 +251,8 @@ class ExportJobConfig:
         _check(self.calibration_batches >= 1, "calibration_batches", self.calibration_batches, "an int >= 1")
         _check(self.int8_calibration in INT8_CALIBRATIONS, "int8_calibration", self.int8_calibration,
                f"one of {INT8_CALIBRATIONS}")
+        _check(self.dynamic_weight_rounding in WEIGHT_ROUNDINGS, "dynamic_weight_rounding",
+               self.dynamic_weight_rounding, f"one of {WEIGHT_ROUNDINGS}")
         _check(isinstance(self.qat_steps, int) and self.qat_steps >= 0, "qat_steps", self.qat_steps, "an int >= 0")
         _check(self.qat_learning_rate > 0, "qat_learning_rate", self.qat_learning_rate, "a float > 0")
         if self.qat_steps and self.int8_calibration != "percentile":

@@ -157,8 +157,9 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
     saved_dir = out / "savedmodel"
     if any(f != "keras" for f in config.formats):
         export.export_saved_model(student, saved_dir)
-    calibration = None
-    if {"int8", "int16x8"} & set(config.formats):
+    calibration, rounding = None, None
+    gptq_dynamic = "dynamic" in config.formats and config.dynamic_weight_rounding == "gptq"
+    if {"int8", "int16x8"} & set(config.formats) or gptq_dynamic:
         calibration = calibration_batches(split.train, config.calibration_batches, data=config.data)
 
     rows, parity_inputs = {}, None
@@ -180,6 +181,10 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
                 if config.qat_steps:
                     ready = quantization_aware_finetune(ready, config, split.train)
                 export.export_saved_model(ready, source_dir)
+            if fmt == "dynamic" and gptq_dynamic:
+                source_dir = out / "savedmodel_dynamic_ready.partial"
+                ready, rounding = export.dynamic_ready(student, calibration, equalize=unet_equalizer(student, blocks=True))
+                export.export_saved_model(ready, source_dir)
             flatbuffer = export.to_tflite(source_dir, fmt, calibration)
             if source_dir != saved_dir:
                 shutil.rmtree(source_dir, ignore_errors=True)
@@ -198,6 +203,8 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
                      "psnr": float(np.mean([p for p, _ in scores])), "ssim": float(np.mean([s for _, s in scores])),
                      "psnr_vs_keras_output": float(np.mean(agreement)),
                      "ops": ops, "op_count": None if ops is None else len(ops), "latency_ms": latency}
+        if fmt == "dynamic":
+            rows[fmt]["weight_rounding"] = {"method": config.dynamic_weight_rounding, "layer_errors": rounding}
         if fmt in ("dynamic", "int8", "int16x8"):   # issue 17: colours, both held-out sets, every image
             if parity_inputs is None:
                 parity_inputs = parity_sets(split.heldout, config.data.corpus_dir())

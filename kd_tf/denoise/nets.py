@@ -131,7 +131,40 @@ def float32_copy(model: keras.Model, widths, blocks) -> keras.Model:
     return copy
 
 
-def unet_equalizer(model: keras.Model):
-    """`equalize_channel_ranges` for kd_tf.export.int8_ready when `model` is one of build_unet's
-    U-Nets (their layer names tell the streams apart), else None: nothing to equalize."""
-    return equalize_channel_ranges if has_unet_streams(model) else None
+def equalize_block_channels(model: keras.Model, batches, max_scale: float = 16.0) -> keras.Model:
+    """Rescales each residual block's inner channels (conv1's ReLU outputs, conv2's inputs) so
+    they all span the widest one's range, as `equalize_channel_ranges` does for the streams:
+    ReLU commutes with a positive scale, so the float function is unchanged. Changes `model`'s
+    weights in place and returns it."""
+    pairs = [(layer.name, layer.name[:-1] + "2") for layer in model.layers
+             if layer.name.endswith("_conv1") and isinstance(layer, layers.Conv2D)]
+    if not pairs:
+        return model
+    taps = keras.Model(model.inputs, [model.get_layer(first).output for first, _ in pairs])
+    peaks = [0.0] * len(pairs)
+    for batch in batches:
+        for i, tensor in enumerate(taps(batch, training=False)):
+            peaks[i] = np.maximum(peaks[i], np.max(np.abs(np.asarray(tensor, np.float32)), axis=(0, 1, 2)))
+    for (first, second), peak in zip(pairs, peaks):
+        scale = np.clip(np.max(peak) / np.maximum(peak, 1e-8), 1.0, max_scale).astype(np.float32)
+        kernel, bias = model.get_layer(first).get_weights()
+        model.get_layer(first).set_weights([kernel * scale, bias * scale])
+        kernel, bias = model.get_layer(second).get_weights()
+        model.get_layer(second).set_weights([kernel / scale[:, None], bias])
+    return model
+
+
+def unet_equalizer(model: keras.Model, blocks: bool = False):
+    """`equalize_channel_ranges` for kd_tf.export.int8_ready / dynamic_ready when `model` is one
+    of build_unet's U-Nets (their layer names tell the streams apart), else None: nothing to
+    equalize. `blocks`: the residual blocks' inner channels too (`equalize_block_channels`; the
+    dynamic-range export uses it, the full-integer one was calibrated without)."""
+    if not has_unet_streams(model):
+        return None
+    if not blocks:
+        return equalize_channel_ranges
+
+    def both(copy, batches):
+        return equalize_block_channels(equalize_channel_ranges(copy, batches), batches)
+
+    return both
