@@ -157,8 +157,8 @@ def gptq_int8_weights(model: keras.Model, batches, dynamic_activations: bool = T
     stats = {}
     for name in names:
         layer = simulated.get_layer(name)
-        kernel = layer.kernel.numpy()
-        bias = layer.bias.numpy() if layer.use_bias else None
+        kernel, *rest = layer.get_weights()
+        bias = rest[0] if layer.use_bias else None
         inputs_of = keras.Model(simulated.inputs, layer.input)
         size = int(np.prod(kernel.shape[:-1])) + (bias is not None)
         hessian, count = np.zeros((size, size)), 0
@@ -178,9 +178,11 @@ def gptq_int8_weights(model: keras.Model, batches, dynamic_activations: bool = T
         nearest[:len(flat)] = round_to_int8_grid(flat)
         stats[name] = {which: float(np.einsum("io,ij,jo->", delta, hessian, delta) / count)
                        for which, delta in (("nearest", nearest - full), ("gptq", rounded - full))}
-        layer.kernel.assign(rounded[:len(flat)].reshape(kernel.shape).astype(np.float32))
+        weights = layer.get_weights()                          # [kernel, bias]: works for any kernel storage
+        weights[0] = rounded[:len(flat)].reshape(kernel.shape).astype(np.float32)
         if bias is not None:
-            layer.bias.assign(rounded[-1].astype(np.float32))
+            weights[1] = rounded[-1].astype(np.float32)
+        layer.set_weights(weights)
     if skipped:
         log.info("GPTQ left %d layer(s) to the converter's rounding: %s", len(skipped), ", ".join(skipped))
     copy = keras.models.clone_model(model)
