@@ -56,6 +56,34 @@ def test_equalization_keeps_the_float_function_and_evens_ranges(uneven_unet, bat
     assert after.max() / after.min() < min(1.01, before.max() / before.min())   # the others catch up
 
 
+def test_block_equalization_keeps_the_float_function_and_evens_inner_ranges(uneven_unet, batches):
+    from kd_tf.denoise.nets import equalize_block_channels
+
+    model = keras.models.clone_model(uneven_unet)
+    model.set_weights(uneven_unet.get_weights())
+    inner = [layer.name for layer in model.layers if layer.name.endswith("_conv1")]
+    assert inner
+
+    def peaks(net):
+        taps = keras.Model(net.inputs, [net.get_layer(name).output for name in inner])
+        return [np.max([np.abs(np.asarray(t[i])).max(axis=(0, 1, 2)) for b in batches for t in [taps(b)]], axis=0)
+                for i in range(len(inner))]
+
+    before = peaks(model)
+    equalize_block_channels(model, batches)
+    x = batches[-1]
+    np.testing.assert_allclose(model(x), uneven_unet(x), atol=2e-5)
+    for old, new in zip(before, peaks(model)):
+        live = old > 1e-6
+        assert new[live].max() == pytest.approx(old[live].max(), rel=1e-4)
+        assert new[live].min() / new[live].max() > old[live].min() / old[live].max()   # narrower channels widened
+    both = unet_equalizer(uneven_unet, blocks=True)
+    copy = keras.models.clone_model(uneven_unet)
+    copy.set_weights(uneven_unet.get_weights())
+    both(copy, batches)
+    np.testing.assert_allclose(copy(x), uneven_unet(x), atol=2e-5)
+
+
 def test_aware_copy_quantizes_every_layer_output_and_the_input(uneven_unet):
     aware = quantize_aware(uneven_unet)
     quants = {layer.name for layer in aware.layers if isinstance(layer, FakeQuant)}

@@ -171,8 +171,8 @@ def progressive_distillation(network: keras.Model, images: np.ndarray, start_ste
         distiller = Distiller(TwoStepTarget(frozen, steps), XPrediction(student), student_loss_weight=0.0)
         schedule = rate if fraction == 1 else keras.optimizers.schedules.CosineDecay(rate, budget, alpha=fraction)
         distiller.compile(optimizer=keras.optimizers.Adam(schedule))
-        log.info("progressive distillation: %d -> %d steps, %d optimizer steps at %g (decaying to %g of it)",
-                 steps, steps // 2, budget, rate, fraction)
+        log.info("progressive distillation: %d -> %d steps, %d optimizer steps at %g%s", steps, steps // 2, budget,
+                 rate, " (constant)" if fraction == 1 else f" (decaying to {fraction:g} of it)")
         started = time.time()
         distiller.fit(stage_dataset(images, steps // 2, batch_size, seed + steps), epochs=1,
                       steps_per_epoch=budget, verbose=0, shuffle=False,
