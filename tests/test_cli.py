@@ -248,6 +248,9 @@ def test_only_input_errors_become_one_line_and_bugs_keep_their_traceback(tmp_pat
     assert main(common + ["--set", "formats=[jpeg]"]) == 2                 # the user's input: one line
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "formats" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert main(common + ["--set", "dynamic_weight_rounding=best"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "dynamic_weight_rounding" in err and "best" in err and "gptq" in err and "nearest" in err
 
     def deep_bug(*args, **kwargs):
         raise ValueError("an internal invariant broke")                   # a bug, not the user's input
