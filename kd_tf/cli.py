@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", required=True, help="FILE.png for one grid, or a folder for one PNG per image")
     generate.add_argument("--steps", type=_positive_int(1),
                           help="DDIM steps, for a diffusion network (kd_tf.diffusion); generators ignore it")
+    generate.add_argument("--digit", type=int, help="this class only, from a class-conditional generator "
+                                                    "(generator.classes > 0, kd_tf.gan.conditional)")
+    generate.add_argument("--classes", type=_positive_int(2), default=10,
+                          help="classes of a class-conditional .tflite generator (default 10; a .keras one knows)")
     upscale = verbs.add_parser("upscale", help="upscale an image or a folder with a super-resolution model "
                                                "(any size; tiled for fixed-size models)")
     denoise = verbs.add_parser("denoise", help="denoise an image or a folder with any exported model")
@@ -316,8 +320,14 @@ def _gan_verb(args, overrides) -> dict:
         from kd_tf import generators
         from kd_tf.diffusion.jobs import as_generator
 
-        return generators.generate(args.model or gan_config.DEFAULT_GAN_STUDENT, args.num, args.seed, args.out,
-                                   steps=args.steps, sampler=as_generator)
+        model = args.model or gan_config.DEFAULT_GAN_STUDENT
+        latents, extra = None, None
+        if args.digit is not None:
+            from kd_tf.gan.conditional import digit_latents
+
+            latents, extra = digit_latents(model, args.digit, args.classes), {"digit": args.digit}
+        return generators.generate(model, args.num, args.seed, args.out, steps=args.steps, sampler=as_generator,
+                                   latents=latents, extra=extra)
     if "data.data_dir" in overrides:                 # --data: a digit set name or an image folder
         overrides["data.source"] = overrides.pop("data.data_dir")
     if args.verb == "train-classifier":

@@ -211,14 +211,17 @@ def load_generator(path: str, steps: int | None = None, sampler=None):
 
 
 def generate(model: str, num: int, seed: int, out: str, columns: int | None = None, steps: int | None = None,
-             sampler=None) -> dict:
+             sampler=None, latents=None, extra: dict | None = None) -> dict:
     """`python -m kd_tf generate`: `num` digits from latents drawn with `seed`; a grid PNG when `out`
-    ends in .png, else one PNG per image in the folder `out`. The same seed gives the same images."""
+    ends in .png, else one PNG per image in the folder `out`. The same seed gives the same images.
+    `latents`: (num, latent_dim, seed) -> z instead of N(0, 1) draws (e.g. a class-conditional
+    generator's digit, kd_tf.gan.conditional); `extra`: what the report should say about them."""
     if num < 1:
         raise InputError(f"--num {num} is not accepted; expected an int >= 1")
     latent, run = load_generator(model, steps, sampler)
     started = time.time()
-    z = np.random.default_rng(seed).standard_normal((num, latent)).astype(np.float32)
+    z = (latents(num, latent, seed) if latents is not None
+         else np.random.default_rng(seed).standard_normal((num, latent)).astype(np.float32))
     images = np.concatenate([np.asarray(run(z[i:i + 256])) for i in range(0, num, 256)])
     seconds = time.time() - started
     out_path = Path(out)
@@ -236,7 +239,7 @@ def generate(model: str, num: int, seed: int, out: str, columns: int | None = No
             written.append(str(target))
         report_path = out_path / "generate_report.json"
     report = {"job": "generate", "model": model, "num": num, "seed": seed, "latent_dim": latent, "out": out,
-              "written": len(written), "seconds": seconds}
+              "written": len(written), "seconds": seconds, **(extra or {})}
     report["table"] = render_table(["model", "images", "seed", "written to", "seconds"],
                                    [[model, str(num), str(seed), out, f"{seconds:.2f}"]])
     write_text_atomically(report_path, json.dumps(report, indent=2))

@@ -420,3 +420,57 @@ def test_discriminator_cloned_from_a_frozen_one_learns(nets, real):
         adversarial.discriminator_step(tf.constant(real), tf.constant(-real))
         assert _changed(before, copy)
     assert not frozen.trainable_variables                      # the teacher's file is never trained
+
+
+def test_cli_class_conditional_teacher_and_student(cli_run):
+    """generator.classes: the teacher and its discriminator are conditional, the student must say
+    the same number of classes, and every conditional row reports the class it was asked for."""
+    from kd_tf.cli import main
+    from kd_tf.gan.conditional import classes_of
+    from kd_tf.model_io import load_model
+
+    root, _ = cli_run
+    config = ["--config", str(root / "gan.yaml")]
+    assert main(["train-teacher", "--task", "gan", *config, "--run-name", "cteacher",
+                 "--set", "generator={latent_dim: 12, widths: [16, 8, 8], classes: 10}",
+                 "--set", f"save_to={root / 'cteacher.keras'}",
+                 "--set", f"save_discriminator_to={root / 'cteacher_d.keras'}"]) == 0
+    assert classes_of(load_model(root / "cteacher.keras")) == 10
+    assert len(load_model(root / "cteacher_d.keras").inputs) == 2
+    distill = ["distill", "--task", "gan", *config, "--teacher", str(root / "cteacher.keras"),
+               "--set", f"distill.discriminator={root / 'cteacher_d.keras'}", "--set", "calibration_batches=2"]
+    assert main([*distill, "--run-name", "cwrong", "--set", "student={latent_dim: 12, widths: [4, 4, 2]}"]) == 2
+    assert main([*distill, "--run-name", "cdistill",
+                 "--set", "student={latent_dim: 12, widths: [4, 4, 2], classes: 10}"]) == 0
+    report = json.loads((root / "runs" / "cdistill" / "report.json").read_text())
+    rows = report["generators"]
+    for name in ("teacher", "student (distilled)", "student (scratch)"):
+        accuracy = rows[name]["class_accuracy"]
+        assert accuracy["samples"] == 100 and 0 <= accuracy["confident_accuracy"] <= accuracy["accuracy"] <= 1
+    assert "asked class" in report["table"]
+    student = root / "runs" / "cdistill" / "student_generator.keras"
+    assert classes_of(load_model(student)) == 10
+
+
+def test_generate_digit_asks_a_conditional_generator_for_one_class(cli_run, tmp_path, monkeypatch):
+    from kd_tf import generators
+    from kd_tf.cli import main
+
+    root, _ = cli_run
+    student = root / "runs" / "cdistill" / "student_generator.keras"
+    if not student.exists():
+        pytest.skip("needs test_cli_class_conditional_teacher_and_student's run (same module, runs before)")
+    seen = []
+    real_load = generators.load_generator
+
+    def spying_load(*args, **kwargs):
+        latent, run = real_load(*args, **kwargs)
+        return latent, lambda z: seen.append(np.asarray(z)) or run(z)
+
+    monkeypatch.setattr(generators, "load_generator", spying_load)
+    assert main(["generate", "--model", str(student), "--num", "5", "--digit", "7", "--out", str(tmp_path / "7.png")]) == 0
+    assert json.loads((tmp_path / "7.json").read_text())["digit"] == 7
+    np.testing.assert_array_equal(np.argmax(seen[0][:, :10], axis=1), [7] * 5)
+    assert main(["generate", "--model", str(student), "--num", "2", "--digit", "10", "--out", str(tmp_path / "x.png")]) == 2
+    plain = root / "runs" / "distill" / "student_generator.keras"        # unconditional: a clear error
+    assert main(["generate", "--model", str(plain), "--num", "2", "--digit", "1", "--out", str(tmp_path / "y.png")]) == 2

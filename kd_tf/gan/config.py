@@ -20,9 +20,14 @@ class GeneratorConfig:
 
     latent_dim: int = 64                  # size of the latent z
     widths: list[int] = dataclasses.field(default_factory=lambda: [128, 64, 32]) # channels at 7x7, 14x14 and 28x28
+    # class-conditional on this many classes (kd_tf.gan.conditional; the data must be labeled), 0: not;
+    # a student must match its teacher
+    classes: int = 0
 
     def validate(self, where):
         _check(self.latent_dim >= 1, f"{where}.latent_dim", self.latent_dim, "an int >= 1")
+        _check(self.classes == 0 or 2 <= self.classes <= self.latent_dim, f"{where}.classes", self.classes,
+               f"0 (unconditional) or an int from 2 to latent_dim ({self.latent_dim})")
         _check(len(self.widths) == 3 and all(int(w) >= 1 for w in self.widths), f"{where}.widths", self.widths,
                "three positive ints (channels at 7x7, 14x14, 28x28)")
 

@@ -27,6 +27,9 @@ from kd_tf.complexity import count_macs, count_params
 from kd_tf.digits import as_signed, as_unit, load_digits, real_dataset
 from kd_tf.distiller import Distiller
 from kd_tf.gan import config as gan_config
+from kd_tf.gan.conditional import (ClassLatentSampler, ConditionalAdversarial, ConditionalAdversarialTraining,
+                                   ConditionalDistiller, class_accuracy, classes_of, labeled_real_dataset,
+                                   latents_for_classes)
 from kd_tf.gan.nets import build_discriminator, build_generator
 from kd_tf.generators import (RECOGNIZED_CONFIDENCE, LatentSampler, Scorer, export_generator, keras_generate,
                               latent_dim_of, ms_per_64, score_tflite)
@@ -59,11 +62,17 @@ def gan_optimizer(learning_rate: float, steps: int = 1, final_fraction: float = 
 # -- scoring (kd_tf.generators.Scorer) ----------------------------------------------------------
 
 def describe(model: keras.Model, generate, scorer: Scorer, eval_config: cfg.GanEvalConfig, name: str) -> dict:
-    """One row of the comparison: params, MACs per image, ms per 64 images, the scores."""
+    """One row of the comparison: params, MACs per image, ms per 64 images, the scores; for a
+    class-conditional generator also how often the classifier names the class asked for."""
     latent = latent_dim_of(model)
     row = {"params": count_params(model), "macs": count_macs(model, (latent,)),
            "ms_per_64": ms_per_64(generate, latent)}
     row.update(scorer(generate, eval_config.samples, latent, name=name))
+    classes = classes_of(model)
+    if classes:
+        row["class_accuracy"] = class_accuracy(generate, load_model(eval_config.classifier), latent, classes,
+                                               per_class=max(1, eval_config.samples // classes),
+                                               confidence=RECOGNIZED_CONFIDENCE, seed=eval_config.seed)
     return row
 
 
@@ -74,12 +83,19 @@ def format_table(rows: dict) -> str:
               f"{r['ms_per_64']:.1f}", f"{r['fid']:.3f}", f"{r['kid']:.4f}", f"{r['precision']:.3f}",
               f"{r['recall']:.3f}", f"{r['coverage']:.3f}", f"{r['recognized']:.3f}" if "recognized" in r else "-"]
              for name, r in rows.items()]
+    if any("class_accuracy" in r for r in rows.values()):      # conditional generators: the class asked for
+        header.append(f"asked class (p>={RECOGNIZED_CONFIDENCE})")
+        for line, r in zip(lines, rows.values()):
+            line.append(f"{r['class_accuracy']['confident_accuracy']:.3f}" if "class_accuracy" in r else "-")
     return render_table(header, lines)
 
 
-def _callbacks(paths: RunPaths, scorer: Scorer, config, latent_dim: int, tag: str):
-    """TensorBoard scalars, FID/KID + fixed-z grids every N epochs, BackupAndRestore, divergence stop."""
-    grid = LatentSampler(latent_dim).fixed(config.eval.grid ** 2, seed=config.eval.seed)
+def _callbacks(paths: RunPaths, scorer: Scorer, config, latent_dim: int, tag: str, classes: int = 0):
+    """TensorBoard scalars, FID/KID + fixed-z grids every N epochs (a conditional generator's columns
+    cycle through the classes), BackupAndRestore, divergence stop."""
+    cells = config.eval.grid ** 2
+    grid = (latents_for_classes(np.arange(cells) % classes, latent_dim, classes, config.eval.seed) if classes
+            else LatentSampler(latent_dim).fixed(cells, seed=config.eval.seed))
     count = config.eval.callback_samples
     monitor = GeneratorMetricsCallback(lambda generate: scorer(generate, count, latent_dim, name=tag), grid,
                                        paths.logs / tag / "generator", every=config.eval.every_epochs,
@@ -135,10 +151,29 @@ def train_classifier(config: gan_config.ClassifierJobConfig) -> dict:
 
 # -- the teacher GAN --------------------------------------------------------------------------
 
-def _adversarial(config: gan_config.AdversarialConfig, discriminator, train: cfg.TrainConfig) -> Adversarial:
+def _adversarial(config: gan_config.AdversarialConfig, discriminator, train: cfg.TrainConfig,
+                 classes: int = 0) -> Adversarial:
     """The objective; the discriminator's rate follows the generator's schedule (d_steps per step)."""
     optimizer = gan_optimizer(config.learning_rate, train.steps * config.d_steps, train.final_learning_rate_fraction)
-    return Adversarial(discriminator, optimizer, loss=config.loss, d_steps=config.d_steps, r1_weight=config.r1_weight)
+    kind = ConditionalAdversarial if classes else Adversarial
+    return kind(discriminator, optimizer, loss=config.loss, d_steps=config.d_steps, r1_weight=config.r1_weight)
+
+
+def _sampler(latent: int, classes: int, seed: int):
+    return ClassLatentSampler(latent, classes, seed) if classes else LatentSampler(latent, seed)
+
+
+def _real_stream(digits, classes: int, batch_size: int, seed: int, skip_batches: int):
+    """Real batches: images, or (images, one-hot labels) for a class-conditional GAN."""
+    if not classes:
+        return real_dataset(digits.train_images, batch_size, seed, skip_batches)
+    if not digits.labeled:
+        raise InputError(f"data.source={digits.source!r} has no class labels; a class-conditional GAN (classes="
+                         f"{classes}) needs them (folders named by class, or a labeled set such as 'pureml')")
+    if int(digits.train_labels.max()) >= classes:
+        raise InputError(f"classes={classes} is not accepted: the data hold labels up to "
+                         f"{int(digits.train_labels.max())}; set classes={int(digits.train_labels.max()) + 1}")
+    return labeled_real_dataset(digits.train_images, digits.train_labels, classes, batch_size, seed, skip_batches)
 
 
 def _generator_optimizer(train: cfg.TrainConfig):
@@ -168,20 +203,22 @@ def train_teacher(config: gan_config.GanTeacherJobConfig, strategy=None) -> dict
     digits = load_digits(config.data.source)
     scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed,
                     COLLAPSE_ADVICE)
-    latent = config.generator.latent_dim
+    latent, classes = config.generator.latent_dim, config.generator.classes
     with strategy.scope():
-        generator = build_generator(latent, config.generator.widths, name="teacher_generator")
-        discriminator = build_discriminator(config.adversarial.discriminator_widths, name="teacher_discriminator")
-        gan = AdversarialTraining(generator, _adversarial(config.adversarial, discriminator, config.train),
-                                  LatentSampler(latent, config.train.seed), ema=config.train.ema, name="teacher_gan")
+        generator = build_generator(latent, config.generator.widths, name="teacher_generator", classes=classes)
+        discriminator = build_discriminator(config.adversarial.discriminator_widths, name="teacher_discriminator",
+                                            classes=classes)
+        training = ConditionalAdversarialTraining if classes else AdversarialTraining
+        gan = training(generator, _adversarial(config.adversarial, discriminator, config.train, classes),
+                       _sampler(latent, classes, config.train.seed), ema=config.train.ema, name="teacher_gan")
         gan.compile(optimizer=_generator_optimizer(config.train))
     epochs, per_epoch = epochs_for(config.train)
-    callbacks, monitor = _callbacks(paths, scorer, config, latent, "teacher")
+    callbacks, monitor = _callbacks(paths, scorer, config, latent, "teacher", classes)
     if paths.chief:      # every epoch's generator and discriminator, to pick one that is not in a bad phase
         callbacks.insert(2, EpochSnapshots(paths.root / "epochs", gan.ema_generator if gan.ema else generator,
                                             discriminator))
     started = time.time()
-    history = gan.fit(real_dataset(digits.train_images, config.data.batch_size, config.train.seed,
+    history = gan.fit(_real_stream(digits, classes, config.data.batch_size, config.train.seed,
                                    resumed_batches(paths.backup / "teacher", per_epoch)),
                       epochs=epochs, steps_per_epoch=per_epoch, callbacks=callbacks, verbose=_verbose(), shuffle=False)
     seconds = time.time() - started
@@ -231,14 +268,18 @@ def distill(config: gan_config.GanDistillJobConfig, strategy=None) -> dict:
         if teacher_latent != latent:
             raise InputError(f"student.latent_dim={latent} is not accepted: the teacher {config.distill.teacher!r} "
                              f"takes z of size {teacher_latent}; set student.latent_dim={teacher_latent}")
+        classes = classes_of(teacher)
+        if config.student.classes != classes:
+            raise InputError(f"student.classes={config.student.classes} is not accepted: the teacher "
+                             f"{config.distill.teacher!r} is conditioned on {classes} classes; set student.classes={classes}")
         teacher_discriminator = load_frozen(config.distill.discriminator, "teacher discriminator", TRAIN_GAN_TEACHER)
-        student = build_generator(latent, config.student.widths, name="student_generator")
+        student = build_generator(latent, config.student.widths, name="student_generator", classes=classes)
         initial_weights = student.get_weights()      # the scratch run starts from the very same point
-        objective = _adversarial(config.adversarial, clone_discriminator(teacher_discriminator), config.train)
-        distiller = Distiller(teacher, student, student_loss_weight=student_loss_weight,
-                              output_loss=config.distill.output_loss,
-                              features=features, objective=objective,
-                              latent_sampler=LatentSampler(latent, config.train.seed))   # checks shapes first
+        objective = _adversarial(config.adversarial, clone_discriminator(teacher_discriminator), config.train, classes)
+        distiller = (ConditionalDistiller if classes else Distiller)(
+            teacher, student, student_loss_weight=student_loss_weight, output_loss=config.distill.output_loss,
+            features=features, objective=objective,
+            latent_sampler=_sampler(latent, classes, config.train.seed))   # checks shapes first
         distiller.compile(optimizer=_generator_optimizer(config.train))
     paths = RunPaths(config.output, "distill-gan", chief=distribute.is_chief(strategy))
     digits = load_digits(config.data.source)
@@ -247,12 +288,12 @@ def distill(config: gan_config.GanDistillJobConfig, strategy=None) -> dict:
     epochs, per_epoch = epochs_for(config.train)
 
     def stream(tag):
-        return real_dataset(digits.train_images, config.data.batch_size, config.train.seed,
+        return _real_stream(digits, classes, config.data.batch_size, config.train.seed,
                             resumed_batches(paths.backup / tag, per_epoch))
 
     log.info("distilling the GAN: teacher %s -> student %s", config.distill.teacher, config.student)
     timings, histories, monitors = {}, {}, {}
-    callbacks, monitors["distill"] = _callbacks(paths, scorer, config, latent, "distill")
+    callbacks, monitors["distill"] = _callbacks(paths, scorer, config, latent, "distill", classes)
     started = time.time()
     histories["distill"] = distiller.fit(stream("distill"), epochs=epochs, steps_per_epoch=per_epoch,
                                          callbacks=callbacks, verbose=_verbose(), shuffle=False).history
@@ -269,15 +310,16 @@ def distill(config: gan_config.GanDistillJobConfig, strategy=None) -> dict:
         tag = "scratch" if start == "inherited" else "scratch_fresh_d"
         keras.utils.set_random_seed(config.train.seed)
         with strategy.scope():
-            scratch = build_generator(latent, config.student.widths, name=f"student_{tag}")
+            scratch = build_generator(latent, config.student.widths, name=f"student_{tag}", classes=classes)
             scratch.set_weights(initial_weights)
             discriminator = (clone_discriminator(teacher_discriminator) if start == "inherited"
                              else keras.models.clone_model(teacher_discriminator))   # same architecture, new weights
-            gan = AdversarialTraining(scratch, _adversarial(config.adversarial, discriminator, config.train),
-                                      LatentSampler(latent, config.train.seed), name=f"{tag}_gan")
+            training = ConditionalAdversarialTraining if classes else AdversarialTraining
+            gan = training(scratch, _adversarial(config.adversarial, discriminator, config.train, classes),
+                           _sampler(latent, classes, config.train.seed), name=f"{tag}_gan")
             gan.compile(optimizer=_generator_optimizer(config.train))
         log.info("training the same student as a plain GAN (%s discriminator), same steps and seed", start)
-        callbacks, monitors[tag] = _callbacks(paths, scorer, config, latent, tag)
+        callbacks, monitors[tag] = _callbacks(paths, scorer, config, latent, tag, classes)
         started = time.time()
         histories[tag] = gan.fit(stream(tag), epochs=epochs, steps_per_epoch=per_epoch,
                                  callbacks=callbacks, verbose=_verbose(), shuffle=False).history

@@ -9,27 +9,52 @@ are those of the global batch, so R replicas train exactly as one device (tests/
 The discriminator has no normalisation (nor dropout): its output for one image never depends on
 the rest of the batch, which the R1 penalty and the replica equality need. Layers are named
 `project`, `up0`, `up1`, `image` in every generator so that feature pairs line up by name.
+
+With `classes` > 0 both are class-conditional (kd_tf.gan.conditional): the generator reads its class
+from z (the argmax of its first `classes` entries) and sees z beside the one-hot code; the
+discriminator takes (image, one-hot label) and adds a projection term, the inner product of the
+label's embedding with its image features (Miyato & Koyama, 2018), to the unconditional logit.
 """
 
 from __future__ import annotations
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 SIZE, CHANNELS = 28, 1
+CLASS_LAYER = "latent_and_class"     # the conditional generator's Concatenate of z and its class code
 
 
-def build_generator(latent_dim: int = 64, widths=(128, 64, 32), name: str = "generator") -> keras.Model:
+def class_code(z, classes: int):
+    """One-hot of the argmax of z's first `classes` entries (ops TFLite has: REDUCE_MAX, EQUAL, CAST)."""
+    head = z[:, :classes]
+    return ops.cast(ops.equal(head, ops.max(head, axis=-1, keepdims=True)), "float32")
+
+
+def _check_classes(classes, latent_dim=None):
+    limit = int(latent_dim) if latent_dim is not None else None
+    if int(classes) != 0 and (int(classes) < 2 or (limit is not None and int(classes) > limit)):
+        raise ValueError(f"classes={classes!r} is not accepted; expected 0 (unconditional) or an int from 2 to "
+                         f"{'the latent size' if limit is None else limit}")
+    return int(classes)
+
+
+def build_generator(latent_dim: int = 64, widths=(128, 64, 32), name: str = "generator",
+                    classes: int = 0) -> keras.Model:
     """A DCGAN generator: latent (latent_dim,) -> image (28, 28, 1) in [-1, 1]; widths: channels at
-    7x7, 14x14, 28x28."""
+    7x7, 14x14, 28x28; classes > 0: the class is the argmax of z[:classes] (kd_tf.gan.conditional)."""
     widths = tuple(int(w) for w in widths)
     if len(widths) != 3 or min(widths) < 1:
         raise ValueError(f"generator widths={widths!r} is not accepted; expected three positive ints "
                          f"(channels at 7x7, 14x14, 28x28)")
     if int(latent_dim) < 1:
         raise ValueError(f"latent_dim={latent_dim!r} is not accepted; expected an int >= 1")
+    classes = _check_classes(classes, latent_dim)
     z = keras.Input(shape=(int(latent_dim),), name="latent")
-    x = layers.Dense(7 * 7 * widths[0], use_bias=False, name="dense")(z)
+    x = z
+    if classes:
+        x = layers.Concatenate(name=CLASS_LAYER)([z, class_code(z, classes)])
+    x = layers.Dense(7 * 7 * widths[0], use_bias=False, name="dense")(x)
     x = layers.Reshape((7, 7, widths[0]), name="reshape")(x)
     x = layers.BatchNormalization(synchronized=True, name="dense_bn")(x)
     x = layers.ReLU(name="project")(x)
@@ -42,8 +67,10 @@ def build_generator(latent_dim: int = 64, widths=(128, 64, 32), name: str = "gen
     return keras.Model(z, image, name=name)
 
 
-def build_discriminator(widths=(64, 128), name: str = "discriminator", input_shape=(SIZE, SIZE, CHANNELS)) -> keras.Model:
-    """A DCGAN discriminator: image in [-1, 1] -> one logit (real > 0)."""
+def build_discriminator(widths=(64, 128), name: str = "discriminator", input_shape=(SIZE, SIZE, CHANNELS),
+                        classes: int = 0) -> keras.Model:
+    """A DCGAN discriminator: image in [-1, 1] -> one logit (real > 0); classes > 0: it takes
+    [image, one-hot label] and adds the projection term."""
     widths = tuple(int(w) for w in widths)
     if not widths or min(widths) < 1:
         raise ValueError(f"discriminator widths={widths!r} is not accepted; expected a list of positive ints")
@@ -54,4 +81,10 @@ def build_discriminator(widths=(64, 128), name: str = "discriminator", input_sha
         x = layers.LeakyReLU(0.2, name=f"down{i}")(x)
     x = layers.Flatten(name="flatten")(x)
     logit = layers.Dense(1, name="logit", dtype="float32")(x)
-    return keras.Model(image, logit, name=name)
+    if not _check_classes(classes):
+        return keras.Model(image, logit, name=name)
+    label = keras.Input(shape=(int(classes),), name="label")
+    embedding = layers.Dense(x.shape[-1], use_bias=False, name="label_embedding")(label)
+    projection = layers.Dot(axes=1, name="projection", dtype="float32")([x, embedding])
+    logit = layers.Add(name="conditional_logit", dtype="float32")([logit, projection])
+    return keras.Model([image, label], logit, name=name)
