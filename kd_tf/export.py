@@ -170,6 +170,17 @@ def to_tflite(saved_model_dir: str | os.PathLike, mode: str = "float32", represe
     return flatbuffer
 
 
+def _equalized_copy(model: keras.Model, batches: list, equalize=None) -> keras.Model:
+    """A copy of `model` (the caller's never changes), equalized by `equalize(copy, batches)` on the
+    first half of the calibration batches (they interleave kinds of data), then its transposed 2x2
+    convolutions made convolutions (after equalize, which knows the transposed ones)."""
+    source = keras.models.clone_model(model)
+    source.set_weights(model.get_weights())
+    if equalize is not None:
+        equalize(source, batches[: max(1, len(batches) // 2)])
+    return shuffle_upsampling(source)
+
+
 def int8_ready(model: keras.Model, calibration, percentile: float = 99.99, equalize=None,
                input_range: tuple[float, float] | None = None,
                output_range: tuple[float, float] | None = None) -> keras.Model:
@@ -190,11 +201,7 @@ def int8_ready(model: keras.Model, calibration, percentile: float = 99.99, equal
     from kd_tf.fake_quant import calibrate_ranges, quantize_aware, quant_name
 
     batches = list(calibration)
-    source = keras.models.clone_model(model)
-    source.set_weights(model.get_weights())
-    if equalize is not None:
-        equalize(source, batches[: max(1, len(batches) // 2)])   # interleave kinds of data
-    source = shuffle_upsampling(source)      # after equalize, which knows the transposed convolutions
+    source = _equalized_copy(model, batches, equalize)
     ready = calibrate_ranges(quantize_aware(source), source, batches, percentile)
     for tensor, fixed in ((model.inputs[0], input_range), (model.outputs[0], output_range)):
         if fixed is not None:
@@ -212,11 +219,7 @@ def dynamic_ready(model: keras.Model, calibration, equalize=None) -> tuple[keras
     from kd_tf.weight_rounding import gptq_int8_weights
 
     batches = list(calibration)
-    source = keras.models.clone_model(model)
-    source.set_weights(model.get_weights())
-    if equalize is not None:
-        equalize(source, batches[: max(1, len(batches) // 2)])
-    return gptq_int8_weights(shuffle_upsampling(source), batches, dynamic_activations=True)
+    return gptq_int8_weights(_equalized_copy(model, batches, equalize), batches, dynamic_activations=True)
 
 
 def op_names(flatbuffer: bytes) -> list[str]:

@@ -1,6 +1,6 @@
 """Keras layers that kd_tf's saved models hold beyond Keras' own: pixel (un)shuffles in TF's order,
-replicate padding to even sizes and its crop back, a non-blind denoiser's noise-level map, and a
-bilinear enlargement that traces with unknown image sizes.
+replicate padding to even sizes and its crop back, a non-blind denoiser's noise-level map, a
+bilinear enlargement that traces with unknown image sizes, and a conditional generator's class code.
 
 Registered as `kd_tf>Name`, the names saved in models/**/*.keras (kd_tf.denoise.ffdnet's FFDNet
 port, kd_tf.sr's upscalers): kd_tf.model_io.load_model imports this module before reading a file.
@@ -117,3 +117,27 @@ class BilinearUpscale(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "factor": self.factor}
+
+
+@keras.saving.register_keras_serializable(package="kd_tf")
+class ClassCode(keras.layers.Layer):
+    """One-hot of the argmax of a latent's first `classes` entries (kd_tf.gan.conditional).
+
+    tf.argmax and tf.one_hot: TFLite's ARG_MAX and ONE_HOT. In an int8 file the latent is rounded
+    first, and two entries can round to the same value: ARG_MAX still names one class (the first),
+    where comparing each entry with the maximum would switch on both (keras.ops.argmax is not used:
+    its TF form handles signed zeros with a BitwiseAnd that TFLite lacks).
+    """
+
+    def __init__(self, classes: int, **kwargs):
+        super().__init__(**kwargs)
+        self.classes = int(classes)
+
+    def call(self, z):
+        return tf.one_hot(tf.argmax(z[:, :self.classes], axis=-1), self.classes, dtype=self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.classes)
+
+    def get_config(self):
+        return {**super().get_config(), "classes": self.classes}

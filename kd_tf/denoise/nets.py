@@ -94,6 +94,22 @@ def _stream_layers(model: keras.Model, level: int, levels: int):
     return writers, readers, carriers
 
 
+def _equalizing_scales(model: keras.Model, groups, batches, max_scale: float) -> list:
+    """Per group of layers (whose outputs share channels), each channel's scale that brings its peak
+    |activation| on `batches` up to the group's widest channel, at most `max_scale`."""
+    names = [name for group in groups for name in group]
+    taps = keras.Model(model.inputs, [model.get_layer(name).output for name in names])
+    peaks = dict.fromkeys(names, 0.0)
+    for batch in batches:
+        for name, tensor in zip(names, taps(batch, training=False)):
+            peaks[name] = np.maximum(peaks[name], np.max(np.abs(np.asarray(tensor, np.float32)), axis=(0, 1, 2)))
+    scales = []
+    for group in groups:
+        peak = np.max([peaks[name] for name in group], axis=0)
+        scales.append(np.clip(np.max(peak) / np.maximum(peak, 1e-8), 1.0, max_scale).astype(np.float32))
+    return scales
+
+
 def equalize_channel_ranges(model: keras.Model, batches, max_scale: float = 16.0) -> keras.Model:
     """Rescales each level's feature channels so they all span the widest channel's range.
 
@@ -105,14 +121,9 @@ def equalize_channel_ranges(model: keras.Model, batches, max_scale: float = 16.0
     weights in place and returns it; `batches` are float inputs drawn as in training.
     """
     levels = stride_of(model).bit_length()
-    for level in range(levels):
-        writers, readers, carriers = _stream_layers(model, level, levels)
-        taps = keras.Model(model.inputs, [model.get_layer(name).output for name in carriers])
-        peak = 0.0
-        for batch in batches:
-            for tensor in taps(batch, training=False):
-                peak = np.maximum(peak, np.max(np.abs(np.asarray(tensor, np.float32)), axis=(0, 1, 2)))
-        scale = np.clip(np.max(peak) / np.maximum(peak, 1e-8), 1.0, max_scale).astype(np.float32)
+    streams = [_stream_layers(model, level, levels) for level in range(levels)]
+    scales = _equalizing_scales(model, [carriers for _, _, carriers in streams], batches, max_scale)
+    for (writers, readers, _), scale in zip(streams, scales):
         for name, kind in writers:                   # output channels: conv (..., out), transpose (.., out, in)
             kernel, bias = model.get_layer(name).get_weights()
             kernel = kernel * (scale if kind == "conv" else scale[:, None])
@@ -140,13 +151,8 @@ def equalize_block_channels(model: keras.Model, batches, max_scale: float = 16.0
              if layer.name.endswith("_conv1") and isinstance(layer, layers.Conv2D)]
     if not pairs:
         return model
-    taps = keras.Model(model.inputs, [model.get_layer(first).output for first, _ in pairs])
-    peaks = [0.0] * len(pairs)
-    for batch in batches:
-        for i, tensor in enumerate(taps(batch, training=False)):
-            peaks[i] = np.maximum(peaks[i], np.max(np.abs(np.asarray(tensor, np.float32)), axis=(0, 1, 2)))
-    for (first, second), peak in zip(pairs, peaks):
-        scale = np.clip(np.max(peak) / np.maximum(peak, 1e-8), 1.0, max_scale).astype(np.float32)
+    scales = _equalizing_scales(model, [[first] for first, _ in pairs], batches, max_scale)
+    for (first, second), scale in zip(pairs, scales):
         kernel, bias = model.get_layer(first).get_weights()
         model.get_layer(first).set_weights([kernel * scale, bias * scale])
         kernel, bias = model.get_layer(second).get_weights()

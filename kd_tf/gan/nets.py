@@ -19,16 +19,12 @@ label's embedding with its image features (Miyato & Koyama, 2018), to the uncond
 from __future__ import annotations
 
 import keras
-from keras import layers, ops
+from keras import layers
+
+from kd_tf.layers import ClassCode
 
 SIZE, CHANNELS = 28, 1
 CLASS_LAYER = "latent_and_class"     # the conditional generator's Concatenate of z and its class code
-
-
-def class_code(z, classes: int):
-    """One-hot of the argmax of z's first `classes` entries (ops TFLite has: REDUCE_MAX, EQUAL, CAST)."""
-    head = z[:, :classes]
-    return ops.cast(ops.equal(head, ops.max(head, axis=-1, keepdims=True)), "float32")
 
 
 def _check_classes(classes, latent_dim=None):
@@ -53,7 +49,7 @@ def build_generator(latent_dim: int = 64, widths=(128, 64, 32), name: str = "gen
     z = keras.Input(shape=(int(latent_dim),), name="latent")
     x = z
     if classes:
-        x = layers.Concatenate(name=CLASS_LAYER)([z, class_code(z, classes)])
+        x = layers.Concatenate(name=CLASS_LAYER)([z, ClassCode(classes, name="class_code")(z)])
     x = layers.Dense(7 * 7 * widths[0], use_bias=False, name="dense")(x)
     x = layers.Reshape((7, 7, widths[0]), name="reshape")(x)
     x = layers.BatchNormalization(synchronized=True, name="dense_bn")(x)
