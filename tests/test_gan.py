@@ -444,7 +444,7 @@ def test_cli_class_conditional_teacher_and_student(cli_run):
                  "--set", "student={latent_dim: 12, widths: [4, 4, 2], classes: 10}"]) == 0
     report = json.loads((root / "runs" / "cdistill" / "report.json").read_text())
     rows = report["generators"]
-    for name in ("teacher", "student (distilled)", "student (scratch)"):
+    for name in ("teacher", "student (distilled)", "student (scratch)", "student int8 TFLite"):
         accuracy = rows[name]["class_accuracy"]
         assert accuracy["samples"] == 100 and 0 <= accuracy["confident_accuracy"] <= accuracy["accuracy"] <= 1
     assert "asked class" in report["table"]

@@ -32,7 +32,7 @@ from kd_tf.gan.conditional import (ClassLatentSampler, ConditionalAdversarial, C
                                    latents_for_classes)
 from kd_tf.gan.nets import build_discriminator, build_generator
 from kd_tf.generators import (RECOGNIZED_CONFIDENCE, LatentSampler, Scorer, export_generator, keras_generate,
-                              latent_dim_of, ms_per_64, score_tflite)
+                              latent_dim_of, ms_per_64, score_tflite, tflite_generate)
 from kd_tf.tables import render_table
 from kd_tf.runs import RunPaths, epochs_for, resumed_batches, worker_report
 from kd_tf.model_io import load_frozen, load_model, save_model
@@ -70,10 +70,14 @@ def describe(model: keras.Model, generate, scorer: Scorer, eval_config: cfg.GanE
     row.update(scorer(generate, eval_config.samples, latent, name=name))
     classes = classes_of(model)
     if classes:
-        row["class_accuracy"] = class_accuracy(generate, load_model(eval_config.classifier), latent, classes,
-                                               per_class=max(1, eval_config.samples // classes),
-                                               confidence=RECOGNIZED_CONFIDENCE, seed=eval_config.seed)
+        row["class_accuracy"] = _class_accuracy(generate, latent, classes, eval_config)
     return row
+
+
+def _class_accuracy(generate, latent: int, classes: int, eval_config: cfg.GanEvalConfig) -> dict:
+    return class_accuracy(generate, load_model(eval_config.classifier), latent, classes,
+                          per_class=max(1, eval_config.samples // classes), confidence=RECOGNIZED_CONFIDENCE,
+                          seed=eval_config.seed)
 
 
 def format_table(rows: dict) -> str:
@@ -346,6 +350,9 @@ def distill(config: gan_config.GanDistillJobConfig, strategy=None) -> dict:
     if config.export_int8:
         path = export_generator(student, paths.root / "export", config.calibration_batches, config.train.seed)
         rows["student int8 TFLite"] = score_tflite(path, scorer, config.eval.samples)
+        if classes:                  # int8 rounds z before the class code reads it: does the class survive?
+            rows["student int8 TFLite"]["class_accuracy"] = _class_accuracy(tflite_generate(path)[1], latent, classes,
+                                                                           config.eval)
         report["int8_tflite"] = str(path)
     distilled = rows["student (distilled)"]
     report["targets"] = {
