@@ -1,6 +1,6 @@
 """Keras layers that kd_tf's saved models hold beyond Keras' own: pixel (un)shuffles in TF's order,
 replicate padding to even sizes and its crop back, a non-blind denoiser's noise-level map, a
-bilinear enlargement that traces with unknown image sizes, and a conditional generator's class code.
+bilinear enlargement that traces with unknown image sizes, and the class a conditional generator's latent asks for.
 
 Registered as `kd_tf>Name`, the names saved in models/**/*.keras (kd_tf.denoise.ffdnet's FFDNet
 port, kd_tf.sr's upscalers): kd_tf.model_io.load_model imports this module before reading a file.
@@ -121,12 +121,14 @@ class BilinearUpscale(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="kd_tf")
 class ClassCode(keras.layers.Layer):
-    """One-hot of the argmax of a latent's first `classes` entries (kd_tf.gan.conditional).
+    """The class a latent asks for: the argmax of its first `classes` entries (kd_tf.gan.conditional),
+    as an int32 index for an Embedding.
 
-    tf.argmax and tf.one_hot: TFLite's ARG_MAX and ONE_HOT. In an int8 file the latent is rounded
-    first, and two entries can round to the same value: ARG_MAX still names one class (the first),
-    where comparing each entry with the maximum would switch on both (keras.ops.argmax is not used:
-    its TF form handles signed zeros with a BitwiseAnd that TFLite lacks).
+    TFLite's ARG_MAX: in an int8 file the latent is rounded first and two entries can tie; ARG_MAX
+    still names one class (the first). An index and an Embedding (GATHER) rather than a one-hot and
+    a Dense: the int8 kernel of ONE_HOT writes its on/off values unscaled (a one-hot of 1.0 came out
+    as 4.74 and 0 as 0.145), so a one-hot drowned the noise half of z in the int8 file.
+    keras.ops.argmax is not used: its TF form handles signed zeros with a BitwiseAnd that TFLite lacks.
     """
 
     def __init__(self, classes: int, **kwargs):
@@ -134,10 +136,13 @@ class ClassCode(keras.layers.Layer):
         self.classes = int(classes)
 
     def call(self, z):
-        return tf.one_hot(tf.argmax(z[:, :self.classes], axis=-1), self.classes, dtype=self.compute_dtype)
+        return tf.argmax(z[:, :self.classes], axis=-1, output_type=tf.int32)
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.classes)
+        return (input_shape[0],)
+
+    def compute_output_spec(self, z):
+        return keras.KerasTensor((z.shape[0],), dtype="int32")
 
     def get_config(self):
         return {**super().get_config(), "classes": self.classes}

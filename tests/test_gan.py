@@ -396,13 +396,14 @@ def test_export_and_evaluate_verbs_take_generators(cli_run, tmp_path):
     exported = json.loads((root / "runs" / "export" / "export_report.json").read_text())
     assert (tmp_path / "exported" / "student_generator_int8.tflite").is_file()
     assert (tmp_path / "exported" / "savedmodel" / "saved_model.pb").is_file()
-    assert set(exported["generators"]) == {"float (Keras)", "int8 TFLite"}
+    assert set(exported["generators"]) == {"float (Keras)", "int8 TFLite", "real training digits (floor)"}
     assert np.isfinite(exported["int8_fid_change"])
     assert main(["evaluate", "--task", "gan", "--teacher", str(root / "teacher_generator.keras"),
                  "--student", f"int8={tmp_path / 'exported' / 'student_generator_int8.tflite'}",
                  "--run-name", "evaluate", *common[:-2]]) == 0
     evaluated = json.loads((root / "runs" / "evaluate" / "report.json").read_text())
-    assert set(evaluated["generators"]) == {"teacher", "int8"}
+    assert set(evaluated["generators"]) == {"teacher", "int8", "real training digits (floor)"}
+    assert "class_accuracy" not in evaluated["generators"]["int8"]          # unconditional: nothing to ask
     assert evaluated["generators"]["int8"]["fid"] == pytest.approx(exported["generators"]["int8 TFLite"]["fid"])
 
 
@@ -450,6 +451,13 @@ def test_cli_class_conditional_teacher_and_student(cli_run):
     assert "asked class" in report["table"]
     student = root / "runs" / "cdistill" / "student_generator.keras"
     assert classes_of(load_model(student)) == 10
+    int8 = root / "runs" / "cdistill" / "export" / "student_generator_int8.tflite"
+    assert main(["evaluate", "--task", "gan", "--teacher", str(root / "cteacher.keras"), "--student", f"int8={int8}",
+                 "--run-name", "cevaluate", "--data", str(root / "digits"),
+                 "--set", f"eval.classifier={root / 'classifier.keras'}", "--set", "eval.samples=100",
+                 "--set", f"output.runs_dir={root / 'runs'}", "--set", f"output.log_dir={root / 'tb'}"]) == 0
+    evaluated = json.loads((root / "runs" / "cevaluate" / "report.json").read_text())["generators"]
+    assert evaluated["int8"]["class_accuracy"]["samples"] == 100       # the classes of the .keras teacher beside it
 
 
 def test_generate_digit_asks_a_conditional_generator_for_one_class(cli_run, tmp_path, monkeypatch):

@@ -136,12 +136,15 @@ def test_the_class_survives_saving_and_int8_export(nets, tmp_path):
     np.testing.assert_array_equal(loaded(z).numpy(), nets["student"](z).numpy())
     runner, generate = tflite_generate(export_generator(loaded, tmp_path / "export", calibration_batches=2))
     ops = {d["op_name"] for d in runner.interpreter._get_ops_details()}
-    assert {"ARG_MAX", "ONE_HOT", "QUANTIZE"} <= ops                         # the class code, in the int8 file
+    assert {"ARG_MAX", "GATHER", "QUANTIZE"} <= ops and "ONE_HOT" not in ops   # the class code, in the int8 file
     other = latents_for_classes((np.arange(20) + 5) % CLASSES, LATENT, CLASSES, seed=5)   # same noise, other class
     int8 = generate(z)
     same = np.abs(int8 - loaded(z).numpy()).reshape(20, -1).mean(axis=1)
     swapped = np.abs(int8 - loaded(other).numpy()).reshape(20, -1).mean(axis=1)
     assert (same < swapped).all()                                         # each image follows its class
+    # int8 stays close to float next to how much images differ: 0.09 of the spread here; 0.6 with a one-hot
+    # code through TFLite's int8 ONE_HOT, which writes 1.0 as 4.74 and drowns the noise half of z
+    assert same.mean() < 0.25 * loaded(z).numpy().std(axis=0).mean()
 
 
 def test_a_tie_in_the_class_entries_still_names_one_class():
@@ -151,6 +154,4 @@ def test_a_tie_in_the_class_entries_still_names_one_class():
     z = np.zeros((2, LATENT), np.float32)
     z[:, [2, 5]] = 1.5                                     # an exact tie between classes 2 and 5
     z[1, 7] = 2.0                                           # no tie: class 7
-    code = ClassCode(CLASSES)(z).numpy()
-    np.testing.assert_array_equal(code.sum(axis=1), [1.0, 1.0])
-    np.testing.assert_array_equal(np.argmax(code, axis=1), [2, 7])
+    np.testing.assert_array_equal(ClassCode(CLASSES)(z).numpy(), [2, 7])

@@ -28,7 +28,7 @@ from kd_tf.distiller import Distiller
 from kd_tf.distribute import global_batch_size, mean_results
 from kd_tf.errors import InputError
 from kd_tf.generators import LatentSampler
-from kd_tf.gan.nets import CLASS_LAYER
+from kd_tf.layers import ClassCode
 from kd_tf.objectives import Adversarial, AdversarialTraining
 
 def with_class(z, one_hot):
@@ -65,8 +65,8 @@ def digit_latents(model_path, digit: int, classes: int = 10):
     if str(model_path).endswith((".keras", ".h5", ".hdf5")):
         classes = classes_of(load_model(model_path))
         if not classes:
-            raise InputError(f"--digit {digit}: {str(model_path)!r} is not class-conditional (no {CLASS_LAYER!r} "
-                             f"layer); drop --digit, or train one with generator.classes: 10")
+            raise InputError(f"--digit {digit}: {str(model_path)!r} is not class-conditional (no ClassCode layer); "
+                             f"drop --digit, or train one with generator.classes: 10")
     if not 0 <= int(digit) < classes:
         raise InputError(f"--digit {digit} is not accepted; expected 0..{classes - 1}")
     return lambda num, latent_dim, seed: latents_for_classes(np.full(num, int(digit)), latent_dim, classes, seed)
@@ -74,10 +74,8 @@ def digit_latents(model_path, digit: int, classes: int = 10):
 
 def classes_of(generator: keras.Model) -> int:
     """How many classes a generator is conditioned on (0: unconditional)."""
-    names = {layer.name: layer for layer in generator.layers}
-    if CLASS_LAYER not in names:
-        return 0
-    return int(names[CLASS_LAYER].input[1].shape[-1])
+    codes = [layer.classes for layer in generator.layers if isinstance(layer, ClassCode)]
+    return codes[0] if codes else 0
 
 
 class ClassLatentSampler(LatentSampler):

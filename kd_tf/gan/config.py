@@ -209,11 +209,16 @@ class GanEvaluateJobConfig:
     eval: GanEvalConfig = dataclasses.field(default_factory=GanEvalConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     calibration_batches: int = 16         # x 64 latents from N(0, 1) for the int8 calibration
+    # classes of class-conditional .tflite generators, which cannot say (0: those of the .keras
+    # generators scored beside them; none conditional: no class accuracy for .tflite rows)
+    classes: int = 0
 
     def validate(self):
         self.data.validate()
         self.eval.validate()
         _check(self.calibration_batches >= 1, "calibration_batches", self.calibration_batches, "an int >= 1")
+        _check(self.classes == 0 or self.classes >= 2, "classes", self.classes,
+               "0 (from the .keras generators) or an int >= 2")
         return self
 
 

@@ -74,6 +74,13 @@ def describe(model: keras.Model, generate, scorer: Scorer, eval_config: cfg.GanE
     return row
 
 
+def _floor(digits, scorer: Scorer, eval_config: cfg.GanEvalConfig) -> dict:
+    """The floor of every metric: real training digits against the real test digits, same space."""
+    real = as_signed(digits.train_images[np.random.default_rng(eval_config.seed).permutation(
+        len(digits.train_images))[:eval_config.samples]])
+    return {"params": None, "macs": None, "ms_per_64": 0.0, **scorer.score_images(real, "real training digits")}
+
+
 def _class_accuracy(generate, latent: int, classes: int, eval_config: cfg.GanEvalConfig) -> dict:
     return class_accuracy(generate, load_model(eval_config.classifier), latent, classes,
                           per_class=max(1, eval_config.samples // classes), confidence=RECOGNIZED_CONFIDENCE,
@@ -334,12 +341,8 @@ def distill(config: gan_config.GanDistillJobConfig, strategy=None) -> dict:
     if not paths.chief:
         return worker_report(paths, "distill --task gan", distiller.history)
 
-    rows = {"teacher": describe(teacher, keras_generate(teacher), scorer, config.eval, "teacher")}
-    # the floor of every metric: real training digits against the real test digits, same space
-    real = as_signed(digits.train_images[np.random.default_rng(config.eval.seed).permutation(
-        len(digits.train_images))[:config.eval.samples]])
-    rows["real training digits (floor)"] = {"params": None, "macs": None, "ms_per_64": 0.0,
-                                            **scorer.score_images(real, "real training digits")}
+    rows = {"teacher": describe(teacher, keras_generate(teacher), scorer, config.eval, "teacher"),
+            "real training digits (floor)": _floor(digits, scorer, config.eval)}
     for name, model in students.items():
         rows[name] = describe(model, keras_generate(model), scorer, config.eval, name)
     report = {"job": "distill --task gan", "run": paths.name, "data": digits.source, "timings": timings,
@@ -372,20 +375,28 @@ def distill(config: gan_config.GanDistillJobConfig, strategy=None) -> dict:
 
 def evaluate_saved(config: gan_config.GanEvaluateJobConfig, models: dict) -> dict:
     """`python -m kd_tf evaluate --task gan`: params, MACs, ms per 64 images and the scores of saved
-    generators ({name: .keras / SavedModel / .tflite path}), all on the same latents."""
+    generators ({name: .keras / SavedModel / .tflite path}), all on the same latents, and the floor
+    (real training digits against the test digits). Class-conditional generators also get their
+    class accuracy, .tflite ones with `config.classes` (or the classes of the .keras ones)."""
     config.validate()
     paths = RunPaths(config.output, "evaluate-gan")
     digits = load_digits(config.data.source)
     scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed,
                     COLLAPSE_ADVICE)
-    rows = {}
+    rows, flatbuffers, classes = {}, [], config.classes
     for name, path in models.items():
         if str(path).endswith(".tflite"):
             rows[name] = score_tflite(path, scorer, config.eval.samples)
+            flatbuffers.append(name)
         else:
             model = load_model(path)
             rows[name] = describe(model, keras_generate(model), scorer, config.eval, name)
+            classes = classes or classes_of(model)
         rows[name]["path"] = str(path)
+    for name in flatbuffers if classes else []:
+        runner, generate = tflite_generate(models[name])
+        rows[name]["class_accuracy"] = _class_accuracy(generate, runner.input_signature[-1], classes, config.eval)
+    rows["real training digits (floor)"] = _floor(digits, scorer, config.eval)
     report = {"job": "evaluate --task gan", "run": paths.name, "data": digits.source, "generators": rows,
               "config": cfg.to_dict(config)}
     report["table"] = format_table(rows)

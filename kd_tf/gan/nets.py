@@ -11,7 +11,8 @@ the rest of the batch, which the R1 penalty and the replica equality need. Layer
 `project`, `up0`, `up1`, `image` in every generator so that feature pairs line up by name.
 
 With `classes` > 0 both are class-conditional (kd_tf.gan.conditional): the generator reads its class
-from z (the argmax of its first `classes` entries) and sees z beside the one-hot code; the
+from z (the argmax of its first `classes` entries, `class_code`) and adds the class's embedding to
+its first dense layer's output (the same function as a dense layer on z and a one-hot code); the
 discriminator takes (image, one-hot label) and adds a projection term, the inner product of the
 label's embedding with its image features (Miyato & Koyama, 2018), to the unconditional logit.
 """
@@ -24,7 +25,6 @@ from keras import layers
 from kd_tf.layers import ClassCode
 
 SIZE, CHANNELS = 28, 1
-CLASS_LAYER = "latent_and_class"     # the conditional generator's Concatenate of z and its class code
 
 
 def _check_classes(classes, latent_dim=None):
@@ -47,10 +47,11 @@ def build_generator(latent_dim: int = 64, widths=(128, 64, 32), name: str = "gen
         raise ValueError(f"latent_dim={latent_dim!r} is not accepted; expected an int >= 1")
     classes = _check_classes(classes, latent_dim)
     z = keras.Input(shape=(int(latent_dim),), name="latent")
-    x = z
+    x = layers.Dense(7 * 7 * widths[0], use_bias=False, name="dense")(z)
     if classes:
-        x = layers.Concatenate(name=CLASS_LAYER)([z, ClassCode(classes, name="class_code")(z)])
-    x = layers.Dense(7 * 7 * widths[0], use_bias=False, name="dense")(x)
+        embedding = layers.Embedding(classes, 7 * 7 * widths[0], name="class_embedding")(
+            ClassCode(classes, name="class_code")(z))
+        x = layers.Add(name="dense_and_class")([x, embedding])
     x = layers.Reshape((7, 7, widths[0]), name="reshape")(x)
     x = layers.BatchNormalization(synchronized=True, name="dense_bn")(x)
     x = layers.ReLU(name="project")(x)
