@@ -208,8 +208,10 @@ GAN_ROWS = {"teacher": "teacher", "real training digits (floor)": "real training
 
 
 def gan_results(report: dict) -> str:
-    """README and models/gan/MODEL_CARD.md: every generator of the distillation report, same 10,000 latents."""
+    """README and models/gan/MODEL_CARD.md: every generator of the distillation report, same 10,000 latents;
+    for class-conditional generators also the share drawn as the class asked for (confidence >= 0.9)."""
     teacher_macs = report["generators"]["teacher"]["macs"]
+    conditional = any("class_accuracy" in row for row in report["generators"].values())
     rows = []
     for name, row in report["generators"].items():
         macs = row.get("macs")
@@ -218,8 +220,12 @@ def gan_results(report: dict) -> str:
                      f"{row['ms_per_64']:.1f}" if row.get("ms_per_64") else "-", f"{row['fid']:.2f}", f"{row['kid']:.2f}",
                      f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['coverage']:.3f}",
                      f"{100 * row['recognized']:.1f} %" if row.get("recognized") is not None else "-"])
+        if conditional:
+            asked = row.get("class_accuracy")
+            rows[-1].append(f"{100 * asked['confident_accuracy']:.1f} %" if asked else "-")
     return _table(["generator", "params", "MACs / image", "MACs vs teacher", "ms / 64 images", "FID", "KID (unscaled)",
-                   "precision", "recall", "coverage", "recognized (p >= 0.9)"], rows)
+                   "precision", "recall", "coverage", "recognized (p >= 0.9)"]
+                  + (["the class asked for (p >= 0.9)"] if conditional else []), rows)
 
 
 def diffusion_results(report: dict) -> str:
@@ -260,6 +266,7 @@ TABLES = {
     "sr-results": (SR_REPORT, sr_results),
     "tflite-speed": ("benchmarks/tflite_speed.json", tflite_speed),
     "gan-results": ("models/gan/distill_report.json", gan_results),
+    "gan-conditional-results": ("models/gan/conditional/evaluate_report.json", gan_results),
     "diffusion-results": ("models/diffusion/distill_report.json", diffusion_results),
     "sr-int8-parity": ("models/sr/student_x2_report.json", int8_parity_table),
     "sr-int8-sensitivity": ("models/sr/student_x2_export_report.json", sr_int8_sensitivity),
