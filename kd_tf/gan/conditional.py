@@ -31,6 +31,7 @@ from kd_tf.generators import LatentSampler
 from kd_tf.layers import ClassCode
 from kd_tf.objectives import Adversarial, AdversarialTraining
 
+
 def with_class(z, one_hot):
     """z with its first `classes` entries permuted so that their argmax is the class of `one_hot`:
     the largest entry and the class's entry trade places (nothing changes where they coincide)."""

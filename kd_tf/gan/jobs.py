@@ -282,7 +282,8 @@ def distill(config: gan_config.GanDistillJobConfig, strategy=None) -> dict:
         classes = classes_of(teacher)
         if config.student.classes != classes:
             raise InputError(f"student.classes={config.student.classes} is not accepted: the teacher "
-                             f"{config.distill.teacher!r} is conditioned on {classes} classes; set student.classes={classes}")
+                             f"{config.distill.teacher!r} is conditioned on {classes} classes; "
+                             f"set student.classes={classes}")
         teacher_discriminator = load_frozen(config.distill.discriminator, "teacher discriminator", TRAIN_GAN_TEACHER)
         student = build_generator(latent, config.student.widths, name="student_generator", classes=classes)
         initial_weights = student.get_weights()      # the scratch run starts from the very same point
