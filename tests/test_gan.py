@@ -423,7 +423,7 @@ def test_discriminator_cloned_from_a_frozen_one_learns(nets, real):
     assert not frozen.trainable_variables                      # the teacher's file is never trained
 
 
-def test_cli_class_conditional_teacher_and_student(cli_run):
+def test_cli_class_conditional_teacher_and_student(cli_run, tmp_path, monkeypatch):
     """generator.classes: the teacher and its discriminator are conditional, the student must say
     the same number of classes, and every conditional row reports the class it was asked for."""
     from kd_tf.cli import main
@@ -459,17 +459,8 @@ def test_cli_class_conditional_teacher_and_student(cli_run):
     evaluated = json.loads((root / "runs" / "cevaluate" / "report.json").read_text())["generators"]
     assert evaluated["int8"]["class_accuracy"]["samples"] == 100       # the classes of the .keras teacher beside it
 
-
-def test_generate_digit_asks_a_conditional_generator_for_one_class(cli_run, tmp_path, monkeypatch):
-    from kd_tf import generators
-    from kd_tf.cli import main
-
-    root, _ = cli_run
-    student = root / "runs" / "cdistill" / "student_generator.keras"
-    if not student.exists():
-        pytest.skip("needs test_cli_class_conditional_teacher_and_student's run (same module, runs before)")
-    seen = []
-    real_load = generators.load_generator
+    from kd_tf import generators                                          # generate --digit asks for one class
+    seen, real_load = [], generators.load_generator
 
     def spying_load(*args, **kwargs):
         latent, run = real_load(*args, **kwargs)
@@ -482,3 +473,5 @@ def test_generate_digit_asks_a_conditional_generator_for_one_class(cli_run, tmp_
     assert main(["generate", "--model", str(student), "--num", "2", "--digit", "10", "--out", str(tmp_path / "x.png")]) == 2
     plain = root / "runs" / "distill" / "student_generator.keras"        # unconditional: a clear error
     assert main(["generate", "--model", str(plain), "--num", "2", "--digit", "1", "--out", str(tmp_path / "y.png")]) == 2
+
+
