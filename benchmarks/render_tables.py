@@ -267,6 +267,7 @@ TABLES = {
     "tflite-speed": ("benchmarks/tflite_speed.json", tflite_speed),
     "gan-results": ("models/gan/distill_report.json", gan_results),
     "gan-conditional-results": ("models/gan/conditional/evaluate_report.json", gan_results),
+    "gan-conditional-wide-results": ("models/gan/conditional/wide/distill_report.json", gan_results),
     "diffusion-results": ("models/diffusion/distill_report.json", diffusion_results),
     "sr-int8-parity": ("models/sr/student_x2_report.json", int8_parity_table),
     "sr-int8-sensitivity": ("models/sr/student_x2_export_report.json", sr_int8_sensitivity),
