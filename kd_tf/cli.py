@@ -323,9 +323,10 @@ def _gan_verb(args, overrides) -> dict:
         model = args.model or gan_config.DEFAULT_GAN_STUDENT
         latents, extra = None, None
         if args.digit is not None:
-            from kd_tf.gan.conditional import digit_latents
+            from kd_tf.class_latents import digit_latents
 
-            latents, extra = digit_latents(model, args.digit, args.classes), {"digit": args.digit}
+            latents = digit_latents(model, args.digit, args.classes, steps=args.steps, sampler=as_generator)
+            extra = {"digit": args.digit}
         return generators.generate(model, args.num, args.seed, args.out, steps=args.steps, sampler=as_generator,
                                    latents=latents, extra=extra)
     if "data.data_dir" in overrides:                 # --data: a digit set name or an image folder

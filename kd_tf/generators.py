@@ -99,7 +99,7 @@ class Scorer:
         classifier = load_model(classifier_path)
         self.features_model = feature_extractor(classifier)
         self._features = tf.function(lambda x: self.features_model(x, training=False))
-        self._logits = tf.function(lambda x: classifier(x, training=False))
+        self.logits = tf.function(lambda x: classifier(x, training=False))     # [0, 1] images -> class logits
         self.real = self.features(as_unit(real_images))
         self.real_recognized = self.recognized(as_unit(real_images))     # the floor of `recognized`
         self.real_diversity = diversity(self.real, seed=seed)
@@ -111,7 +111,7 @@ class Scorer:
 
     def recognized(self, images01: np.ndarray, confidence: float = RECOGNIZED_CONFIDENCE, batch: int = 500) -> float:
         """The share of images the classifier assigns a class with at least `confidence` (softmax)."""
-        top = np.concatenate([tf.reduce_max(tf.nn.softmax(self._logits(tf.constant(images01[i:i + batch],
+        top = np.concatenate([tf.reduce_max(tf.nn.softmax(self.logits(tf.constant(images01[i:i + batch],
                                                                                    tf.float32))), -1).numpy()
                               for i in range(0, len(images01), batch)])
         return float(np.mean(top >= confidence))
@@ -202,12 +202,20 @@ def load_generator(path: str, steps: int | None = None, sampler=None):
         if len(signature) != 2:
             raise InputError(f"{path!r} takes inputs of shape {signature}; expected a generator taking (batch, latent_dim)")
         return signature[-1], generate
+    model = load_keras_generator(path, steps, sampler)
+    return latent_dim_of(model), keras_generate(model)
+
+
+def load_keras_generator(path: str, steps: int | None = None, sampler=None) -> keras.Model:
+    """A .keras/.h5/SavedModel generator, or a diffusion network ([noisy image, noise variance,
+    and a class index if conditional]) wrapped by `sampler(network, steps)`."""
     model = load_model(path)
-    if isinstance(model.input_shape, list) and len(model.input_shape) == 2:    # [noisy image, noise variance]
+    shapes = model.input_shape
+    if isinstance(shapes, list) and len(shapes) in (2, 3) and tuple(shapes[1]) == (None, 1, 1, 1):
         if steps is None or sampler is None:
             raise InputError(f"{path!r} is a diffusion network: give --steps N (its sampler's DDIM steps)")
         model = sampler(model, steps)
-    return latent_dim_of(model), keras_generate(model)
+    return model
 
 
 def generate(model: str, num: int, seed: int, out: str, columns: int | None = None, steps: int | None = None,

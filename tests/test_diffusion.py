@@ -338,6 +338,44 @@ def test_cli_trains_the_teacher_distills_stages_and_scores_each(diffusion_cli, t
                  "--out", str(tmp_path / "no_steps.png")]) == 2
 
 
+def test_cli_a_conditional_teacher_from_the_plain_one_distills_and_draws_the_asked_digit(diffusion_cli, tmp_path):
+    import json
+
+    from kd_tf.cli import main
+
+    root, _ = diffusion_cli
+    plain = root / "teacher_denoiser.keras"
+    common = DIFFUSION_CLI.format(data=root / "digits", classifier=root / "classifier.keras", root=tmp_path)
+    (tmp_path / "teacher.yaml").write_text(common + "train: {steps: 2, steps_per_epoch: 2}\nsampler_steps: 2\n"
+                                           "net: {widths: [8, 16, 16], blocks: 1, embedding_dims: 8, classes: 10}\n"
+                                           f"warm_start: {plain}\n")
+    (tmp_path / "distill.yaml").write_text(common + "teacher_steps: 2\nend_steps: 1\nexport_int8_steps: [1]\n")
+    conditional = tmp_path / "conditional.keras"
+    assert main(["train-teacher", "--task", "diffusion", "--config", str(tmp_path / "teacher.yaml"),
+                 "--run-name", "teacher", "--set", f"save_to={conditional}"]) == 0
+    teacher = json.loads((tmp_path / "runs" / "teacher" / "report.json").read_text())
+    assert teacher["warm_start"] == {"network": str(plain), "new_layers": ["class_embedding"]}
+    assert main(["distill", "--task", "diffusion", "--config", str(tmp_path / "distill.yaml"), "--run-name", "distill",
+                 "--teacher", str(conditional)]) == 0
+    report = json.loads((tmp_path / "runs" / "distill" / "report.json").read_text())
+    rows = report["samplers"]
+    assert list(rows) == ["teacher, 2 steps", "student, 1 steps", "teacher network, 1 steps (undistilled)",
+                          "student, 1 steps, int8"]
+    for row in [*rows.values(), teacher["samplers"]["teacher, 2 steps"]]:    # the int8 file's class too
+        accuracy = row["class_accuracy"]
+        assert accuracy["samples"] == 100 and len(accuracy["per_class"]) == 10 and 0 <= accuracy["accuracy"] <= 1
+    assert "asked class (p>=0.9)" in report["table"]
+    grid = tmp_path / "three.png"
+    assert main(["generate", "--model", str(conditional), "--steps", "1", "--digit", "3", "--num", "4",
+                 "--out", str(grid)]) == 0
+    assert json.loads(grid.with_suffix(".json").read_text())["digit"] == 3
+    assert main(["generate", "--model", str(plain), "--steps", "1", "--digit", "3", "--num", "4",
+                 "--out", str(tmp_path / "plain.png")]) == 2                  # not class-conditional
+    (tmp_path / "wrong.yaml").write_text(common + "train: {steps: 2}\nnet: {widths: [8, 8, 16], classes: 10}\n"
+                                         f"warm_start: {plain}\n")
+    assert main(["train-teacher", "--task", "diffusion", "--config", str(tmp_path / "wrong.yaml")]) == 2
+
+
 def test_a_score_is_reused_only_for_the_same_network_steps_and_eval_settings(tmp_path):
     from kd_tf.config import GanEvalConfig
     from kd_tf.diffusion.jobs import ScoreCache

@@ -155,3 +155,12 @@ def test_a_tie_in_the_class_entries_still_names_one_class():
     z[:, [2, 5]] = 1.5                                     # an exact tie between classes 2 and 5
     z[1, 7] = 2.0                                           # no tie: class 7
     np.testing.assert_array_equal(ClassCode(CLASSES)(z).numpy(), [2, 7])
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import kd_tf.class_latents
+
+    failed, tried = doctest.testmod(kd_tf.class_latents)
+    assert tried and not failed

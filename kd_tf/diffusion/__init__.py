@@ -1,7 +1,9 @@
 """The diffusion task: a DDIM teacher whose N-step sampler teaches few-step students.
 
 - `schedule`: the continuous-time cosine noise schedule (keras.io's DDIM example's) and DDIM steps;
-- `nets`: the velocity-predicting U-Net with a sinusoidal noise embedding;
+- `nets`: the velocity-predicting U-Net with a sinusoidal noise embedding (and, class-conditional,
+  a class embedding: its sampler reads the class from the noise, as a conditional GAN reads its
+  latent, kd_tf.class_latents; `warm_start` starts it from an unconditional network);
 - `model.DiffusionModel`: trains that network with `fit()` (noise prediction, EMA weights);
 - `sampler.DDIMSampler`: a network and a step count as a Keras model, noise in, image out, so
   that an N-step sampler is a `kd_tf.Distiller` teacher like any other (one-step students:

@@ -18,6 +18,7 @@ class DenoiserConfig:
     widths: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 96])   # channels per level
     blocks: int = 2                          # residual blocks per level
     embedding_dims: int = 32                 # sines and cosines of the noise variance
+    classes: int = 0                         # > 0: class-conditional (labeled digits; the class rides in the noise)
 
     def validate(self):
         _check(len(self.widths) == 3 and all(int(w) >= 1 for w in self.widths), "net.widths", self.widths,
@@ -25,6 +26,7 @@ class DenoiserConfig:
         _check(self.blocks >= 1, "net.blocks", self.blocks, "an int >= 1")
         _check(self.embedding_dims >= 2 and self.embedding_dims % 2 == 0, "net.embedding_dims",
                self.embedding_dims, "an even int >= 2")
+        _check(self.classes == 0 or self.classes >= 2, "net.classes", self.classes, "0 (unconditional) or an int >= 2")
 
 
 @dataclasses.dataclass
@@ -52,11 +54,14 @@ class DiffusionTeacherJobConfig:
     eval: GanEvalConfig = dataclasses.field(default_factory=GanEvalConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     save_to: str | None = None               # the run folder only; ship into models/ by naming a path
+    warm_start: str | None = None            # a trained denoiser (.keras) whose weights start the same-named layers
 
     def validate(self):
         self.data.validate()
         self.train.validate()
         self.net.validate()
+        _check(self.warm_start is None or str(self.warm_start).endswith(".keras"), "warm_start", self.warm_start,
+               "None or a .keras denoiser file")
         _check(self.sampler_steps >= 1, "sampler_steps", self.sampler_steps, "an int >= 1")
         self.eval.validate()
         _check_writable("save_to", self.save_to)

@@ -21,13 +21,15 @@ import tensorflow as tf
 
 from kd_tf import config as cfg
 from kd_tf.callbacks import digit_grid, side_by_side
+from kd_tf.class_latents import class_accuracy, latents_for_classes
 from kd_tf.complexity import count_macs, count_params
 from kd_tf.images import write_image
 from kd_tf.diffusion.model import DiffusionModel
-from kd_tf.diffusion.nets import build_denoiser, with_shared_noise_level
+from kd_tf.diffusion.nets import build_denoiser, denoiser_classes, warm_start, with_shared_noise_level
 from kd_tf.diffusion.progressive import progressive_distillation, stage_record
 from kd_tf.diffusion.sampler import DDIMSampler
 from kd_tf.digits import as_unit, load_digits
+from kd_tf.errors import InputError
 from kd_tf.distribute import BackupAndRestore
 from kd_tf.tables import render_table
 from kd_tf.model_io import load_frozen, save_model
@@ -59,8 +61,7 @@ def as_generator(network: keras.Model, steps: int, name: str | None = None) -> k
 
 def macs_per_image(network: keras.Model, steps: int) -> int:
     """The sampler's MACs per image: the network's, once per step."""
-    shape = tuple(network.input_shape[0][1:])
-    return steps * count_macs(network, [shape, (1, 1, 1)])
+    return steps * count_macs(network, [tuple(shape[1:]) for shape in network.input_shape])
 
 
 def network_digest(network: keras.Model) -> str:
@@ -114,25 +115,50 @@ def _score(network, steps, scorer, eval_config, name) -> dict:
     row = {"steps": steps, "params": count_params(network), "macs": macs_per_image(network, steps),
            "ms_per_64": ms_per_64(generate, generator.input_shape[-1], repeats=5)}
     row.update(scorer(generate, eval_config.samples, generator.input_shape[-1], name=name))
+    return _with_class_accuracy(row, network, generate, scorer, eval_config)
+
+
+def _with_class_accuracy(row: dict, network, generate, scorer, eval_config) -> dict:
+    """`row` plus, for a conditional sampler, how often it draws the digit its noise asks for."""
+    from kd_tf.generators import RECOGNIZED_CONFIDENCE
+
+    classes = denoiser_classes(network)
+    if classes:
+        row["class_accuracy"] = class_accuracy(generate, scorer.logits, int(np.prod(network.input_shape[0][1:])),
+                                               classes, per_class=max(1, eval_config.samples // classes),
+                                               confidence=RECOGNIZED_CONFIDENCE, seed=eval_config.seed)
     return row
 
 
 def format_table(rows: dict) -> str:
+    from kd_tf.generators import RECOGNIZED_CONFIDENCE
+
     header = ["sampler", "steps", "params", "MACs/image", "ms/64", "FID", "KID", "precision", "recall",
               "recognized"]
-    return render_table(header, [
-        [name, str(r["steps"]), f"{r['params']:,}", f"{r['macs'] / 1e6:.1f}M", f"{r['ms_per_64']:.0f}",
-         f"{r['fid']:.3f}", f"{r['kid']:.4f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}",
-         f"{r['recognized']:.3f}" if r.get("recognized") is not None else "-"] for name, r in rows.items()])
+    lines = [[name, str(r["steps"]), f"{r['params']:,}", f"{r['macs'] / 1e6:.1f}M", f"{r['ms_per_64']:.0f}",
+              f"{r['fid']:.3f}", f"{r['kid']:.4f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}",
+              f"{r['recognized']:.3f}" if r.get("recognized") is not None else "-"] for name, r in rows.items()]
+    if any("class_accuracy" in r for r in rows.values()):      # conditional samplers: the class asked for
+        header.append(f"asked class (p>={RECOGNIZED_CONFIDENCE})")
+        for line, r in zip(lines, rows.values()):
+            line.append(f"{r['class_accuracy']['confident_accuracy']:.3f}" if "class_accuracy" in r else "-")
+    return render_table(header, lines)
 
 
 def _latents(network, count: int, seed: int = 1234) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((count, int(np.prod(network.input_shape[0][1:])))).astype("float32")
+    """`count` noise latents; for a conditional network, the classes in turn (0, 1, ..., 0, 1, ...),
+    so a grid's columns are digits."""
+    size = int(np.prod(network.input_shape[0][1:]))
+    classes = denoiser_classes(network)
+    if classes:
+        return latents_for_classes(np.arange(count) % classes, size, classes, seed)
+    return np.random.default_rng(seed).standard_normal((count, size)).astype("float32")
 
 
-def _write_grid(path, network, steps, seed=1234, count=64):
-    images = as_generator(network, steps)(_latents(network, count, seed)).numpy()
-    write_image(path, digit_grid(images, 8))
+def _write_grid(path, network, steps, seed=1234, count=None):
+    columns = denoiser_classes(network) or 8
+    images = as_generator(network, steps)(_latents(network, count or columns * 8, seed)).numpy()
+    write_image(path, digit_grid(images, columns))
 
 
 class StageGrids:
@@ -168,6 +194,14 @@ class _StageGrid(keras.callbacks.Callback):
         writer.close()
 
 
+def _checked_classes(classes: int, digits) -> int:
+    """`classes` when the digits can train a network conditioned on them: labeled, labels below it."""
+    if classes and not (digits.labeled and int(digits.train_labels.max()) < classes):
+        raise InputError(f"a network conditioned on {classes} classes needs labeled digits with labels "
+                         f"0..{classes - 1}; {digits.source!r} has labels {sorted(set(digits.train_labels.tolist()))[:12]}")
+    return classes
+
+
 def train_teacher(config) -> dict:
     """Trains the velocity-predicting network on the training digits; scores its sampler."""
     from kd_tf.generators import Scorer
@@ -177,14 +211,21 @@ def train_teacher(config) -> dict:
     paths = RunPaths(config.output, "diffusion-teacher")
     digits = load_digits(config.data.source)
     images = as_unit(digits.train_images)
+    classes = _checked_classes(config.net.classes, digits)
     network = build_denoiser(images.shape[1], images.shape[-1], config.net.widths, config.net.blocks,
-                             config.net.embedding_dims, name="teacher_denoiser")
+                             config.net.embedding_dims, classes, name="teacher_denoiser")
+    started_from = None
+    if config.warm_start:      # e.g. a conditional teacher from a trained unconditional one
+        source = load_frozen(config.warm_start, "warm_start denoiser", "train one first or drop warm_start")
+        started_from = {"network": config.warm_start, "new_layers": warm_start(network, source)}
+        log.info("teacher starts from %s; new layers: %s", config.warm_start, started_from["new_layers"])
     model = DiffusionModel(network, ema=config.train.ema, seed=config.train.seed)
     schedule = keras.optimizers.schedules.CosineDecay(config.train.learning_rate, config.train.steps,
                                                       alpha=config.train.final_learning_rate_fraction)
     model.compile(optimizer=keras.optimizers.Adam(schedule))
     epochs, per_epoch = epochs_for(config.train)
-    data = tf.data.Dataset.from_tensor_slices(images).shuffle(len(images), seed=config.train.seed).repeat()
+    columns = (images, digits.train_labels.astype(np.int32)) if classes else images
+    data = tf.data.Dataset.from_tensor_slices(columns).shuffle(len(images), seed=config.train.seed).repeat()
     data = data.batch(config.data.batch_size, drop_remainder=True)
     skip = resumed_batches(paths.backup / "teacher", per_epoch)
     started = time.time()
@@ -204,7 +245,7 @@ def train_teacher(config) -> dict:
                                                                     "teacher")}
     _write_grid(paths.root / "teacher_samples.png", teacher, config.sampler_steps)
     report = {"job": "train-teacher --task diffusion", "run": paths.name, "data": digits.source,
-              "train_seconds": seconds, "samplers": rows, "history": history.history,
+              "train_seconds": seconds, "samplers": rows, "history": history.history, "warm_start": started_from,
               "saved_to": config.save_to, "config": cfg.to_dict(config)}
     report["table"] = format_table(rows)
     report["report_path"] = str(paths.write_json("report.json", report))
@@ -217,7 +258,7 @@ def distill(config) -> dict:
     beside the teacher's own network sampled with as few steps (what the distillation adds), the
     chosen ones exported to int8 TFLite. Rerun with the same --run-name, it resumes at the stage
     a kill interrupted (finished stages are kept in the run folder)."""
-    from kd_tf.generators import Scorer, export_generator, score_tflite
+    from kd_tf.generators import Scorer, export_generator, score_tflite, tflite_generate
 
     config.validate()
     keras.utils.set_random_seed(config.seed)
@@ -227,10 +268,12 @@ def distill(config) -> dict:
     teacher = with_shared_noise_level(load_frozen(config.teacher, "diffusion teacher", TRAIN_TEACHER))
     started = time.time()
     grids = StageGrids(paths.logs / "stages", _latents(teacher, 16), config.teacher_steps)
+    labels = digits.train_labels if _checked_classes(denoiser_classes(teacher), digits) else None
     stages = progressive_distillation(teacher, as_unit(digits.train_images), config.teacher_steps,
                                       config.end_steps, config.steps_per_stage, config.data.batch_size,
                                       config.learning_rate, config.seed, callbacks=grids, stages_dir=paths.root,
-                                      final_learning_rate_fraction=config.final_learning_rate_fraction)
+                                      final_learning_rate_fraction=config.final_learning_rate_fraction,
+                                      labels=labels)
     seconds = time.time() - started
     scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed,
                     COLLAPSE_ADVICE)
@@ -250,9 +293,10 @@ def distill(config) -> dict:
         if index and steps in config.export_int8_steps:
             tflite = export_generator(as_generator(network, steps), paths.root / f"export_{steps}_steps")
             exported[steps] = str(tflite)
-            rows[f"student, {steps} steps, int8"] = {**score_tflite(tflite, scorer, config.eval.samples), "steps": steps,
-                                                     "params": count_params(network),
-                                                     "macs": macs_per_image(network, steps)}
+            row = {**score_tflite(tflite, scorer, config.eval.samples), "steps": steps,
+                   "params": count_params(network), "macs": macs_per_image(network, steps)}
+            rows[f"student, {steps} steps, int8"] = _with_class_accuracy(row, network, tflite_generate(tflite)[1],
+                                                                         scorer, config.eval)
     teacher_row = rows[f"teacher, {config.teacher_steps} steps"]
     records = [stage_record(paths.root, steps) for steps, _ in stages[1:]]
     report = {"job": "distill --task diffusion", "run": paths.name, "data": digits.source,

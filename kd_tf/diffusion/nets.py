@@ -1,4 +1,5 @@
-"""The velocity-predicting U-Net: [noisy image, noise variance] -> predicted v (see schedule.predict).
+"""The velocity-predicting U-Net: [noisy image, noise variance] -> predicted v (see schedule.predict);
+class-conditional ones take the class index as a third input ([noisy, variance, class]).
 
 Shaped after keras.io's DDIM example (residual blocks, a sinusoidal embedding of the noise
 variance broadcast over the image), sized for 28x28 digits: levels at 28, 14 and 7 pixels.
@@ -90,6 +91,19 @@ def with_shared_noise_level(network: keras.Model) -> keras.Model:
     return copy
 
 
+def denoiser_classes(network: keras.Model) -> int:
+    """How many classes a denoiser is conditioned on (0: unconditional, two inputs)."""
+    return next((layer.input_dim for layer in network.layers if layer.name == "class_embedding"), 0)
+
+
+def with_class_input(network: keras.Model, classes):
+    """The callable that `schedule.predict` and `ddim_step` take: [noisy, variance] -> v, with the
+    class indices `classes` appended where `network` is class-conditional (None: unconditional)."""
+    if classes is None:
+        return network
+    return lambda inputs: network([*inputs, classes])
+
+
 def _groups(channels: int) -> int:
     return next(g for g in (8, 4, 2, 1) if channels % g == 0)
 
@@ -105,23 +119,38 @@ def _residual(x, width, name):
 
 
 def build_denoiser(image_size: int = 28, channels: int = 1, widths=(32, 64, 96), blocks: int = 2,
-                   embedding_dims: int = 32, name: str = "denoiser") -> keras.Model:
+                   embedding_dims: int = 32, classes: int = 0, name: str = "denoiser") -> keras.Model:
     """A residual U-Net predicting the velocity v of a noisy image, told the noise variance.
 
-    `image_size` must be divisible by 2 ** (len(widths) - 1) (28: three levels).
+    `image_size` must be divisible by 2 ** (len(widths) - 1) (28: three levels). With `classes` > 0
+    it also takes a class index (int32, one per image), whose learned embedding is added to the
+    head's features at every pixel; the embedding starts at zero, so a conditional network given
+    an unconditional one's weights (`warm_start`) computes exactly what that one did.
 
     >>> build_denoiser(28, 1, (8, 16), 1).output_shape
     (None, 28, 28, 1)
+    >>> [tuple(i.shape) for i in build_denoiser(28, 1, (8, 16), 1, classes=10).inputs]
+    [(None, 28, 28, 1), (None, 1, 1, 1), (None,)]
     """
     widths = tuple(int(w) for w in widths)
     if len(widths) < 2 or image_size % (2 ** (len(widths) - 1)):
         raise InputError(f"image_size={image_size}, widths={widths}; accepted: at least two levels and a size "
                          f"divisible by {2 ** (len(widths) - 1)}")
+    if int(classes) < 0 or int(classes) == 1:
+        raise InputError(f"classes={classes!r}; accepted: 0 (unconditional) or an int >= 2")
     noisy = keras.Input((image_size, image_size, channels), name="noisy")
     variance = keras.Input((1, 1, 1), name="noise_variance")
     embedding = SinusoidalEmbedding(embedding_dims, name="embedding")(variance)
     embedding = layers.UpSampling2D(image_size, interpolation="nearest", name="embedding_broadcast")(embedding)
     x = layers.Conv2D(widths[0], 1, name="head")(noisy)
+    inputs = [noisy, variance]
+    if classes:
+        label = keras.Input((), dtype="int32", name="class")
+        inputs.append(label)
+        code = layers.Embedding(int(classes), widths[0], embeddings_initializer="zeros", name="class_embedding")(label)
+        code = layers.Reshape((1, 1, widths[0]), name="class_pixel")(code)
+        code = layers.UpSampling2D(image_size, interpolation="nearest", name="class_broadcast")(code)
+        x = layers.Add(name="with_class")([x, code])
     x = BroadcastConcatenate(name="with_embedding")([x, embedding])
     skips = []
     for level, width in enumerate(widths[:-1]):
@@ -138,4 +167,25 @@ def build_denoiser(image_size: int = 28, channels: int = 1, widths=(32, 64, 96),
             x = _residual(x, widths[level], f"up{level}_block{block}")
     # zero-initialised output: an untrained network predicts v = 0, a stable start
     outputs = layers.Conv2D(channels, 1, kernel_initializer="zeros", name="velocity", dtype="float32")(x)
-    return keras.Model([noisy, variance], outputs, name=name)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def warm_start(network: keras.Model, source: keras.Model) -> list[str]:
+    """Copies `source`'s weights into `network`'s layers of the same name and shapes (a conditional
+    denoiser from an unconditional one); returns the names of `network`'s layers left as built.
+    Raises when a layer of the same name has other shapes (another design, not a warm start)."""
+    known = {layer.name: layer for layer in source.layers}
+    fresh = []
+    for layer in network.layers:
+        if not layer.weights:
+            continue
+        if layer.name not in known:
+            fresh.append(layer.name)
+            continue
+        weights = known[layer.name].get_weights()
+        if [w.shape for w in weights] != [tuple(w.shape) for w in layer.weights]:
+            raise InputError(f"warm start: layer {layer.name!r} has weights of shapes "
+                             f"{[tuple(w.shape) for w in layer.weights]} here and {[w.shape for w in weights]} in "
+                             f"{source.name!r}; accepted: a network of the same design (widths, blocks, embedding_dims)")
+        layer.set_weights(weights)
+    return fresh

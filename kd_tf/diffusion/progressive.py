@@ -12,6 +12,8 @@ image z_t at a time t of the student's grid (drawn from real images):
 
 The Distiller's output term (MSE in image space; the paper weighs it by max(SNR, 1), kd_tf by 1)
 then trains only the student; the next stage's teacher is this stage's student, N -> N/2 -> ... -> 1.
+A class-conditional network's stages take the real image's label as a third input, so each step
+learns the teacher's steps for that class.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kd_tf.diffusion.nets import denoiser_classes, with_class_input
 from kd_tf.diffusion.schedule import ddim_step, predict, rates, to_model
 from kd_tf.errors import InputError
 
@@ -33,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @keras.saving.register_keras_serializable(package="kd_tf")
 class _Wrapped(keras.layers.Layer):
-    """A network as a layer of a two-input (noisy image, time) model."""
+    """A network as a layer of a (noisy image, time[, class]) model."""
 
     def __init__(self, network: keras.Model, teacher_steps: int | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -41,9 +44,9 @@ class _Wrapped(keras.layers.Layer):
         self.teacher_steps = teacher_steps
 
     def call(self, inputs, training=False):
-        noisy, times = inputs
+        noisy, times, *labels = inputs
         noisy, times = tf.cast(noisy, tf.float32), tf.cast(times, tf.float32)
-        network = lambda x: self.network(x, training=training)   # noqa: E731
+        network = with_class_input(lambda x: self.network(x, training=training), labels[0] if labels else None)
         if self.teacher_steps is None:
             return predict(network, noisy, times)[1]
         return two_step_target(network, noisy, times, self.teacher_steps)
@@ -65,43 +68,47 @@ def two_step_target(network, noisy, times, teacher_steps: int):
     return tf.where(end > 1e-6, folded, middle_image)        # the last student step: the teacher's image
 
 
-def _two_input_model(network, teacher_steps, name):
-    noisy = keras.Input(network.input_shape[0][1:], name="noisy")
-    times = keras.Input((1, 1, 1), name="time")
-    output = _Wrapped(network, teacher_steps, name=f"{name}_step")([noisy, times])
-    return keras.Model([noisy, times], output, name=name)
+def _stage_model(network, teacher_steps, name):
+    inputs = [keras.Input(network.input_shape[0][1:], name="noisy"), keras.Input((1, 1, 1), name="time")]
+    if denoiser_classes(network):
+        inputs.append(keras.Input((), dtype="int32", name="class"))
+    output = _Wrapped(network, teacher_steps, name=f"{name}_step")(inputs)
+    return keras.Model(inputs, output, name=name)
 
 
 def XPrediction(network: keras.Model, name: str = "student") -> keras.Model:   # noqa: N802 - a model, named as one
-    """[noisy image, time] -> the network's predicted clean image (the stage's student)."""
-    return _two_input_model(network, None, name)
+    """[noisy image, time(, class)] -> the network's predicted clean image (the stage's student)."""
+    return _stage_model(network, None, name)
 
 
 def TwoStepTarget(network: keras.Model, teacher_steps: int, name: str = "teacher") -> keras.Model:   # noqa: N802
-    """[noisy image, time] -> the target folding two of `teacher_steps` DDIM steps into one."""
+    """[noisy image, time(, class)] -> the target folding two of `teacher_steps` DDIM steps into one."""
     if int(teacher_steps) < 2 or int(teacher_steps) % 2:
         raise InputError(f"teacher_steps={teacher_steps!r}; accepted: an even int >= 2")
-    return _two_input_model(network, int(teacher_steps), name)
+    return _stage_model(network, int(teacher_steps), name)
 
 
-def stage_dataset(images: np.ndarray, student_steps: int, batch_size: int, seed: int = 0) -> tf.data.Dataset:
+def stage_dataset(images: np.ndarray, student_steps: int, batch_size: int, seed: int = 0,
+                  labels: np.ndarray | None = None) -> tf.data.Dataset:
     """Endless unlabeled batches ((z_t, t),) for a stage: real images noised at a time of the
-    student's grid (1, 1 - 1/S, ..., 1/S), one time per image."""
+    student's grid (1, 1 - 1/S, ..., 1/S), one time per image; with `labels` (a conditional
+    network's stages), ((z_t, t, label),)."""
     images = np.asarray(images, np.float32)
     if images.ndim == 3:
         images = images[..., None]
     steps = int(student_steps)
 
     def noised(batch, seed_pair):
-        clean = to_model(batch)
+        clean = to_model(batch[0])
         size = tf.shape(clean)[0]
         k = tf.random.stateless_uniform([size, 1, 1, 1], seed_pair, 0, steps, dtype=tf.int32)
         times = 1.0 - tf.cast(k, tf.float32) / steps
         noise = tf.random.stateless_normal(tf.shape(clean), seed_pair + 1)
         noise_rate, signal_rate = rates(times)
-        return ((signal_rate * clean + noise_rate * noise, times),)
+        return ((signal_rate * clean + noise_rate * noise, times, *batch[1:]),)
 
-    batches = tf.data.Dataset.from_tensor_slices(images).shuffle(min(len(images), 10000), seed=seed).repeat()
+    columns = (images,) if labels is None else (images, np.asarray(labels, np.int32))
+    batches = tf.data.Dataset.from_tensor_slices(columns).shuffle(min(len(images), 10000), seed=seed).repeat()
     batches = batches.batch(batch_size, drop_remainder=True)
     seeds = tf.data.Dataset.counter().map(lambda i: tf.stack([tf.cast(seed, tf.int64), i]))
     return tf.data.Dataset.zip((batches, seeds)).map(noised, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
@@ -123,7 +130,8 @@ def progressive_distillation(network: keras.Model, images: np.ndarray, start_ste
                              steps_per_stage: int | list[int] = 1000, batch_size: int = 64,
                              learning_rate: float | list[float] = 1e-4,
                              seed: int = 0, callbacks=None, stages_dir=None,
-                             final_learning_rate_fraction: float | list[float] = 1.0) -> list[tuple[int, keras.Model]]:
+                             final_learning_rate_fraction: float | list[float] = 1.0,
+                             labels: np.ndarray | None = None) -> list[tuple[int, keras.Model]]:
     """Distils `network`'s `start_steps`-step sampler stage by stage down to `end_steps` steps.
 
     Returns [(steps, network)] per stage, the first the teacher itself. Each stage's student is a
@@ -137,6 +145,7 @@ def progressive_distillation(network: keras.Model, images: np.ndarray, start_ste
     stage (TensorBoard grids). With `stages_dir`, each finished stage's student is saved there
     (atomically) with its cost (`stage_record`) and a rerun loads the finished stages instead of
     training them again, so a long distillation killed mid-way resumes at the stage it was in.
+    A class-conditional `network` needs the images' int `labels`.
     """
     from kd_tf.distiller import Distiller
     from kd_tf.atomic import write_text_atomically
@@ -145,6 +154,10 @@ def progressive_distillation(network: keras.Model, images: np.ndarray, start_ste
     if start_steps < 2 or start_steps & (start_steps - 1) or end_steps < 1 or start_steps % end_steps:
         raise InputError(f"start_steps={start_steps}, end_steps={end_steps}; accepted: powers of two, "
                          f"start_steps >= 2 and a multiple of end_steps")
+    if denoiser_classes(network) and labels is None:
+        raise InputError(f"network {network.name!r} is conditioned on {denoiser_classes(network)} classes; "
+                         "accepted: the images' int labels as `labels`")
+    labels = labels if denoiser_classes(network) else None
     count = (start_steps // end_steps).bit_length() - 1
     def per_stage(name, value, cast, valid, accepted):
         values = [cast(value)] * count if np.ndim(value) == 0 else [cast(v) for v in value]
@@ -174,7 +187,7 @@ def progressive_distillation(network: keras.Model, images: np.ndarray, start_ste
         log.info("progressive distillation: %d -> %d steps, %d optimizer steps at %g%s", steps, steps // 2, budget,
                  rate, " (constant)" if fraction == 1 else f" (decaying to {fraction:g} of it)")
         started = time.time()
-        distiller.fit(stage_dataset(images, steps // 2, batch_size, seed + steps), epochs=1,
+        distiller.fit(stage_dataset(images, steps // 2, batch_size, seed + steps, labels), epochs=1,
                       steps_per_epoch=budget, verbose=0, shuffle=False,
                       callbacks=list(callbacks(frozen, steps, student)) if callbacks else None)
         if saved is not None:

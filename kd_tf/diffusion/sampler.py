@@ -6,6 +6,11 @@ teacher and student, and the output term matches their images), and a one- or fe
 around a copy of the teacher's network is a student that starts where the teacher is (Luhman &
 Luhman, 2021, distil the whole N-step map into one step). The sampler's image is the last step's
 predicted clean image, in [0, 1] pixels, not clipped (so gradients reach a student's network).
+A class-conditional network samples the class its noise asks for (kd_tf.layers.ClassCode: the
+argmax of the noise image's first values, row-major, as a conditional GAN reads its latent, so
+kd_tf.class_latents asks a sampler for a digit as it asks a generator), read once and given to the
+network at every step: noise in, image out still, and teacher and student fed the same noise draw
+the same digit.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from kd_tf.diffusion.nets import shares_noise_level
+from kd_tf.diffusion.nets import denoiser_classes, shares_noise_level, with_class_input
 from kd_tf.diffusion.schedule import ddim_step, step_times, to_pixels
 from kd_tf.errors import InputError
+from kd_tf.layers import ClassCode
 from kd_tf.model_io import rebuild_wrapper
 
 
@@ -40,6 +46,8 @@ class DDIMSampler(keras.Model):
         # the TFLite converter folds (see kd_tf.diffusion.nets), else one per sample
         self.shares_noise_level = shares_noise_level(network)
         self.image_shape = tuple(network.input_shape[0][1:])
+        self.classes = denoiser_classes(network)
+        self.class_code = ClassCode(self.classes, name="class_code") if self.classes else None
         self.build((None, *self.image_shape))
 
     def build(self, input_shape):
@@ -57,7 +65,8 @@ class DDIMSampler(keras.Model):
         noisy = tf.cast(noise, tf.float32)
         batch = 1 if self.shares_noise_level else tf.shape(noisy)[0]
         times = step_times(self.steps, batch) + [tf.zeros([batch, 1, 1, 1])]
-        network = lambda x: self.network(x, training=training)   # noqa: E731
+        labels = self.class_code(tf.reshape(noisy, [tf.shape(noisy)[0], -1])) if self.classes else None
+        network = with_class_input(lambda x: self.network(x, training=training), labels)
         image = noisy
         for now, after in zip(times[:-1], times[1:]):
             noisy, image = ddim_step(network, noisy, now, after)

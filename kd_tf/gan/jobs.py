@@ -70,7 +70,7 @@ def describe(model: keras.Model, generate, scorer: Scorer, eval_config: cfg.GanE
     row.update(scorer(generate, eval_config.samples, latent, name=name))
     classes = classes_of(model)
     if classes:
-        row["class_accuracy"] = _class_accuracy(generate, latent, classes, eval_config)
+        row["class_accuracy"] = _class_accuracy(generate, latent, classes, scorer, eval_config)
     return row
 
 
@@ -81,8 +81,8 @@ def _floor(digits, scorer: Scorer, eval_config: cfg.GanEvalConfig) -> dict:
     return {"params": None, "macs": None, "ms_per_64": 0.0, **scorer.score_images(real, "real training digits")}
 
 
-def _class_accuracy(generate, latent: int, classes: int, eval_config: cfg.GanEvalConfig) -> dict:
-    return class_accuracy(generate, load_model(eval_config.classifier), latent, classes,
+def _class_accuracy(generate, latent: int, classes: int, scorer: Scorer, eval_config: cfg.GanEvalConfig) -> dict:
+    return class_accuracy(generate, scorer.logits, latent, classes,
                           per_class=max(1, eval_config.samples // classes), confidence=RECOGNIZED_CONFIDENCE,
                           seed=eval_config.seed)
 
@@ -356,7 +356,7 @@ def distill(config: gan_config.GanDistillJobConfig, strategy=None) -> dict:
         rows["student int8 TFLite"] = score_tflite(path, scorer, config.eval.samples)
         if classes:                  # int8 rounds z before the class code reads it: does the class survive?
             rows["student int8 TFLite"]["class_accuracy"] = _class_accuracy(tflite_generate(path)[1], latent, classes,
-                                                                           config.eval)
+                                                                           scorer, config.eval)
         report["int8_tflite"] = str(path)
     distilled = rows["student (distilled)"]
     report["targets"] = {
@@ -396,7 +396,8 @@ def evaluate_saved(config: gan_config.GanEvaluateJobConfig, models: dict) -> dic
         rows[name]["path"] = str(path)
     for name in flatbuffers if classes else []:
         runner, generate = tflite_generate(models[name])
-        rows[name]["class_accuracy"] = _class_accuracy(generate, runner.input_signature[-1], classes, config.eval)
+        rows[name]["class_accuracy"] = _class_accuracy(generate, runner.input_signature[-1], classes, scorer,
+                                                  config.eval)
     rows["real training digits (floor)"] = _floor(digits, scorer, config.eval)
     report = {"job": "evaluate --task gan", "run": paths.name, "data": digits.source, "generators": rows,
               "config": cfg.to_dict(config)}

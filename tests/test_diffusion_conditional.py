@@ -1,0 +1,115 @@
+"""Class-conditional diffusion with tiny models: the class rides in the noise (the argmax of its
+first values, as a conditional GAN's latent), a conditional network started from an unconditional
+one samples exactly as it did, the teacher and each progressive stage learn from labeled digits."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kd_tf.class_latents import classes_of, latents_for_classes
+from kd_tf.diffusion import DDIMSampler, DiffusionModel, build_denoiser, progressive_distillation, stage_dataset
+from kd_tf.diffusion.jobs import as_generator, macs_per_image
+from kd_tf.diffusion.nets import denoiser_classes, warm_start
+from kd_tf.diffusion.schedule import ddim_step, step_times, to_pixels
+
+CLASSES = 4
+
+
+def _network(seed=0, classes=CLASSES, name="denoiser"):
+    keras.utils.set_random_seed(seed)
+    network = build_denoiser(28, 1, (8, 16), 1, embedding_dims=8, classes=classes, name=name)
+    rng = np.random.default_rng(seed)
+    kernel, bias = network.get_layer("velocity").get_weights()          # zero at the start: make v depend on x
+    network.get_layer("velocity").set_weights([rng.normal(0, 0.05, kernel.shape), bias])
+    if classes:                                                         # zero at the start: make classes differ
+        table = network.get_layer("class_embedding")
+        table.set_weights([rng.normal(0, 1.0, table.get_weights()[0].shape)])
+    return network
+
+
+@pytest.fixture(scope="module")
+def labeled():
+    """Digits whose brightness says their label (-1 + 2 * label / 3 in the model's [-1, 1])."""
+    labels = np.arange(64) % CLASSES
+    images = np.broadcast_to((labels / (CLASSES - 1)).reshape(-1, 1, 1, 1), (64, 28, 28, 1)).astype(np.float32)
+    return images.copy(), labels
+
+
+def _weights(model):
+    return [w.copy() for w in model.get_weights()]
+
+
+def _changed(before, model):
+    return any(not np.allclose(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def test_a_conditional_network_started_from_an_unconditional_one_samples_as_it_did():
+    plain = _network(1, classes=0)
+    conditional = build_denoiser(28, 1, (8, 16), 1, embedding_dims=8, classes=CLASSES)
+    assert warm_start(conditional, plain) == ["class_embedding"]
+    z = latents_for_classes(np.arange(6) % CLASSES, 784, CLASSES, seed=0)
+    np.testing.assert_array_equal(as_generator(plain, 2)(z).numpy(), as_generator(conditional, 2)(z).numpy())
+    assert macs_per_image(conditional, 1) == macs_per_image(plain, 1)
+    with pytest.raises(ValueError, match=r"layer 'head' has weights of shapes \[\(1, 1, 1, 16\), \(16,\)\]"):
+        warm_start(build_denoiser(28, 1, (16, 16), 1, embedding_dims=8, classes=CLASSES), plain)
+    with pytest.raises(ValueError, match="classes=1; accepted: 0 .unconditional. or an int >= 2"):
+        build_denoiser(28, 1, (8, 16), 1, classes=1)
+
+
+def test_the_sampler_draws_the_class_its_noise_asks_for():
+    network = _network(2)
+    sampler = DDIMSampler(network, steps=3)
+    labels = np.array([0, 1, 2, 3, 3, 2])
+    z = latents_for_classes(labels, 784, CLASSES, seed=1)
+    noise = z.reshape(-1, 28, 28, 1)
+    noisy, image = tf.constant(noise), None                     # the DDIM loop, told the labels by hand
+    times = step_times(3, 1) + [tf.zeros([1, 1, 1, 1])]
+    for now, after in zip(times[:-1], times[1:]):
+        noisy, image = ddim_step(lambda x: network([*x, tf.constant(labels, tf.int32)]), noisy, now, after)
+    np.testing.assert_allclose(sampler(noise).numpy(), to_pixels(image).numpy(), atol=1e-5)
+    other = latents_for_classes((labels + 1) % CLASSES, 784, CLASSES, seed=1)      # same noise, other class code
+    assert np.abs(sampler(other.reshape(noise.shape)).numpy() - sampler(noise).numpy()).max() > 1e-2
+    generator = as_generator(network, 2)
+    assert classes_of(generator) == CLASSES and denoiser_classes(network) == CLASSES
+    assert classes_of(as_generator(_network(2, classes=0), 2)) == 0
+
+
+def test_the_conditional_teacher_learns_its_class_embedding_from_labels(labeled):
+    images, labels = labeled
+    model = DiffusionModel(_network(3), ema=0.5)
+    model.compile(optimizer=keras.optimizers.Adam(2e-3))
+    table = model.network.get_layer("class_embedding")
+    before = table.get_weights()[0].copy()
+    model.fit(images, labels, batch_size=16, epochs=1, verbose=0)
+    moved = np.abs(table.get_weights()[0] - before).max(axis=1)
+    assert (moved > 1e-4).all(), moved                      # every class's row: each image told its own label
+    with pytest.raises(ValueError, match="conditioned on 4 classes; accepted: .images, int labels. batches"):
+        model.fit(images, batch_size=16, epochs=1, verbose=0)
+
+
+def test_stage_data_keep_each_image_with_its_label(labeled):
+    images, labels = labeled
+    (z, times, batch_labels), = next(iter(stage_dataset(images, 2, 64, seed=5, labels=labels)))
+    half = times.numpy().ravel() == 0.5                     # signal rate 0.59: the brightness shows through
+    assert half.sum() > 10
+    brightness = z.numpy()[half].mean(axis=(1, 2, 3))
+    expected = 0.587 * (-1 + 2 * batch_labels.numpy()[half] / (CLASSES - 1))
+    assert np.abs(brightness - expected).max() < 0.1        # a wrong pairing is off by 0.39 or more
+
+
+def test_each_conditional_stage_trains_only_its_student_and_needs_labels(labeled):
+    images, labels = labeled
+    network = _network(4)
+    network.trainable = False
+    before = _weights(network)
+    stages = progressive_distillation(network, images, start_steps=4, end_steps=1, steps_per_stage=3,
+                                      batch_size=8, learning_rate=1e-2, labels=labels)
+    assert [steps for steps, _ in stages] == [4, 2, 1] and not _changed(before, network)
+    two_step, one_step = stages[1][1], stages[2][1]
+    moved = np.abs(network.get_layer("class_embedding").get_weights()[0]
+                   - two_step.get_layer("class_embedding").get_weights()[0]).max(axis=1)
+    assert (moved > 1e-4).all(), moved                      # every class's row learned
+    assert _changed(_weights(two_step), one_step) and denoiser_classes(one_step) == CLASSES
+    with pytest.raises(ValueError, match="conditioned on 4 classes; accepted: the images' int labels"):
+        progressive_distillation(network, images, start_steps=4, steps_per_stage=1)
