@@ -230,7 +230,9 @@ def gan_results(report: dict) -> str:
 
 def diffusion_results(report: dict) -> str:
     """README and models/diffusion/MODEL_CARD.md: the teacher's sampler and the scored progressive
-    stages, all on the same latents (eval.samples of them); FID and speed also as ratios to the teacher's sampler."""
+    stages, all on the same latents (eval.samples of them); FID and speed also as ratios to the teacher's sampler;
+    for class-conditional samplers also the share drawn as the class asked for (confidence >= 0.9)."""
+    conditional = any("class_accuracy" in row for row in report["samplers"].values())
     rows = []
     for name, row in report["samplers"].items():
         ratio, speedup = report["fid_over_teacher"][name], report["speedup_over_teacher"].get(name)
@@ -239,8 +241,12 @@ def diffusion_results(report: dict) -> str:
                      f"{ms:.0f}" if ms else "-", f"{speedup:.1f}x" if ms and speedup else "-",
                      f"{row['fid']:.2f}", f"{ratio:.2f}x", f"{row['kid']:.3f}", f"{row['precision']:.3f}",
                      f"{row['recall']:.3f}", f"{100 * row['recognized']:.1f} %" if row.get("recognized") is not None else "-"])
+        if conditional:
+            asked = row.get("class_accuracy")
+            rows[-1].append(f"{100 * asked['confident_accuracy']:.1f} %" if asked else "-")
     return _table(["sampler", "DDIM steps", "params", "MACs / image", "ms / 64 images", "faster than teacher",
-                   "FID", "FID / teacher's", "KID (unscaled)", "precision", "recall", "recognized (p >= 0.9)"], rows)
+                   "FID", "FID / teacher's", "KID (unscaled)", "precision", "recall", "recognized (p >= 0.9)"]
+                  + (["the class asked for (p >= 0.9)"] if conditional else []), rows)
 
 
 def tflite_speed(results: dict) -> str:
@@ -269,6 +275,7 @@ TABLES = {
     "gan-conditional-results": ("models/gan/conditional/evaluate_report.json", gan_results),
     "gan-conditional-wide-results": ("models/gan/conditional/wide/distill_report.json", gan_results),
     "diffusion-results": ("models/diffusion/distill_report.json", diffusion_results),
+    "diffusion-conditional-results": ("models/diffusion/conditional/distill_report.json", diffusion_results),
     "sr-int8-parity": ("models/sr/student_x2_report.json", int8_parity_table),
     "sr-int8-sensitivity": ("models/sr/student_x2_export_report.json", sr_int8_sensitivity),
     "sr-dynamic-int8-parity": ("models/sr/student_x2_dynamic_export_report.json",
