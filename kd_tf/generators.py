@@ -160,17 +160,30 @@ def keras_generate(model: keras.Model):
     return lambda z: serve(tf.constant(z, tf.float32)).numpy()
 
 
-def export_generator(generator: keras.Model, out_dir, calibration_batches: int = 16, seed: int = 0) -> Path:
-    """The generator's SavedModel (input "latent") and full-integer TFLite, calibrated on N(0, 1)
-    latents; float32 input and output, as every kd_tf TFLite model."""
+GENERATOR_INT8_MODES = ("int8", "dynamic")
+
+
+def export_generator(generator: keras.Model, out_dir, calibration_batches: int = 16, seed: int = 0,
+                     mode: str = "int8") -> Path:
+    """The generator's SavedModel (input "latent") and int8 TFLite; float32 input and output, as
+    every kd_tf TFLite model.
+
+    mode "int8": full integer, activations calibrated on N(0, 1) latents; "dynamic": int8 weights,
+    activations quantized per batch at run time, the latent kept float. A class-conditional sampler
+    reads its class from the latent (kd_tf.class_latents): the full-integer file rounds the latent
+    first (steps of ~0.04), so noise whose two largest class entries nearly tie draws another digit
+    (3 % of N(0, 1) latents for the conditional diffusion student); the dynamic file reads it exactly.
+    """
     from kd_tf import export
 
+    if mode not in GENERATOR_INT8_MODES:
+        raise InputError(f"int8 mode {mode!r}; accepted: {', '.join(GENERATOR_INT8_MODES)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     saved = export.export_saved_model(generator, out_dir / "savedmodel")
     calibration = export.latent_calibration(latent_dim_of(generator), calibration_batches, seed=seed)
-    flatbuffer = export.to_tflite(saved, "int8", calibration)
-    path = out_dir / "student_generator_int8.tflite"
+    flatbuffer = export.to_tflite(saved, mode, calibration if mode == "int8" else None)
+    path = out_dir / ("student_generator_int8.tflite" if mode == "int8" else "student_generator_int8_dynamic.tflite")
     return write_bytes_atomically(path, flatbuffer)
 
 

@@ -349,7 +349,8 @@ def test_cli_a_conditional_teacher_from_the_plain_one_distills_and_draws_the_ask
     (tmp_path / "teacher.yaml").write_text(common + "train: {steps: 2, steps_per_epoch: 2}\nsampler_steps: 2\n"
                                            "net: {widths: [8, 16, 16], blocks: 1, embedding_dims: 8, classes: 10}\n"
                                            f"warm_start: {plain}\n")
-    (tmp_path / "distill.yaml").write_text(common + "teacher_steps: 2\nend_steps: 1\nexport_int8_steps: [1]\n")
+    (tmp_path / "distill.yaml").write_text(common + "teacher_steps: 2\nend_steps: 1\nexport_int8_steps: [1]\n"
+                                           "int8_mode: dynamic\n")
     conditional = tmp_path / "conditional.keras"
     assert main(["train-teacher", "--task", "diffusion", "--config", str(tmp_path / "teacher.yaml"),
                  "--run-name", "teacher", "--set", f"save_to={conditional}"]) == 0
@@ -360,7 +361,8 @@ def test_cli_a_conditional_teacher_from_the_plain_one_distills_and_draws_the_ask
     report = json.loads((tmp_path / "runs" / "distill" / "report.json").read_text())
     rows = report["samplers"]
     assert list(rows) == ["teacher, 2 steps", "student, 1 steps", "teacher network, 1 steps (undistilled)",
-                          "student, 1 steps, int8"]
+                          "student, 1 steps, int8 (dynamic range)"]
+    assert report["int8"]["1"].endswith("student_generator_int8_dynamic.tflite")
     for row in [*rows.values(), teacher["samplers"]["teacher, 2 steps"]]:    # the int8 file's class too
         accuracy = row["class_accuracy"]
         assert accuracy["samples"] == 100 and len(accuracy["per_class"]) == 10 and 0 <= accuracy["accuracy"] <= 1
@@ -398,6 +400,9 @@ def test_distill_config_names_a_bad_stage_budget_or_score_list():
     with pytest.raises(ValueError, match=r"learning_rate.*3 of them"):
         DiffusionDistillJobConfig(teacher_steps=8, learning_rate=[1e-4, 3e-4]).validate()
     DiffusionDistillJobConfig(teacher_steps=8, final_learning_rate_fraction=[1, 1, 0.05]).validate()
+    DiffusionDistillJobConfig(int8_mode="dynamic").validate()
+    with pytest.raises(ValueError, match=r"int8_mode.*'full'.*one of \('int8', 'dynamic'\)"):
+        DiffusionDistillJobConfig(int8_mode="full").validate()
     with pytest.raises(ValueError, match=r"final_learning_rate_fraction.*in \(0, 1\], or 3 of them"):
         DiffusionDistillJobConfig(teacher_steps=8, final_learning_rate_fraction=[1, 0]).validate()
     with pytest.raises(ValueError, match=r"score_steps.*any of \[8, 4, 2, 1\]"):

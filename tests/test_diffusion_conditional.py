@@ -113,3 +113,33 @@ def test_each_conditional_stage_trains_only_its_student_and_needs_labels(labeled
     assert _changed(_weights(two_step), one_step) and denoiser_classes(one_step) == CLASSES
     with pytest.raises(ValueError, match="conditioned on 4 classes; accepted: the images' int labels"):
         progressive_distillation(network, images, start_steps=4, steps_per_stage=1)
+
+
+def test_the_dynamic_range_file_reads_the_class_code_exactly_where_full_integer_rounds_it(tmp_path):
+    """Noise whose asked-for entry beats a lower-indexed rival by 0.001: the full-integer file
+    rounds both to one int8 value (steps of ~0.04) and ARG_MAX takes the first, the rival; the
+    dynamic-range file keeps the noise float and reads the class asked for. The generator here
+    draws only its class (an image of brightness class / 3), so the file's class shows exactly."""
+    from kd_tf.export import LiteRTModel
+    from kd_tf.generators import export_generator
+    from kd_tf.layers import ClassCode
+
+    latent = keras.Input((784,), name="latent")
+    brightness = np.repeat(np.arange(CLASSES, dtype="float32")[:, None] / (CLASSES - 1), 784, axis=1)
+    code = keras.layers.Embedding(CLASSES, 784, embeddings_initializer=keras.initializers.Constant(brightness))
+    generator = keras.Model(latent, keras.layers.Reshape((28, 28, 1))(code(ClassCode(CLASSES)(latent))))
+    asked = np.array([1, 2, 3, 1, 2, 3])
+    z = latents_for_classes(asked, 784, CLASSES, seed=2)
+    z[np.arange(6), asked - 1] = z[np.arange(6), asked] - 1e-3           # a near tie with a lower class
+
+    def drawn(path):
+        return np.round(LiteRTModel(path)(z).mean((1, 2, 3)) * (CLASSES - 1)).astype(int)
+
+    np.testing.assert_array_equal(np.round(np.asarray(generator(z)).mean((1, 2, 3)) * 3), asked)
+    dynamic = export_generator(generator, tmp_path / "dynamic", mode="dynamic")
+    assert dynamic.name == "student_generator_int8_dynamic.tflite"
+    np.testing.assert_array_equal(drawn(dynamic), asked)
+    full = export_generator(generator, tmp_path / "full", calibration_batches=2)
+    assert (drawn(full) == asked - 1).sum() >= 5, drawn(full)
+    with pytest.raises(ValueError, match="int8 mode 'int16x8'; accepted: int8, dynamic"):
+        export_generator(generator, tmp_path / "other", mode="int16x8")

@@ -9,6 +9,7 @@ from kd_tf.config import (JOBS, MODELS_DIR, DigitsConfig, GanEvalConfig, OutputC
 
 DIFFUSION_DIR = str(MODELS_DIR / "diffusion")
 DEFAULT_DIFFUSION_TEACHER = f"{DIFFUSION_DIR}/teacher_denoiser.keras"
+INT8_MODES = ("int8", "dynamic")              # kd_tf.generators.export_generator's modes
 
 
 @dataclasses.dataclass
@@ -83,6 +84,9 @@ class DiffusionDistillJobConfig:
     eval: GanEvalConfig = dataclasses.field(default_factory=GanEvalConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     export_int8_steps: list[int] = dataclasses.field(default_factory=lambda: [4, 1])   # students exported to int8
+    # "int8": full integer (activations calibrated on noise); "dynamic": int8 weights, activations quantized at run
+    # time, the noise kept float (a class-conditional sampler then reads its class code exactly; see export_generator)
+    int8_mode: str = "int8"
     score_steps: list[int] | None = None     # stages scored (FID etc. on eval.samples); None: every stage
     save_to: str | None = None               # a folder for the students' generators (None: run folder only)
 
@@ -107,6 +111,7 @@ class DiffusionDistillJobConfig:
         stages = [steps >> k for k in range(steps.bit_length()) if steps >> k >= end]
         for count in self.export_int8_steps:
             _check(count in stages, "export_int8_steps", count, f"step counts of the stages, any of {stages}")
+        _check(self.int8_mode in INT8_MODES, "int8_mode", self.int8_mode, f"one of {INT8_MODES}")
         for count in self.score_steps or []:
             _check(count in stages, "score_steps", count, f"step counts of the stages, any of {stages}")
         self.eval.validate()

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # row is a blurred average, collapsed by design)
 COLLAPSE_ADVICE = ("For a distilled student: more steps_per_stage or another learning rate for its stage; an "
                    "undistilled sampler with few steps collapses by design")
+INT8_ROW_SUFFIX = {"int8": "", "dynamic": " (dynamic range)"}   # a report row names its int8 file's kind
 TRAIN_TEACHER = "train one with `python -m kd_tf train-teacher --task diffusion` or set teacher"
 
 
@@ -291,12 +292,13 @@ def distill(config) -> dict:
             if config.save_to:
                 save_model(as_generator(network, steps), f"{config.save_to}/student_generator_{steps}_steps.keras")
         if index and steps in config.export_int8_steps:
-            tflite = export_generator(as_generator(network, steps), paths.root / f"export_{steps}_steps")
+            tflite = export_generator(as_generator(network, steps), paths.root / f"export_{steps}_steps",
+                                      mode=config.int8_mode)
             exported[steps] = str(tflite)
             row = {**score_tflite(tflite, scorer, config.eval.samples), "steps": steps,
                    "params": count_params(network), "macs": macs_per_image(network, steps)}
-            rows[f"student, {steps} steps, int8"] = _with_class_accuracy(row, network, tflite_generate(tflite)[1],
-                                                                         scorer, config.eval)
+            name = f"student, {steps} steps, int8{INT8_ROW_SUFFIX[config.int8_mode]}"
+            rows[name] = _with_class_accuracy(row, network, tflite_generate(tflite)[1], scorer, config.eval)
     teacher_row = rows[f"teacher, {config.teacher_steps} steps"]
     records = [stage_record(paths.root, steps) for steps, _ in stages[1:]]
     report = {"job": "distill --task diffusion", "run": paths.name, "data": digits.source,
