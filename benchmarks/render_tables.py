@@ -231,14 +231,16 @@ def gan_results(report: dict) -> str:
 def diffusion_results(report: dict) -> str:
     """README and models/diffusion/MODEL_CARD.md: the teacher's sampler and the scored progressive
     stages, all on the same latents (eval.samples of them); FID and speed also as ratios to the teacher's sampler;
-    for class-conditional samplers also the share drawn as the class asked for (confidence >= 0.9)."""
+    for class-conditional samplers also the share drawn as the class asked for (confidence >= 0.9). A row from
+    the run's score cache keeps the time measured when it was first scored: "(cached)" says so."""
     conditional = any("class_accuracy" in row for row in report["samplers"].values())
     rows = []
     for name, row in report["samplers"].items():
         ratio, speedup = report["fid_over_teacher"][name], report["speedup_over_teacher"].get(name)
         ms = row.get("ms_per_64")
         rows.append([name, str(row["steps"]), f"{row['params']:,}", f"{row['macs'] / 1e6:.0f} M",
-                     f"{ms:.0f}" if ms else "-", f"{speedup:.1f}x" if ms and speedup else "-",
+                     (f"{ms:.0f}" + (" (cached)" if "cached" in row else "")) if ms else "-",
+                     f"{speedup:.1f}x" if ms and speedup else "-",
                      f"{row['fid']:.2f}", f"{ratio:.2f}x", f"{row['kid']:.3f}", f"{row['precision']:.3f}",
                      f"{row['recall']:.3f}", f"{100 * row['recognized']:.1f} %" if row.get("recognized") is not None else "-"])
         if conditional:
@@ -247,6 +249,14 @@ def diffusion_results(report: dict) -> str:
     return _table(["sampler", "DDIM steps", "params", "MACs / image", "ms / 64 images", "faster than teacher",
                    "FID", "FID / teacher's", "KID (unscaled)", "precision", "recall", "recognized (p >= 0.9)"]
                   + (["the class asked for (p >= 0.9)"] if conditional else []), rows)
+
+
+def diffusion_speed(results: dict) -> str:
+    """models/diffusion/MODEL_CARD.md: each pair's teacher sampler and shipped few-step generators,
+    timed back to back by python -m benchmarks.diffusion_speed (ms per 64 images)."""
+    rows = [[pair, name, row["file"], f"{row['ms_per_64']:.0f}", f"{row['speedup']:.1f}x"]
+            for pair, samplers in results["pairs"].items() for name, row in samplers.items()]
+    return _table(["pair", "sampler", "file", "ms / 64 images", "faster than teacher"], rows)
 
 
 def tflite_speed(results: dict) -> str:
@@ -276,6 +286,7 @@ TABLES = {
     "gan-conditional-wide-results": ("models/gan/conditional/wide/distill_report.json", gan_results),
     "diffusion-results": ("models/diffusion/distill_report.json", diffusion_results),
     "diffusion-conditional-results": ("models/diffusion/conditional/distill_report.json", diffusion_results),
+    "diffusion-speed": ("benchmarks/diffusion_speed.json", diffusion_speed),
     "sr-int8-parity": ("models/sr/student_x2_report.json", int8_parity_table),
     "sr-int8-sensitivity": ("models/sr/student_x2_export_report.json", sr_int8_sensitivity),
     "sr-dynamic-int8-parity": ("models/sr/student_x2_dynamic_export_report.json",
