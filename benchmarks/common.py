@@ -351,3 +351,15 @@ def forward_pass(bench: Bench, precision: str, which: str) -> StepStats:
         return time_loop(lambda batch: forward(batch[0]).numpy(), batches, bench.sizes.warmup, bench.sizes.steps)
 
     return bench.measure((f"{which} forward", precision, f"b{bench.sizes.batch}p{bench.sizes.patch}"), run)
+
+
+def write_results(results: dict, render, path) -> int:
+    """Adds the rendered table to `results`, writes them to `path` as JSON and prints the table:
+    a timing benchmark's last step (exit status 0)."""
+    import json
+    from pathlib import Path
+
+    results["table"] = render(results)
+    Path(path).write_text(json.dumps(results, indent=2) + "\n")
+    print(results["table"])
+    return 0

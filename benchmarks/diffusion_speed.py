@@ -19,10 +19,9 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-import json
 from pathlib import Path
 
-from benchmarks.common import cores_busy_by_others, machine_info
+from benchmarks.common import cores_busy_by_others, machine_info, write_results
 from benchmarks.render_tables import diffusion_speed as render
 from kd_tf.config import MODELS_DIR
 
@@ -84,10 +83,7 @@ def main() -> int:
                "batch": 64, "target_speedup_at_least": TARGET_SPEEDUP, "pairs": {}}
     for name, teacher_path, steps, students in PAIRS:
         results["pairs"][name] = time_pair(name, teacher_path, steps, students)
-    results["table"] = render(results)
-    (HERE / "diffusion_speed.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(results["table"])
-    return 0
+    return write_results(results, render, HERE / "diffusion_speed.json")
 
 
 if __name__ == "__main__":

@@ -20,13 +20,12 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine_info, median_seconds
+from benchmarks.common import machine_info, median_seconds, write_results
 from benchmarks.render_tables import tflite_speed as render
 from kd_tf.config import MODELS_DIR
 
@@ -99,10 +98,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as workdir:
         for name, keras_path, int8_path, shapes in MODELS:
             results["models"][name] = compare(name, keras_path, int8_path, shapes, Path(workdir))
-    results["table"] = render(results)
-    (HERE / "tflite_speed.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(results["table"])
-    return 0
+    return write_results(results, render, HERE / "tflite_speed.json")
 
 
 if __name__ == "__main__":
