@@ -41,7 +41,9 @@ PAIRS = (
      [("4 steps", DIFFUSION / "conditional" / "student_generator_4_steps.keras"),
       ("4 steps, int8 (dynamic range)", DIFFUSION / "conditional" / "student_generator_4_steps_int8_dynamic.tflite"),
       ("2 steps", DIFFUSION / "conditional" / "student_generator_2_steps.keras"),
-      ("2 steps, int8 (dynamic range)", DIFFUSION / "conditional" / "student_generator_2_steps_int8_dynamic.tflite")]),
+      ("2 steps, int8 (dynamic range)", DIFFUSION / "conditional" / "student_generator_2_steps_int8_dynamic.tflite"),
+      ("1 step", DIFFUSION / "conditional" / "student_generator_1_steps.keras"),
+      ("1 step, int8 (dynamic range)", DIFFUSION / "conditional" / "student_generator_1_steps_int8_dynamic.tflite")]),
 )
 
 
