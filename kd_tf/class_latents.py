@@ -7,7 +7,7 @@ conditional generator is also an unconditional one with uniform classes; teacher
 the same z draw the same class. To ask for a class, swap the largest of the first `classes`
 entries with that class's entry (`with_class`, `latents_for_classes`): the result is exactly a
 draw of N(0, I) given that argmax, so nothing else about z changes. Conditional GANs
-(kd_tf.gan.conditional) and conditional diffusion samplers (kd_tf.diffusion, whose latent is the
+(kd_tf.conditional_gan) and conditional diffusion samplers (kd_tf.diffusion, whose latent is the
 noise image) read their class this way.
 
 >>> z = latents_for_classes(np.array([3, 0, 9]), latent_dim=12, classes=10, seed=0)

@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--steps", type=_positive_int(1),
                           help="DDIM steps, for a diffusion network (kd_tf.diffusion); generators ignore it")
     generate.add_argument("--digit", type=int, help="this class only, from a class-conditional generator "
-                                                    "(generator.classes > 0, kd_tf.gan.conditional)")
+                                                    "(generator.classes > 0, kd_tf.conditional_gan)")
     generate.add_argument("--classes", type=_positive_int(2), default=10,
                           help="classes of a class-conditional .tflite generator (default 10; a .keras one knows)")
     upscale = verbs.add_parser("upscale", help="upscale an image or a folder with a super-resolution model "

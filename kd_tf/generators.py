@@ -236,7 +236,7 @@ def generate(model: str, num: int, seed: int, out: str, columns: int | None = No
     """`python -m kd_tf generate`: `num` digits from latents drawn with `seed`; a grid PNG when `out`
     ends in .png, else one PNG per image in the folder `out`. The same seed gives the same images.
     `latents`: (num, latent_dim, seed) -> z instead of N(0, 1) draws (e.g. a class-conditional
-    generator's digit, kd_tf.gan.conditional); `extra`: what the report should say about them."""
+    generator's digit, kd_tf.conditional_gan); `extra`: what the report should say about them."""
     if num < 1:
         raise InputError(f"--num {num} is not accepted; expected an int >= 1")
     latent, run = load_generator(model, steps, sampler)

@@ -121,7 +121,7 @@ class BilinearUpscale(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="kd_tf")
 class ClassCode(keras.layers.Layer):
-    """The class a latent asks for: the argmax of its first `classes` entries (kd_tf.gan.conditional),
+    """The class a latent asks for: the argmax of its first `classes` entries (kd_tf.conditional_gan),
     as an int32 index for an Embedding.
 
     TFLite's ARG_MAX: in an int8 file the latent is rounded first and two entries can tie; ARG_MAX

@@ -378,6 +378,39 @@ def test_cli_a_conditional_teacher_from_the_plain_one_distills_and_draws_the_ask
     assert main(["train-teacher", "--task", "diffusion", "--config", str(tmp_path / "wrong.yaml")]) == 2
 
 
+def test_cli_an_adversarial_finetune_ships_the_tuned_student_beside_the_plain_row(diffusion_cli, tmp_path):
+    import json
+
+    from kd_tf.cli import main
+    from kd_tf.gan.nets import build_discriminator
+    from kd_tf.model_io import load_model
+
+    root, _ = diffusion_cli
+    build_discriminator((8, 16)).save(tmp_path / "discriminator.keras")
+    common = DIFFUSION_CLI.format(data=root / "digits", classifier=root / "classifier.keras", root=tmp_path)
+    (tmp_path / "distill.yaml").write_text(
+        common + "teacher_steps: 4\nend_steps: 1\nsteps_per_stage: 1\nscore_steps: [1]\nexport_int8_steps: [1]\n"
+        f"adversarial: {{student_steps: [1], discriminator: {tmp_path / 'discriminator.keras'}, optimizer_steps: 2}}\n"
+        f"save_to: {tmp_path / 'shipped'}\n")
+    assert main(["distill", "--task", "diffusion", "--config", str(tmp_path / "distill.yaml"), "--run-name", "adv",
+                 "--teacher", str(root / "teacher_denoiser.keras")]) == 0
+    run = tmp_path / "runs" / "adv"
+    report = json.loads((run / "report.json").read_text())
+    rows = report["samplers"]
+    assert list(rows) == ["teacher, 4 steps", "student, 1 steps", "teacher network, 1 steps (undistilled)",
+                          "student, 1 steps, adversarial", "student, 1 steps, adversarial, int8"]
+    assert rows["student, 1 steps, adversarial"]["fid"] != rows["student, 1 steps"]["fid"]
+    assert report["adversarial"]["1"]["optimizer_steps"] == 2 and report["adversarial"]["1"]["teacher_steps"] == 2
+    tuned = load_model(run / "student_denoiser_1_steps_adversarial.keras")
+    shipped = load_model(tmp_path / "shipped" / "student_generator_1_steps.keras")     # the tuned one ships
+    shipped_weights = shipped.get_weights()
+    assert len(shipped_weights) == len(tuned.get_weights())
+    assert all(np.array_equal(a, b) for a, b in zip(shipped_weights, tuned.get_weights()))
+    grids = [v.metadata.summary_description for f in sorted((tmp_path / "tb" / "adv" / "adversarial").glob("*/events.*"))
+             for e in tf.compat.v1.train.summary_iterator(str(f)) for v in e.summary.value if v.tag.startswith("adv")]
+    assert grids == ["student, 1 steps | student, 1 steps, adversarial"]
+
+
 def test_a_score_is_reused_only_for_the_same_network_steps_and_eval_settings(tmp_path):
     from kd_tf.config import GanEvalConfig
     from kd_tf.diffusion.jobs import ScoreCache
@@ -407,3 +440,10 @@ def test_distill_config_names_a_bad_stage_budget_or_score_list():
         DiffusionDistillJobConfig(teacher_steps=8, final_learning_rate_fraction=[1, 0]).validate()
     with pytest.raises(ValueError, match=r"score_steps.*any of \[8, 4, 2, 1\]"):
         DiffusionDistillJobConfig(teacher_steps=8, score_steps=[3]).validate()
+    from kd_tf.diffusion.config import DiffusionAdversarialConfig
+
+    DiffusionDistillJobConfig(teacher_steps=8, adversarial=DiffusionAdversarialConfig([4, 1], "d.keras")).validate()
+    with pytest.raises(ValueError, match=r"adversarial.student_steps.*\[8\].*any of \[4, 2, 1\]"):     # not the teacher
+        DiffusionDistillJobConfig(teacher_steps=8, adversarial=DiffusionAdversarialConfig([8], "d.keras")).validate()
+    with pytest.raises(ValueError, match=r"adversarial.discriminator.*None.*a .keras discriminator"):
+        DiffusionDistillJobConfig(teacher_steps=8, adversarial=DiffusionAdversarialConfig([1])).validate()

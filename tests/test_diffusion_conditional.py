@@ -2,6 +2,8 @@
 first values, as a conditional GAN's latent), a conditional network started from an unconditional
 one samples exactly as it did, the teacher and each progressive stage learn from labeled digits."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -143,3 +145,29 @@ def test_the_dynamic_range_file_reads_the_class_code_exactly_where_full_integer_
     assert (drawn(full) == asked - 1).sum() >= 5, drawn(full)
     with pytest.raises(ValueError, match="int8 mode 'int16x8'; accepted: int8, dynamic"):
         export_generator(generator, tmp_path / "other", mode="int16x8")
+
+
+def test_the_adversarial_finetune_trains_only_the_student_and_its_gan_term_moves_it(labeled, tmp_path):
+    from kd_tf.diffusion.adversarial import adversarial_finetune
+    from kd_tf.gan.nets import build_discriminator
+
+    images, labels = labeled
+    digits = np.round(images[..., 0] * 255).astype(np.uint8)
+    network, critic = _network(5), build_discriminator((8, 16), classes=CLASSES)
+    before, critic_before = _weights(network), _weights(critic)
+    # the student's own sampler as its target: the MSE term is 0, so only the GAN term can move it
+    common = dict(steps=1, teacher=network, teacher_steps=1, discriminator=critic, images=digits, labels=labels,
+                  optimizer_steps=3, batch_size=8, learning_rate=1e-3)
+    still = adversarial_finetune(network, student_loss_weight=0.0, **common)
+    assert not _changed(before, still)
+    saved = tmp_path / "tuned.keras"
+    moved = adversarial_finetune(network, student_loss_weight=0.5, saved=saved, **common)
+    assert _changed(before, moved) and not _changed(before, network) and not _changed(critic_before, critic)
+    record = json.loads(saved.with_suffix(".json").read_text())
+    assert record["optimizer_steps"] == 3 and record["final"]["d_loss"] > 0
+    again = adversarial_finetune(network, student_loss_weight=0.5, saved=saved, **{**common, "discriminator": None})
+    assert not _changed(_weights(moved), again)               # loaded, not trained (it has no discriminator)
+    with pytest.raises(ValueError, match=r"takes 1 input\(s\); accepted .* \(image, one-hot label\) pairs"):
+        adversarial_finetune(network, **{**common, "discriminator": build_discriminator((8, 16))})
+    with pytest.raises(ValueError, match="accepted: the images' int labels"):
+        adversarial_finetune(network, **{**common, "labels": None})

@@ -427,7 +427,7 @@ def test_cli_class_conditional_teacher_and_student(cli_run, tmp_path, monkeypatc
     """generator.classes: the teacher and its discriminator are conditional, the student must say
     the same number of classes, and every conditional row reports the class it was asked for."""
     from kd_tf.cli import main
-    from kd_tf.gan.conditional import classes_of
+    from kd_tf.conditional_gan import classes_of
     from kd_tf.model_io import load_model
 
     root, _ = cli_run

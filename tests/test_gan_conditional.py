@@ -1,4 +1,4 @@
-"""Class-conditional GANs (kd_tf.gan.conditional): the class rides in z, the step draws z with the
+"""Class-conditional GANs (kd_tf.conditional_gan): the class rides in z, the step draws z with the
 real batch's classes, the discriminator scores (image, label) pairs, and the class survives export."""
 
 import keras
@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from kd_tf.errors import InputError
-from kd_tf.gan.conditional import (ClassLatentSampler, ConditionalAdversarial, ConditionalAdversarialTraining,
+from kd_tf.conditional_gan import (ClassLatentSampler, ConditionalAdversarial, ConditionalAdversarialTraining,
                                    ConditionalDistiller, class_accuracy, classes_of, latents_for_classes, with_class)
 from kd_tf.gan.nets import build_discriminator, build_generator
 from kd_tf.objectives import clone_discriminator

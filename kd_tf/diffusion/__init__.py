@@ -10,14 +10,15 @@
   Luhman & Luhman, 2021);
 - `progressive`: progressive distillation (Salimans & Ho, 2022) as multi-stage distillation
   through the same `Distiller`: N -> N/2 -> ... -> 1 steps, each stage's teacher the student
-  before it, each target two teacher DDIM steps folded into one.
+  before it, each target two teacher DDIM steps folded into one;
+- `adversarial`: a GAN-loss fine-tune of a few-step student beside the MSE to its stage teacher.
 """
 
 import importlib
 
 # Imported on first use (PEP 562), so that `kd_tf.diffusion.config` (the CLI's job list) does not
 # start TensorFlow: `python -m kd_tf config` stays quiet and quick.
-_EXPORTS = {"DDIMSampler": "sampler", "DiffusionModel": "model", "TwoStepTarget": "progressive",
+_EXPORTS = {"DDIMSampler": "sampler", "adversarial_finetune": "adversarial", "as_generator": "sampler", "DiffusionModel": "model", "TwoStepTarget": "progressive",
             "XPrediction": "progressive", "build_denoiser": "nets", "progressive_distillation": "progressive",
             "stage_dataset": "progressive"}
 __all__ = sorted(_EXPORTS)

@@ -70,6 +70,35 @@ class DiffusionTeacherJobConfig:
 
 
 @dataclasses.dataclass
+class DiffusionAdversarialConfig:
+    """After progressive distillation, an adversarial fine-tune of chosen few-step students
+    (kd_tf.diffusion.adversarial): the GAN loss against a trained digit discriminator beside the
+    output MSE to the student's stage teacher (twice its steps, the same noise). What a fine-tuned
+    step count ships (generator, int8) is the fine-tuned network; the report keeps the plain row."""
+
+    student_steps: list[int] = dataclasses.field(default_factory=list)   # stages fine-tuned ([]: none)
+    discriminator: str | None = None         # a trained discriminator (.keras) to start from, e.g. the GAN task's
+    optimizer_steps: int = 600               # fine-tune steps per student
+    student_loss_weight: float = 0.1         # weight of the GAN loss; 1 - it on the MSE to the stage teacher
+    learning_rate: float = 5e-5              # Adam (beta_1 0.5), decaying along a cosine to
+    final_learning_rate_fraction: float = 0.1   # this share of it
+    discriminator_learning_rate: float = 2e-4
+
+    def validate(self, stages: list[int]):
+        _check(all(s in stages[1:] for s in self.student_steps), "adversarial.student_steps", self.student_steps,
+               f"students' step counts, any of {stages[1:]}")
+        _check(not self.student_steps or str(self.discriminator).endswith(".keras"), "adversarial.discriminator",
+               self.discriminator, "a .keras discriminator (needed when adversarial.student_steps is set)")
+        _check(self.optimizer_steps >= 1, "adversarial.optimizer_steps", self.optimizer_steps, "an int >= 1")
+        _check(0 <= self.student_loss_weight <= 1, "adversarial.student_loss_weight", self.student_loss_weight,
+               "a float in [0, 1]")
+        _check(self.learning_rate > 0 and self.discriminator_learning_rate > 0, "adversarial learning rates",
+               [self.learning_rate, self.discriminator_learning_rate], "floats > 0")
+        _check(0 < self.final_learning_rate_fraction <= 1, "adversarial.final_learning_rate_fraction",
+               self.final_learning_rate_fraction, "a float in (0, 1]")
+
+
+@dataclasses.dataclass
 class DiffusionDistillJobConfig:
     """`python -m kd_tf distill --task diffusion`: few-step students of the teacher's sampler."""
 
@@ -89,6 +118,7 @@ class DiffusionDistillJobConfig:
     int8_mode: str = "int8"
     score_steps: list[int] | None = None     # stages scored (FID etc. on eval.samples); None: every stage
     save_to: str | None = None               # a folder for the students' generators (None: run folder only)
+    adversarial: DiffusionAdversarialConfig = dataclasses.field(default_factory=DiffusionAdversarialConfig)
 
     def validate(self):
         self.data.validate()
@@ -114,6 +144,7 @@ class DiffusionDistillJobConfig:
         _check(self.int8_mode in INT8_MODES, "int8_mode", self.int8_mode, f"one of {INT8_MODES}")
         for count in self.score_steps or []:
             _check(count in stages, "score_steps", count, f"step counts of the stages, any of {stages}")
+        self.adversarial.validate(stages)
         self.eval.validate()
         return self
 

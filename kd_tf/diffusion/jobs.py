@@ -24,10 +24,11 @@ from kd_tf.callbacks import digit_grid, side_by_side
 from kd_tf.class_latents import class_accuracy, latents_for_classes
 from kd_tf.complexity import count_macs, count_params
 from kd_tf.images import write_image
+from kd_tf.diffusion.adversarial import adversarial_finetune, adversarial_path
 from kd_tf.diffusion.model import DiffusionModel
 from kd_tf.diffusion.nets import build_denoiser, denoiser_classes, warm_start, with_shared_noise_level
 from kd_tf.diffusion.progressive import progressive_distillation, stage_record
-from kd_tf.diffusion.sampler import DDIMSampler
+from kd_tf.diffusion.sampler import as_generator
 from kd_tf.digits import as_unit, load_digits
 from kd_tf.errors import InputError
 from kd_tf.distribute import BackupAndRestore
@@ -42,22 +43,6 @@ COLLAPSE_ADVICE = ("For a distilled student: more steps_per_stage or another lea
                    "undistilled sampler with few steps collapses by design")
 INT8_ROW_SUFFIX = {"int8": "", "dynamic": " (dynamic range)"}   # a report row names its int8 file's kind
 TRAIN_TEACHER = "train one with `python -m kd_tf train-teacher --task diffusion` or set teacher"
-
-
-def as_generator(network: keras.Model, steps: int, name: str | None = None) -> keras.Model:
-    """latent z (batch, H*W*C) -> `steps`-step DDIM samples in [-1, 1]: a sampler as a generator.
-
-    >>> import numpy as np
-    >>> generator = as_generator(build_denoiser(28, 1, (8, 16), 1), steps=2)
-    >>> generator.input_shape, generator(np.zeros((3, 784), "float32")).shape
-    ((None, 784), TensorShape([3, 28, 28, 1]))
-    """
-    shape = tuple(network.input_shape[0][1:])
-    latent = keras.Input((int(np.prod(shape)),), name="latent")
-    noise = keras.layers.Reshape(shape, name="noise_image")(latent)
-    images = DDIMSampler(with_shared_noise_level(network), steps)(noise)   # int8-safe noise embedding
-    signed = keras.layers.Rescaling(2.0, -1.0, dtype="float32", name="signed")(images)
-    return keras.Model(latent, signed, name=name or f"ddim_{steps}_steps")
 
 
 def macs_per_image(network: keras.Model, steps: int) -> int:
@@ -186,13 +171,19 @@ class _StageGrid(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         steps = self.teacher_steps // 2
-        panels = {f"teacher, {self.teacher_steps} steps": as_generator(self.teacher, self.teacher_steps)(self.grids.latents),
-                  f"student, {steps} steps": as_generator(self.student, steps)(self.grids.latents)}
-        writer = tf.summary.create_file_writer(self.grids.log_dir)
-        with writer.as_default(), tf.summary.record_if(True):   # the stage's TensorBoard callback gates recording
-            tf.summary.image("progressive/teacher | student", side_by_side(panels, 4)[None, ..., None],
-                             step=self.stage, description=" | ".join(panels))
-        writer.close()
+        write_panels(self.grids.log_dir, "progressive/teacher | student", self.stage, self.grids.latents,
+                     {f"teacher, {self.teacher_steps} steps": (self.teacher, self.teacher_steps),
+                      f"student, {steps} steps": (self.student, steps)})
+
+
+def write_panels(log_dir, tag: str, step: int, latents: np.ndarray, samplers: dict):
+    """One TensorBoard image `tag` at `step`: the samplers ({name: (network, steps)}) side by side
+    on the same latents, their names as its description."""
+    panels = {name: as_generator(network, steps)(latents) for name, (network, steps) in samplers.items()}
+    writer = tf.summary.create_file_writer(str(log_dir))
+    with writer.as_default(), tf.summary.record_if(True):   # a training's TensorBoard callback gates recording
+        tf.summary.image(tag, side_by_side(panels, 4)[None, ..., None], step=step, description=" | ".join(panels))
+    writer.close()
 
 
 def _checked_classes(classes: int, digits) -> int:
@@ -253,12 +244,43 @@ def train_teacher(config) -> dict:
     return report
 
 
+def _adversarial_finetunes(config, stages, digits, labels, paths, latents) -> dict:
+    """{steps: network} of the students `config.adversarial` fine-tunes, each against its stage's
+    teacher (the stage before it), with its losses and a grid progressive | adversarial in
+    TensorBoard (`adversarial/<N>_steps`); finished ones are loaded from the run folder."""
+    settings = config.adversarial
+    if not settings.student_steps:
+        return {}
+    discriminator = load_frozen(settings.discriminator, "discriminator", "train one with `python -m kd_tf "
+                                "train-teacher --task gan` (generator.classes as the diffusion teacher's classes) or "
+                                "set adversarial.discriminator")
+    tuned = {}
+    for (teacher_steps, teacher), (steps, network) in zip(stages, stages[1:]):
+        if steps not in settings.student_steps:
+            continue
+        log_dir = paths.logs / "adversarial" / f"{steps}_steps"
+        saved = adversarial_path(paths.root, steps)
+        trained = not saved.is_file()
+        tuned[steps] = adversarial_finetune(
+            network, steps, teacher, teacher_steps, discriminator, digits.train_images, labels,
+            settings.optimizer_steps, config.data.batch_size, settings.learning_rate,
+            settings.final_learning_rate_fraction, settings.student_loss_weight, settings.discriminator_learning_rate,
+            config.seed, [keras.callbacks.TensorBoard(str(log_dir), update_freq=50, write_graph=False)], saved)
+        if trained:
+            write_panels(log_dir, "adversarial/progressive | adversarial", steps, latents,
+                         {f"student, {steps} steps": (network, steps),
+                          f"student, {steps} steps, adversarial": (tuned[steps], steps)})
+    return tuned
+
+
 def distill(config) -> dict:
     """Progressive distillation of the teacher's sampler, `teacher_steps` -> ... -> `end_steps`;
     the teacher and the chosen stages (`score_steps`, default all) scored on the same latents, each
     beside the teacher's own network sampled with as few steps (what the distillation adds), the
-    chosen ones exported to int8 TFLite. Rerun with the same --run-name, it resumes at the stage
-    a kill interrupted (finished stages are kept in the run folder)."""
+    chosen ones exported to int8 TFLite. With `adversarial.student_steps`, those students are
+    fine-tuned against a discriminator and ship (generator, int8) in place of the plain ones, whose
+    rows stay in the report. Rerun with the same --run-name, it resumes at the stage a kill
+    interrupted (finished stages and fine-tunes are kept in the run folder)."""
     from kd_tf.generators import Scorer, export_generator, score_tflite, tflite_generate
 
     config.validate()
@@ -275,6 +297,7 @@ def distill(config) -> dict:
                                       config.learning_rate, config.seed, callbacks=grids, stages_dir=paths.root,
                                       final_learning_rate_fraction=config.final_learning_rate_fraction,
                                       labels=labels)
+    tuned = _adversarial_finetunes(config, stages, digits, labels, paths, grids.latents)
     seconds = time.time() - started
     scorer = Scorer(config.eval.classifier, digits.test_images, config.eval.collapse_ratio, config.eval.seed,
                     COLLAPSE_ADVICE)
@@ -282,29 +305,34 @@ def distill(config) -> dict:
     rows, exported = {}, {}
     for index, (steps, network) in enumerate(stages):
         name = f"teacher, {steps} steps" if index == 0 else f"student, {steps} steps"
+        shipped, shipped_name = (tuned[steps], f"{name}, adversarial") if steps in tuned else (network, name)
         if index == 0 or config.score_steps is None or steps in config.score_steps:
             rows[name] = scores.score(network, steps, scorer, config.eval, name)
             if index:            # the control arm: the teacher's own network at the student's step count
                 control = f"teacher network, {steps} steps (undistilled)"
                 rows[control] = scores.score(teacher, steps, scorer, config.eval, control)
+        if steps in tuned:       # scored whatever score_steps says: it is what ships
+            rows[shipped_name] = scores.score(shipped, steps, scorer, config.eval, shipped_name)
         if index:
-            _write_grid(paths.root / f"samples_{steps}_steps.png", network, steps)
+            _write_grid(paths.root / f"samples_{steps}_steps.png", shipped, steps)
             if config.save_to:
-                save_model(as_generator(network, steps), f"{config.save_to}/student_generator_{steps}_steps.keras")
+                save_model(as_generator(shipped, steps), f"{config.save_to}/student_generator_{steps}_steps.keras")
         if index and steps in config.export_int8_steps:
-            tflite = export_generator(as_generator(network, steps), paths.root / f"export_{steps}_steps",
+            tflite = export_generator(as_generator(shipped, steps), paths.root / f"export_{steps}_steps",
                                       mode=config.int8_mode)
             exported[steps] = str(tflite)
             row = {**score_tflite(tflite, scorer, config.eval.samples), "steps": steps,
-                   "params": count_params(network), "macs": macs_per_image(network, steps)}
-            name = f"student, {steps} steps, int8{INT8_ROW_SUFFIX[config.int8_mode]}"
-            rows[name] = _with_class_accuracy(row, network, tflite_generate(tflite)[1], scorer, config.eval)
+                   "params": count_params(shipped), "macs": macs_per_image(shipped, steps)}
+            name = f"{shipped_name}, int8{INT8_ROW_SUFFIX[config.int8_mode]}"
+            rows[name] = _with_class_accuracy(row, shipped, tflite_generate(tflite)[1], scorer, config.eval)
     teacher_row = rows[f"teacher, {config.teacher_steps} steps"]
     records = [stage_record(paths.root, steps) for steps, _ in stages[1:]]
     report = {"job": "distill --task diffusion", "run": paths.name, "data": digits.source,
               "train_seconds": seconds,   # this run's; a resumed run loaded the stages finished before
               "stages": [{"from_steps": 2 * steps, "to_steps": steps, "seconds": None, **(record or {})}
                          for (steps, _), record in zip(stages[1:], records)],
+              "adversarial": {steps: json.loads(adversarial_path(paths.root, steps).with_suffix(".json").read_text())
+                              for steps in tuned},
               "samplers": rows, "int8": exported, "config": cfg.to_dict(config),
               "fid_over_teacher": {name: r["fid"] / teacher_row["fid"] for name, r in rows.items()},
               "speedup_over_teacher": {name: teacher_row["ms_per_64"] / r["ms_per_64"] for name, r in rows.items()}}

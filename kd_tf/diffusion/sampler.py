@@ -16,9 +16,10 @@ the same digit.
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from kd_tf.diffusion.nets import denoiser_classes, shares_noise_level, with_class_input
+from kd_tf.diffusion.nets import denoiser_classes, shares_noise_level, with_class_input, with_shared_noise_level
 from kd_tf.diffusion.schedule import ddim_step, step_times, to_pixels
 from kd_tf.errors import InputError
 from kd_tf.layers import ClassCode
@@ -82,3 +83,20 @@ class DDIMSampler(keras.Model):
     @classmethod
     def from_config(cls, config):
         return rebuild_wrapper(cls, config, "network")
+
+
+def as_generator(network: keras.Model, steps: int, name: str | None = None) -> keras.Model:
+    """latent z (batch, H*W*C) -> `steps`-step DDIM samples in [-1, 1]: a sampler as a generator.
+
+    >>> import numpy as np
+    >>> from kd_tf.diffusion.nets import build_denoiser
+    >>> generator = as_generator(build_denoiser(28, 1, (8, 16), 1), steps=2)
+    >>> generator.input_shape, generator(np.zeros((3, 784), "float32")).shape
+    ((None, 784), TensorShape([3, 28, 28, 1]))
+    """
+    shape = tuple(network.input_shape[0][1:])
+    latent = keras.Input((int(np.prod(shape)),), name="latent")
+    noise = keras.layers.Reshape(shape, name="noise_image")(latent)
+    images = DDIMSampler(with_shared_noise_level(network), steps)(noise)   # int8-safe noise embedding
+    signed = keras.layers.Rescaling(2.0, -1.0, dtype="float32", name="signed")(images)
+    return keras.Model(latent, signed, name=name or f"ddim_{steps}_steps")

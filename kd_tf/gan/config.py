@@ -20,7 +20,7 @@ class GeneratorConfig:
 
     latent_dim: int = 64                  # size of the latent z
     widths: list[int] = dataclasses.field(default_factory=lambda: [128, 64, 32]) # channels at 7x7, 14x14 and 28x28
-    # class-conditional on this many classes (kd_tf.gan.conditional; the data must be labeled), 0: not;
+    # class-conditional on this many classes (kd_tf.conditional_gan; the data must be labeled), 0: not;
     # a student must match its teacher
     classes: int = 0
 

@@ -27,7 +27,7 @@ from kd_tf.complexity import count_macs, count_params
 from kd_tf.digits import as_signed, as_unit, load_digits, real_dataset
 from kd_tf.distiller import Distiller
 from kd_tf.gan import config as gan_config
-from kd_tf.gan.conditional import (ClassLatentSampler, ConditionalAdversarial, ConditionalAdversarialTraining,
+from kd_tf.conditional_gan import (ClassLatentSampler, ConditionalAdversarial, ConditionalAdversarialTraining,
                                    ConditionalDistiller, class_accuracy, classes_of, labeled_real_dataset,
                                    latents_for_classes)
 from kd_tf.gan.nets import build_discriminator, build_generator

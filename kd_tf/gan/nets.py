@@ -10,7 +10,7 @@ The discriminator has no normalisation (nor dropout): its output for one image n
 the rest of the batch, which the R1 penalty and the replica equality need. Layers are named
 `project`, `up0`, `up1`, `image` in every generator so that feature pairs line up by name.
 
-With `classes` > 0 both are class-conditional (kd_tf.gan.conditional): the generator reads its class
+With `classes` > 0 both are class-conditional (kd_tf.conditional_gan): the generator reads its class
 from z (the argmax of its first `classes` entries, `class_code`) and adds the class's embedding to
 its first dense layer's output (the same function as a dense layer on z and a one-hot code); the
 discriminator takes (image, one-hot label) and adds a projection term, the inner product of the
@@ -38,7 +38,7 @@ def _check_classes(classes, latent_dim=None):
 def build_generator(latent_dim: int = 64, widths=(128, 64, 32), name: str = "generator",
                     classes: int = 0) -> keras.Model:
     """A DCGAN generator: latent (latent_dim,) -> image (28, 28, 1) in [-1, 1]; widths: channels at
-    7x7, 14x14, 28x28; classes > 0: the class is the argmax of z[:classes] (kd_tf.gan.conditional)."""
+    7x7, 14x14, 28x28; classes > 0: the class is the argmax of z[:classes] (kd_tf.conditional_gan)."""
     widths = tuple(int(w) for w in widths)
     if len(widths) != 3 or min(widths) < 1:
         raise ValueError(f"generator widths={widths!r} is not accepted; expected three positive ints "

@@ -1,5 +1,7 @@
-"""Class-conditional GANs whose class rides in the latent itself: the argmax of z's first `classes`
-entries (kd_tf.class_latents says why, and holds what asks a latent for a class).
+"""Class-conditional adversarial training whose class rides in the latent itself: the argmax of z's
+first `classes` entries (kd_tf.class_latents says why, and holds what asks a latent for a class).
+In the core because two tasks train against a class-conditional discriminator: the GAN task's
+teacher and student, and the diffusion task's adversarial fine-tune of a few-step sampler.
 
 Training needs the real digits' labels: the data are (image, one-hot label) batches, the step
 draws z with the batch's classes (`ClassLatentSampler`), and the discriminator is a projection
