@@ -1,5 +1,6 @@
 """Why a class-conditional sampler loses more to full-integer int8 than to dynamic-range int8: the
-shipped 4-step conditional diffusion student, scored (FID etc., kd_tf.generators.Scorer, the
+4-step conditional diffusion student of progressive distillation (session 20's, before the adversarial
+fine-tune that ships now; its network is kept in models/diffusion/conditional/stages/), scored (FID etc., kd_tf.generators.Scorer, the
 distillation report's eval settings) as float, as float fed noise rounded the way the full-integer
 file's input is, as float given only the class code the full-integer file reads, and as its full-
 integer and dynamic-range TFLite files; and, per noise draw, which samples the full-integer file
@@ -25,7 +26,7 @@ from kd_tf.config import MODELS_DIR
 
 HERE = Path(__file__).resolve().parent
 PAIR = MODELS_DIR / "diffusion" / "conditional"
-GENERATOR = PAIR / "student_generator_4_steps.keras"
+NETWORK = PAIR / "stages" / "student_denoiser_4_steps.keras"
 CLASSES, SAMPLES, DRAWS = 10, 2000, 256
 UNLIKE = 0.1                      # per-sample MSE (model range [-1, 1]) above which an image is another drawing
 
@@ -44,14 +45,18 @@ def input_quantization(path: Path) -> tuple[float, int]:
 def main() -> int:
     from kd_tf.digits import load_digits
     from kd_tf.generators import Scorer, export_generator, keras_generate, tflite_generate
+    from kd_tf.diffusion.sampler import as_generator
     from kd_tf.model_io import load_model
 
     eval_config = json.loads((PAIR / "distill_report.json").read_text())["config"]["eval"]
     digits = load_digits("auto")
     scorer = Scorer(eval_config["classifier"], digits.test_images, eval_config["collapse_ratio"], eval_config["seed"], "")
-    generate = keras_generate(load_model(GENERATOR))
+    def generator():
+        return as_generator(load_model(NETWORK), 4)
+
+    generate = keras_generate(generator())
     with tempfile.TemporaryDirectory() as workdir:
-        files = {mode: export_generator(load_model(GENERATOR), Path(workdir) / mode, mode=mode)
+        files = {mode: export_generator(generator(), Path(workdir) / mode, mode=mode)
                  for mode in ("int8", "dynamic")}
         scale, zero = input_quantization(files["int8"])
 
@@ -80,7 +85,7 @@ def main() -> int:
     gaps = top2[:, 1] - top2[:, 0]
     unlike = error > UNLIKE
     flips = rounded(z[:, :CLASSES]).argmax(1) != z[:, :CLASSES].argmax(1)
-    results = {"generator": str(GENERATOR.relative_to(MODELS_DIR.parent)), "samples": SAMPLES,
+    results = {"generator": f"as_generator({NETWORK.relative_to(MODELS_DIR.parent)}, 4)", "samples": SAMPLES,
                "input_scale": scale, "input_zero_point": zero, "rows": rows,
                "fid_over_float": {name: row["fid"] / rows["float"]["fid"] for name, row in rows.items()},
                "per_draw": {"draws": DRAWS, "unlike_float": int(unlike.sum()),
