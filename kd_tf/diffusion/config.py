@@ -82,7 +82,7 @@ class DiffusionAdversarialConfig:
     student_loss_weight: float = 0.1         # weight of the GAN loss; 1 - it on the MSE to the stage teacher
     learning_rate: float = 5e-5              # Adam (beta_1 0.5), decaying along a cosine to
     final_learning_rate_fraction: float = 0.1   # this share of it
-    discriminator_learning_rate: float = 2e-4
+    discriminator_learning_rate: float = 2e-4   # the discriminator's Adam (beta_1 0.5), constant
 
     def validate(self, stages: list[int]):
         _check(all(s in stages[1:] for s in self.student_steps), "adversarial.student_steps", self.student_steps,
