@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import kd_tf.diffusion.adversarial
 import kd_tf.diffusion.nets
 import kd_tf.diffusion.sampler
 import kd_tf.diffusion.schedule
@@ -258,7 +259,8 @@ def test_the_int8_sampler_keeps_the_noise_level(rng, tmp_path):
     assert errors["shared"] < 0.2 and errors["per sample"] > 3 * errors["shared"], errors   # measured 0.13 vs 0.60
 
 
-@pytest.mark.parametrize("module", [kd_tf.diffusion.schedule, kd_tf.diffusion.nets, kd_tf.diffusion.sampler])
+@pytest.mark.parametrize("module", [kd_tf.diffusion.schedule, kd_tf.diffusion.nets, kd_tf.diffusion.sampler,
+                                    kd_tf.diffusion.adversarial])
 def test_docstring_examples_run(module):
     failed, tried = doctest.testmod(module)
     assert tried and not failed

@@ -161,6 +161,8 @@ def test_docstring_examples_run():
     import doctest
 
     import kd_tf.class_latents
+    import kd_tf.conditional_gan
 
-    failed, tried = doctest.testmod(kd_tf.class_latents)
-    assert tried and not failed
+    for module in (kd_tf.class_latents, kd_tf.conditional_gan):
+        failed, tried = doctest.testmod(module)
+        assert tried and not failed, module.__name__
