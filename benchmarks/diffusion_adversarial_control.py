@@ -9,7 +9,7 @@ cache, 2,000 samples).
                                                           # (~20 min per arm on 2 AVX2 cores)
 
 Each arm's network is kept under runs/diffusion-adversarial-control/ and not trained again (the
-committed json's two networks were trained in session 21 by this file's training code as a /tmp
+committed json's two networks were trained in session 21 by the same fine-tune built by hand in a /tmp
 prototype, then placed there; every row was scored through the score cache).
 """
 
@@ -33,31 +33,27 @@ SCHEDULE_STEPS = 600
 
 
 def train(weight: float, stop: int, path: Path):
+    """The shipped fine-tune (kd_tf.diffusion.adversarial_finetune, the report's settings) at GAN
+    weight `weight`, stopped after `stop` of its 600 steps, saved to `path`."""
     import keras
 
-    from kd_tf.conditional_gan import (ClassLatentSampler, ConditionalAdversarial, ConditionalDistiller,
-                                       labeled_real_dataset)
     from kd_tf.digits import load_digits
-    from kd_tf.diffusion.nets import with_shared_noise_level
-    from kd_tf.diffusion.sampler import as_generator
-    from kd_tf.model_io import load_model, save_model, trainable_copy
-    from kd_tf.objectives import clone_discriminator
+    from kd_tf.diffusion.adversarial import adversarial_finetune
+    from kd_tf.model_io import load_model, save_model
+
+    class StopAfter(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch + 1 >= stop:
+                self.model.stop_training = True
 
     keras.utils.set_random_seed(0)
-    teacher = with_shared_noise_level(load_model(PAIR / "stages" / "student_denoiser_8_steps.keras"))
-    teacher.trainable = False
-    student = trainable_copy(with_shared_noise_level(load_model(PAIR / "stages" / "student_denoiser_4_steps.keras")))
-    critic = clone_discriminator(load_model(MODELS_DIR / "gan" / "conditional" / "teacher_discriminator.keras"))
-    objective = ConditionalAdversarial(critic, keras.optimizers.Adam(2e-4, beta_1=0.5), loss="non-saturating")
-    distiller = ConditionalDistiller(as_generator(teacher, 8), as_generator(student, 4), student_loss_weight=weight,
-                                     output_loss="mse", objective=objective,
-                                     latent_sampler=ClassLatentSampler(784, 10, 0))
-    schedule = keras.optimizers.schedules.CosineDecay(5e-5, SCHEDULE_STEPS, alpha=0.1)
-    distiller.compile(optimizer=keras.optimizers.Adam(schedule, beta_1=0.5))
     digits = load_digits("auto")
-    data = labeled_real_dataset(digits.train_images, digits.train_labels, 10, 64, 0)
-    distiller.fit(data, epochs=1, steps_per_epoch=stop, verbose=0)
-    save_model(student, path)
+    tuned = adversarial_finetune(
+        load_model(PAIR / "stages" / "student_denoiser_4_steps.keras"), 4,
+        load_model(PAIR / "stages" / "student_denoiser_8_steps.keras"), 8,
+        load_model(MODELS_DIR / "gan" / "conditional" / "teacher_discriminator.keras"), digits.train_images,
+        digits.train_labels, optimizer_steps=SCHEDULE_STEPS, student_loss_weight=weight, callbacks=[StopAfter()])
+    save_model(tuned, path)
 
 
 def main(argv=None) -> int:
