@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"   # the shipped models, whatever the working directory
 STRATEGIES = ("default", "mirrored", "multiworker")     # tf.distribute, see kd_tf.distribute
+WEIGHT_ROUNDINGS = ("gptq", "nearest")     # how dynamic-range int8 rounds the weights (kd_tf.weight_rounding)
 
 
 class ConfigError(InputError):

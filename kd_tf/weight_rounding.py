@@ -99,6 +99,14 @@ def gptq_columns(weights: np.ndarray, hessian: np.ndarray, scale: np.ndarray, fr
     return rounded.T
 
 
+def _model_inputs(batch):
+    """One calibration batch as the model takes it: an array, or one array per input (a list or
+    tuple) for a model of several inputs (a diffusion denoiser: noisy image, noise level, class)."""
+    if isinstance(batch, (list, tuple)):
+        return [np.asarray(part) for part in batch]
+    return np.asarray(batch, np.float32)
+
+
 def _keep_channel_peaks(rounded: np.ndarray, original: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Puts each channel's largest original weight back on +-127 steps if GPTQ moved every weight
     of the channel below it: the converter derives the scale from the largest |weight|."""
@@ -142,14 +150,16 @@ def gptq_int8_weights(model: keras.Model, batches, dynamic_activations: bool = T
                       min_elements: int = MIN_ELEMENTS, damping: float = 0.01) -> tuple[keras.Model, dict]:
     """A copy of `model` whose Conv2D and Dense kernels of at least `min_elements` weights lie on
     TFLite's per-channel int8 grid, rounded by GPTQ on `batches` (inputs as the model will see
-    them: for a denoiser, 8-bit noisy photos and colour-gamut images), biases refitted.
+    them: for a denoiser, 8-bit noisy photos and colour-gamut images; for a model of several
+    inputs, a list of arrays per batch, as a diffusion sampler's network gets them at each of
+    its steps: kd_tf.diffusion.DDIMSampler.network_inputs), biases refitted.
 
     Returns (copy, {layer: {"nearest": e, "gptq": e}}), e the mean squared output error of that
     layer on its inputs (upstream layers already rounded) with nearest rounding and with GPTQ.
     Grouped or dilated convolutions are left to the converter's rounding, logged; transposed
     ones too (kd_tf.export.shuffle_upsampling turns 2x2 stride-2 ones into convolutions first).
     """
-    batches = [np.asarray(batch, np.float32) for batch in batches]
+    batches = [_model_inputs(batch) for batch in batches]
     reasons = {layer.name: _eligible(layer, min_elements) for layer in model.layers}
     names = [name for name, why in reasons.items() if why is None]
     skipped = [name for name, why in reasons.items() if why]

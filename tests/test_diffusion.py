@@ -365,6 +365,9 @@ def test_cli_a_conditional_teacher_from_the_plain_one_distills_and_draws_the_ask
     assert list(rows) == ["teacher, 2 steps", "student, 1 steps", "teacher network, 1 steps (undistilled)",
                           "student, 1 steps, int8 (dynamic range)"]
     assert report["int8"]["1"].endswith("student_generator_int8_dynamic.tflite")
+    rounding = rows["student, 1 steps, int8 (dynamic range)"]["weight_rounding"]   # gptq, the dynamic default
+    assert rounding["method"] == "gptq" and rounding["calibration_samples"] == 512
+    assert rounding["layer_errors"] and all(e["gptq"] <= e["nearest"] for e in rounding["layer_errors"].values())
     for row in [*rows.values(), teacher["samplers"]["teacher, 2 steps"]]:    # the int8 file's class too
         accuracy = row["class_accuracy"]
         assert accuracy["samples"] == 100 and len(accuracy["per_class"]) == 10 and 0 <= accuracy["accuracy"] <= 1
@@ -438,6 +441,10 @@ def test_distill_config_names_a_bad_stage_budget_or_score_list():
     DiffusionDistillJobConfig(int8_mode="dynamic").validate()
     with pytest.raises(ValueError, match=r"int8_mode.*'full'.*one of \('int8', 'dynamic'\)"):
         DiffusionDistillJobConfig(int8_mode="full").validate()
+    with pytest.raises(ValueError, match=r"dynamic_weight_rounding.*'round'.*one of \('gptq', 'nearest'\)"):
+        DiffusionDistillJobConfig(int8_mode="dynamic", dynamic_weight_rounding="round").validate()
+    with pytest.raises(ValueError, match=r"int8_calibration_samples.*0.*an int >= 1"):
+        DiffusionDistillJobConfig(int8_calibration_samples=0).validate()
     with pytest.raises(ValueError, match=r"final_learning_rate_fraction.*in \(0, 1\], or 3 of them"):
         DiffusionDistillJobConfig(teacher_steps=8, final_learning_rate_fraction=[1, 0]).validate()
     with pytest.raises(ValueError, match=r"score_steps.*any of \[8, 4, 2, 1\]"):

@@ -11,9 +11,9 @@ import tensorflow as tf
 
 from kd_tf.class_latents import classes_of, latents_for_classes
 from kd_tf.diffusion import DDIMSampler, DiffusionModel, build_denoiser, progressive_distillation, stage_dataset
-from kd_tf.diffusion.jobs import as_generator, macs_per_image
+from kd_tf.diffusion.jobs import as_generator, int8_rounded, macs_per_image
 from kd_tf.diffusion.nets import denoiser_classes, warm_start
-from kd_tf.diffusion.schedule import ddim_step, step_times, to_pixels
+from kd_tf.diffusion.schedule import ddim_step, rates, step_times, to_pixels
 
 CLASSES = 4
 
@@ -75,6 +75,47 @@ def test_the_sampler_draws_the_class_its_noise_asks_for():
     generator = as_generator(network, 2)
     assert classes_of(generator) == CLASSES and denoiser_classes(network) == CLASSES
     assert classes_of(as_generator(_network(2, classes=0), 2)) == 0
+
+
+def test_the_sampler_records_what_it_gives_its_network_at_each_step():
+    network = _network(3)
+    labels = np.array([0, 1, 2, 3, 2])
+    noise = latents_for_classes(labels, 784, CLASSES, seed=2).reshape(-1, 28, 28, 1)
+    sampler = DDIMSampler(network, steps=3)
+    seen = sampler.network_inputs(noise, batch_size=3)
+    assert len(seen) == 6                                       # 2 batches x 3 steps, batch by batch
+    times = step_times(3, 1)
+    noisy, given = tf.constant(noise[3:]), []                   # the second batch's DDIM loop, by hand
+    for now, after in zip(times, times[1:] + [tf.zeros([1, 1, 1, 1])]):
+        given.append(noisy.numpy())
+        noisy, _ = ddim_step(lambda x: network([*x, tf.constant(labels[3:], tf.int32)]), noisy, now, after)
+    for k, (image, variance, classes) in enumerate(seen[3:]):
+        np.testing.assert_allclose(image, given[k], atol=1e-5)
+        np.testing.assert_allclose(variance, rates(times[k])[0].numpy() ** 2, atol=1e-6)
+        np.testing.assert_array_equal(classes, labels[3:])
+    np.testing.assert_array_equal(seen[0][0], noise[:3])
+
+
+def test_gptq_rounds_a_samplers_network_closer_to_float_than_the_converter_would(tmp_path):
+    from kd_tf.generators import export_generator, tflite_generate
+    from kd_tf.weight_rounding import on_int8_grid
+
+    network = build_denoiser(28, 1, (16, 32), 1, embedding_dims=8, classes=CLASSES)
+    rng = np.random.default_rng(4)
+    for layer in network.layers:                     # a trained-like network: no zero-initialised layer
+        layer.set_weights([rng.normal(0, 0.3 / np.sqrt(np.prod(w.shape[:-1]) if w.ndim > 1 else 1), w.shape)
+                           .astype(np.float32) if w.ndim > 1 else w for w in layer.get_weights()])
+    rounded, errors = int8_rounded(network, 2, 64, seed=0)
+    eligible = [name for name in errors]
+    assert eligible and all(on_int8_grid(rounded.get_layer(name).get_weights()[0]) for name in eligible)
+    assert all(e["gptq"] < e["nearest"] for e in errors.values())
+    z = latents_for_classes(np.arange(32) % CLASSES, 784, CLASSES, seed=7)      # not the calibration noise
+    float_images = as_generator(network, 2)(z).numpy()
+    distance = {}
+    for name, model in (("nearest", network), ("gptq", rounded)):
+        path = export_generator(as_generator(model, 2), tmp_path / name, mode="dynamic")
+        distance[name] = float(np.mean((tflite_generate(path)[1](z) - float_images) ** 2))
+    assert distance["gptq"] < distance["nearest"], distance
 
 
 def test_the_conditional_teacher_learns_its_class_embedding_from_labels(labeled):

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from kd_tf.config import (JOBS, MODELS_DIR, ConfigError, DataConfig, FeaturePair, OutputConfig, TrainConfig,
-                          WeightConfig, _check, _check_writable)
+                          WEIGHT_ROUNDINGS, WeightConfig, _check, _check_writable)
 
 
 # FFDNet's published colour weights (kd_tf.denoise.ffdnet, MIT) fine-tuned by kd_tf on 8-bit noisy inputs
@@ -17,7 +17,6 @@ DEFAULT_STUDENT = str(MODELS_DIR / "denoise" / "student.keras")
 
 
 INT8_CALIBRATIONS = ("percentile", "minmax")
-WEIGHT_ROUNDINGS = ("gptq", "nearest")     # how dynamic-range int8 rounds the weights
 EXPORT_FORMATS = ("keras", "savedmodel", "float32", "float16", "dynamic", "int8", "int16x8")
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from kd_tf.config import (JOBS, MODELS_DIR, DigitsConfig, GanEvalConfig, OutputConfig, TrainConfig, _check,
-                          _check_writable)
+from kd_tf.config import (JOBS, MODELS_DIR, WEIGHT_ROUNDINGS, DigitsConfig, GanEvalConfig, OutputConfig,
+                          TrainConfig, _check, _check_writable)
 
 DIFFUSION_DIR = str(MODELS_DIR / "diffusion")
 DEFAULT_DIFFUSION_TEACHER = f"{DIFFUSION_DIR}/teacher_denoiser.keras"
@@ -116,6 +116,10 @@ class DiffusionDistillJobConfig:
     # "int8": full integer (activations calibrated on noise); "dynamic": int8 weights, activations quantized at run
     # time, the noise kept float (a class-conditional sampler then reads its class code exactly; see export_generator)
     int8_mode: str = "int8"
+    # "dynamic" only: "gptq" rounds the int8 weights so that the network's outputs move least on its inputs at
+    # every sampler step (kd_tf.weight_rounding, calibrated on noise, never on eval data); "nearest": the converter's
+    dynamic_weight_rounding: str = "gptq"    # own rounding
+    int8_calibration_samples: int = 512      # noise draws whose sampler steps calibrate the gptq rounding
     score_steps: list[int] | None = None     # stages scored (FID etc. on eval.samples); None: every stage
     save_to: str | None = None               # a folder for the students' generators (None: run folder only)
     adversarial: DiffusionAdversarialConfig = dataclasses.field(default_factory=DiffusionAdversarialConfig)
@@ -142,6 +146,10 @@ class DiffusionDistillJobConfig:
         for count in self.export_int8_steps:
             _check(count in stages, "export_int8_steps", count, f"step counts of the stages, any of {stages}")
         _check(self.int8_mode in INT8_MODES, "int8_mode", self.int8_mode, f"one of {INT8_MODES}")
+        _check(self.dynamic_weight_rounding in WEIGHT_ROUNDINGS, "dynamic_weight_rounding",
+               self.dynamic_weight_rounding, f"one of {WEIGHT_ROUNDINGS}")
+        _check(isinstance(self.int8_calibration_samples, int) and self.int8_calibration_samples >= 1,
+               "int8_calibration_samples", self.int8_calibration_samples, "an int >= 1")
         for count in self.score_steps or []:
             _check(count in stages, "score_steps", count, f"step counts of the stages, any of {stages}")
         self.adversarial.validate(stages)

@@ -28,7 +28,7 @@ from kd_tf.diffusion.adversarial import adversarial_finetune, adversarial_path
 from kd_tf.diffusion.model import DiffusionModel
 from kd_tf.diffusion.nets import build_denoiser, denoiser_classes, warm_start, with_shared_noise_level
 from kd_tf.diffusion.progressive import progressive_distillation, stage_record
-from kd_tf.diffusion.sampler import as_generator
+from kd_tf.diffusion.sampler import DDIMSampler, as_generator
 from kd_tf.digits import as_unit, load_digits
 from kd_tf.errors import InputError
 from kd_tf.distribute import BackupAndRestore
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 COLLAPSE_ADVICE = ("For a distilled student: more steps_per_stage or another learning rate for its stage; an "
                    "undistilled sampler with few steps collapses by design")
 INT8_ROW_SUFFIX = {"int8": "", "dynamic": " (dynamic range)"}   # a report row names its int8 file's kind
+CALIBRATION_STREAM = 8     # default_rng([seed, 8]): the int8 calibration noise, never the eval latents
 TRAIN_TEACHER = "train one with `python -m kd_tf train-teacher --task diffusion` or set teacher"
 
 
@@ -244,6 +245,19 @@ def train_teacher(config) -> dict:
     return report
 
 
+def int8_rounded(network: keras.Model, steps: int, samples: int, seed: int) -> tuple[keras.Model, dict]:
+    """A copy of `network` whose int8 weights GPTQ rounded (kd_tf.weight_rounding) on what it is given
+    at each of the `steps` sampler steps from `samples` noise draws, activations rounded as the
+    dynamic-range kernels round them; and each layer's output error, nearest vs GPTQ rounding. The
+    noise comes from its own seed stream, apart from the eval latents (default_rng(eval.seed))."""
+    from kd_tf.weight_rounding import gptq_int8_weights
+
+    shape = tuple(network.input_shape[0][1:])
+    noise = np.random.default_rng([seed, CALIBRATION_STREAM]).standard_normal((samples, *shape)).astype(np.float32)
+    inputs = DDIMSampler(network, steps).network_inputs(noise)
+    return gptq_int8_weights(network, inputs, dynamic_activations=True)
+
+
 def _adversarial_finetunes(config, stages, digits, labels, paths, latents) -> dict:
     """{steps: network} of the students `config.adversarial` fine-tunes, each against its stage's
     teacher (the stage before it), with its losses and a grid progressive | adversarial in
@@ -318,11 +332,16 @@ def distill(config) -> dict:
             if config.save_to:
                 save_model(as_generator(shipped, steps), f"{config.save_to}/student_generator_{steps}_steps.keras")
         if index and steps in config.export_int8_steps:
-            tflite = export_generator(as_generator(shipped, steps), paths.root / f"export_{steps}_steps",
+            rounding = config.dynamic_weight_rounding if config.int8_mode == "dynamic" else "nearest"
+            int8_network, errors = (int8_rounded(shipped, steps, config.int8_calibration_samples, config.seed)
+                                    if rounding == "gptq" else (shipped, None))
+            tflite = export_generator(as_generator(int8_network, steps), paths.root / f"export_{steps}_steps",
                                       mode=config.int8_mode)
             exported[steps] = str(tflite)
             row = {**score_tflite(tflite, scorer, config.eval.samples), "steps": steps,
-                   "params": count_params(shipped), "macs": macs_per_image(shipped, steps)}
+                   "params": count_params(shipped), "macs": macs_per_image(shipped, steps),
+                   "weight_rounding": {"method": rounding, "calibration_samples": config.int8_calibration_samples,
+                                       "layer_errors": errors} if errors else {"method": rounding}}
             name = f"{shipped_name}, int8{INT8_ROW_SUFFIX[config.int8_mode]}"
             rows[name] = _with_class_accuracy(row, shipped, tflite_generate(tflite)[1], scorer, config.eval)
     teacher_row = rows[f"teacher, {config.teacher_steps} steps"]

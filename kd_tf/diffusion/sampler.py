@@ -63,15 +63,41 @@ class DDIMSampler(keras.Model):
         return (None, *self.image_shape)
 
     def call(self, noise, training=False):
+        return self._sample(noise, lambda x: self.network(x, training=training))
+
+    def _sample(self, noise, network_call):
         noisy = tf.cast(noise, tf.float32)
         batch = 1 if self.shares_noise_level else tf.shape(noisy)[0]
         times = step_times(self.steps, batch) + [tf.zeros([batch, 1, 1, 1])]
         labels = self.class_code(tf.reshape(noisy, [tf.shape(noisy)[0], -1])) if self.classes else None
-        network = with_class_input(lambda x: self.network(x, training=training), labels)
+        network = with_class_input(network_call, labels)
         image = noisy
         for now, after in zip(times[:-1], times[1:]):
             noisy, image = ddim_step(network, noisy, now, after)
         return to_pixels(image)
+
+    def network_inputs(self, noise, batch_size: int = 128) -> list[list[np.ndarray]]:
+        """What the network is given at each step when the sampler runs on `noise` (N, H, W, C), as
+        lists of arrays (noisy image, noise variance[, class]), batch by batch and step by step:
+        the calibration data of its int8 weight rounding (kd_tf.weight_rounding), which must see
+        the inputs of every step, since one set of weights serves all of them.
+
+        >>> import numpy as np
+        >>> from kd_tf.diffusion.nets import build_denoiser
+        >>> sampler = DDIMSampler(build_denoiser(28, 1, (8, 16), 1), steps=2)
+        >>> seen = sampler.network_inputs(np.ones((3, 28, 28, 1), "float32"), batch_size=2)
+        >>> len(seen), [part.shape for part in seen[0]]         # 2 batches x 2 steps
+        (4, [(2, 28, 28, 1), (1, 1, 1, 1)])
+        """
+        seen = []
+
+        def recording(inputs):
+            seen.append([np.asarray(part) for part in inputs])
+            return self.network(inputs, training=False)
+
+        for start in range(0, len(noise), batch_size):
+            self._sample(noise[start:start + batch_size], recording)
+        return seen
 
     def compute_output_shape(self, input_shape):
         return input_shape
