@@ -146,6 +146,23 @@ def _simulating(model: keras.Model, names: set, dynamic_activations: bool) -> ke
     return simulated
 
 
+def simulated_dynamic_int8(model: keras.Model, weights: bool = True, activations: bool = True,
+                           min_elements: int = MIN_ELEMENTS) -> keras.Model:
+    """A Keras copy of `model` that computes as its dynamic-range int8 TFLite file would: the
+    kernels the converter quantizes rounded to the nearest step of their per-channel grid
+    (`weights`), those layers' inputs rounded per sample at run time (`activations`). Either alone
+    says which of the two costs an int8 model its quality, before any file is written.
+    """
+    names = {layer.name for layer in model.layers if _eligible(layer, min_elements) is None}
+    copy = _simulating(model, names, activations)
+    if weights:
+        for name in names:
+            layer_weights = copy.get_layer(name).get_weights()
+            layer_weights[0] = round_to_int8_grid(layer_weights[0])
+            copy.get_layer(name).set_weights(layer_weights)
+    return copy
+
+
 def gptq_int8_weights(model: keras.Model, batches, dynamic_activations: bool = True,
                       min_elements: int = MIN_ELEMENTS, damping: float = 0.01) -> tuple[keras.Model, dict]:
     """A copy of `model` whose Conv2D and Dense kernels of at least `min_elements` weights lie on

@@ -9,7 +9,7 @@ import pytest
 
 import kd_tf.weight_rounding as weight_rounding
 from kd_tf.weight_rounding import (dynamic_int8, gptq_int8_weights, int8_grid_scale, on_int8_grid,
-                                   round_to_int8_grid)
+                                   round_to_int8_grid, simulated_dynamic_int8)
 
 
 def test_docstring_examples():
@@ -88,6 +88,25 @@ def test_the_whole_network_and_its_tflite_file_are_closer_to_float(rounded, tmp_
         path.write_bytes(export.to_tflite(tmp_path / name, "dynamic"))
         tflite_error[name] = float(np.mean((export.LiteRTModel(path)(held) - reference) ** 2))
     assert tflite_error["gptq"] < 0.7 * tflite_error["nearest"], tflite_error
+
+
+def test_the_keras_simulation_computes_as_the_dynamic_range_file(tmp_path):
+    from kd_tf import export
+
+    model = _net()
+    held = _images(6, 98)
+    export.export_saved_model(model, tmp_path / "float")
+    path = tmp_path / "dynamic.tflite"
+    path.write_bytes(export.to_tflite(tmp_path / "float", "dynamic"))
+    file_output = export.LiteRTModel(path)(held)
+
+    def distance(keras_model):
+        return float(np.mean((np.asarray(keras_model(held)) - file_output) ** 2))
+
+    both = distance(simulated_dynamic_int8(model))
+    assert both < 0.05 * distance(model), (both, distance(model))
+    for half in (simulated_dynamic_int8(model, weights=False), simulated_dynamic_int8(model, activations=False)):
+        assert distance(half) > 3 * both
 
 
 def test_dynamic_int8_rounds_per_sample_over_a_range_holding_zero():
