@@ -116,9 +116,10 @@ class DiffusionDistillJobConfig:
     # "int8": full integer (activations calibrated on noise); "dynamic": int8 weights, activations quantized at run
     # time, the noise kept float (a class-conditional sampler then reads its class code exactly; see export_generator)
     int8_mode: str = "int8"
-    # "dynamic" only: "gptq" rounds the int8 weights so that the network's outputs move least on its inputs at
-    # every sampler step (kd_tf.weight_rounding, calibrated on noise, never on eval data); "nearest": the converter's
-    dynamic_weight_rounding: str = "gptq"    # own rounding
+    # int8_mode "dynamic" only: "gptq" rounds the int8 weights so that the network's outputs move least on its
+    # inputs at every sampler step (kd_tf.weight_rounding, calibrated on noise, never on eval data); "nearest": the
+    # converter's own rounding
+    dynamic_weight_rounding: str = "gptq"
     int8_calibration_samples: int = 512      # noise draws whose sampler steps calibrate the gptq rounding
     score_steps: list[int] | None = None     # stages scored (FID etc. on eval.samples); None: every stage
     save_to: str | None = None               # a folder for the students' generators (None: run folder only)
