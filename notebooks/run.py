@@ -157,18 +157,31 @@ def _tensorboards() -> dict[int, object]:
     return {info.pid: info for info in manager.get_all()}
 
 
+def _started_by_us(pid: int) -> bool:
+    """Whether process `pid` descends from this one (a TensorBoard the run's kernel started), not
+    from another notebook run or a user's shell. psutil comes with ipykernel."""
+    import psutil
+
+    try:
+        return any(parent.pid == os.getpid() for parent in psutil.Process(pid).parents())
+    except psutil.Error:
+        return False
+
+
 def _stop_new_tensorboards(before: dict):
-    """Stops the TensorBoard servers started during the run (by pid), and their info files."""
+    """Stops the TensorBoard servers this run started (new pids descending from this process) and
+    removes their info files (TensorBoard's manager removes only its own process's)."""
     from tensorboard import manager
 
-    for pid, info in _tensorboards().items():
-        if pid in before:
+    for pid in _tensorboards():
+        if pid in before or not _started_by_us(pid):
             continue
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-        manager.remove_info_file(pid)
+        info_file = Path(manager._get_info_dir()) / f"pid-{pid}.info"     # noqa: SLF001 - no public call
+        info_file.unlink(missing_ok=True)
 
 
 def execute(path, quick: bool = True, parameters: dict | None = None, cwd=None, timeout: int = 1800,
