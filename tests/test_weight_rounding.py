@@ -68,8 +68,8 @@ def test_each_layer_is_closer_to_float_than_nearest_rounding(rounded):
 
 
 def _simulated(model):
-    """Keras copy rounding every eligible layer's input as dynamic-range kernels do."""
-    return weight_rounding._simulating(model, {"a", "b", "down"}, True)
+    """Keras copy rounding every eligible layer's input ("a", "b", "down") as dynamic-range kernels do."""
+    return simulated_dynamic_int8(model, weights=False)
 
 
 def test_the_whole_network_and_its_tflite_file_are_closer_to_float(rounded, tmp_path):
