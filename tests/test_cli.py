@@ -102,7 +102,8 @@ def test_export_cli_writes_every_format_and_parity_report(tiny_run):
     code = main(["export", "--model", str(student), "--out", str(root / "export"), "--run-name", "exp",
                  "--formats", "keras", "savedmodel", "float32", "dynamic", "int8",
                  "--set", f"output.runs_dir={root / 'runs'}",
-                 "--set", "calibration_batches=2", "--set", "latency_sizes=[64]", "--set", "threads=[1, 2]"])
+                 "--set", "calibration_batches=2", "--set", "latency_sizes=[64]", "--set", "threads=[1, 2]",
+                 "--set", "dynamic_tuning_steps=5"])
     assert code == 0
     report = json.loads((root / "runs" / "exp" / "export_report.json").read_text())
     rows = report["formats"]
@@ -112,6 +113,7 @@ def test_export_cli_writes_every_format_and_parity_report(tiny_run):
     assert "parity" not in rows["float32"]
     assert rows["dynamic"]["weight_rounding"]["method"] == "gptq"     # the default: kd_tf.weight_rounding
     assert isinstance(rows["dynamic"]["weight_rounding"]["layer_errors"], dict)
+    assert rows["dynamic"]["weight_rounding"]["tuning"]["steps"] == 5           # then tuned: kd_tf.int8_tuning
     assert rows["float32"]["psnr_vs_keras_output"] > 60
     assert rows["int8"]["bytes"] < rows["float32"]["bytes"]
     assert "QUANTIZE" in rows["int8"]["ops"] and rows["int8"]["op_count"] == len(rows["int8"]["ops"])
@@ -251,6 +253,9 @@ def test_only_input_errors_become_one_line_and_bugs_keep_their_traceback(tmp_pat
     assert main(common + ["--set", "dynamic_weight_rounding=best"]) == 2
     err = capsys.readouterr().err.strip()
     assert "dynamic_weight_rounding" in err and "best" in err and "gptq" in err and "nearest" in err
+    assert main(common + ["--set", "dynamic_weight_rounding=nearest", "--set", "dynamic_tuning_steps=10"]) == 2
+    err = capsys.readouterr().err.strip()                                  # tuning needs the GPTQ-rounded copy
+    assert "dynamic_tuning_steps=10" in err and "'nearest'" in err and len(err.splitlines()) == 1
 
     def deep_bug(*args, **kwargs):
         raise ValueError("an internal invariant broke")                   # a bug, not the user's input

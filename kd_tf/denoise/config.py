@@ -231,6 +231,12 @@ class ExportJobConfig:
     calibration_percentile: float = 99.99 # percentile of the activation ranges int8 covers
     # dynamic-range int8's weights: "gptq" (equalized channels, kd_tf.weight_rounding) or the converter's "nearest"
     dynamic_weight_rounding: str = "gptq"
+    # > 0: the GPTQ-rounded dynamic-range copy is then fine-tuned through its rounding towards the float
+    # student's outputs (kd_tf.int8_tuning), on 8-bit training crops and colour-gamut images
+    dynamic_tuning_steps: int = 1000
+    dynamic_tuning_learning_rate: float = 2e-5   # Adam's peak rate of that tuning (cosine decay)
+    # convolutions the dynamic-range file keeps in float, inputs unrounded (kd_tf.float_layers); [] = none
+    dynamic_float_layers: list[str] = dataclasses.field(default_factory=list)
     qat_steps: int = 0                    # > 0: quantization-aware fine-tuning of the int8 copy (percentile only)
     qat_learning_rate: float = 1e-4       # Adam's peak rate of the QAT fine-tuning
     qat_teacher: str | None = None        # QAT's teacher; None: the one that taught the student's run, else the shipped one
@@ -252,6 +258,19 @@ class ExportJobConfig:
                f"one of {INT8_CALIBRATIONS}")
         _check(self.dynamic_weight_rounding in WEIGHT_ROUNDINGS, "dynamic_weight_rounding",
                self.dynamic_weight_rounding, f"one of {WEIGHT_ROUNDINGS}")
+        _check(isinstance(self.dynamic_tuning_steps, int) and self.dynamic_tuning_steps >= 0, "dynamic_tuning_steps",
+               self.dynamic_tuning_steps, "an int >= 0")
+        _check(self.dynamic_tuning_learning_rate > 0, "dynamic_tuning_learning_rate", self.dynamic_tuning_learning_rate,
+               "a float > 0")
+        _check(isinstance(self.dynamic_float_layers, list) and all(isinstance(n, str) for n in self.dynamic_float_layers),
+               "dynamic_float_layers", self.dynamic_float_layers, "a list of Conv2D layer names")
+        if self.dynamic_weight_rounding != "gptq" and "dynamic" in self.formats:
+            for name, value, off in (("dynamic_tuning_steps", self.dynamic_tuning_steps, "0"),
+                                     ("dynamic_float_layers", self.dynamic_float_layers, "[]")):
+                if value:
+                    raise ConfigError(f"{name}={value} applies to the export's own (GPTQ) rounding: it needs "
+                                      f"dynamic_weight_rounding='gptq', got {self.dynamic_weight_rounding!r} "
+                                      f"(or set {name} to {off})")
         _check(isinstance(self.qat_steps, int) and self.qat_steps >= 0, "qat_steps", self.qat_steps, "an int >= 0")
         _check(self.qat_learning_rate > 0, "qat_learning_rate", self.qat_learning_rate, "a float > 0")
         if self.qat_steps and self.int8_calibration != "percentile":

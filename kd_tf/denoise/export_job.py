@@ -51,6 +51,21 @@ def calibration_batches(images: dict, batches: int, seed: int = 7, data: cfg.Dat
     return [batch for pair in zip(photos, colours) for batch in pair]
 
 
+def dynamic_source(student: keras.Model, calibration: list, float_layers=()) -> keras.Model:
+    """What the dynamic-range export rounds: a copy of `student` with its channel ranges
+    equalized on the first half of the calibration batches (the same float function; U-Nets of
+    kd_tf.denoise.nets, residual blocks too), then `float_layers` computed so that the file keeps
+    them in float (kd_tf.float_layers; after the equalizer, which finds layers by name)."""
+    from kd_tf.float_layers import keep_float
+
+    copy = keras.models.clone_model(student)
+    copy.set_weights(student.get_weights())
+    equalize = unet_equalizer(student, blocks=True)
+    if equalize is not None:
+        equalize(copy, calibration[: max(1, len(calibration) // 2)])
+    return keep_float(copy, float_layers) if float_layers else copy
+
+
 def _directory_bytes(path: Path) -> int:
     return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -139,6 +154,7 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
     from kd_tf.images import noisy_copy, to_8bit
     from kd_tf.inference import Runner, load_runner, run_rgb
     from kd_tf.int8_parity import format_parity, parity_report, parity_sets
+    from kd_tf.int8_tuning import tune_dynamic_int8
     from kd_tf.metrics import image_scores
 
     config.validate()
@@ -157,7 +173,7 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
     saved_dir = out / "savedmodel"
     if any(f != "keras" for f in config.formats):
         export.export_saved_model(student, saved_dir)
-    calibration, rounding = None, None
+    calibration, rounding, tuning = None, None, None
     gptq_dynamic = "dynamic" in config.formats and config.dynamic_weight_rounding == "gptq"
     if {"int8", "int16x8"} & set(config.formats) or gptq_dynamic:
         calibration = calibration_batches(split.train, config.calibration_batches, data=config.data)
@@ -183,7 +199,12 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
                 export.export_saved_model(ready, source_dir)
             if fmt == "dynamic" and gptq_dynamic:
                 source_dir = out / "savedmodel_dynamic_ready.partial"
-                ready, rounding = export.dynamic_ready(student, calibration, equalize=unet_equalizer(student, blocks=True))
+                ready, rounding = export.dynamic_ready(
+                    dynamic_source(student, calibration, config.dynamic_float_layers), calibration)
+                if config.dynamic_tuning_steps:
+                    ready, tuning = tune_dynamic_int8(
+                        student, ready, qat_stream(split.train, config.data, config.eval_seed),
+                        config.dynamic_tuning_steps, config.dynamic_tuning_learning_rate)
                 export.export_saved_model(ready, source_dir)
             flatbuffer = export.to_tflite(source_dir, fmt, calibration)
             if source_dir != saved_dir:
@@ -204,7 +225,8 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
                      "psnr_vs_keras_output": float(np.mean(agreement)),
                      "ops": ops, "op_count": None if ops is None else len(ops), "latency_ms": latency}
         if fmt == "dynamic":
-            rows[fmt]["weight_rounding"] = {"method": config.dynamic_weight_rounding, "layer_errors": rounding}
+            rows[fmt]["weight_rounding"] = {"method": config.dynamic_weight_rounding, "layer_errors": rounding,
+                                            "float_layers": config.dynamic_float_layers, "tuning": tuning}
         if fmt in ("dynamic", "int8", "int16x8"):   # issue 17: colours, both held-out sets, every image
             if parity_inputs is None:
                 parity_inputs = parity_sets(split.heldout, config.data.corpus_dir())
