@@ -1,7 +1,7 @@
 """int8 against float for a TFLite file already exported (issue 17), as the export report measures it.
 
     python -m benchmarks.int8_parity --model models/denoise/student.keras \
-        --int8 models/denoise/student_int8.tflite [--float32 F.tflite] [--out report.json]
+        --int8 models/denoise/student_int8.tflite [--float32 F.tflite] [--noise-draws N] [--out report.json]
     python -m benchmarks.int8_parity --generator models/gan/student_generator.keras \
         --int8 models/gan/student_generator_int8.tflite [--out report.json]
 
@@ -36,6 +36,27 @@ def alternating_latency_ms(models: dict, size: int = 512, repeats: int = 15) -> 
     return {name: float(np.median(values)) for name, values in times.items()}
 
 
+def colour_over_noise_draws(model, int8_path, draws: int, first_seed: int = 2024, stride: int = 13) -> dict:
+    """The colour set's per-image drop on `draws` noise draws (seeds first_seed + stride * k; the
+    parity report's is k = 0): on flat images where float is 40+ dB from the truth, one draw's
+    figure moves by tenths of a dB with the noise."""
+    from kd_tf.export import LiteRTModel
+    from kd_tf.int8_parity import colour_set, image_parity
+
+    int8, images, drops = LiteRTModel(int8_path, num_threads=2), colour_set(), {}
+    seeds = [first_seed + stride * k for k in range(draws)]
+    for seed in seeds:
+        rows = image_parity(lambda b: model(b, training=False), int8, images, seed=seed)["per_image"]
+        for name, row in rows.items():
+            drops.setdefault(name, []).append(row["drop_db"])
+    means = {name: float(np.mean(values)) for name, values in drops.items()}
+    worst = max(means, key=means.get)
+    print(f"colour set over {draws} noise draws: mean drop {np.mean(list(means.values())):.3f} dB, worst image "
+          f"{worst} {means[worst]:.3f} dB on average (single draws {min(drops[worst]):.3f}-{max(drops[worst]):.3f})")
+    return {"seeds": seeds, "drop_db": drops, "mean_drop_db": means, "set_mean_drop_db": float(np.mean(list(means.values()))),
+            "worst_image": worst, "images_above_0.2_db_on_average": sorted(n for n, m in means.items() if m > 0.2)}
+
+
 def main(argv=None) -> dict:
     from kd_tf.export import LiteRTModel, op_names
     from kd_tf.generators import generator_parity
@@ -48,6 +69,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--int8", required=True)
     parser.add_argument("--float32", help="the float32 TFLite of the same model, for latency and size")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--noise-draws", type=int, default=0,
+                        help="also score the colour set over N noise draws (a flat image's drop depends on its draw)")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     report = {"int8": args.int8, "int8_bytes": Path(args.int8).stat().st_size,
@@ -67,6 +90,8 @@ def main(argv=None) -> dict:
         report.update(model=args.model, parity=parity_report(lambda b: model(b, training=False),
                                                              LiteRTModel(args.int8, num_threads=2), sets, skipped))
         print(format_parity(report["parity"]))
+        if args.noise_draws:
+            report["colour_noise_draws"] = colour_over_noise_draws(model, args.int8, args.noise_draws)
         if args.float32:
             report["float32"], report["float32_bytes"] = args.float32, Path(args.float32).stat().st_size
             report["size_ratio_float32_over_int8"] = report["float32_bytes"] / report["int8_bytes"]
