@@ -49,16 +49,22 @@ def _float_groups(conv: keras.layers.Conv2D, min_elements: int) -> list[keras.la
     return groups
 
 
-def keep_float(model: keras.Model, names, min_elements: int = MIN_ELEMENTS) -> keras.Model:
-    """A copy of functional `model` whose Conv2D layers in `names` are computed as output-channel
-    groups of fewer than `min_elements` weights, concatenated under the layer's name, so that a
-    dynamic-range TFLite file keeps them in float. The other layers are copies with the same weights."""
-    names = list(names)
+def check_float_layers(model: keras.Model, names) -> None:
+    """Raises InputError unless every name in `names` is an ungrouped Conv2D layer of `model`
+    (what keep_float can split), naming the accepted ones: a job checks before any work."""
     convolutions = sorted(layer.name for layer in model.layers if type(layer) is keras.layers.Conv2D
                           and layer.groups == 1)
     unknown = [name for name in names if name not in convolutions]
     if unknown:
         raise InputError(f"keep_float: {unknown} not among the model's ungrouped Conv2D layers; accepted: {convolutions}")
+
+
+def keep_float(model: keras.Model, names, min_elements: int = MIN_ELEMENTS) -> keras.Model:
+    """A copy of functional `model` whose Conv2D layers in `names` are computed as output-channel
+    groups of fewer than `min_elements` weights, concatenated under the layer's name, so that a
+    dynamic-range TFLite file keeps them in float. The other layers are copies with the same weights."""
+    names = list(names)
+    check_float_layers(model, names)
 
     def call(layer, *args, **kwargs):
         if layer.name in names:

@@ -262,3 +262,7 @@ def test_only_input_errors_become_one_line_and_bugs_keep_their_traceback(tmp_pat
     monkeypatch.setattr(export_job, "load_split", deep_bug)
     with pytest.raises(ValueError, match="an internal invariant broke"):   # propagates: the traceback shows
         main(common + ["--formats", "keras"])
+    # a float layer the model lacks: named before any work (load_split, broken above, is never reached)
+    assert main(common + ["--set", "dynamic_float_layers=[enc0_block0_conv1, nope]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "['nope']" in err and "enc0_block0_conv1" in err and "accepted" in err and len(err.splitlines()) == 1

@@ -153,6 +153,7 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
     from kd_tf import export
     from kd_tf.images import noisy_copy, to_8bit
     from kd_tf.inference import Runner, load_runner, run_rgb
+    from kd_tf.float_layers import check_float_layers
     from kd_tf.int8_parity import format_parity, parity_report, parity_sets
     from kd_tf.int8_tuning import tune_dynamic_int8
     from kd_tf.metrics import image_scores
@@ -162,6 +163,8 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
     out = Path(config.out_dir) if config.out_dir else paths.root / "export"
     out.mkdir(parents=True, exist_ok=True)
     student = load_model(config.model)
+    if "dynamic" in config.formats and config.dynamic_weight_rounding == "gptq":
+        check_float_layers(student, config.dynamic_float_layers)           # before any work
     split = load_split(config.data.data_dir, config.data.heldout_fraction, config.data.split_seed,
                        min_size=config.data.patch_size)          # calibration crops need whole patches
     names = sorted(split.heldout)
