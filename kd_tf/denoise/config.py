@@ -232,8 +232,9 @@ class ExportJobConfig:
     # dynamic-range int8's weights: "gptq" (equalized channels, kd_tf.weight_rounding) or the converter's "nearest"
     dynamic_weight_rounding: str = "gptq"
     # > 0: the GPTQ-rounded dynamic-range copy is then fine-tuned through its rounding towards the float
-    # student's outputs (kd_tf.int8_tuning), on 8-bit training crops and colour-gamut images
-    dynamic_tuning_steps: int = 1000
+    # student's outputs (kd_tf.int8_tuning), on 8-bit training crops and colour-gamut images; it pays with
+    # dynamic_float_layers (alone it made the shipped student's near-white image worse), so off by default
+    dynamic_tuning_steps: int = 0
     dynamic_tuning_learning_rate: float = 2e-5   # Adam's peak rate of that tuning (cosine decay)
     # convolutions the dynamic-range file keeps in float, inputs unrounded (kd_tf.float_layers); [] = none
     dynamic_float_layers: list[str] = dataclasses.field(default_factory=list)
