@@ -8,7 +8,7 @@ concatenated: the same function, and the converter leaves every group, and the i
 in float. It is for the few layers whose input rounding costs most: on the denoising student the
 first block's convolutions read the head's features, which on a bright flat image are a large
 offset with small detail on it, and rounding them over [0, max] per image loses the detail
-(issue 17: near-white lost 0.37 dB to that one layer's input rounding).
+(issue 17: the largest single cost on a near-white image, in simulation).
 
 >>> import keras, numpy as np
 >>> inputs = keras.Input((None, None, 16))
