@@ -53,8 +53,9 @@ def colour_over_noise_draws(model, int8_path, draws: int, first_seed: int = 2024
     worst = max(means, key=means.get)
     print(f"colour set over {draws} noise draws: mean drop {np.mean(list(means.values())):.3f} dB, worst image "
           f"{worst} {means[worst]:.3f} dB on average (single draws {min(drops[worst]):.3f}-{max(drops[worst]):.3f})")
-    return {"seeds": seeds, "drop_db": drops, "mean_drop_db": means, "set_mean_drop_db": float(np.mean(list(means.values()))),
-            "worst_image": worst, "images_above_0.2_db_on_average": sorted(n for n, m in means.items() if m > 0.2)}
+    return {"seeds": seeds, "drop_db": drops, "mean_drop_db": means,
+            "set_mean_drop_db": float(np.mean(list(means.values()))), "worst_image": worst,
+            "images_above_0.2_db_on_average": sorted(n for n, m in means.items() if m > 0.2)}
 
 
 def main(argv=None) -> dict:

@@ -35,8 +35,11 @@ def _pairs(count, seed, size=32):
     """(noisy 8-bit, clean) batches: flat and smooth colour fields, the images int8 hurts most."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:size, 0:size] / size
-    clean = np.asarray([np.clip(np.stack([a + b * x + c * y for a, b, c in rng.uniform(-0.2, 1, (3, 3)) * [1, 0.3, 0.3]],
-                                         -1), 0, 1) for _ in range(count)], np.float32)
+    def field():     # per channel: a level in [-0.2, 1] and gentle slopes (clipped: many flat parts)
+        planes = [a + b * x + c * y for a, b, c in rng.uniform(-0.2, 1, (3, 3)) * [1, 0.3, 0.3]]
+        return np.clip(np.stack(planes, -1), 0, 1)
+
+    clean = np.asarray([field() for _ in range(count)], np.float32)
     noisy = np.round(np.clip(clean + 0.1 * rng.standard_normal(clean.shape), 0, 1) * 255) / 255
     return noisy.astype(np.float32), clean
 
