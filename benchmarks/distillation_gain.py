@@ -2,21 +2,26 @@
 
     python -m benchmarks.distillation_gain                 # seeds 0 1 2, the main job's steps
     python -m benchmarks.distillation_gain --seeds 3 4     # more seeds; runs already done are read back
+    python -m benchmarks.distillation_gain --set student.family=unet --out /tmp/gain-unet   # another student
 
-Each seed is one main job (`kd_tf.denoise.jobs.distill` with the default config: the FFDNet teacher, the
-11-22-44-88 student, the main job's steps), changed only by `train.seed`, with no classical baselines and no
-export. Its report holds the arms that share seed, initial weights and patch stream:
+Each arm is one main job (`kd_tf.denoise.jobs.distill` with the default config: the shipped teacher,
+the default student, the main job's steps, plus any `--set`), changed only by `train.seed` and the arm's
+settings, with no classical baselines and no export. The arms of one seed share the student's random
+weights and the patch stream:
 
 - (a) scratch: the student on its own objective alone (student_loss_weight 1) from random weights;
-- (c) distilled: the same student from the same random weights, student_loss_weight 0.5, offline teacher.
+- (b) inherited: the student starts from the teacher's weights (distill.student_init=teacher), then
+  trains on its own objective alone (student_loss_weight 1) on the same teacher-bank batches as (d);
+- (c) distilled: from the same random weights as (a), student_loss_weight 0.5, offline teacher;
+- (d) inherited + distilled: the teacher's weights, then (c)'s distillation.
 
-(b) the teacher's weights without distillation and (d) both need a student of the teacher's family
-(weight inheritance copies a kd_tf U-Net's channels); FFDNet is not one, so with the shipped teacher
-they do not exist and the table says so.
+(b) and (d) need a student that can inherit from the teacher (a blind FFDNet-shaped student of an
+FFDNet teacher, kd_tf.denoise.ffdnet_student, or a U-Net of a U-Net); otherwise they are skipped and
+the table says why.
 
-Gap closure per seed and held-out set: (distilled - scratch) / (teacher - scratch). Time to the
-scratch student's final PSNR: the wall clock at which the distilled student's validation PSNR first
-reaches the scratch student's last (teacher cache included, epochs linearly interpolated in time).
+Gap closure per seed and held-out set: (arm - scratch) / (teacher - scratch). Time to the scratch
+student's final PSNR: the wall clock at which an arm's validation PSNR first reaches the scratch
+student's last (teacher cache and inheritance included, epochs linearly interpolated in time).
 Results: benchmarks/distillation_gain/GAIN.md and gain.json.
 """
 
@@ -28,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import argparse
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -38,74 +44,128 @@ from benchmarks.common import machine_info
 
 HERE = Path(__file__).resolve().parent
 SIGMA = "25.0"
-ARMS = {"teacher": "teacher", "distilled": "student (distilled)", "scratch": "student (scratch)"}
+ARMS = {"a": "(a) scratch", "b": "(b) inherited", "c": "(c) distilled", "d": "(d) inherited + distilled"}
+# each job's settings: which arms its report holds, as (arm, method row of the report)
+JOBS = {
+    "ac": ({"distill.student_init": "random", "distill.compare_scratch": True},
+           [("c", "student (distilled)"), ("a", "student (scratch)")]),
+    "d": ({"distill.student_init": "teacher"}, [("d", "student (distilled)")]),
+    "b": ({"distill.student_init": "teacher", "distill.student_loss_weight": {"kind": "constant", "start": 1.0}},
+          [("b", "student (distilled)")]),
+}
 
 
-def run_seed(seed: int, steps: int, runs_dir: str) -> dict:
-    """One main job for `seed` (read back when its report exists: a killed benchmark continues)."""
-    name = f"gain-{steps}-s{seed}"
-    path = Path(runs_dir) / name / "report.json"
+def _tag(overrides: dict) -> str:
+    """A short name for the --set overrides, so that runs of other settings are never read back."""
+    if not overrides:
+        return "default"
+    return hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def job_config(seed: int, steps: int, runs_dir: str, overrides: dict, job: str):
+    from kd_tf import config as cfg
+    from kd_tf.denoise import config as denoise_config
+
+    settings = {**overrides, "train.seed": seed, "train.steps": steps, "distill.compare_scratch": False,
+                "output.run_name": f"gain-{steps}-{_tag(overrides)}-s{seed}-{job}", "output.runs_dir": runs_dir,
+                "eval.sigmas": [float(SIGMA)], "eval.baselines": [], "export_formats": [], **JOBS[job][0]}
+    return cfg.load(denoise_config.DistillJobConfig, None, settings)
+
+
+def run_job(seed: int, steps: int, runs_dir: str, overrides: dict, job: str) -> dict:
+    """One main job (read back when its report exists: a killed benchmark continues)."""
+    config = job_config(seed, steps, runs_dir, overrides, job)
+    path = Path(runs_dir) / config.output.run_name / "report.json"
     if path.is_file():
         report = json.loads(path.read_text())
         if "methods" in report:
             return report
-    from kd_tf import config as cfg
-    from kd_tf.denoise import config as denoise_config
     from kd_tf.denoise import jobs
 
-    overrides = {"train.seed": seed, "train.steps": steps, "distill.compare_scratch": True, "output.run_name": name, "output.runs_dir": runs_dir,
-                 "eval.sigmas": [float(SIGMA)], "eval.baselines": [], "export_formats": []}
-    return jobs.distill(cfg.load(denoise_config.DistillJobConfig, None, overrides))
+    return jobs.distill(config)
 
 
-def psnr_of(scores: dict, arm: str) -> float:
-    return scores["methods"][ARMS[arm]]["scores"][SIGMA]["psnr"]
+def inheritance_problem(overrides: dict) -> str | None:
+    """Why the configured student cannot start from the configured teacher's weights, or None."""
+    from kd_tf.denoise import jobs
+    from kd_tf.model_io import load_float_teacher
+
+    config = job_config(0, 1, "runs", overrides, "d")
+    return jobs.student_inheritance_problem(load_float_teacher(config.distill.teacher),
+                                            jobs.build_net(config.student, "probe"))
 
 
-def time_to_scratch_final(report: dict) -> dict:
-    """Seconds the distilled student needs to reach the scratch student's final validation PSNR."""
-    distill = report["history"]["distill"]["val_psnr"]
-    target = report["history"]["scratch"]["val_psnr"][-1]
+def run_seed(seed: int, steps: int, runs_dir: str, overrides: dict, with_inheritance: bool) -> dict:
+    """{"arms": {arm: {"report": report, "method": row name}}} for one seed."""
+    arms = {}
+    for job in (("ac", "d", "b") if with_inheritance else ("ac",)):
+        report = run_job(seed, steps, runs_dir, overrides, job)
+        for arm, method in JOBS[job][1]:
+            arms[arm] = {"report": report, "method": method}
+    return arms
+
+
+def psnr_of(scores: dict, method: str) -> float:
+    return scores["methods"][method]["scores"][SIGMA]["psnr"]
+
+
+def time_to_scratch_final(arms: dict, arm: str) -> dict:
+    """Seconds `arm` needs to reach the scratch student's final validation PSNR."""
+    scratch = arms["a"]["report"]
+    report = arms[arm]["report"]
+    history = report["history"]["distill"]["val_psnr"]
+    target = scratch["history"]["scratch"]["val_psnr"][-1]
     timings = report["timings"]
-    cache = timings.get("teacher_cache_seconds", 0.0)
-    per_epoch = (timings["distill_seconds"] - cache) / len(distill)
-    reached = next((index for index, value in enumerate(distill) if value >= target), None)
-    return {"scratch_final_val_psnr": target, "scratch_seconds": timings["scratch_seconds"],
-            "teacher_cache_seconds": cache, "distill_seconds_with_cache": timings["distill_seconds"],
-            "distilled_epochs_to_reach": None if reached is None else reached + 1, "epochs": len(distill),
-            "distilled_seconds_to_reach": None if reached is None else cache + per_epoch * (reached + 1)}
+    overhead = timings.get("teacher_cache_seconds", 0.0) + timings.get("inherit_seconds", 0.0)
+    per_epoch = (timings["distill_seconds"] - timings.get("teacher_cache_seconds", 0.0)) / len(history)
+    reached = next((index for index, value in enumerate(history) if value >= target), None)
+    return {"scratch_final_val_psnr": target, "scratch_seconds": scratch["timings"]["scratch_seconds"],
+            "teacher_cache_seconds": timings.get("teacher_cache_seconds", 0.0),
+            "inherit_seconds": timings.get("inherit_seconds", 0.0),
+            "epochs_to_reach": None if reached is None else reached + 1, "epochs": len(history),
+            "seconds_to_reach": None if reached is None else overhead + per_epoch * (reached + 1)}
 
 
-def summarise(reports: dict[int, dict]) -> dict:
+def summarise(per_seed: dict[int, dict], why_no_inheritance: str | None) -> dict:
     sets = {"heldout1": lambda r: r, "heldout2": lambda r: r.get("heldout2")}
-    summary = {"sigma": float(SIGMA), "seeds": sorted(reports), "sets": {}}
+    summary = {"sigma": float(SIGMA), "seeds": sorted(per_seed), "sets": {}, "arms": ARMS,
+               "inheritance": why_no_inheritance or "yes"}
     for set_name, pick in sets.items():
         rows = {}
-        for seed, report in sorted(reports.items()):
-            scores = pick(report)
-            if scores is None:
+        for seed, arms in sorted(per_seed.items()):
+            scores = {arm: pick(entry["report"]) for arm, entry in arms.items()}
+            if any(value is None for value in scores.values()):
                 continue
-            teacher, distilled, scratch = (psnr_of(scores, arm) for arm in ("teacher", "distilled", "scratch"))
-            rows[seed] = {"teacher": teacher, "distilled": distilled, "scratch": scratch,
-                          "distilled_minus_scratch": distilled - scratch,
-                          "teacher_minus_distilled": teacher - distilled,
-                          "gap_closure": (distilled - scratch) / (teacher - scratch)}
+            row = {"teacher": psnr_of(scores["a"], "teacher")}
+            row.update({arm: psnr_of(scores[arm], entry["method"]) for arm, entry in arms.items()})
+            for arm in [arm for arm in ("b", "c", "d") if arm in arms]:
+                row[f"{arm}_minus_a"] = row[arm] - row["a"]
+                row[f"gap_closure_{arm}"] = (row[arm] - row["a"]) / (row["teacher"] - row["a"])
+            if "d" in arms:
+                row["d_minus_b"] = row["d"] - row["b"]
+                row["teacher_minus_d"] = row["teacher"] - row["d"]
+            rows[seed] = row
         if not rows:
             continue
         columns = next(iter(rows.values())).keys()
         summary["sets"][set_name] = {
-            "images": sorted(pick(next(iter(reports.values())))["images"]),
+            "images": sorted(pick(next(iter(per_seed.values()))["a"]["report"])["images"]),
             "per_seed": rows,
             "mean": {key: float(np.mean([row[key] for row in rows.values()])) for key in columns},
             "sd": {key: float(np.std([row[key] for row in rows.values()], ddof=1)) if len(rows) > 1 else None
                    for key in columns},
-            "distilled_above_scratch_on_every_seed": all(row["distilled_minus_scratch"] > 0 for row in rows.values()),
+            "above_scratch_on_every_seed": {arm: all(row[f"{arm}_minus_a"] > 0 for row in rows.values())
+                                            for arm in ("b", "c", "d") if f"{arm}_minus_a" in columns},
         }
-    summary["time_to_scratch_final"] = {seed: time_to_scratch_final(r) for seed, r in sorted(reports.items())}
-    first = next(iter(reports.values()))
+    summary["time_to_scratch_final"] = {seed: {arm: time_to_scratch_final(arms, arm) for arm in ("c", "d") if arm in arms}
+                                        for seed, arms in sorted(per_seed.items())}
+    first = per_seed[min(per_seed)]["a"]["report"]
     summary["teacher_path"] = first.get("teacher_path")
     summary["student"] = first["config"]["student"]
-    summary["macs_512"] = {arm: first["methods"][ARMS[arm]]["macs_512"] for arm in ("teacher", "distilled")}
+    summary["macs_512"] = {"teacher": first["methods"]["teacher"]["macs_512"],
+                           "student": first["methods"]["student (scratch)"]["macs_512"]}
+    summary["runs"] = {seed: {arm: entry["report"]["run"] for arm, entry in arms.items()}
+                       for seed, arms in sorted(per_seed.items())}
     return summary
 
 
@@ -117,39 +177,51 @@ def _relative(path: str | None) -> str | None:
         return path
 
 
-def render(summary: dict) -> str:
+def _student_text(student: dict) -> str:
+    if student.get("family") == "ffdnet":
+        return f"blind FFDNet-shaped student, {student['features']} channels, {student['depth']} convolutions"
+    return f"U-Net student, widths {student['widths']}, {student['blocks']} block(s)"
+
+
+def render(summary: dict, command: str) -> str:
+    arms = [arm for arm in "abcd" if any(arm in row for data in summary["sets"].values()
+                                         for row in data["per_seed"].values())]
     lines = [f"# What distillation adds (sigma {summary['sigma']:g}, seeds {summary['seeds']}, paired by seed)", "",
-             f"Teacher `{_relative(summary['teacher_path'])}`; student widths {summary['student']['widths']}, "
-             f"{summary['student']['blocks']} block(s); MACs at 512x512: teacher "
-             f"{summary['macs_512']['teacher'] / 1e9:.2f} G, student {summary['macs_512']['distilled'] / 1e9:.2f} G "
-             f"(1/{summary['macs_512']['teacher'] / summary['macs_512']['distilled']:.1f}). "
-             f"Reproduce: `python -m benchmarks.distillation_gain --seeds {' '.join(map(str, summary['seeds']))}`.", ""]
+             f"Teacher `{_relative(summary['teacher_path'])}`; {_student_text(summary['student'])}; MACs at 512x512: "
+             f"teacher {summary['macs_512']['teacher'] / 1e9:.2f} G, student {summary['macs_512']['student'] / 1e9:.2f} G "
+             f"(1/{summary['macs_512']['teacher'] / summary['macs_512']['student']:.1f}). Reproduce: `{command}`.", "",
+             "Arms: " + "; ".join(summary["arms"][arm] for arm in arms) + "."
+             + ("" if summary["inheritance"] == "yes" else f" (b) and (d) skipped: {summary['inheritance']}."), ""]
     for set_name, data in summary["sets"].items():
-        lines += [f"## {set_name} ({len(data['images'])} photos)", "",
-                  "| seed | teacher | (c) distilled | (a) scratch | (c) - (a) | teacher - (c) | gap closure |",
-                  "|---|---|---|---|---|---|---|"]
+        gains = [f"{arm}_minus_a" for arm in "bcd" if arm in arms] + (["d_minus_b"] if "d" in arms else [])
+        closures = [f"gap_closure_{arm}" for arm in "bcd" if arm in arms]
+        headers = (["seed", "teacher"] + [summary["arms"][arm] for arm in arms]
+                   + [f"({key[0]}) - ({key[-1]})" for key in gains] + [f"gap closure ({key[-1]})" for key in closures])
+        lines += [f"## {set_name} ({len(data['images'])} photos)", "", "| " + " | ".join(headers) + " |",
+                  "|" + "---|" * len(headers)]
+        keys = ["teacher"] + arms + gains + closures
+
+        def cell(key, value, sd=None):
+            if key.startswith("gap_closure"):
+                return f"{value:.1%}" + ("" if sd is None else f" ± {sd:.1%}")
+            text = f"{value:+.3f}" if "minus" in key else f"{value:.3f}"
+            return text + ("" if sd is None else f" ± {sd:.3f}")
         for seed, row in data["per_seed"].items():
-            lines.append(f"| {seed} | {row['teacher']:.3f} | {row['distilled']:.3f} | {row['scratch']:.3f} | "
-                         f"{row['distilled_minus_scratch']:+.3f} | {row['teacher_minus_distilled']:.3f} | "
-                         f"{row['gap_closure']:.1%} |")
-        mean, sd = data["mean"], data["sd"]
-        spread = lambda key, fmt: "" if sd[key] is None else f" ± {format(sd[key], fmt)}"
-        lines.append(f"| mean ± sd | {mean['teacher']:.3f} | {mean['distilled']:.3f}{spread('distilled', '.3f')} | "
-                     f"{mean['scratch']:.3f}{spread('scratch', '.3f')} | "
-                     f"{mean['distilled_minus_scratch']:+.3f}{spread('distilled_minus_scratch', '.3f')} | "
-                     f"{mean['teacher_minus_distilled']:.3f}{spread('teacher_minus_distilled', '.3f')} | "
-                     f"{mean['gap_closure']:.1%}{spread('gap_closure', '.1%')} |")
-        lines += ["", f"Distilled above scratch on every seed: {data['distilled_above_scratch_on_every_seed']}.",
-                  "(b) teacher's weights only and (d) weights + distillation: not applicable, FFDNet is not a "
-                  "kd_tf U-Net whose channels a student can inherit.", ""]
+            lines.append(f"| {seed} | " + " | ".join(cell(key, row[key]) for key in keys) + " |")
+        lines.append("| mean ± sd | " + " | ".join(cell(key, data["mean"][key], None if key == "teacher" else data["sd"][key])
+                                               for key in keys) + " |")
+        lines += ["", "Above scratch on every seed: " + ", ".join(f"({arm}) {above}" for arm, above
+                                                                  in data["above_scratch_on_every_seed"].items()) + ".", ""]
     lines += ["## Time to the scratch student's final PSNR (validation crops of held-out set 1)", "",
-              "| seed | scratch final val PSNR | scratch train s | teacher cache s | distilled reaches it after |",
-              "|---|---|---|---|---|"]
-    for seed, row in summary["time_to_scratch_final"].items():
-        reach = ("never" if row["distilled_seconds_to_reach"] is None else
-                 f"{row['distilled_seconds_to_reach']:.0f} s (epoch {row['distilled_epochs_to_reach']} of {row['epochs']})")
-        lines.append(f"| {seed} | {row['scratch_final_val_psnr']:.3f} | {row['scratch_seconds']:.0f} | "
-                     f"{row['teacher_cache_seconds']:.0f} | {reach} |")
+              "| seed | arm | scratch final val PSNR | scratch train s | teacher cache s | inheritance s | reaches it after |",
+              "|---|---|---|---|---|---|---|"]
+    for seed, per_arm in summary["time_to_scratch_final"].items():
+        for arm, row in per_arm.items():
+            reach = ("never" if row["seconds_to_reach"] is None else
+                     f"{row['seconds_to_reach']:.0f} s (epoch {row['epochs_to_reach']} of {row['epochs']})")
+            lines.append(f"| {seed} | {summary['arms'][arm]} | {row['scratch_final_val_psnr']:.3f} | "
+                         f"{row['scratch_seconds']:.0f} | {row['teacher_cache_seconds']:.0f} | "
+                         f"{row['inherit_seconds']:.0f} | {reach} |")
     return "\n".join(lines) + "\n"
 
 
@@ -157,23 +229,29 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="student steps (default: the main job's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of every arm's main job, as `python -m kd_tf distill --set`")
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--out", default=str(HERE / "distillation_gain"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from kd_tf.cli import _parse_set
     from kd_tf.denoise import config as denoise_config
 
+    overrides = _parse_set(args.set)
     steps = args.steps or denoise_config.DistillJobConfig().train.steps
-    reports = {}
-    for seed in args.seeds:
-        reports[seed] = run_seed(seed, steps, args.runs_dir)
-    summary = summarise(reports)
+    problem = inheritance_problem(overrides)
+    per_seed = {seed: run_seed(seed, steps, args.runs_dir, overrides, problem is None) for seed in args.seeds}
+    summary = summarise(per_seed, problem)
     summary["machine"] = machine_info()
+    summary["overrides"] = overrides
+    command = " ".join(["python -m benchmarks.distillation_gain --seeds", *map(str, args.seeds)]
+                       + ([f"--steps {args.steps}"] if args.steps else []) + [f"--set {item}" for item in args.set])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "gain.json").write_text(json.dumps(summary, indent=2, default=str))
-    (out / "GAIN.md").write_text(render(summary))
-    print(render(summary))
+    (out / "GAIN.md").write_text(render(summary, command))
+    print(render(summary, command))
     return 0
 
 

@@ -140,19 +140,30 @@ def speed_targets(results: dict) -> str:
 
 
 def distillation_gain(gain: dict) -> str:
-    """README: what distillation adds over the same student from scratch, mean ± sd over seeds."""
+    """README and the denoising card: what inheritance and distillation add over the same student
+    from scratch, mean ± sd over seeds (benchmarks/distillation_gain.py)."""
+    arms = [arm for arm in "abcd" if arm in next(iter(gain["sets"].values()))["mean"]]
     rows = []
     for index, key in enumerate(("heldout1", "heldout2")):
         if key not in gain["sets"]:
             continue
-        mean, sd = gain["sets"][key]["mean"], gain["sets"][key]["sd"]
-        rows.append([f"set {index + 1}", f"{mean['teacher']:.3f}", f"{mean['distilled']:.3f} ± {sd['distilled']:.3f}",
-                     f"{mean['scratch']:.3f} ± {sd['scratch']:.3f}",
-                     f"{mean['distilled_minus_scratch']:+.3f} ± {sd['distilled_minus_scratch']:.3f}",
-                     f"{100 * mean['gap_closure']:.1f}% ± {100 * sd['gap_closure']:.1f}%",
-                     str(gain["sets"][key]["distilled_above_scratch_on_every_seed"])])
-    return _table(["held-out set", "FFDNet", "(c) distilled", "(a) scratch", "(c) - (a)",
-                   "gap closure (c-a)/(teacher-a)", "(c) above (a) on every seed"], rows)
+        data = gain["sets"][key]
+        mean, sd = data["mean"], data["sd"]
+        spread = lambda name, fmt: "" if sd[name] is None else f" ± {format(sd[name], fmt)}"
+        row = [f"set {index + 1}", f"{mean['teacher']:.2f}"]
+        row += [f"{mean[arm]:.2f}{spread(arm, '.2f')}" for arm in arms]
+        row += [f"{mean[f'{arm}_minus_a']:+.2f}{spread(f'{arm}_minus_a', '.2f')}" for arm in arms if arm != "a"]
+        if "d" in arms:
+            row.append(f"{mean['d_minus_b']:+.2f}{spread('d_minus_b', '.2f')}")
+        for arm in [arm for arm in arms if arm != "a"]:
+            closure, closure_sd = mean[f"gap_closure_{arm}"], sd[f"gap_closure_{arm}"]
+            row.append(f"{100 * closure:.0f}%" + ("" if closure_sd is None else f" ± {100 * closure_sd:.0f}%"))
+        row.append(", ".join(f"({arm}) {'yes' if above else 'no'}" for arm, above in data["above_scratch_on_every_seed"].items()))
+        rows.append(row)
+    headers = (["held-out set", "teacher"] + [gain["arms"][arm] for arm in arms]
+               + [f"({arm}) - (a)" for arm in arms if arm != "a"] + (["(d) - (b)"] if "d" in arms else [])
+               + [f"gap closure ({arm})" for arm in arms if arm != "a"] + ["above (a) on every seed"])
+    return _table(headers, rows)
 
 
 SR_REPORT = "models/sr/sr_report.json"

@@ -57,7 +57,7 @@ def _tiny_config(tmp_path, **extra):
     """A distill config that would train in seconds; the bad value is what the test adds."""
     text = ("data: {patch_size: 64, batch_size: 2, val_crop: 32, val_crops_per_image: 1}\n"
             "train: {steps: 2, steps_per_epoch: 2, mixed_precision: false}\n"
-            "student: {widths: [4, 8], blocks: 1}\n"
+            "student: {family: unet, widths: [4, 8], blocks: 1}\n"
             "distill: {compare_scratch: false}\n"
             "eval: {sigmas: [25], baselines: [], max_images: 1, timing_size: 64}\n"
             "export_formats: []\n"

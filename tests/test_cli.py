@@ -13,7 +13,7 @@ from kd_tf.denoise.nets import build_unet
 TINY = """
 data: {patch_size: 32, batch_size: 4, val_crop: 32, val_crops_per_image: 1}
 train: {steps: 6, steps_per_epoch: 3, seed: 1}
-student: {widths: [4, 8], blocks: 1}
+student: {family: unet, widths: [4, 8], blocks: 1}
 distill:
   student_loss_weight: {kind: linear, start: 0.1, end: 0.5}
   features: [[bottleneck, bottleneck, 0.1]]

@@ -169,8 +169,8 @@ def chain_run(tmp_path_factory):
     keras.utils.set_random_seed(0)
     build_unet((8, 16), 2, name="teacher").save(root / "teacher.keras")
     where = f"output: {{runs_dir: {root / 'runs'}, log_dir: {root / 'tb'}}}\n"
-    (root / "assistant.yaml").write_text(CHAIN_BASE + "student: {widths: [6, 12], blocks: 1}\n" + where)
-    (root / "student.yaml").write_text(CHAIN_BASE + "student: {widths: [4, 8], blocks: 1}\n"
+    (root / "assistant.yaml").write_text(CHAIN_BASE + "student: {family: unet, widths: [6, 12], blocks: 1}\n" + where)
+    (root / "student.yaml").write_text(CHAIN_BASE + "student: {family: unet, widths: [4, 8], blocks: 1}\n"
                                        "finetune: {steps: 2, learning_rate: 0.0005}\n" + where)
     code = main(["distill", "--config", str(root / "assistant.yaml"), "--config", str(root / "student.yaml"),
                  "--teacher", str(root / "teacher.keras"), "--run-name", "chain"])
@@ -242,7 +242,7 @@ def test_main_job_distills_through_its_assistant_when_it_fits(tmp_path, monkeypa
     build_unet((8, 16), 2, name="teacher").save(tmp_path / "teacher.keras")
     (tmp_path / "job.yaml").write_text(
         CHAIN_BASE.replace("compare_scratch: false", "compare_scratch: true")
-        + "student: {widths: [4, 8], blocks: 1}\nassistant: {use: auto, widths: [6, 12], blocks: 1, steps: 2}\n"
+        + "student: {family: unet, widths: [4, 8], blocks: 1}\nassistant: {use: auto, widths: [6, 12], blocks: 1, steps: 2}\n"
         + f"output: {{runs_dir: {tmp_path / 'runs'}, log_dir: {tmp_path / 'tb'}}}\n")
     phases, original = [], jobs.distill_phase
 
@@ -289,7 +289,7 @@ def test_assistant_is_off_by_default_skipped_when_it_does_not_fit_and_validated(
 
     def plan(**assistant):
         return assistant_plan(cfg.from_dict(denoise_config.DistillJobConfig, {
-            "student": {"widths": [4, 8], "blocks": 1}, "assistant": assistant}), teacher)
+            "student": {"family": "unet", "widths": [4, 8], "blocks": 1}, "assistant": assistant}), teacher)
 
     assert plan() == (False, "assistant.use=never") and plan(use="always") == (True, "assistant.use=always")
     used, why = plan(use="auto")                 # the default assistant has 4 levels, this teacher 2

@@ -17,7 +17,7 @@ from kd_tf.denoise.nets import build_unet
 CONFIG = """
 data: {patch_size: 32, batch_size: 4, val_crop: 32, val_crops_per_image: 1}
 train: {steps: 40, steps_per_epoch: 5, seed: 3}
-student: {widths: [4, 8], blocks: 1}
+student: {family: unet, widths: [4, 8], blocks: 1}
 distill: {compare_scratch: true}
 eval: {sigmas: [25], baselines: [], max_images: 2, timing_size: 64}
 export_formats: []

@@ -32,6 +32,8 @@ from kd_tf.denoise.nets import build_unet, float32_copy
 from kd_tf.model_io import (load_float_teacher, load_model, load_teacher, save_model, takes_noise_level,
                             with_dtype_policy)
 from kd_tf.denoise.inherit import inherit_from_teacher, inheritance_problem
+from kd_tf.denoise.ffdnet_student import (build_blind_ffdnet, ffdnet_inheritance_problem, inherit_from_ffdnet,
+                                          is_blind_ffdnet)
 from kd_tf.precision import policy_name, with_loss_scaling
 from kd_tf.runs import (RunPaths, cosine_optimizer, epochs_for, record_config, record_split, resumed_batches,
                         standard_callbacks, trained_on, worker_report, write_json)
@@ -143,6 +145,29 @@ def train_teacher(config: denoise_config.TeacherJobConfig, strategy=None) -> dic
     return report
 
 
+def build_net(net: denoise_config.NetConfig, name: str, mixed_precision: bool | str = False) -> keras.Model:
+    """The network `net` describes: a build_unet U-Net or a blind FFDNet-shaped chain."""
+    if net.family == "ffdnet":
+        return build_blind_ffdnet(net.features, net.depth, name=name, mixed_precision=mixed_precision)
+    return build_unet(net.widths, net.blocks, name=name, mixed_precision=mixed_precision)
+
+
+def float32_net(model: keras.Model, net: denoise_config.NetConfig) -> keras.Model:
+    """`model` (built by build_net, perhaps in bfloat16) computing in float32, for export and evaluation."""
+    if net.family == "ffdnet":
+        copy = build_blind_ffdnet(net.features, net.depth, name=model.name)
+        copy.set_weights(model.get_weights())
+        return copy
+    return float32_copy(model, net.widths, net.blocks)
+
+
+def student_inheritance_problem(teacher: keras.Model, student: keras.Model) -> str | None:
+    """Why `student` cannot start from `teacher`'s weights (either family), or None."""
+    if is_blind_ffdnet(student):
+        return ffdnet_inheritance_problem(teacher, student)
+    return inheritance_problem(teacher, student)
+
+
 def _limit(heldout: dict, eval_config: denoise_config.EvalConfig) -> dict:
     if eval_config.max_images is None:
         return heldout
@@ -151,10 +176,13 @@ def _limit(heldout: dict, eval_config: denoise_config.EvalConfig) -> dict:
 
 def start_from_teacher(student_init: str, teacher: keras.Model, student: keras.Model, batches,
                        energy_batches: int = 8) -> dict | None:
-    """Gives the student its teacher's strongest channels and blocks (kd_tf.denoise.inherit) when
-    `student_init` asks for it ("auto": whenever both are build_unet networks that fit); returns
-    what was kept, or None when the student keeps its random weights. A .keras path: the student
-    continues from that model's weights (same widths and blocks), returned as {"from": path}."""
+    """Gives the student its teacher's strongest channels and blocks (kd_tf.denoise.inherit) or,
+    for a blind FFDNet-shaped student of an FFDNet teacher, the teacher's channels refitted layer by
+    layer (kd_tf.denoise.ffdnet_student), when `student_init` asks for it ("auto": whenever the pair
+    fits); returns what was kept, or None when the student keeps its random weights. `batches`:
+    (x, clean) pairs, x the noisy patches or, for a non-blind teacher, with_noise_level's dict. A
+    .keras path: the student continues from that model's weights (same widths and blocks),
+    returned as {"from": path}."""
     if student_init == "random":
         return None
     if student_init.endswith(".keras"):
@@ -167,14 +195,32 @@ def start_from_teacher(student_init: str, teacher: keras.Model, student: keras.M
         log.info("the student continues from the weights of %s", student_init)
         return {"from": student_init}
     try:
-        kept = inherit_from_teacher(teacher, student, batches.take(energy_batches).map(lambda noisy, clean: noisy))
+        if is_blind_ffdnet(student):
+            problem = ffdnet_inheritance_problem(teacher, student)
+            if problem:
+                raise InputError(problem)
+            kept = inherit_from_ffdnet(teacher, student, [x["teacher_inputs"] for x, _ in batches.take(energy_batches)])
+        else:
+            kept = inherit_from_teacher(teacher, student, batches.take(energy_batches).map(
+                lambda x, clean: x["inputs"] if isinstance(x, dict) else x))
     except ValueError as error:                     # also Keras' own, e.g. a teacher of other channels
         if student_init == "teacher":
             raise InputError(f"distill.student_init=teacher: {error}") from None
         log.info("the student starts from random weights (distill.student_init=auto: %s)", error)
         return None
-    log.info("the student starts from the teacher's strongest channels; residual blocks kept: %s", kept["blocks"])
+    log.info("the student starts from the teacher's strongest channels; %s",
+             f"refitted, relative errors {np.round(kept['relative_error'], 4).tolist()}" if "relative_error" in kept
+             else f"residual blocks kept: {kept['blocks']}")
     return kept
+
+
+def inherited_learning_rate(config: denoise_config.DistillJobConfig, student: keras.Model) -> float:
+    """The peak rate of a student that starts from its teacher's weights: distill.inherited_learning_rate,
+    or by default train.learning_rate for a U-Net (copied channels, holes to relearn) and a tenth of it
+    for a refitted FFDNet-shaped student (a close copy of the teacher, fine-tuned)."""
+    if config.distill.inherited_learning_rate is not None:
+        return config.distill.inherited_learning_rate
+    return config.train.learning_rate / 10 if is_blind_ffdnet(student) else config.train.learning_rate
 
 
 def distill_steps(config: denoise_config.DistillJobConfig) -> int:
@@ -223,7 +269,7 @@ class DistillPhase:
 def distill_phase(config: denoise_config.DistillJobConfig, teacher_path: str, reference_teacher: keras.Model,
                   net: denoise_config.NetConfig, name: str, steps: int, stream, paths: RunPaths, validation: tuple,
                   strategy, tag: str) -> DistillPhase:
-    """`teacher_path` teaches a new build_unet `net` for `steps` steps with config.distill's losses
+    """`teacher_path` teaches a new build_net `net` for `steps` steps with config.distill's losses
     and student_loss_weight (offline, from cached teacher outputs, when only outputs are distilled); the new
     network starts from the strongest channels of `reference_teacher` (the same teacher in
     float32) when distill.student_init allows. Resumes from its own checkpoints (`tag`)."""
@@ -234,7 +280,7 @@ def distill_phase(config: denoise_config.DistillJobConfig, teacher_path: str, re
     attention = [(p.teacher, p.student, p.weight) for p in config.distill.attention]
     with strategy.scope():                          # teacher (frozen), student, adapters, optimizer on every replica
         teacher = load_teacher(teacher_path, config.train.mixed_precision)
-        student = build_unet(net.widths, net.blocks, name=name, mixed_precision=config.train.mixed_precision)
+        student = build_net(net, name, config.train.mixed_precision)
     val_noisy, val_clean, val_batch = validation
     if takes_noise_level(teacher):                  # a non-blind teacher (FFDNet) gets each patch's sigma too
         teacher_stream = lambda skip=0: stream(skip, noise_level_for_teacher=True)
@@ -243,7 +289,13 @@ def distill_phase(config: denoise_config.DistillJobConfig, teacher_path: str, re
         teacher_stream = stream
     with strategy.scope():
         initial_weights = student.get_weights()     # the scratch run starts from the very same point
-        inherited = start_from_teacher(config.distill.student_init, reference_teacher, student, stream())
+        started = time.time()
+        inherited = start_from_teacher(config.distill.student_init, reference_teacher, student, teacher_stream())
+        inherit_seconds = time.time() - started
+        if inherited and "from" not in inherited:
+            train = dataclasses.replace(train, learning_rate=inherited_learning_rate(config, student))
+            inherited["learning_rate"] = train.learning_rate
+            log.info("inherited weights: peak learning rate %g (distill.inherited_learning_rate)", train.learning_rate)
         distiller = as_input_error(Distiller)(teacher, student, student_loss_weight=student_loss_weight,
                               output_loss=config.distill.output_loss,
                               features=features, attention=attention, jacobian=config.distill.jacobian,
@@ -252,7 +304,7 @@ def distill_phase(config: denoise_config.DistillJobConfig, teacher_path: str, re
     epochs, per_epoch = epochs_for(train)
     log.info("distilling: teacher %s -> %s %s, %d steps", teacher_path, name, net, steps)
     started = time.time()
-    done, timings = resumed_batches(paths.backup / tag, per_epoch), {}
+    done, timings = resumed_batches(paths.backup / tag, per_epoch), {"inherit_seconds": inherit_seconds}
     dataset = teacher_stream(done)
     cached = batches_to_cache(config, steps)
     if cached and done < epochs * per_epoch:
@@ -285,10 +337,10 @@ def assistant_plan(config: denoise_config.DistillJobConfig, teacher: keras.Model
     if use != "auto":
         return use == "always", f"assistant.use={use}"
     assistant = build_unet(config.assistant.widths, config.assistant.blocks, name="assistant_probe")
-    student = build_unet(config.student.widths, config.student.blocks, name="student_probe")
+    student = build_net(config.student, "student_probe")
     pairs = ((teacher, assistant, "teacher -> assistant"), (assistant, student, "assistant -> student"))
     for upper, lower, pair in pairs:
-        problem = inheritance_problem(upper, lower)
+        problem = student_inheritance_problem(upper, lower)
         if problem:
             return False, f"assistant.use=auto, skipped: {pair}: {problem}"
     sizes = [count_params(m) for m in (teacher, assistant, student)]
@@ -324,7 +376,7 @@ def distill(config: denoise_config.DistillJobConfig, strategy=None) -> dict:
     if use_assistant:
         steps = config.assistant.steps_for(config.train.steps)
         phase = distill_phase(config, teacher_path, reference_teacher,
-                              denoise_config.NetConfig(config.assistant.widths, config.assistant.blocks), "assistant",
+                              denoise_config.NetConfig(widths=config.assistant.widths, blocks=config.assistant.blocks), "assistant",
                               steps, stream, paths, validation, strategy, "assistant")
         evaluated["assistant"] = float32_copy(phase.model, config.assistant.widths, config.assistant.blocks)
         teacher_path = str(save_model(evaluated["assistant"], paths.root / "assistant.keras"))
@@ -336,7 +388,7 @@ def distill(config: denoise_config.DistillJobConfig, strategy=None) -> dict:
     phase = distill_phase(config, teacher_path, evaluated.get("assistant", reference_teacher), config.student,
                           "student", distill_steps(config), stream, paths, validation, strategy, "distill")
     student, inherited, histories["distill"] = phase.model, phase.inherited, phase.history
-    timings.update(distill_seconds=phase.timings["seconds"])
+    timings.update(distill_seconds=phase.timings["seconds"], inherit_seconds=phase.timings["inherit_seconds"])
     if "cache_seconds" in phase.timings:
         timings.update(teacher_cache_seconds=phase.timings["cache_seconds"],
                        teacher_cache_samples=phase.timings["cache_samples"])
@@ -349,22 +401,21 @@ def distill(config: denoise_config.DistillJobConfig, strategy=None) -> dict:
         histories["finetune"] = train_own_objective(student, finetune_train, stream, distill_steps(config), paths,
                                                     validation, config.output, "finetune", strategy).history
         timings["finetune_seconds"] = time.time() - started
-    students = {"student (distilled)": float32_copy(student, config.student.widths, config.student.blocks)}
+    students = {"student (distilled)": float32_net(student, config.student)}
     student_path = save_model(students["student (distilled)"], paths.root / "student.keras")
     if config.save_to and paths.chief:
         student_path = save_model(students["student (distilled)"], config.save_to)
 
     if config.distill.compare_scratch:
         with strategy.scope():
-            scratch = build_unet(config.student.widths, config.student.blocks, name="student_scratch",
-                                 mixed_precision=config.train.mixed_precision)
+            scratch = build_net(config.student, "student_scratch", config.train.mixed_precision)
             scratch.set_weights(phase.initial_weights)
         log.info("training the same student from scratch (its own loss only) with the same budget")
         started = time.time()
         histories["scratch"] = train_own_objective(scratch, config.train, stream, 0, paths, validation,
                                                    config.output, "scratch", strategy).history
         timings["scratch_seconds"] = time.time() - started
-        students["student (scratch)"] = float32_copy(scratch, config.student.widths, config.student.blocks)
+        students["student (scratch)"] = float32_net(scratch, config.student)
         save_model(students["student (scratch)"], paths.root / "student_scratch.keras")
     if not paths.chief:
         return worker_report(paths, "distill", histories["distill"])

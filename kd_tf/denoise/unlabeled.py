@@ -26,7 +26,7 @@ from kd_tf.distiller import Distiller
 from kd_tf.tables import render_table
 from kd_tf.inference import run_on_image
 from kd_tf.metrics import image_scores
-from kd_tf.denoise.nets import build_unet, float32_copy
+from kd_tf.denoise.jobs import build_net, float32_net
 from kd_tf.model_io import load_float_teacher, save_model, takes_noise_level
 from kd_tf.runs import (RunPaths, cosine_optimizer, epochs_for, record_config, record_split, resumed_batches,
                         standard_callbacks)
@@ -69,8 +69,7 @@ def distill_unlabeled(config: denoise_config.DistillJobConfig) -> dict:
     view = _teacher_view(teacher, data.val_sigma)
     photos = patch_dataset(split.train, data.patch_size, data.batch_size, seed=config.train.seed,
                            degradation=AlreadyDegraded()).map(lambda degraded, _: view(degraded))
-    student = build_unet(config.student.widths, config.student.blocks, name="student",
-                         mixed_precision=config.train.mixed_precision)
+    student = build_net(config.student, "student", config.train.mixed_precision)
     epochs, per_epoch = epochs_for(config.train)
     done = resumed_batches(paths.backup / "distill", per_epoch)
     cache = cache_teacher_outputs(teacher, photos, config.distill.cache_batches or min(300, config.train.steps),
@@ -93,7 +92,7 @@ def distill_unlabeled(config: denoise_config.DistillJobConfig) -> dict:
                             callbacks=standard_callbacks(paths, val_x, taught, config.output, "distill",
                                                          config.train.steps))
     seconds = time.time() - started
-    trained = float32_copy(student, config.student.widths, config.student.blocks)
+    trained = float32_net(student, config.student)
     student_path = save_model(trained, config.save_to or paths.root / "student.keras")
     scores = agreement(teacher, trained, split.heldout, data.val_sigma)
     size = 512
