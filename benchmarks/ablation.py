@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine_info
+from benchmarks.common import STUDENT_NET, machine_info
 from kd_tf import config as cfg
 from kd_tf.denoise import config as denoise_config
 
@@ -81,7 +81,9 @@ def base_overrides(steps: int, seed: int, quick: bool) -> dict:
     overrides = {"train.steps": steps, "train.steps_per_epoch": max(1, steps // 4), "train.seed": seed,
                  "distill.compare_scratch": False, "distill.cache_batches": max(1, steps // 3),
                  "eval.sigmas": [SIGMA], "eval.baselines": [], "export_formats": [],
-                 "assistant.use": "never"}           # direct distillation unless the variant says otherwise
+                 "assistant.use": "never",           # direct distillation unless the variant says otherwise
+                 # the U-Net student the ablation measured (its feature pairs name U-Net levels)
+                 "student.family": "unet", "student.widths": STUDENT_NET.widths, "student.blocks": STUDENT_NET.blocks}
     if quick:
         overrides.update({"data.patch_size": 32, "data.batch_size": 4, "data.val_crop": 32,
                           "data.val_crops_per_image": 1, "eval.max_images": 1, "eval.timing_size": 64})

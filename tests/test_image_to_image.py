@@ -192,7 +192,7 @@ def test_unlabeled_distillation_from_a_folder_reports_agreement_with_the_teacher
     build_unet((8, 16), 1, name="teacher").save(tmp_path / "teacher.keras")
     code = main(["distill", "--unlabeled", "--data", str(tmp_path / "mine"), "--teacher", str(tmp_path / "teacher.keras"),
                  "--steps", "6", "--run-name", "unl", "--set", "train.steps_per_epoch=3",
-                 "--set", "student={widths: [4, 8], blocks: 1}", "--set", "distill.cache_batches=2",
+                 "--set", "student={family: unet, widths: [4, 8], blocks: 1}", "--set", "distill.cache_batches=2",
                  "--set", "data={patch_size: 32, batch_size: 4, val_crop: 64, heldout_fraction: 0.4}",
                  "--set", f"output.runs_dir={tmp_path / 'runs'}", "--set", f"output.log_dir={tmp_path / 'tb'}"])
     assert code == 0
