@@ -44,7 +44,8 @@ from benchmarks.common import machine_info
 
 HERE = Path(__file__).resolve().parent
 SIGMA = "25.0"
-ARMS = {"a": "(a) scratch", "b": "(b) inherited", "c": "(c) distilled", "d": "(d) inherited + distilled"}
+ARMS = {"a": "(a) scratch", "b0": "(b0) inherited, before training", "b": "(b) inherited", "c": "(c) distilled",
+        "d": "(d) inherited + distilled"}
 # each job's settings: which arms its report holds, as (arm, method row of the report)
 JOBS = {
     "ac": ({"distill.student_init": "random", "distill.compare_scratch": True},
@@ -95,13 +96,39 @@ def inheritance_problem(overrides: dict) -> str | None:
                                             jobs.build_net(config.student, "probe"))
 
 
+def untrained_inherited(seed: int, steps: int, runs_dir: str, overrides: dict) -> dict:
+    """The held-out report of (d)'s student as inheritance leaves it, before any training step:
+    what the refit alone carries over (the same patches as (d)'s inheritance)."""
+    config = job_config(seed, steps, runs_dir, overrides, "d")
+    config.output.run_name += "-untrained"
+    path = Path(runs_dir) / config.output.run_name / "report.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    import keras
+    from kd_tf.denoise import jobs
+    from kd_tf.model_io import load_float_teacher, save_model
+
+    keras.utils.set_random_seed(seed)
+    _, stream, _, _ = jobs._data(config.data, seed)
+    student = jobs.build_net(config.student, "student")
+    jobs.start_from_teacher("teacher", load_float_teacher(config.distill.teacher), student,
+                            stream(0, noise_level_for_teacher=True))
+    model_path = save_model(student, Path(runs_dir) / config.output.run_name / "student_untrained.keras")
+    return jobs.evaluate_saved(config, None, {UNTRAINED: str(model_path)})
+
+
+UNTRAINED = "inherited, before training"
+
+
 def run_seed(seed: int, steps: int, runs_dir: str, overrides: dict, with_inheritance: bool) -> dict:
-    """{"arms": {arm: {"report": report, "method": row name}}} for one seed."""
+    """{arm: {"report": report, "method": row name}} for one seed ("b0": (d)'s start, untrained)."""
     arms = {}
     for job in (("ac", "d", "b") if with_inheritance else ("ac",)):
         report = run_job(seed, steps, runs_dir, overrides, job)
         for arm, method in JOBS[job][1]:
             arms[arm] = {"report": report, "method": method}
+    if with_inheritance:
+        arms["b0"] = {"report": untrained_inherited(seed, steps, runs_dir, overrides), "method": UNTRAINED}
     return arms
 
 
@@ -138,11 +165,12 @@ def summarise(per_seed: dict[int, dict], why_no_inheritance: str | None) -> dict
                 continue
             row = {"teacher": psnr_of(scores["a"], "teacher")}
             row.update({arm: psnr_of(scores[arm], entry["method"]) for arm, entry in arms.items()})
-            for arm in [arm for arm in ("b", "c", "d") if arm in arms]:
+            for arm in [arm for arm in ("b0", "b", "c", "d") if arm in arms]:
                 row[f"{arm}_minus_a"] = row[arm] - row["a"]
                 row[f"gap_closure_{arm}"] = (row[arm] - row["a"]) / (row["teacher"] - row["a"])
             if "d" in arms:
                 row["d_minus_b"] = row["d"] - row["b"]
+                row["d_minus_b0"] = row["d"] - row["b0"]
                 row["teacher_minus_d"] = row["teacher"] - row["d"]
             rows[seed] = row
         if not rows:
@@ -155,7 +183,7 @@ def summarise(per_seed: dict[int, dict], why_no_inheritance: str | None) -> dict
             "sd": {key: float(np.std([row[key] for row in rows.values()], ddof=1)) if len(rows) > 1 else None
                    for key in columns},
             "above_scratch_on_every_seed": {arm: all(row[f"{arm}_minus_a"] > 0 for row in rows.values())
-                                            for arm in ("b", "c", "d") if f"{arm}_minus_a" in columns},
+                                            for arm in ("b0", "b", "c", "d") if f"{arm}_minus_a" in columns},
         }
     summary["time_to_scratch_final"] = {seed: {arm: time_to_scratch_final(arms, arm) for arm in ("c", "d") if arm in arms}
                                         for seed, arms in sorted(per_seed.items())}
@@ -184,8 +212,9 @@ def _student_text(student: dict) -> str:
 
 
 def render(summary: dict, command: str) -> str:
-    arms = [arm for arm in "abcd" if any(arm in row for data in summary["sets"].values()
-                                         for row in data["per_seed"].values())]
+    arms = [arm for arm in ("a", "b0", "b", "c", "d") if any(arm in row for data in summary["sets"].values()
+                                                           for row in data["per_seed"].values())]
+    trained = [arm for arm in arms if arm != "a"]
     lines = [f"# What distillation adds (sigma {summary['sigma']:g}, seeds {summary['seeds']}, paired by seed)", "",
              f"Teacher `{_relative(summary['teacher_path'])}`; {_student_text(summary['student'])}; MACs at 512x512: "
              f"teacher {summary['macs_512']['teacher'] / 1e9:.2f} G, student {summary['macs_512']['student'] / 1e9:.2f} G "
@@ -193,10 +222,11 @@ def render(summary: dict, command: str) -> str:
              "Arms: " + "; ".join(summary["arms"][arm] for arm in arms) + "."
              + ("" if summary["inheritance"] == "yes" else f" (b) and (d) skipped: {summary['inheritance']}."), ""]
     for set_name, data in summary["sets"].items():
-        gains = [f"{arm}_minus_a" for arm in "bcd" if arm in arms] + (["d_minus_b"] if "d" in arms else [])
-        closures = [f"gap_closure_{arm}" for arm in "bcd" if arm in arms]
+        gains = [f"{arm}_minus_a" for arm in trained] + (["d_minus_b", "d_minus_b0"] if "d" in arms else [])
+        closures = [f"gap_closure_{arm}" for arm in trained]
         headers = (["seed", "teacher"] + [summary["arms"][arm] for arm in arms]
-                   + [f"({key[0]}) - ({key[-1]})" for key in gains] + [f"gap closure ({key[-1]})" for key in closures])
+                   + ["({}) - ({})".format(*key.split("_minus_")) for key in gains]
+                   + [f"gap closure ({key.split('_')[-1]})" for key in closures])
         lines += [f"## {set_name} ({len(data['images'])} photos)", "", "| " + " | ".join(headers) + " |",
                   "|" + "---|" * len(headers)]
         keys = ["teacher"] + arms + gains + closures

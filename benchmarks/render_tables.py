@@ -142,7 +142,7 @@ def speed_targets(results: dict) -> str:
 def distillation_gain(gain: dict) -> str:
     """README and the denoising card: what inheritance and distillation add over the same student
     from scratch, mean ± sd over seeds (benchmarks/distillation_gain.py)."""
-    arms = [arm for arm in "abcd" if arm in next(iter(gain["sets"].values()))["mean"]]
+    arms = [arm for arm in ("a", "b0", "b", "c", "d") if arm in next(iter(gain["sets"].values()))["mean"]]
     rows = []
     for index, key in enumerate(("heldout1", "heldout2")):
         if key not in gain["sets"]:
@@ -154,14 +154,14 @@ def distillation_gain(gain: dict) -> str:
         row += [f"{mean[arm]:.2f}{spread(arm, '.2f')}" for arm in arms]
         row += [f"{mean[f'{arm}_minus_a']:+.2f}{spread(f'{arm}_minus_a', '.2f')}" for arm in arms if arm != "a"]
         if "d" in arms:
-            row.append(f"{mean['d_minus_b']:+.2f}{spread('d_minus_b', '.2f')}")
+            row += [f"{mean[key]:+.2f}{spread(key, '.2f')}" for key in ("d_minus_b", "d_minus_b0")]
         for arm in [arm for arm in arms if arm != "a"]:
             closure, closure_sd = mean[f"gap_closure_{arm}"], sd[f"gap_closure_{arm}"]
             row.append(f"{100 * closure:.0f}%" + ("" if closure_sd is None else f" ± {100 * closure_sd:.0f}%"))
         row.append(", ".join(f"({arm}) {'yes' if above else 'no'}" for arm, above in data["above_scratch_on_every_seed"].items()))
         rows.append(row)
     headers = (["held-out set", "teacher"] + [gain["arms"][arm] for arm in arms]
-               + [f"({arm}) - (a)" for arm in arms if arm != "a"] + (["(d) - (b)"] if "d" in arms else [])
+               + [f"({arm}) - (a)" for arm in arms if arm != "a"] + (["(d) - (b)", "(d) - (b0)"] if "d" in arms else [])
                + [f"gap closure ({arm})" for arm in arms if arm != "a"] + ["above (a) on every seed"])
     return _table(headers, rows)
 
