@@ -24,7 +24,9 @@ def test_unknown_key_lists_accepted_ones():
     ({"data": {"sigma_min": 30, "sigma_max": 10}}, r"sigma_min/sigma_max"),
     ({"eval": {"baselines": ["bm4d"]}}, r"eval.baselines='bm4d'"),
     ({"student": {"family": "unet", "widths": [8]}}, r"student.widths"),
-    ({"student": {"widths": [8, 16]}}, r"student.widths=\[8, 16\] .* describe a U-Net.*student.family=unet"),
+    ({"student": {"family": "ffdnet", "widths": [8, 16]}}, r"student.widths=\[8, 16\] .* describe a U-Net.*family=unet"),
+    ({"student": {"features": 20}}, r"student.features=20 .* FFDNet-shaped.*student.family=ffdnet"),
+    ({"student": {"family": "ffdnet"}, "export_formats": ["keras", "int8"]}, r"int8.*FFDNet-shaped student.*drop 'int8'"),
     ({"student": {"family": "resnet"}}, r"student.family.*unet.*ffdnet"),
 ])
 def test_bad_values_are_named(values, message):
@@ -73,13 +75,11 @@ def test_default_student_is_10x_cheaper_than_default_teacher():
     assert 10 <= ratio < 12          # the budget used, not a student far below it
 
 
-def test_a_partial_student_section_keeps_the_main_jobs_student():
-    """--set student.depth=10 changes the main job's FFDNet-shaped student, not NetConfig's own
-    default U-Net; a U-Net student is asked for by name."""
-    config = cfg.load(denoise_config.DistillJobConfig, None, {"student.depth": 10})
+def test_the_ffdnet_shaped_student_is_asked_for_by_family():
+    """--set student.family=ffdnet: 28 channels, 12 convolutions unless features/depth say otherwise."""
+    config = cfg.load(denoise_config.DistillJobConfig, None, {"student.family": "ffdnet", "student.depth": 10,
+                                                               "export_formats": []})
     assert (config.student.family, config.student.features, config.student.depth) == ("ffdnet", 28, 10)
-    unet = cfg.load(denoise_config.DistillJobConfig, None, {"student": {"family": "unet", "widths": [4, 8]}})
-    assert (unet.student.family, unet.student.widths) == ("unet", [4, 8])
 
 
 def test_teacher_cache_is_automatic_for_output_only_distillation():

@@ -118,10 +118,11 @@ def test_pairs_that_do_not_fit_are_named(teacher, student, message):
 
 
 def test_the_main_job_inherits_and_fine_tunes_at_a_tenth_of_the_rate(tmp_path, monkeypatch):
-    """The default student inherits from the default (FFDNet) teacher; the inherited weights get
-    distill.inherited_learning_rate's default, a tenth of train.learning_rate; a random start keeps it."""
+    """student.family=ffdnet inherits from the default (FFDNet) teacher; the inherited weights get
+    distill.inherited_learning_rate's default, a tenth of train.learning_rate."""
     monkeypatch.setenv("KD_TF_QUIET", "1")
-    settings = {"data": {"patch_size": 32, "batch_size": 2, "val_crop": 32, "val_crops_per_image": 1},
+    settings = {"student": {"family": "ffdnet"},
+                "data": {"patch_size": 32, "batch_size": 2, "val_crop": 32, "val_crops_per_image": 1},
                 "train": {"steps": 2, "steps_per_epoch": 2}, "distill": {"cache_batches": 2},
                 "eval": {"sigmas": [25], "baselines": [], "max_images": 1, "timing_size": 32},
                 "export_formats": [], "output": {"runs_dir": str(tmp_path), "run_name": "inherit"}}
