@@ -185,8 +185,9 @@ def summarise(per_seed: dict[int, dict], why_no_inheritance: str | None) -> dict
             "above_scratch_on_every_seed": {arm: all(row[f"{arm}_minus_a"] > 0 for row in rows.values())
                                             for arm in ("b0", "b", "c", "d") if f"{arm}_minus_a" in columns},
         }
-    summary["time_to_scratch_final"] = {seed: {arm: time_to_scratch_final(arms, arm) for arm in ("c", "d") if arm in arms}
-                                        for seed, arms in sorted(per_seed.items())}
+    summary["time_to_scratch_final"] = {
+        seed: {arm: time_to_scratch_final(arms, arm) for arm in ("c", "d") if arm in arms}
+        for seed, arms in sorted(per_seed.items())}
     first = per_seed[min(per_seed)]["a"]["report"]
     summary["teacher_path"] = first.get("teacher_path")
     summary["student"] = first["config"]["student"]
@@ -217,7 +218,8 @@ def render(summary: dict, command: str) -> str:
     trained = [arm for arm in arms if arm != "a"]
     lines = [f"# What distillation adds (sigma {summary['sigma']:g}, seeds {summary['seeds']}, paired by seed)", "",
              f"Teacher `{_relative(summary['teacher_path'])}`; {_student_text(summary['student'])}; MACs at 512x512: "
-             f"teacher {summary['macs_512']['teacher'] / 1e9:.2f} G, student {summary['macs_512']['student'] / 1e9:.2f} G "
+             f"teacher {summary['macs_512']['teacher'] / 1e9:.2f} G, "
+             f"student {summary['macs_512']['student'] / 1e9:.2f} G "
              f"(1/{summary['macs_512']['teacher'] / summary['macs_512']['student']:.1f}). Reproduce: `{command}`.", "",
              "Arms: " + "; ".join(summary["arms"][arm] for arm in arms) + "."
              + ("" if summary["inheritance"] == "yes" else f" (b) and (d) skipped: {summary['inheritance']}."), ""]
@@ -238,12 +240,14 @@ def render(summary: dict, command: str) -> str:
             return text + ("" if sd is None else f" ± {sd:.3f}")
         for seed, row in data["per_seed"].items():
             lines.append(f"| {seed} | " + " | ".join(cell(key, row[key]) for key in keys) + " |")
-        lines.append("| mean ± sd | " + " | ".join(cell(key, data["mean"][key], None if key == "teacher" else data["sd"][key])
-                                               for key in keys) + " |")
-        lines += ["", "Above scratch on every seed: " + ", ".join(f"({arm}) {above}" for arm, above
-                                                                  in data["above_scratch_on_every_seed"].items()) + ".", ""]
+        spreads = {key: None if key == "teacher" else data["sd"][key] for key in keys}
+        lines.append("| mean ± sd | " + " | ".join(cell(key, data["mean"][key], spreads[key]) for key in keys) + " |")
+        above = data["above_scratch_on_every_seed"]
+        lines += ["", "Above scratch on every seed: " + ", ".join(f"({arm}) {value}" for arm, value in above.items())
+                  + ".", ""]
     lines += ["## Time to the scratch student's final PSNR (validation crops of held-out set 1)", "",
-              "| seed | arm | scratch final val PSNR | scratch train s | teacher cache s | inheritance s | reaches it after |",
+              "| seed | arm | scratch final val PSNR | scratch train s | teacher cache s | inheritance s "
+              "| reaches it after |",
               "|---|---|---|---|---|---|---|"]
     for seed, per_arm in summary["time_to_scratch_final"].items():
         for arm, row in per_arm.items():

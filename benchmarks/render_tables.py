@@ -158,7 +158,8 @@ def distillation_gain(gain: dict) -> str:
         for arm in [arm for arm in arms if arm != "a"]:
             closure, closure_sd = mean[f"gap_closure_{arm}"], sd[f"gap_closure_{arm}"]
             row.append(f"{100 * closure:.0f}%" + ("" if closure_sd is None else f" ± {100 * closure_sd:.0f}%"))
-        row.append(", ".join(f"({arm}) {'yes' if above else 'no'}" for arm, above in data["above_scratch_on_every_seed"].items()))
+        above = data["above_scratch_on_every_seed"]
+        row.append(", ".join(f"({arm}) {'yes' if value else 'no'}" for arm, value in above.items()))
         rows.append(row)
     headers = (["held-out set", "teacher"] + [gain["arms"][arm] for arm in arms]
                + [f"({arm}) - (a)" for arm in arms if arm != "a"] + (["(d) - (b)", "(d) - (b0)"] if "d" in arms else [])

@@ -24,9 +24,11 @@ def test_unknown_key_lists_accepted_ones():
     ({"data": {"sigma_min": 30, "sigma_max": 10}}, r"sigma_min/sigma_max"),
     ({"eval": {"baselines": ["bm4d"]}}, r"eval.baselines='bm4d'"),
     ({"student": {"family": "unet", "widths": [8]}}, r"student.widths"),
-    ({"student": {"family": "ffdnet", "widths": [8, 16]}}, r"student.widths=\[8, 16\] .* describe a U-Net.*family=unet"),
+    ({"student": {"family": "ffdnet", "widths": [8, 16]}},
+     r"student.widths=\[8, 16\] .* describe a U-Net.*family=unet"),
     ({"student": {"features": 20}}, r"student.features=20 .* FFDNet-shaped.*student.family=ffdnet"),
-    ({"student": {"family": "ffdnet"}, "export_formats": ["keras", "int8"]}, r"int8.*FFDNet-shaped student.*drop 'int8'"),
+    ({"student": {"family": "ffdnet"}, "export_formats": ["keras", "int8"]},
+     r"int8.*FFDNet-shaped student.*drop 'int8'"),
     ({"student": {"family": "resnet"}}, r"student.family.*unet.*ffdnet"),
 ])
 def test_bad_values_are_named(values, message):

@@ -3,8 +3,9 @@
 FFDNet computes at half resolution (pixel-unshuffle x2, a chain of 3x3 convolutions, pixel-shuffle
 x2), which makes it cheap per pixel; a narrow copy of that chain is a student of the teacher's own
 family, so it can *inherit* the teacher's weights (issue 16's arms (b) and (d)), which no U-Net
-student of an FFDNet teacher can. The student is blind (image in, image out: no noise level), and its last convolution reads the
-unshuffled input beside the features, starting as the identity on it: from random weights the
+student of an FFDNet teacher can. The student is blind (image in, image out: no noise level), and
+its last convolution reads the unshuffled input beside the features, starting as the identity on
+it: from random weights the
 network is residual (output = input + correction, DnCNN's observation: it trains far faster than
 predicting the clean image), and inheritance can still fit the last layer to the teacher's
 output (a plain residual chain could not: its features no longer hold the noise it must subtract).

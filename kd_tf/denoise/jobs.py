@@ -375,8 +375,8 @@ def distill(config: denoise_config.DistillJobConfig, strategy=None) -> dict:
     teacher_path, assistant = config.distill.teacher, None
     if use_assistant:
         steps = config.assistant.steps_for(config.train.steps)
-        phase = distill_phase(config, teacher_path, reference_teacher,
-                              denoise_config.NetConfig(widths=config.assistant.widths, blocks=config.assistant.blocks), "assistant",
+        assistant_net = denoise_config.NetConfig(widths=config.assistant.widths, blocks=config.assistant.blocks)
+        phase = distill_phase(config, teacher_path, reference_teacher, assistant_net, "assistant",
                               steps, stream, paths, validation, strategy, "assistant")
         evaluated["assistant"] = float32_copy(phase.model, config.assistant.widths, config.assistant.blocks)
         teacher_path = str(save_model(evaluated["assistant"], paths.root / "assistant.keras"))
