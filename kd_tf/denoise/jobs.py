@@ -195,7 +195,7 @@ def start_from_teacher(student_init: str, teacher: keras.Model, student: keras.M
         log.info("the student continues from the weights of %s", student_init)
         return {"from": student_init}
     try:
-        if is_blind_ffdnet(student):
+        if is_blind_ffdnet(student):                # the pair first: a blind teacher's batches hold no sigma
             problem = ffdnet_inheritance_problem(teacher, student)
             if problem:
                 raise InputError(problem)
