@@ -132,3 +132,20 @@ def test_the_main_job_inherits_and_fine_tunes_at_a_tenth_of_the_rate(tmp_path, m
     assert len(report["inherited"]["relative_error"]) == 12 and max(report["inherited"]["relative_error"]) < 0.5
     student = load_model(tmp_path / "inherit" / "student.keras")
     assert student.count_params() == build_blind_ffdnet().count_params()
+
+
+def test_with_a_u_net_teacher_auto_keeps_random_weights(tmp_path, monkeypatch):
+    """distill.student_init=auto: an FFDNet-shaped student of a blind U-Net teacher cannot inherit;
+    the job says why in its log and trains from random weights (it does not fail on the batches,
+    which hold no noise level for a blind teacher)."""
+    monkeypatch.setenv("KD_TF_QUIET", "1")
+    keras.utils.set_random_seed(0)
+    build_unet((8, 16), 1, name="teacher").save(tmp_path / "teacher.keras")
+    settings = {"student": {"family": "ffdnet", "features": 8, "depth": 3},
+                "data": {"patch_size": 32, "batch_size": 2, "val_crop": 32, "val_crops_per_image": 1},
+                "train": {"steps": 2, "steps_per_epoch": 2},
+                "distill": {"cache_batches": 2, "teacher": str(tmp_path / "teacher.keras")},
+                "eval": {"sigmas": [25], "baselines": [], "max_images": 1, "timing_size": 32},
+                "export_formats": [], "output": {"runs_dir": str(tmp_path), "run_name": "random"}}
+    report = jobs.distill(cfg.from_dict(denoise_config.DistillJobConfig, settings))
+    assert report["student_init"] == "random" and report["inherited"] is None
