@@ -286,8 +286,13 @@ def _typed(value, hint):
     raise TypeError(value)
 
 
-def _build(cls, values, where):
-    """Builds dataclass `cls` from a dict, recursing into nested dataclasses; unknown keys fail."""
+def _build(cls, values, where, base=None):
+    """Builds dataclass `cls` from a dict, recursing into nested dataclasses; unknown keys fail.
+
+    Keys that `values` leaves out keep `base`'s values (the enclosing section's default, so that a
+    partial section like `--set train.learning_rate=5e-4` changes one value of the job's own
+    defaults, not of the section class's), or the class defaults without a `base`.
+    """
     if not isinstance(values, dict):
         raise ConfigError(f"{where or 'config'} must be a mapping, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -296,12 +301,13 @@ def _build(cls, values, where):
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {where or 'config'}; accepted: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {}
+    kwargs = {} if base is None else {name: getattr(base, name) for name, f in fields.items() if f.init}
     for name, value in values.items():
         key = f"{where}.{name}" if where else name
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, key)
+            kwargs[name] = _build(hint, value, key, _section_base(
+                _default(fields[name]) if base is None else getattr(base, name), value))
         elif typing.get_origin(hint) is list and typing.get_args(hint) and dataclasses.is_dataclass(typing.get_args(hint)[0]):
             item_cls = typing.get_args(hint)[0]
             if not isinstance(value, list):
@@ -314,6 +320,21 @@ def _build(cls, values, where):
                 raise ConfigError(f"{key}={value!r} is not accepted: wrong type {type(value).__name__}; "
                                   f"expected {_type_name(hint)}") from None
     return cls(**kwargs)
+
+
+def _section_base(base, values):
+    """`base`, unless `values` change its `family`: a net of another family starts from that
+    family's class defaults (a U-Net's widths mean nothing to an FFDNet-shaped net)."""
+    if isinstance(values, dict) and "family" in values and values["family"] != getattr(base, "family", None):
+        return None
+    return base
+
+
+def _default(field):
+    """A dataclass field's default value, or None when it has none."""
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None if field.default is dataclasses.MISSING else field.default
 
 
 def _renamed(values, fields, where):

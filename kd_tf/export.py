@@ -198,14 +198,14 @@ def int8_ready(model: keras.Model, calibration, percentile: float = 99.99, equal
     model: (0, 1), so an 8-bit image is represented exactly and the output clips to what an
     8-bit file holds, as the evaluation clips it anyway).
     """
-    from kd_tf.fake_quant import calibrate_ranges, quantize_aware, quant_name
+    from kd_tf.fake_quant import calibrate_ranges, quantize_aware, quant_name, set_tied_range
 
     batches = list(calibration)
     source = _equalized_copy(model, batches, equalize)
     ready = calibrate_ranges(quantize_aware(source), source, batches, percentile)
     for tensor, fixed in ((model.inputs[0], input_range), (model.outputs[0], output_range)):
         if fixed is not None:
-            ready.get_layer(quant_name(tensor._keras_history[0].name)).set_range(*fixed)
+            set_tied_range(ready, quant_name(tensor._keras_history[0].name), *fixed)
     return ready
 
 

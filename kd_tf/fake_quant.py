@@ -18,7 +18,14 @@ import keras
 import numpy as np
 from keras import ops
 
+from kd_tf.layers import CropLike, DepthToSpace, PadToEven, SpaceToDepth
+
 _SKIPPED_LAYERS = (keras.layers.InputLayer, keras.layers.Dropout)
+LAYOUT_LAYERS = (SpaceToDepth, DepthToSpace, PadToEven, CropLike, keras.layers.Reshape, keras.layers.Flatten,
+                 keras.layers.Permute)
+"""Layers that only move, copy or drop values. TFLite requires their int8 output to have their
+input's scale (the converter stops with "quantization parameters violate the same scale
+constraint" otherwise), so their FakeQuant shares its input's range (`tie_layout_ranges`)."""
 
 
 class FakeQuant(keras.layers.Layer):
@@ -155,6 +162,45 @@ def calibrate_ranges(aware: keras.Model, model: keras.Model, batches, percentile
     for quant, values in zip(quants, seen):
         values = np.concatenate(values)
         quant.set_range(np.percentile(values, 100.0 - percentile), np.percentile(values, percentile))
+    return tie_layout_ranges(aware)
+
+
+def _layout_parents(aware: keras.Model) -> dict:
+    """{FakeQuant after a layout layer: the FakeQuant whose output that layer reads}."""
+    layers = {layer.name: layer for layer in aware.layers}
+    parents = {}
+    for quant in aware.layers:
+        layer = layers.get(quant.name.removesuffix("_quant")) if isinstance(quant, FakeQuant) else None
+        if isinstance(layer, LAYOUT_LAYERS):
+            source = layer.input[0] if isinstance(layer.input, (list, tuple)) else layer.input
+            if isinstance(source._keras_history[0], FakeQuant):
+                parents[quant] = source._keras_history[0]
+    return parents
+
+
+def tie_layout_ranges(aware: keras.Model) -> keras.Model:
+    """Gives each FakeQuant after a layout layer (LAYOUT_LAYERS) the range of the FakeQuant it
+    reads, so that a full-integer conversion meets TFLite's same-scale constraint."""
+    for quant, parent in _layout_parents(aware).items():      # layer order: parents come first
+        quant.set_range(float(parent.range_min.numpy()), float(parent.range_max.numpy()))
+    return aware
+
+
+def set_tied_range(aware: keras.Model, name: str, low: float, high: float) -> keras.Model:
+    """Fixes the range of FakeQuant `name` and of every FakeQuant joined to it through layout
+    layers, upstream and downstream (a fixed output range behind a pixel-shuffle reaches the
+    convolution before it)."""
+    parents = _layout_parents(aware)
+
+    def root(quant):
+        while quant in parents:
+            quant = parents[quant]
+        return quant
+
+    group = root(aware.get_layer(name))
+    for quant in aware.layers:
+        if isinstance(quant, FakeQuant) and root(quant) is group:
+            quant.set_range(low, high)
     return aware
 
 

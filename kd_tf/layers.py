@@ -22,7 +22,14 @@ class PadToEven(keras.layers.Layer):
     def call(self, images):
         shape = tf.shape(images)
         paddings = [[0, 0], [0, shape[1] % 2], [0, shape[2] % 2], [0, 0]]
-        return tf.pad(images, paddings, mode="SYMMETRIC")
+        padded = tf.pad(images, paddings, mode="SYMMETRIC")
+        # Padding by a tensor loses every static size, the channels too, and a TFLite convolution
+        # after it needs them ("tf.Conv2D ... needs flex ops"); a reshape to the padded size with
+        # the channels as a constant restores them (EnsureShape has no TFLite kernel).
+        if images.shape[-1] is None:
+            return padded
+        size = tf.shape(padded)
+        return tf.reshape(padded, tf.stack([size[0], size[1], size[2], images.shape[-1]]))
 
     def compute_output_shape(self, input_shape):
         def even(n):

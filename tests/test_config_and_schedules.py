@@ -27,13 +27,23 @@ def test_unknown_key_lists_accepted_ones():
     ({"student": {"family": "ffdnet", "widths": [8, 16]}},
      r"student.widths=\[8, 16\] .* describe a U-Net.*family=unet"),
     ({"student": {"features": 20}}, r"student.features=20 .* FFDNet-shaped.*student.family=ffdnet"),
-    ({"student": {"family": "ffdnet"}, "export_formats": ["keras", "int8"]},
-     r"int8.*FFDNet-shaped student.*drop 'int8'"),
     ({"student": {"family": "resnet"}}, r"student.family.*unet.*ffdnet"),
 ])
 def test_bad_values_are_named(values, message):
     with pytest.raises(cfg.ConfigError, match=message):
         cfg.from_dict(denoise_config.DistillJobConfig, values)
+
+
+def test_a_partial_section_changes_only_what_it_names_of_the_jobs_defaults():
+    """The main job trains 1,200 steps (TrainConfig's own default is 3,000) with an 11-22-44-88 U-Net:
+    one override keeps the rest of the job's section; a change of family starts from that family."""
+    job = denoise_config.DistillJobConfig
+    config = cfg.load(job, None, {"train.learning_rate": 5e-4, "student.blocks": 2})
+    assert (config.train.steps, config.train.learning_rate) == (1200, 5e-4)
+    assert (config.student.widths, config.student.blocks) == ([11, 22, 44, 88], 2)
+    ffdnet = cfg.load(job, None, {"student.family": "ffdnet"}).student
+    assert (ffdnet.family, ffdnet.features, ffdnet.depth) == ("ffdnet", 28, 12)
+    assert cfg.load(job, None, {"eval.sigmas": [25]}).eval.cbm3d_sigmas == [25.0]
 
 
 def test_yaml_with_feature_pairs_and_overrides(tmp_path):

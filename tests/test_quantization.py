@@ -292,3 +292,25 @@ def test_qat_trains_on_8bit_photos_and_saturated_colours():
     assert max(spread) > 0.3, "no saturated colours in the QAT stream"
     x, _ = next(iter(qat_stream(grey, data, seed=0, non_blind=True)))
     assert sorted(x) == ["inputs", "teacher_inputs"]
+
+
+def test_ffdnet_shaped_student_converts_to_full_int8_and_keeps_its_function(tmp_path):
+    """Pixel-(un)shuffles, padding and crop only move values: TFLite wants one scale across each
+    of them (int8_ready ties their ranges), and the convolutions after the padding need its
+    channel count (PadToEven keeps it). Odd sizes exercise the pad and the crop."""
+    from kd_tf.denoise.ffdnet_student import build_blind_ffdnet
+
+    model = build_blind_ffdnet(features=8, depth=4)
+    rng = np.random.default_rng(0)
+    calibration = [rng.random((2, 33, 31, 3)).astype("float32") for _ in range(3)]
+    ready = export.int8_ready(model, calibration, input_range=(0.0, 1.0), output_range=(0.0, 1.0))
+    for name in ("pad_to_even", "pixel_unshuffle"):                          # tied to the fixed input range
+        assert ready.get_layer(quant_name(name)).range_max.numpy() == pytest.approx(1.0)
+    shuffled = ready.get_layer(quant_name("pixel_shuffle"))
+    assert shuffled.range_max.numpy() == ready.get_layer(quant_name("conv03")).range_max.numpy() == 1.0
+    flatbuffer = export.to_tflite(export.export_saved_model(ready, tmp_path / "ready"), "int8", calibration)
+    assert {"CONV_2D", "SPACE_TO_DEPTH", "DEPTH_TO_SPACE"} <= set(export.op_names(flatbuffer))
+    x = calibration[0]
+    converted = export.LiteRTModel(flatbuffer)(x)
+    assert converted.shape == x.shape
+    assert np.abs(converted - np.clip(np.asarray(model(x)), 0, 1)).mean() < 4 / 255

@@ -242,11 +242,6 @@ class DistillJobConfig:
         self.eval.validate()
         for name in self.export_formats:
             _check(name in EXPORT_FORMATS, "export_formats", name, f"any of {EXPORT_FORMATS}")
-        if self.student.family == "ffdnet" and "int8" in self.export_formats:
-            raise ConfigError(f"export_formats={self.export_formats}: the full-integer int8 export does not yet "
-                              f"convert the FFDNet-shaped student (the converter needs one scale across its "
-                              f"pixel-shuffle, which the calibration does not tie); drop 'int8' "
-                              f"(--set \"export_formats=[keras,savedmodel]\") or use student.family=unet")
         _check(isinstance(self.qat_steps, int) and self.qat_steps >= 0, "qat_steps", self.qat_steps, "an int >= 0")
         _check(isinstance(self.export_calibration_batches, int) and self.export_calibration_batches >= 1,
                "export_calibration_batches", self.export_calibration_batches, "an int >= 1")
