@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import kd_tf.config
 import kd_tf.denoise.config  # noqa: F401 - each task's jobs join cfg.JOBS
+import kd_tf.denoise.jobs
 import kd_tf.diffusion.config  # noqa: F401
 import kd_tf.gan.config  # noqa: F401
 import kd_tf.sr.config  # noqa: F401
@@ -177,7 +178,8 @@ def test_precision_follows_the_device(monkeypatch):
         cfg.from_dict(denoise_config.DistillJobConfig, {"train": {"mixed_precision": "fp8"}})
 
 
-@pytest.mark.parametrize("module", [kd_tf.losses, kd_tf.precision, kd_tf.config, schedules, kd_tf.distiller])
+@pytest.mark.parametrize("module", [kd_tf.losses, kd_tf.precision, kd_tf.config, schedules, kd_tf.distiller,
+                                    kd_tf.denoise.jobs])
 def test_docstring_examples_run(module):
     failed, tried = doctest.testmod(module)
     assert tried and not failed

@@ -192,6 +192,7 @@ def test_chain_each_stage_learns_from_the_stage_before(chain_run):
     assert macs == sorted(macs, reverse=True) and second["methods"]["teacher"]["macs_512"] == macs[1]
     chain = json.loads((root / "runs" / "chain-stage2" / "chain_report.json").read_text())
     assert [s["run"] for s in chain["stages"]] == ["chain-stage1", "chain-stage2"]
+    assert "unet: widths" in chain["table"]                # what each stage's student is, by its family
 
 
 def test_finetune_phase_takes_its_steps_from_the_budget_and_skips_the_teacher(chain_run):

@@ -152,6 +152,17 @@ def build_net(net: denoise_config.NetConfig, name: str, mixed_precision: bool | 
     return build_unet(net.widths, net.blocks, name=name, mixed_precision=mixed_precision)
 
 
+def describe_net(net: denoise_config.NetConfig) -> str:
+    """A net in a few words, for report tables: its family and what sizes it.
+
+    >>> describe_net(denoise_config.NetConfig(family="ffdnet"))
+    'ffdnet: 28 features x 12 layers'
+    """
+    if net.family == "ffdnet":
+        return f"ffdnet: {net.features} features x {net.depth} layers"
+    return f"unet: widths {'-'.join(map(str, net.widths))}, {net.blocks} block(s)"
+
+
 def float32_net(model: keras.Model, net: denoise_config.NetConfig) -> keras.Model:
     """`model` (built by build_net, perhaps in bfloat16) computing in float32, for export and evaluation."""
     if net.family == "ffdnet":
@@ -461,7 +472,7 @@ def distill_chain(configs: list[denoise_config.DistillJobConfig]) -> dict:
         log.info("stage %d of %d: %s -> student %s", index, len(configs), config.distill.teacher, config.student)
         reports.append(distill(config))
         teacher = reports[-1]["student_path"]
-    summary = [[str(k), r["teacher_path"], str(r["config"]["student"]["widths"]),
+    summary = [[str(k), r["teacher_path"], describe_net(denoise_config.NetConfig(**r["config"]["student"])),
                 f"{r['methods']['teacher']['macs_512'] / 1e9:.2f}" if r["methods"]["teacher"]["macs_512"] else "-",
                 f"{r['methods']['student (distilled)']['macs_512'] / 1e9:.2f}", r["student_path"]]
                for k, r in enumerate(reports, start=1)]
@@ -470,7 +481,7 @@ def distill_chain(configs: list[denoise_config.DistillJobConfig]) -> dict:
     report = {"job": "distill (chain)", "stages": [{key: r[key] for key in ("run", "teacher_path", "student_path",
                                                                              "report_path", "methods")}
                                                    for r in reports]}
-    report["table"] = render_table(["stage", "teacher", "student widths", "teacher GMACs@512",
+    report["table"] = render_table(["stage", "teacher", "student", "teacher GMACs@512",
                                     "student GMACs@512", "student saved to"], summary) + "\n\n" + table
     report["report_path"] = str(write_json(Path(reports[-1]["report_path"]).parent / "chain_report.json", report))
     return report
