@@ -33,8 +33,8 @@ from kd_tf.precision import bfloat16_is_fast
 # FFDNet's own training step is benchmarks/teacher_step.py
 TEACHER_PATH = str(cfg.MODELS_DIR / "denoise" / "teacher.keras")
 STUDENT_PATH = denoise_config.DEFAULT_STUDENT
-# the U-Net student these benchmarks measure (the shipped student's shape; the main job's student until
-# session 24, now FFDNet-shaped): widths 11-22-44-88, 1 block
+# the U-Net student these benchmarks measure (the shipped student's shape and the main job's default;
+# family=ffdnet is the other): widths 11-22-44-88, 1 block
 STUDENT_NET = denoise_config.NetConfig(family="unet", widths=[11, 22, 44, 88], blocks=1)
 DEFAULT_PRECISION = "bf16" if bfloat16_is_fast() else "fp32"          # what train.mixed_precision=auto picks
 STUDENT_LOSS_WEIGHT = cfg.WeightConfig().start              # the main job's constant weight (0.5)

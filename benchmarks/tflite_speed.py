@@ -3,18 +3,22 @@ TFLite twins, same LiteRT threads (issue 17's "int8 at least 2x faster than floa
 of its size").
 
     python -m benchmarks.tflite_speed            # writes benchmarks/tflite_speed.json (~2 min)
+    python -m benchmarks.tflite_speed --out benchmarks/tflite_speed_intel_amx.json   # another CPU's file
 
 Each float32 flatbuffer is converted here from the shipped Keras model the way `python -m kd_tf
 export` writes its float32 format (SavedModel, then `kd_tf.export.to_tflite`); the int8 one is the
 shipped file. Both run through `kd_tf.export.LiteRTModel` (LiteRT's default CPU path, XNNPACK) on
 the same random input; a figure is the median of `REPEATS` invocations after one warm-up. Whether
 int8 pays depends on the CPU's integer dot-product instructions (AVX512-VNNI / AVX-VNNI on x86,
-SDOT on Arm), so the CPU flags go into the file. Run it on an otherwise idle machine:
+SDOT on Arm), so the CPU flags go into the file, and each CPU kind keeps its own file (`--out`):
+the same files run 3x faster in int8 on an AMD EPYC with AVX512-VNNI and 1.6x on an Intel Xeon with
+AMX (benchmarks/int8_width_speed.py says why). Run it on an otherwise idle machine:
 `cores_busy_at_start` is recorded beside the figures.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -91,14 +95,17 @@ def compare(name: str, keras_path: Path, int8_path: Path, shapes, workdir: Path)
     return row
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=HERE / "tflite_speed.json", help="results file (one per CPU kind)")
+    args = parser.parse_args(argv)
     results = {"machine": machine_info(), "repeats": REPEATS,
                "targets": {"int8_speedup_at_least": TARGET_SPEEDUP, "size_ratio_at_least": TARGET_SIZE_RATIO},
                "models": {}}
     with tempfile.TemporaryDirectory() as workdir:
         for name, keras_path, int8_path, shapes in MODELS:
             results["models"][name] = compare(name, keras_path, int8_path, shapes, Path(workdir))
-    return write_results(results, render, HERE / "tflite_speed.json")
+    return write_results(results, render, args.out)
 
 
 if __name__ == "__main__":

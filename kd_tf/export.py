@@ -203,7 +203,8 @@ def int8_ready(model: keras.Model, calibration, percentile: float = 99.99, equal
     batches = list(calibration)
     source = _equalized_copy(model, batches, equalize)
     ready = calibrate_ranges(quantize_aware(source), source, batches, percentile)
-    for tensor, fixed in ((model.inputs[0], input_range), (model.outputs[0], output_range)):
+    # the copy's own input: an unnamed keras.Input is renamed by the cloning (input_layer -> keras_tensor)
+    for tensor, fixed in ((ready.inputs[0], input_range), (model.outputs[0], output_range)):
         if fixed is not None:
             set_tied_range(ready, quant_name(tensor._keras_history[0].name), *fixed)
     return ready

@@ -153,6 +153,20 @@ def test_export_with_qat_writes_an_int8_model(tmp_path, tiny_teacher):
         cfg.from_dict(denoise_config.ExportJobConfig, {"qat_steps": 5, "int8_calibration": "minmax"})
 
 
+def test_export_pads_photos_to_a_five_level_students_stride(tmp_path):
+    """A 5-level U-Net needs H and W in multiples of 16, not the default 8: the export's parity
+    photos (camera is 512 x 512, chelsea 300 x 451) are padded to what the student needs."""
+    from kd_tf.denoise.export_job import export_student
+    from kd_tf.model_io import save_model
+
+    student_path = save_model(build_unet((2, 2, 2, 2, 2), 1, name="student"), tmp_path / "student.keras")
+    report = export_student(cfg.from_dict(denoise_config.ExportJobConfig, {
+        "model": str(student_path), "out_dir": str(tmp_path / "out"), "formats": ["float32"],
+        "latency_sizes": [32], "threads": [1], "data": {"patch_size": 32, "batch_size": 2},
+        "output": {"runs_dir": str(tmp_path / "runs")}}))
+    assert np.isfinite(report["formats"]["float32"]["psnr"])
+
+
 def test_qat_distills_from_the_teacher_of_the_students_run_even_a_non_blind_one(tmp_path, monkeypatch):
     """A student from a run is fine-tuned toward the teacher that made it (here a tiny FFDNet,
     which takes [image, noise level]), and the report names it; a student from no run, toward the
@@ -314,3 +328,13 @@ def test_ffdnet_shaped_student_converts_to_full_int8_and_keeps_its_function(tmp_
     converted = export.LiteRTModel(flatbuffer)(x)
     assert converted.shape == x.shape
     assert np.abs(converted - np.clip(np.asarray(model(x)), 0, 1)).mean() < 4 / 255
+
+
+def test_fixed_input_range_reaches_a_model_whose_input_has_no_name():
+    """keras.Input() without a name: the quantization-aware copy renames it (input_layer ->
+    keras_tensor), and the fixed input range must still find the input's FakeQuant."""
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(3, 3, padding="same", name="conv")(inputs))
+    calibration = [np.random.default_rng(0).random((2, 16, 16, 3)).astype("float32") * 0.5]
+    ready = export.int8_ready(model, calibration, input_range=(0.0, 1.0))
+    assert ready.get_layer(quant_name(ready.inputs[0]._keras_history[0].name)).range_max.numpy() == pytest.approx(1.0)

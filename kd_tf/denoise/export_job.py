@@ -152,7 +152,7 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
 
     from kd_tf import export
     from kd_tf.images import noisy_copy, to_8bit
-    from kd_tf.inference import Runner, load_runner, run_rgb
+    from kd_tf.inference import Runner, load_runner, run_rgb, stride_of
     from kd_tf.float_layers import check_float_layers
     from kd_tf.int8_parity import format_parity, parity_report, parity_sets
     from kd_tf.int8_tuning import tune_dynamic_int8
@@ -170,7 +170,9 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
     names = sorted(split.heldout)
     pairs = [(split.heldout[n], to_8bit(noisy_copy(split.heldout[n], config.sigma, config.eval_seed + i)))
              for i, n in enumerate(names)]                   # the evaluation protocol: 8-bit in, 8-bit out
-    keras_runner = Runner(lambda batch: np.asarray(student(batch, training=False)))
+    # H and W padded to multiples of the student's own stride (16 for a 5-level U-Net), and of 8 as before
+    stride = int(np.lcm(8, stride_of(student)))
+    keras_runner = Runner(lambda batch: np.asarray(student(batch, training=False)), stride=stride)
     reference = [to_8bit(run_rgb(keras_runner, noisy)) for _, noisy in pairs]
 
     saved_dir = out / "savedmodel"
@@ -188,7 +190,7 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
             serve = tf.function(lambda x: student(x, training=False))
             latency = {f"{s}px_all_threads": _latency_ms(lambda b: serve(b).numpy(), s) for s in config.latency_sizes}
         elif fmt == "savedmodel":
-            path, runner, ops = saved_dir, load_runner(saved_dir), None
+            path, runner, ops = saved_dir, load_runner(saved_dir, stride=stride), None
             latency = {f"{s}px_all_threads": _latency_ms(runner.predict, s) for s in config.latency_sizes}
         else:
             source_dir = saved_dir
@@ -214,10 +216,10 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
                 shutil.rmtree(source_dir, ignore_errors=True)
             path = out / f"student_{fmt}.tflite"
             write_bytes_atomically(path, flatbuffer)
-            runner, ops = load_runner(path), export.op_names(flatbuffer)
+            runner, ops = load_runner(path, stride=stride), export.op_names(flatbuffer)
             latency = {}
             for threads in config.threads:
-                timed = load_runner(path, num_threads=threads)
+                timed = load_runner(path, num_threads=threads, stride=stride)
                 for size in config.latency_sizes:
                     latency[f"{size}px_{threads}_threads"] = _latency_ms(timed.predict, size)
         outputs = [to_8bit(run_rgb(runner, noisy)) for _, noisy in pairs]
