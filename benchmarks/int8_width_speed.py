@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import machine_info, median_seconds, write_results
+from benchmarks.render_tables import int8_width_speed as render
 
 HERE = Path(__file__).resolve().parent
 REPEATS = 11
@@ -69,19 +70,6 @@ def _time(name: str, model, workdir: Path, batch: np.ndarray, calibration) -> di
         print(f"{name}, {threads} thread(s): float32 {ms[0]:.1f} ms, int8 {ms[1]:.1f} ms, {ms[0] / ms[1]:.2f}x",
               flush=True)
     return row
-
-
-def render(results: dict) -> str:
-    from benchmarks.render_tables import _table
-
-    rows = []
-    for kind in ("conv", "unet"):
-        for name, row in results[kind].items():
-            for t in row["timings"]:
-                rows.append([name, f"{row['macs_per_pixel']:,.0f}", str(t["threads"]), f"{t['float32_ms']:.1f}",
-                             f"{t['int8_ms']:.1f}", f"{t['speedup_int8']:.2f}x"])
-    return _table(["network (1x256x256x3, random weights)", "MACs per pixel", "LiteRT threads", "float32 ms",
-                   "int8 ms", "int8 speed-up"], rows)
 
 
 def main(argv=None) -> int:

@@ -284,6 +284,18 @@ def tflite_speed(results: dict) -> str:
                    "size float32 / int8"], rows)
 
 
+def int8_width_speed(results: dict) -> str:
+    """README: int8 against float32 TFLite by channel count (benchmarks/int8_width_speed.py)."""
+    rows = []
+    for kind in ("conv", "unet"):
+        for name, row in results[kind].items():
+            for t in row["timings"]:
+                rows.append([name, f"{row['macs_per_pixel']:,.0f}", str(t["threads"]), f"{t['float32_ms']:.1f}",
+                             f"{t['int8_ms']:.1f}", f"{t['speedup_int8']:.2f}x"])
+    return _table(["network (1x256x256x3, random weights)", "MACs per pixel", "LiteRT threads", "float32 ms",
+                   "int8 ms", "int8 speed-up"], rows)
+
+
 # name -> (report file, renderer); the files hold `<!-- table:NAME -->` ... `<!-- /table:NAME -->`
 TABLES = {
     "teacher-choice": (TEACHER_CHOICE, teacher_choice),
@@ -293,6 +305,8 @@ TABLES = {
     "distillation-gain": ("benchmarks/distillation_gain/gain.json", distillation_gain),
     "sr-results": (SR_REPORT, sr_results),
     "tflite-speed": ("benchmarks/tflite_speed.json", tflite_speed),
+    "tflite-speed-intel-amx": ("benchmarks/tflite_speed_intel_amx.json", tflite_speed),
+    "int8-width-speed": ("benchmarks/int8_width_speed.json", int8_width_speed),
     "gan-results": ("models/gan/distill_report.json", gan_results),
     "gan-conditional-results": ("models/gan/conditional/evaluate_report.json", gan_results),
     "gan-conditional-wide-results": ("models/gan/conditional/wide/distill_report.json", gan_results),
