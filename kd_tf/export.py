@@ -240,6 +240,19 @@ def op_names(flatbuffer: bytes) -> list[str]:
     return names
 
 
+def downsampling_stride(flatbuffer: bytes) -> int:
+    """2 ** (stride-2 convolutions in the main graph): what a U-Net's TFLite file needs its height and
+    width divisible by (8 for the shipped 4-level student, 16 for a 5-level one), 1 without any."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
+    codes = [max(code.builtinCode, code.deprecatedBuiltinCode) for code in model.operatorCodes]
+    strided = (schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D)
+    halvings = sum(1 for op in model.subgraphs[0].operators
+                   if codes[op.opcodeIndex] in strided and op.builtinOptions.strideH == 2)
+    return 2 ** halvings
+
+
 def check_builtin_only(flatbuffer: bytes) -> list[str]:
     """Fails loudly if a Flex (SELECT_TF_OPS) or other custom op slipped into the model."""
     names = op_names(flatbuffer)

@@ -4,7 +4,8 @@ Full-integer TFLite rounds every tensor between two ops to 8 bits over one per-t
 The converter's own calibration takes each range from the min and max seen on the
 representative data, so one outlier pixel widens the range for the whole tensor. A copy of the
 model with a `FakeQuant` layer after every layer (and on its input) carries explicit ranges:
-`calibrate_ranges` sets them from percentiles of the float activations, the converter keeps
+`calibrate_ranges` sets them from percentiles of the float activations (a layer that only moves
+values, `LAYOUT_LAYERS`, shares its input's range, as TFLite requires), the converter keeps
 fake-quantized ranges as they are, and the copy can also be fine-tuned (quantization-aware
 training) because `fake_quant_with_min_max_vars` passes gradients straight through.
 

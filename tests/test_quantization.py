@@ -157,6 +157,7 @@ def test_export_pads_photos_to_a_five_level_students_stride(tmp_path):
     """A 5-level U-Net needs H and W in multiples of 16, not the default 8: the export's parity
     photos (camera is 512 x 512, chelsea 300 x 451) are padded to what the student needs."""
     from kd_tf.denoise.export_job import export_student
+    from kd_tf.inference import load_runner, run_rgb
     from kd_tf.model_io import save_model
 
     student_path = save_model(build_unet((2, 2, 2, 2, 2), 1, name="student"), tmp_path / "student.keras")
@@ -165,6 +166,11 @@ def test_export_pads_photos_to_a_five_level_students_stride(tmp_path):
         "latency_sizes": [32], "threads": [1], "data": {"patch_size": 32, "batch_size": 2},
         "output": {"runs_dir": str(tmp_path / "runs")}}))
     assert np.isfinite(report["formats"]["float32"]["psnr"])
+    flatbuffer = next((tmp_path / "out").glob("*float32.tflite"))
+    assert export.downsampling_stride(flatbuffer.read_bytes()) == 16
+    runner = load_runner(flatbuffer)                    # `denoise` on the file pads to 16 by itself
+    image = np.random.default_rng(0).random((40, 56, 3)).astype("float32")
+    assert runner.stride == 16 and run_rgb(runner, image).shape == image.shape
 
 
 def test_qat_distills_from_the_teacher_of_the_students_run_even_a_non_blind_one(tmp_path, monkeypatch):
