@@ -109,7 +109,7 @@ def untrained_inherited(seed: int, steps: int, runs_dir: str, overrides: dict) -
     from kd_tf.model_io import load_float_teacher, save_model
 
     keras.utils.set_random_seed(seed)
-    _, stream, _, _ = jobs._data(config.data, seed)
+    _, stream, _, _ = jobs.training_data(config.data, seed)
     student = jobs.build_net(config.student, "student")
     jobs.start_from_teacher("teacher", load_float_teacher(config.distill.teacher), student,
                             stream(0, noise_level_for_teacher=True))

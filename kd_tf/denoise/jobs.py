@@ -43,7 +43,7 @@ from kd_tf.errors import InputError
 log = logging.getLogger(__name__)
 
 
-def _data(config_data: cfg.DataConfig, seed: int):
+def training_data(config_data: cfg.DataConfig, seed: int):
     """The split, a function giving the training stream from a batch on, and validation crops.
 
     With data.corpus the photo corpus's training photos join the split's (kd_tf.photo_corpus);
@@ -94,7 +94,7 @@ def train_teacher(config: denoise_config.TeacherJobConfig, strategy=None) -> dic
     distribute.check_batch_size(config.data.batch_size, strategy)
     keras.utils.set_random_seed(config.train.seed)
     paths = RunPaths(config.output, "teacher", chief=distribute.is_chief(strategy))
-    split, stream, val_noisy, val_clean = _data(config.data, config.train.seed)
+    split, stream, val_noisy, val_clean = training_data(config.data, config.train.seed)
     _record_run(paths, config, split)
     val_noisy, val_clean, val_batch = distribute.even_validation(val_noisy, val_clean, strategy)
 
@@ -374,7 +374,7 @@ def distill(config: denoise_config.DistillJobConfig, strategy=None) -> dict:
     strategy = strategy or distribute.strategy_from_name(config.train.strategy)   # first: may set up collectives
     distribute.check_batch_size(config.data.batch_size, strategy)
     keras.utils.set_random_seed(config.train.seed)
-    split, stream, val_noisy, val_clean = _data(config.data, config.train.seed)
+    split, stream, val_noisy, val_clean = training_data(config.data, config.train.seed)
     reference_teacher = load_float_teacher(config.distill.teacher)     # the report's teacher row
     paths = RunPaths(config.output, "distill", chief=distribute.is_chief(strategy))
     _record_run(paths, config, split)
