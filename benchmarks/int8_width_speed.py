@@ -9,7 +9,8 @@ an AMD EPYC with AVX512-VNNI, but 1.6x on an Intel Xeon with AMX (`tflite_speed.
 both. If an int8 convolution's time stops falling with fewer channels on a CPU, a network that
 narrow cannot reach issue 17's "2x faster than float32" there, whatever the quantization. The
 weights are random (speed does not depend on them); the int8 files come from the export's own
-path (`kd_tf.export.int8_ready`, `to_tflite`), calibrated on random images in [0, 1].
+path (`kd_tf.export.int8_ready`, `to_tflite`), calibrated on random images in [0, 1]; both files of a
+U-Net trace its transposed convolutions the same way (see `_flatbuffers`).
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ def _one_conv(channels: int):
 
 
 def _flatbuffers(model, workdir: Path, calibration) -> tuple[bytes, bytes]:
-    """float32 and full-integer int8 TFLite, as `python -m kd_tf export` writes them."""
+    """float32 and full-integer int8 TFLite. The int8 file is what `python -m kd_tf export` writes; the
+    float32 one has its 2x2 transposed convolutions traced as 1x1 + depth-to-space like the int8 one
+    (the export's float32 keeps them transposed), so that both files compute the same ops."""
     from kd_tf import export
 
     saved = export.export_saved_model(export.shuffle_upsampling(model), workdir / "float32")
