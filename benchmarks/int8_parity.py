@@ -86,10 +86,13 @@ def main(argv=None) -> dict:
     else:
         from kd_tf.images import load_split
 
+        from kd_tf.inference import stride_of
+
         model = load_model(args.model)
         sets, skipped = parity_sets(load_split().heldout)
         report.update(model=args.model, parity=parity_report(lambda b: model(b, training=False),
-                                                             LiteRTModel(args.int8, num_threads=2), sets, skipped))
+                                                             LiteRTModel(args.int8, num_threads=2), sets, skipped,
+                                                             stride=int(np.lcm(8, stride_of(model)))))
         print(format_parity(report["parity"]))
         if args.noise_draws:
             report["colour_noise_draws"] = colour_over_noise_draws(model, args.int8, args.noise_draws)

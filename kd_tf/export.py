@@ -241,16 +241,21 @@ def op_names(flatbuffer: bytes) -> list[str]:
 
 
 def downsampling_stride(flatbuffer: bytes) -> int:
-    """2 ** (stride-2 convolutions in the main graph): what a U-Net's TFLite file needs its height and
-    width divisible by (8 for the shipped 4-level student, 16 for a 5-level one), 1 without any."""
+    """2 ** (stride-2 convolutions in the main graph), times the block size of each SPACE_TO_DEPTH
+    (pixel-unshuffle): what a U-Net's TFLite file needs its height and width divisible by (8 for the
+    shipped 4-level student, 16 for a 5-level one or a 4-level one at half resolution), 1 without any."""
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
     codes = [max(code.builtinCode, code.deprecatedBuiltinCode) for code in model.operatorCodes]
     strided = (schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D)
-    halvings = sum(1 for op in model.subgraphs[0].operators
-                   if codes[op.opcodeIndex] in strided and op.builtinOptions.strideH == 2)
-    return 2 ** halvings
+    stride = 1
+    for op in model.subgraphs[0].operators:
+        if codes[op.opcodeIndex] in strided and op.builtinOptions.strideH == 2:
+            stride *= 2
+        elif codes[op.opcodeIndex] == schema.BuiltinOperator.SPACE_TO_DEPTH:
+            stride *= int(op.builtinOptions.blockSize)
+    return stride
 
 
 def check_builtin_only(flatbuffer: bytes) -> list[str]:
@@ -276,6 +281,12 @@ class LiteRTModel:
 
         content = model if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
         self.interpreter = Interpreter(model_content=bytes(content), num_threads=num_threads)
+        details = self.interpreter.get_input_details()[0]
+        signature, shape = list(details["shape_signature"]), list(details["shape"])
+        if len(signature) == 4 and -1 in signature[1:3]:   # dynamic H/W default to 1, which a SPACE_TO_DEPTH
+            stride = downsampling_stride(content)       # (pixel-unshuffle) cannot prepare: start at one stride
+            shape[1:3] = [stride if dim == -1 else size for dim, size in zip(signature[1:3], shape[1:3])]
+            self.interpreter.resize_tensor_input(details["index"], shape)
         self.interpreter.allocate_tensors()
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]

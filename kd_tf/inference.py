@@ -369,6 +369,9 @@ def run_on_image(model: keras.Model, image: np.ndarray, stride: int | None = Non
 
 
 def stride_of(model: keras.Model) -> int:
-    """The factor that input height and width must be divisible by (1 for non-U-Nets)."""
+    """The factor that input height and width must be divisible by (1 for non-U-Nets): 2 per stride-2
+    `down` convolution, times the block size of any pixel-unshuffle (a SpaceToDepth layer)."""
     downs = [layer for layer in model.layers if layer.name.startswith("down")]
-    return 2 ** len(downs)
+    unshuffles = [int(getattr(layer, "block_size", 1)) for layer in model.layers
+                  if type(layer).__name__ == "SpaceToDepth"]
+    return 2 ** len(downs) * int(np.prod(unshuffles, dtype=np.int64))

@@ -28,6 +28,10 @@ def test_unknown_key_lists_accepted_ones():
      r"student.widths=\[8, 16\] .* describe a U-Net.*family=unet"),
     ({"student": {"features": 20}}, r"student.features=20 .* FFDNet-shaped.*student.family=ffdnet"),
     ({"student": {"family": "resnet"}}, r"student.family.*unet.*ffdnet"),
+    ({"student": {"unshuffle": 3}}, r"student.unshuffle=3 .* 1 \(full resolution\), 2 or 4"),
+    ({"student": {"family": "ffdnet", "unshuffle": 2}}, r"student.unshuffle=2 describe a U-Net"),
+    ({"data": {"patch_size": 72}, "student": {"widths": [8, 16, 32, 64], "unshuffle": 2}},
+     r"data.patch_size=72 .* a multiple of 16, the student's stride"),
 ])
 def test_bad_values_are_named(values, message):
     with pytest.raises(cfg.ConfigError, match=message):

@@ -56,6 +56,26 @@ def test_equalization_keeps_the_float_function_and_evens_ranges(uneven_unet, bat
     assert after.max() / after.min() < min(1.01, before.max() / before.min())   # the others catch up
 
 
+def test_equalization_keeps_an_unshuffled_unets_float_function(batches):
+    """The streams of a U-Net at half resolution are those of a full-resolution one (the unshuffle
+    sits before `head`, the shuffle after `tail`): equalizing leaves the function unchanged."""
+    from kd_tf.denoise.nets import float32_copy, unet_levels, unshuffle_of
+
+    keras.utils.set_random_seed(3)
+    model = build_unet((4, 8), 1, unshuffle=2)
+    for name in ("head", "down0"):                      # uneven channel ranges, as trained nets have
+        kernel, bias = model.get_layer(name).get_weights()
+        spread = np.geomspace(0.05, 2.0, kernel.shape[-1]).astype("float32")
+        model.get_layer(name).set_weights([kernel * spread, bias * spread])
+    reference = float32_copy(model, (4, 8), 1)
+    assert (unshuffle_of(reference), unet_levels(reference), has_unet_streams(reference)) == (2, 2, True)
+    x = batches[-1]
+    np.testing.assert_allclose(reference(x), model(x), atol=1e-6)
+    equalize_channel_ranges(model, batches)
+    assert not np.allclose(model.get_layer("head").get_weights()[0], reference.get_layer("head").get_weights()[0])
+    np.testing.assert_allclose(model(x), reference(x), atol=2e-5)
+
+
 def test_block_equalization_keeps_the_float_function_and_evens_inner_ranges(uneven_unet, batches):
     from kd_tf.denoise.nets import equalize_block_channels
 
@@ -153,20 +173,26 @@ def test_export_with_qat_writes_an_int8_model(tmp_path, tiny_teacher):
         cfg.from_dict(denoise_config.ExportJobConfig, {"qat_steps": 5, "int8_calibration": "minmax"})
 
 
-def test_export_pads_photos_to_a_five_level_students_stride(tmp_path):
-    """A 5-level U-Net needs H and W in multiples of 16, not the default 8: the export's parity
-    photos (camera is 512 x 512, chelsea 300 x 451) are padded to what the student needs."""
+@pytest.mark.parametrize("widths, unshuffle, fmt", [((2, 2, 2, 2, 2), 1, "float32"), ((2, 2, 2, 2), 2, "int8")],
+                         ids=["five-levels", "four-levels-at-half-resolution"])
+def test_export_pads_photos_to_the_students_stride(tmp_path, widths, unshuffle, fmt):
+    """A 5-level U-Net, or a 4-level one behind a pixel-unshuffle, needs H and W in multiples of 16,
+    not the default 8: the export's parity photos (camera is 512 x 512, chelsea 300 x 451) are padded
+    to what the student needs, and a runner on the TFLite file finds the stride in it (SPACE_TO_DEPTH
+    counts, as the stride-2 convolutions do)."""
     from kd_tf.denoise.export_job import export_student
-    from kd_tf.inference import load_runner, run_rgb
+    from kd_tf.inference import load_runner, run_rgb, stride_of
     from kd_tf.model_io import save_model
 
-    student_path = save_model(build_unet((2, 2, 2, 2, 2), 1, name="student"), tmp_path / "student.keras")
+    student = build_unet(widths, 1, name="student", unshuffle=unshuffle)
+    assert stride_of(student) == 16
+    student_path = save_model(student, tmp_path / "student.keras")
     report = export_student(cfg.from_dict(denoise_config.ExportJobConfig, {
-        "model": str(student_path), "out_dir": str(tmp_path / "out"), "formats": ["float32"],
+        "model": str(student_path), "out_dir": str(tmp_path / "out"), "formats": [fmt], "calibration_batches": 2,
         "latency_sizes": [32], "threads": [1], "data": {"patch_size": 32, "batch_size": 2},
         "output": {"runs_dir": str(tmp_path / "runs")}}))
-    assert np.isfinite(report["formats"]["float32"]["psnr"])
-    flatbuffer = next((tmp_path / "out").glob("*float32.tflite"))
+    assert np.isfinite(report["formats"][fmt]["psnr"])
+    flatbuffer = next((tmp_path / "out").glob(f"*{fmt}.tflite"))
     assert export.downsampling_stride(flatbuffer.read_bytes()) == 16
     runner = load_runner(flatbuffer)                    # `denoise` on the file pads to 16 by itself
     image = np.random.default_rng(0).random((40, 56, 3)).astype("float32")

@@ -33,6 +33,7 @@ class NetConfig:
     # unet: channels per level, full resolution first
     widths: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 128, 256])
     blocks: int | list[int] = 2           # unet: residual blocks per level (one int, or one per level)
+    unshuffle: int = 1                    # unet: 2 (or 4) runs it at half (quarter) resolution on the pixel-unshuffled image
     features: int = 28                    # ffdnet: channels of every hidden convolution (half resolution)
     depth: int = 12                       # ffdnet: 3x3 convolutions, the last one linear
 
@@ -43,8 +44,9 @@ class NetConfig:
                    "an int >= 1")
             _check(isinstance(self.depth, int) and self.depth >= 2, f"{where}.depth", self.depth, "an int >= 2")
             unet = NetConfig()
-            if (self.widths, self.blocks) != (unet.widths, unet.blocks):
-                raise ConfigError(f"{where}.widths={self.widths} / {where}.blocks={self.blocks} describe a U-Net, but "
+            if (self.widths, self.blocks, self.unshuffle) != (unet.widths, unet.blocks, unet.unshuffle):
+                raise ConfigError(f"{where}.widths={self.widths} / {where}.blocks={self.blocks} / {where}.unshuffle="
+                                  f"{self.unshuffle} describe a U-Net, but "
                                   f"{where}.family='ffdnet' (sized by {where}.features and {where}.depth): set "
                                   f"{where}.family=unet to use them")
             return
@@ -58,6 +60,13 @@ class NetConfig:
         blocks = [self.blocks] * len(self.widths) if isinstance(self.blocks, int) else self.blocks
         _check(len(blocks) == len(self.widths) and all(int(b) >= 1 for b in blocks), f"{where}.blocks",
                self.blocks, f"a positive int or a list of {len(self.widths)} positive ints")
+        _check(self.unshuffle in (1, 2, 4), f"{where}.unshuffle", self.unshuffle,
+               "1 (full resolution), 2 or 4")
+
+    @property
+    def stride(self) -> int:
+        """What image sides must be divisible by (a U-Net's halvings times its unshuffle; FFDNet pads)."""
+        return 1 if self.family == "ffdnet" else self.unshuffle * 2 ** (len(self.widths) - 1)
 
 
 STUDENT_INITS = ("auto", "teacher", "random")
@@ -236,6 +245,8 @@ class DistillJobConfig:
         self.data.validate()
         self.train.validate()
         self.student.validate("student")
+        _check(self.data.patch_size % self.student.stride == 0, "data.patch_size", self.data.patch_size,
+               f"a multiple of {self.student.stride}, the student's stride")
         self.distill.validate()
         self.assistant.validate()
         self.finetune.validate(self.train.steps)

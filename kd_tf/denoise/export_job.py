@@ -237,7 +237,8 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
                 parity_inputs = parity_sets(split.heldout, config.data.corpus_dir())
             rows[fmt]["parity"] = parity_report(lambda batch: student(batch, training=False),
                                                 export.LiteRTModel(path, num_threads=max(config.threads)),
-                                                *parity_inputs, sigma=config.sigma, seed=config.eval_seed)
+                                                *parity_inputs, sigma=config.sigma, seed=config.eval_seed,
+                                                stride=stride)
         log.info("exported %s: %s", fmt, path)
     float_psnr = float(np.mean([image_scores(c, r)[0] for (c, _), r in zip(pairs, reference)]))
     for row in rows.values():

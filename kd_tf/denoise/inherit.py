@@ -17,13 +17,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from kd_tf.denoise.nets import _stream_layers, has_unet_streams
-from kd_tf.inference import stride_of
+from kd_tf.denoise.nets import _stream_layers, has_unet_streams, unet_levels, unshuffle_of
 from kd_tf.errors import InputError
-
-
-def _levels(model: keras.Model) -> int:
-    return stride_of(model).bit_length()
 
 
 def _prefixes(levels: int):
@@ -49,9 +44,12 @@ def _check_pair(teacher: keras.Model, student: keras.Model):
         if not has_unet_streams(model):
             raise InputError(f"the {role} is not a kd_tf.denoise.nets.build_unet network (layers head/down*/up*/skip*/"
                              f"tail); weight inheritance needs its layer names")
-    levels = _levels(teacher)
-    if _levels(student) != levels:
-        raise InputError(f"the student has {_levels(student)} levels, the teacher {levels}; accepted: the same number")
+    if unshuffle_of(student) != unshuffle_of(teacher):
+        raise InputError(f"the student pixel-unshuffles by {unshuffle_of(student)}, the teacher by "
+                         f"{unshuffle_of(teacher)}; accepted: the same factor")
+    levels = unet_levels(teacher)
+    if unet_levels(student) != levels:
+        raise InputError(f"the student has {unet_levels(student)} levels, the teacher {levels}; accepted: the same number")
     for level in range(levels):
         if _width(student, level) > _width(teacher, level):
             raise InputError(f"level {level}: the student is wider ({_width(student, level)} channels) than the "
@@ -97,7 +95,7 @@ def inherit_from_teacher(teacher: keras.Model, student: keras.Model, batches) ->
     kept: per level the stream channels, per chain of residual blocks the blocks and their inner
     channels. `batches`: a few batches of training inputs (noisy patches), for the energies."""
     _check_pair(teacher, student)
-    levels = _levels(teacher)
+    levels = unet_levels(teacher)
     streams = {level: _stream_layers(teacher, level, levels)[2] for level in range(levels)}
     chains = {prefix: _block_count(teacher, prefix) for prefix, _ in _prefixes(levels)}
     names = sorted({name for carriers in streams.values() for name in carriers}

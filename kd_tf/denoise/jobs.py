@@ -106,8 +106,7 @@ def train_teacher(config: denoise_config.TeacherJobConfig, strategy=None) -> dic
             model.trainable = True
             log.info("fine-tuning %s (takes the noise level) from %s", start.name, config.init_from)
         else:
-            model = build_unet(config.net.widths, config.net.blocks, name="teacher",
-                               mixed_precision=config.train.mixed_precision)
+            model = build_net(config.net, "teacher", config.train.mixed_precision)
             if start is not None:
                 model.set_weights(start.get_weights())
                 log.info("continuing from the weights of %s", config.init_from)
@@ -134,7 +133,7 @@ def train_teacher(config: denoise_config.TeacherJobConfig, strategy=None) -> dic
     if non_blind:
         teacher = with_dtype_policy(model, "float32") if config.train.mixed_precision else model
     else:
-        teacher = float32_copy(model, config.net.widths, config.net.blocks)
+        teacher = float32_net(model, config.net)
     save_model(teacher, paths.root / "teacher.keras")
     if config.save_to:
         save_model(teacher, config.save_to)
@@ -149,7 +148,7 @@ def build_net(net: denoise_config.NetConfig, name: str, mixed_precision: bool | 
     """The network `net` describes: a build_unet U-Net or a blind FFDNet-shaped chain."""
     if net.family == "ffdnet":
         return build_blind_ffdnet(net.features, net.depth, name=name, mixed_precision=mixed_precision)
-    return build_unet(net.widths, net.blocks, name=name, mixed_precision=mixed_precision)
+    return build_unet(net.widths, net.blocks, name=name, mixed_precision=mixed_precision, unshuffle=net.unshuffle)
 
 
 def describe_net(net: denoise_config.NetConfig) -> str:
@@ -160,7 +159,8 @@ def describe_net(net: denoise_config.NetConfig) -> str:
     """
     if net.family == "ffdnet":
         return f"ffdnet: {net.features} features x {net.depth} layers"
-    return f"unet: widths {'-'.join(map(str, net.widths))}, {net.blocks} block(s)"
+    unshuffled = f", at 1/{net.unshuffle} resolution" if net.unshuffle > 1 else ""
+    return f"unet: widths {'-'.join(map(str, net.widths))}, {net.blocks} block(s){unshuffled}"
 
 
 def float32_net(model: keras.Model, net: denoise_config.NetConfig) -> keras.Model:
