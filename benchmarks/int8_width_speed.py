@@ -7,7 +7,8 @@ Why: the shipped denoising student (widths 11-22-44-88) runs 3x faster in int8 t
 an AMD EPYC with AVX512-VNNI, but 1.6x on an Intel Xeon with AMX (`tflite_speed.json` and
 `tflite_speed_intel_amx.json`), while the SR student (wider at full resolution) keeps 3.2-3.5x on
 both. If an int8 convolution's time stops falling with fewer channels on a CPU, a network that
-narrow cannot reach issue 17's "2x faster than float32" there, whatever the quantization. The
+narrow cannot reach issue 17's "2x faster than float32" there, whatever the quantization; the same
+budget spent at half resolution (pixel-unshuffle, twice the channels) can. The
 weights are random (speed does not depend on them); the int8 files come from the export's own
 path (`kd_tf.export.int8_ready`, `to_tflite`), calibrated on random images in [0, 1]; both files of a
 U-Net trace its transposed convolutions the same way (see `_flatbuffers`).
@@ -33,7 +34,8 @@ HERE = Path(__file__).resolve().parent
 REPEATS = 11
 THREADS = (1, 2)
 CONV_CHANNELS = (8, 11, 16, 24, 32, 64)
-UNET_WIDTHS = ((8, 16, 32, 64), (11, 22, 44, 88), (16, 32, 64, 128))
+# (widths, unshuffle): the last one is the shipped student's budget at half resolution (configs/student_unshuffled.yaml)
+UNETS = (((8, 16, 32, 64), 1), ((11, 22, 44, 88), 1), ((16, 32, 64, 128), 1), ((22, 44, 88, 176), 2))
 SHAPE = (1, 256, 256, 3)
 
 
@@ -90,9 +92,10 @@ def main(argv=None) -> int:
             name = f"3x3 conv, {channels} -> {channels} channels"
             results["conv"][name] = _time(name, _one_conv(channels), Path(workdir) / f"conv{channels}", batch,
                                           calibration)
-        for widths in UNET_WIDTHS:
-            name = f"U-Net {'-'.join(map(str, widths))}, 1 block"
-            results["unet"][name] = _time(name, build_unet(widths=widths, blocks=1),
+        for widths, unshuffle in UNETS:
+            half = ", at half resolution" if unshuffle == 2 else ""
+            name = f"U-Net {'-'.join(map(str, widths))}, 1 block{half}"
+            results["unet"][name] = _time(name, build_unet(widths=widths, blocks=1, unshuffle=unshuffle),
                                           Path(workdir) / f"unet{widths[0]}", batch, calibration)
     return write_results(results, render, args.out)
 

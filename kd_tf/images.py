@@ -568,7 +568,7 @@ def fixed_crops(images, crop_size: int = 128, per_image: int = 4, sigma: float =
     for image in images:
         height, width = image.shape[:2]
         size = min(crop_size, height, width)
-        size -= size % 8
+        size -= size % 16                        # divisible by a 5-level or half-resolution U-Net's stride
         ys = np.linspace(0, height - size, num=per_image).astype(int)
         xs = np.linspace(0, width - size, num=per_image).astype(int)[::-1]
         cleans.extend(image[y:y + size, x:x + size] for y, x in zip(ys, xs))
