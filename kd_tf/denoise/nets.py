@@ -11,7 +11,6 @@ import keras
 import numpy as np
 from keras import layers
 
-from kd_tf.inference import stride_of
 from kd_tf.layers import DepthToSpace, SpaceToDepth
 
 MIXED = "mixed_bfloat16"
