@@ -85,7 +85,6 @@ def main(argv=None) -> dict:
         print(json.dumps(report["parity"], indent=1))
     else:
         from kd_tf.images import load_split
-
         from kd_tf.inference import stride_of
 
         model = load_model(args.model)
