@@ -25,6 +25,7 @@ import numpy as np
 from kd_tf.images import (IMAGE_EXTENSIONS, ImageReadError, decode_image, list_image_files, to_float_rgb,
                           writable_folder, write_image)
 from kd_tf.export import FlexOpsError, LiteRTModel, check_builtin_only, downsampling_stride
+from kd_tf.layers import SpaceToDepth
 from kd_tf.model_io import load_model, takes_noise_level
 from kd_tf.errors import InputError
 
@@ -372,6 +373,5 @@ def stride_of(model: keras.Model) -> int:
     """The factor that input height and width must be divisible by (1 for non-U-Nets): 2 per stride-2
     `down` convolution, times the block size of any pixel-unshuffle (a SpaceToDepth layer)."""
     downs = [layer for layer in model.layers if layer.name.startswith("down")]
-    unshuffles = [int(getattr(layer, "block_size", 1)) for layer in model.layers
-                  if type(layer).__name__ == "SpaceToDepth"]
+    unshuffles = [layer.block_size for layer in model.layers if isinstance(layer, SpaceToDepth)]
     return 2 ** len(downs) * int(np.prod(unshuffles, dtype=np.int64))
