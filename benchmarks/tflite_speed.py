@@ -1,4 +1,4 @@
-"""Shipped int8 TFLite models (full integer, and dynamic-range where shipped) against their float32
+"""Shipped int8 TFLite models (full integer, and dynamic-range and mixed where shipped) against their float32
 TFLite twins, same LiteRT threads (issue 17's "int8 at least 2x faster than float32, at most 1/3.5
 of its size").
 
@@ -50,6 +50,9 @@ MODELS = (
      MODELS_DIR / "denoise" / "student_int8_dynamic.tflite", [(1, 256, 256, 3), (1, 512, 512, 3)]),
     ("sr student (x2), dynamic-range int8", MODELS_DIR / "sr" / "student_x2.keras",
      MODELS_DIR / "sr" / "student_x2_int8_dynamic.tflite", [(1, 128, 128, 3), (1, 256, 256, 3)]),
+    # mixed int8: the deeper levels full integer, the full- and half-resolution decoder levels float
+    ("denoise student, mixed int8", MODELS_DIR / "denoise" / "student.keras",
+     MODELS_DIR / "denoise" / "student_int8_mixed.tflite", [(1, 256, 256, 3), (1, 512, 512, 3)]),
 )
 
 

@@ -7,6 +7,7 @@ through `tf.lite.TFLiteConverter` (TensorFlow's converter), running goes through
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -135,13 +136,15 @@ def latent_calibration(latent_dim: int, batches: int = 16, batch_size: int = 64,
 
 
 
-def to_tflite(saved_model_dir: str | os.PathLike, mode: str = "float32", representative=None) -> bytes:
+def to_tflite(saved_model_dir: str | os.PathLike, mode: str = "float32", representative=None,
+              float_fallback: bool = False) -> bytes:
     """Converts a SavedModel to a TFLite flatbuffer with builtin ops only.
 
     mode: float32, float16 (weights), dynamic (int8 weights, float activations), int8 (full
     integer, calibrated on `representative`: an iterable of float32 NHWC batches preprocessed as
     in training, or latent batches for a generator, see `latent_calibration`), int16x8 (int16 activations, int8 weights). Inputs and outputs stay float32,
-    so every mode is a drop-in replacement for the others.
+    so every mode is a drop-in replacement for the others. `float_fallback` lets an int8 file keep
+    float ops where the SavedModel has no quantization ranges (int8_ready's `float_layers`).
     """
     if mode not in TFLITE_MODES:
         raise InputError(f"TFLite mode {mode!r}; accepted: {', '.join(TFLITE_MODES)}")
@@ -160,9 +163,11 @@ def to_tflite(saved_model_dir: str | os.PathLike, mode: str = "float32", represe
             for batch in batches:
                 yield [np.asarray(batch, np.float32)]
 
-        converter.representative_dataset = calibration
+        if not float_fallback:        # with data the converter would calibrate (and quantize) the float layers too
+            converter.representative_dataset = calibration
         converter.target_spec.supported_ops = (     # 16x8 has no DEPTH_TO_SPACE: that op stays float
-            [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] if mode == "int8"
+            [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] if mode == "int8" and not float_fallback
+            else [tf.lite.OpsSet.TFLITE_BUILTINS] if mode == "int8"     # int8 where the fake-quant ranges say
             else [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
                   tf.lite.OpsSet.TFLITE_BUILTINS])
     flatbuffer = converter.convert()
@@ -183,7 +188,7 @@ def _equalized_copy(model: keras.Model, batches: list, equalize=None) -> keras.M
 
 def int8_ready(model: keras.Model, calibration, percentile: float = 99.99, equalize=None,
                input_range: tuple[float, float] | None = None,
-               output_range: tuple[float, float] | None = None) -> keras.Model:
+               output_range: tuple[float, float] | None = None, float_layers=()) -> keras.Model:
     """A copy of `model` prepared for full-integer conversion, with the same float function.
 
     `equalize(copy, batches)`, when given, first rescales the copy's channels in place without
@@ -196,17 +201,21 @@ def int8_ready(model: keras.Model, calibration, percentile: float = 99.99, equal
     gamut (kd_tf.int8_parity.gamut_images), or saturated colours clip (issue 17).
     `input_range` / `output_range` fix the input's and the output's range instead (an image
     model: (0, 1), so an 8-bit image is represented exactly and the output clips to what an
-    8-bit file holds, as the evaluation clips it anyway).
+    8-bit file holds, as the evaluation clips it anyway). `float_layers` stay float (convert with
+    `to_tflite(..., float_fallback=True)`; see kd_tf.fake_quant.quantize_aware): a fixed range is
+    skipped where its tensor is float.
     """
     from kd_tf.fake_quant import calibrate_ranges, quantize_aware, quant_name, set_tied_range
 
     batches = list(calibration)
     source = _equalized_copy(model, batches, equalize)
-    ready = calibrate_ranges(quantize_aware(source), source, batches, percentile)
+    ready = calibrate_ranges(quantize_aware(source, float_layers=float_layers), source, batches, percentile)
+    names = {layer.name for layer in ready.layers}
     # the copy's own input: an unnamed keras.Input is renamed by the cloning (input_layer -> keras_tensor)
     for tensor, fixed in ((ready.inputs[0], input_range), (model.outputs[0], output_range)):
-        if fixed is not None:
-            set_tied_range(ready, quant_name(tensor._keras_history[0].name), *fixed)
+        name = quant_name(tensor._keras_history[0].name)
+        if fixed is not None and name in names:
+            set_tied_range(ready, name, *fixed)
     return ready
 
 
@@ -258,6 +267,22 @@ def downsampling_stride(flatbuffer: bytes) -> int:
     return stride
 
 
+def convolution_types(flatbuffer: bytes) -> dict[str, int]:
+    """How many CONV_2D ops of the main graph compute in each input type ({"INT8": 14, "FLOAT32": 6}):
+    what a full-integer file with float layers (int8_ready's `float_layers`) really kept in float."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
+    codes = [max(code.builtinCode, code.deprecatedBuiltinCode) for code in model.operatorCodes]
+    type_names = {value: name for name, value in vars(schema.TensorType).items() if not name.startswith("_")}
+    graph, counts = model.subgraphs[0], {}
+    for op in graph.operators:
+        if codes[op.opcodeIndex] == schema.BuiltinOperator.CONV_2D:
+            name = type_names[graph.tensors[op.inputs[0]].type]
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 def check_builtin_only(flatbuffer: bytes) -> list[str]:
     """Fails loudly if a Flex (SELECT_TF_OPS) or other custom op slipped into the model."""
     names = op_names(flatbuffer)
@@ -274,6 +299,7 @@ class LiteRTModel:
 
     Inputs of a new shape resize the interpreter's input (models converted with dynamic H/W);
     a fixed-shape model raises a clear error instead (use kd_tf.inference tiling for those).
+    `stride` is the file's downsampling factor (`downsampling_stride`): H and W must be its multiples.
     """
 
     def __init__(self, model: bytes | str | os.PathLike, num_threads: int = 1):
@@ -283,14 +309,20 @@ class LiteRTModel:
         self.interpreter = Interpreter(model_content=bytes(content), num_threads=num_threads)
         details = self.interpreter.get_input_details()[0]
         signature, shape = list(details["shape_signature"]), list(details["shape"])
+        self._content = bytes(content)
         if len(signature) == 4 and -1 in signature[1:3]:   # dynamic H/W default to 1, which a SPACE_TO_DEPTH
-            stride = downsampling_stride(content)       # (pixel-unshuffle) cannot prepare: start at one stride
-            shape[1:3] = [stride if dim == -1 else size for dim, size in zip(signature[1:3], shape[1:3])]
+            # (pixel-unshuffle) cannot prepare: start at one stride
+            shape[1:3] = [self.stride if dim == -1 else size for dim, size in zip(signature[1:3], shape[1:3])]
             self.interpreter.resize_tensor_input(details["index"], shape)
         self.interpreter.allocate_tensors()
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         self._shape = None
+
+    @functools.cached_property
+    def stride(self) -> int:
+        """What H and W must be multiples of (`downsampling_stride` of the file, parsed once)."""
+        return downsampling_stride(self._content)
 
     @property
     def input_signature(self) -> tuple:

@@ -36,11 +36,12 @@ class FakeQuant(keras.layers.Layer):
     (the first batch sets it); in inference the stored range is used as is.
     """
 
-    def __init__(self, num_bits: int = 8, momentum: float = 0.99, **kwargs):
+    def __init__(self, num_bits: int = 8, momentum: float = 0.99, source: str | None = None, **kwargs):
         kwargs["dtype"] = "float32"                  # tf.quantization.fake_quant_* runs in float32 only
         super().__init__(**kwargs)
         self.num_bits = num_bits
         self.momentum = momentum
+        self.source = source        # the layer whose output it rounds, when not named after it (an input edge)
 
     def build(self, input_shape=None):
         self.range_min = self.add_weight(name="range_min", shape=(), initializer="zeros", trainable=False)
@@ -68,7 +69,7 @@ class FakeQuant(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "num_bits": self.num_bits, "momentum": self.momentum}
+        return {**super().get_config(), "num_bits": self.num_bits, "momentum": self.momentum, "source": self.source}
 
 
 class WeightFakeQuantConv2D(keras.layers.Conv2D):
@@ -87,26 +88,38 @@ def quant_name(layer_name: str) -> str:
     return f"{layer_name}_quant"
 
 
-def quantize_aware(model: keras.Model, num_bits: int = 8) -> keras.Model:
+def quantize_aware(model: keras.Model, num_bits: int = 8, float_layers=()) -> keras.Model:
     """A float32 copy of functional `model` with a FakeQuant after its input and after every
     layer, and per-channel fake-quantized Conv2D kernels; it starts with `model`'s weights and
     empty ranges (calibrate them, or let the first training batch set them).
 
-    Linear activations are identities, so they get no FakeQuant of their own.
+    Linear activations are identities, so they get no FakeQuant of their own. Layers named in
+    `float_layers` stay float in the full-integer file (selective quantization): no FakeQuant on
+    their output or kernel, and a quantized layer that reads one gets a FakeQuant on that input edge
+    (named `<source>_to_<layer>_quant`), so the float tensor itself is never rounded. A float layer
+    read only by quantized ones still ends up int8 in the file (its output then has a range): keep
+    its readers float too, e.g. a whole level of a U-Net.
     """
     if not hasattr(model, "inputs") or len(model.inputs) != 1:
         raise ValueError(f"quantize_aware needs a functional model with one input, got {type(model).__name__}")
-    input_quant = {}
+    float_layers = set(float_layers)
+    unknown = sorted(float_layers - {layer.name for layer in model.layers})
+    if unknown:
+        raise ValueError(f"float_layers {unknown} are not layers of {model.name!r}; accepted: "
+                         f"{[layer.name for layer in model.layers if not isinstance(layer, _SKIPPED_LAYERS)]}")
+    edge_quant = {}
 
     def clone(layer):
         config = {**layer.get_config(), "dtype": "float32"}
-        kind = WeightFakeQuantConv2D if type(layer) is keras.layers.Conv2D else layer.__class__
+        quantized = type(layer) is keras.layers.Conv2D and layer.name not in float_layers
+        kind = WeightFakeQuantConv2D if quantized else layer.__class__
         return kind.from_config(config)
 
     def call(layer, *args, **kwargs):
-        args = [_quantized_input(arg, input_quant, num_bits) for arg in args]
+        if layer.name not in float_layers:
+            args = [_quantized_input(arg, edge_quant, num_bits, float_layers, layer.name) for arg in args]
         outputs = layer(*args, **kwargs)
-        if isinstance(layer, _SKIPPED_LAYERS) or _is_linear_activation(layer):
+        if isinstance(layer, _SKIPPED_LAYERS) or _is_linear_activation(layer) or layer.name in float_layers:
             return outputs
         return FakeQuant(num_bits, name=quant_name(layer.name))(outputs)
 
@@ -114,16 +127,30 @@ def quantize_aware(model: keras.Model, num_bits: int = 8) -> keras.Model:
     return copy_weights(model, aware)
 
 
-def _quantized_input(value, memo, num_bits):
-    """The model input goes through one FakeQuant (int8 input tensor); other values pass."""
-    if isinstance(value, (list, tuple)):
-        return type(value)(_quantized_input(v, memo, num_bits) for v in value)
+def _producer(value) -> str | None:
+    """The name of the layer that wrote `value` (a float layer's output, through linear activations)."""
     history = getattr(value, "_keras_history", None)
-    if history is None or not isinstance(history[0], keras.layers.InputLayer):
+    return None if history is None else history[0].name
+
+
+def _quantized_input(value, memo, num_bits, float_layers=frozenset(), consumer=""):
+    """What a quantized layer reads: the model input through one FakeQuant (int8 input tensor),
+    a float layer's output through a FakeQuant of its own edge; other values pass (already rounded)."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_quantized_input(v, memo, num_bits, float_layers, consumer) for v in value)
+    history = getattr(value, "_keras_history", None)
+    if history is None:
         return value
-    if id(value) not in memo:
-        memo[id(value)] = FakeQuant(num_bits, name=quant_name(history[0].name))(value)
-    return memo[id(value)]
+    layer = history[0]
+    if isinstance(layer, keras.layers.InputLayer):
+        key, name, source = id(value), quant_name(layer.name), None
+    elif layer.name in float_layers or (_is_linear_activation(layer) and _producer(layer.input) in float_layers):
+        key, name, source = (id(value), consumer), quant_name(f"{layer.name}_to_{consumer}"), layer.name
+    else:
+        return value
+    if key not in memo:
+        memo[key] = FakeQuant(num_bits, name=name, source=source)(value)
+    return memo[key]
 
 
 def copy_weights(source: keras.Model, target: keras.Model) -> keras.Model:
@@ -151,8 +178,8 @@ def calibrate_ranges(aware: keras.Model, model: keras.Model, batches, percentile
         raise ValueError(f"percentile={percentile!r}; accepted: 50 < value <= 100")
     quants = [layer for layer in aware.layers if isinstance(layer, FakeQuant)]
     input_names = {quant_name(tensor._keras_history[0].name) for tensor in model.inputs}
-    sources = [model.inputs[0] if q.name in input_names else model.get_layer(q.name[:-len("_quant")]).output
-               for q in quants]
+    sources = [model.inputs[0] if q.name in input_names
+               else model.get_layer(q.source or q.name[:-len("_quant")]).output for q in quants]
     taps = keras.Model(model.inputs, sources)
     rng = np.random.default_rng(seed)
     seen = [[] for _ in quants]

@@ -24,7 +24,7 @@ import numpy as np
 
 from kd_tf.images import (IMAGE_EXTENSIONS, ImageReadError, decode_image, list_image_files, to_float_rgb,
                           writable_folder, write_image)
-from kd_tf.export import FlexOpsError, LiteRTModel, check_builtin_only, downsampling_stride
+from kd_tf.export import FlexOpsError, LiteRTModel, check_builtin_only
 from kd_tf.layers import SpaceToDepth
 from kd_tf.model_io import load_model, takes_noise_level
 from kd_tf.errors import InputError
@@ -121,7 +121,7 @@ def load_runner(path: str | os.PathLike, num_threads: int = 1, stride: int = 8, 
         if (height == -1) != (width == -1) or (height != -1 and height != width):
             raise InputError(f"{path}: input shape {model.input_signature}; expected square tiles or dynamic H and W")
         _check_rgb(path, channels)
-        stride = int(np.lcm(stride, downsampling_stride(path.read_bytes())))    # a 5-level U-Net: 16
+        stride = int(np.lcm(stride, model.stride))    # a 5-level U-Net: 16
         return with_scale(Runner(model, stride, None if height == -1 else height, str(path)))
     model = load_model(path)
     _check_rgb(path, model.inputs[0].shape[-1] if getattr(model, "inputs", None) else None)

@@ -137,6 +137,37 @@ def test_calibrated_copy_simulates_the_int8_tflite_model(uneven_unet, batches, t
     assert np.abs(converted - simulated).mean() < 0.5 * output_step    # and computes what was simulated
 
 
+LEVEL0 = ["head", "enc0_block0_conv1", "enc0_block0_conv2", "enc0_block0_add", "enc0", "skip0",
+          "dec0_block0_conv1", "dec0_block0_conv2", "dec0_block0_add", "dec0", "tail", "denoised"]
+
+
+def test_float_layers_stay_float_in_the_full_integer_file(uneven_unet, batches, tmp_path):
+    """Selective quantization: the full-resolution level kept in float computes in float32 in the
+    TFLite file (its 6 convolutions; the 10 deeper ones in int8) and the file follows the float model
+    more closely than the all-int8 file converted from the same calibration."""
+    def convert(float_layers, name):
+        ready = export.int8_ready(uneven_unet, batches, equalize=unet_equalizer(uneven_unet), input_range=(0.0, 1.0),
+                                  output_range=(0.0, 1.0), float_layers=float_layers)
+        saved = export.export_saved_model(ready, tmp_path / name)
+        return ready, export.to_tflite(saved, "int8", batches, float_fallback=bool(float_layers))
+
+    ready, mixed = convert(LEVEL0, "mixed")
+    quants = {layer.name for layer in ready.layers if isinstance(layer, FakeQuant)}
+    assert not quants & {quant_name(name) for name in LEVEL0 + ["noisy"]}       # float tensors are never rounded
+    assert quant_name("enc0_to_down0") in quants                                   # the int8 level reads a rounded copy
+    assert export.convolution_types(mixed) == {"FLOAT32": 6, "INT8": 10}
+    _, full = convert([], "full")
+    assert export.convolution_types(full) == {"INT8": 16}
+    x = batches[-1]
+    reference = np.asarray(uneven_unet(x))
+    errors = [np.abs(export.LiteRTModel(f)(x) - reference).mean() for f in (mixed, full)]
+    assert errors[0] < 0.5 * errors[1], errors
+    with pytest.raises(ValueError, match=r"\['nope'\] are not layers of 'uneven'; accepted: .*'down0'"):
+        quantize_aware(uneven_unet, float_layers=["nope"])
+    with pytest.raises(cfg.ConfigError, match=r"int8_float_layers=\['head'\] needs int8_calibration='percentile'"):
+        cfg.from_dict(denoise_config.ExportJobConfig, {"int8_float_layers": ["head"], "int8_calibration": "minmax"})
+
+
 def test_frozen_ranges_do_not_move_in_training(uneven_unet, batches):
     aware = freeze_ranges(calibrate_ranges(quantize_aware(uneven_unet), uneven_unet, batches))
     before = [layer.get_weights() for layer in aware.layers if isinstance(layer, FakeQuant)]
@@ -187,11 +218,17 @@ def test_export_pads_photos_to_the_students_stride(tmp_path, widths, unshuffle, 
     student = build_unet(widths, 1, name="student", unshuffle=unshuffle)
     assert stride_of(student) == 16
     student_path = save_model(student, tmp_path / "student.keras")
-    report = export_student(cfg.from_dict(denoise_config.ExportJobConfig, {
-        "model": str(student_path), "out_dir": str(tmp_path / "out"), "formats": [fmt], "calibration_batches": 2,
-        "latency_sizes": [32], "threads": [1], "data": {"patch_size": 32, "batch_size": 2},
-        "output": {"runs_dir": str(tmp_path / "runs")}}))
+    settings = {"model": str(student_path), "out_dir": str(tmp_path / "out"), "formats": [fmt], "calibration_batches": 2,
+                "latency_sizes": [32], "threads": [1], "data": {"patch_size": 32, "batch_size": 2},
+                "output": {"runs_dir": str(tmp_path / "runs")}}
+    if fmt == "int8":          # and the job keeps the layers it is told to in float (checked before any work)
+        with pytest.raises(cfg.ConfigError, match=r"int8_float_layers: \['tial'\] .* accepted: .*'tail'"):
+            export_student(cfg.from_dict(denoise_config.ExportJobConfig, {**settings, "int8_float_layers": ["tial"]}))
+        settings["int8_float_layers"] = ["tail", "shuffle", "denoised"]
+    report = export_student(cfg.from_dict(denoise_config.ExportJobConfig, settings))
     assert np.isfinite(report["formats"][fmt]["psnr"])
+    if fmt == "int8":
+        assert report["formats"]["int8"]["convolution_types"]["FLOAT32"] == 1
     flatbuffer = next((tmp_path / "out").glob(f"*{fmt}.tflite"))
     assert export.downsampling_stride(flatbuffer.read_bytes()) == 16
     runner = load_runner(flatbuffer)                    # `denoise` on the file pads to 16 by itself

@@ -281,6 +281,9 @@ class ExportJobConfig:
     dynamic_tuning_learning_rate: float = 2e-5   # Adam's peak rate of that tuning (cosine decay)
     # convolutions the dynamic-range file keeps in float, inputs unrounded (kd_tf.float_layers); [] = none
     dynamic_float_layers: list[str] = dataclasses.field(default_factory=list)
+    # layers the full-integer file keeps in float (percentile calibration only; kd_tf.fake_quant.quantize_aware):
+    # their outputs are never rounded, layers reading them quantize their own input edge; [] = all int8
+    int8_float_layers: list[str] = dataclasses.field(default_factory=list)
     qat_steps: int = 0                    # > 0: quantization-aware fine-tuning of the int8 copy (percentile only)
     qat_learning_rate: float = 1e-4       # Adam's peak rate of the QAT fine-tuning
     qat_teacher: str | None = None        # QAT's teacher; None: the one that taught the student's run, else the shipped one
@@ -308,6 +311,11 @@ class ExportJobConfig:
                "a float > 0")
         _check(isinstance(self.dynamic_float_layers, list) and all(isinstance(n, str) for n in self.dynamic_float_layers),
                "dynamic_float_layers", self.dynamic_float_layers, "a list of Conv2D layer names")
+        _check(isinstance(self.int8_float_layers, list) and all(isinstance(n, str) for n in self.int8_float_layers),
+               "int8_float_layers", self.int8_float_layers, "a list of layer names")
+        if self.int8_float_layers and self.int8_calibration != "percentile":
+            raise ConfigError(f"int8_float_layers={self.int8_float_layers} needs int8_calibration='percentile' (the "
+                              f"fake-quantized copy carries which tensors stay float), got {self.int8_calibration!r}")
         if self.dynamic_weight_rounding != "gptq" and "dynamic" in self.formats:
             for name, value, off in (("dynamic_tuning_steps", self.dynamic_tuning_steps, "0"),
                                      ("dynamic_float_layers", self.dynamic_float_layers, "[]")):

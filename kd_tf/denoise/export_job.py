@@ -165,6 +165,11 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
     student = load_model(config.model)
     if "dynamic" in config.formats and config.dynamic_weight_rounding == "gptq":
         check_float_layers(student, config.dynamic_float_layers)           # before any work
+    if "int8" in config.formats and config.int8_float_layers:
+        known = [layer.name for layer in export.shuffle_upsampling(student).layers][1:]   # as int8_ready names them
+        unknown = [name for name in config.int8_float_layers if name not in known]
+        if unknown:
+            raise cfg.ConfigError(f"int8_float_layers: {unknown} are not layers of {config.model}; accepted: {known}")
     split = load_split(config.data.data_dir, config.data.heldout_fraction, config.data.split_seed,
                        min_size=config.data.patch_size)          # calibration crops need whole patches
     names = sorted(split.heldout)
@@ -198,7 +203,8 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
                 source_dir = out / "savedmodel_int8_ready.partial"
                 ready = export.int8_ready(student, calibration, config.calibration_percentile,
                                           equalize=unet_equalizer(student),
-                                          input_range=(0.0, 1.0), output_range=(0.0, 1.0))
+                                          input_range=(0.0, 1.0), output_range=(0.0, 1.0),
+                                          float_layers=config.int8_float_layers)
                 if config.qat_steps:
                     ready = quantization_aware_finetune(ready, config, split.train)
                 export.export_saved_model(ready, source_dir)
@@ -211,7 +217,8 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
                         student, ready, qat_stream(split.train, config.data, config.eval_seed),
                         config.dynamic_tuning_steps, config.dynamic_tuning_learning_rate)
                 export.export_saved_model(ready, source_dir)
-            flatbuffer = export.to_tflite(source_dir, fmt, calibration)
+            flatbuffer = export.to_tflite(source_dir, fmt, calibration,
+                                          float_fallback=fmt == "int8" and bool(config.int8_float_layers))
             if source_dir != saved_dir:
                 shutil.rmtree(source_dir, ignore_errors=True)
             path = out / f"student_{fmt}.tflite"
@@ -229,6 +236,9 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
                      "psnr": float(np.mean([p for p, _ in scores])), "ssim": float(np.mean([s for _, s in scores])),
                      "psnr_vs_keras_output": float(np.mean(agreement)),
                      "ops": ops, "op_count": None if ops is None else len(ops), "latency_ms": latency}
+        if fmt == "int8" and config.int8_float_layers:
+            rows[fmt]["float_layers"] = config.int8_float_layers
+            rows[fmt]["convolution_types"] = export.convolution_types(flatbuffer)
         if fmt == "dynamic":
             rows[fmt]["weight_rounding"] = {"method": config.dynamic_weight_rounding, "layer_errors": rounding,
                                             "float_layers": config.dynamic_float_layers, "tuning": tuning}
