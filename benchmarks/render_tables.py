@@ -319,6 +319,8 @@ TABLES = {
                                lambda report: int8_parity_table(report, "dynamic_int8_parity")),
     "denoise-dynamic-int8-parity": ("models/denoise/student_int8_dynamic_parity.json",
                                     lambda report: int8_parity_table(report, "parity")),
+    "denoise-mixed-int8-parity": ("models/denoise/student_int8_mixed_parity.json",
+                                  lambda report: int8_parity_table(report, "parity")),
 }
 FILES = ("README.md", "models/denoise/MODEL_CARD.md", "models/sr/MODEL_CARD.md", "models/gan/MODEL_CARD.md",
          "models/diffusion/MODEL_CARD.md")
