@@ -143,18 +143,24 @@ def to_tflite(saved_model_dir: str | os.PathLike, mode: str = "float32", represe
     mode: float32, float16 (weights), dynamic (int8 weights, float activations), int8 (full
     integer, calibrated on `representative`: an iterable of float32 NHWC batches preprocessed as
     in training, or latent batches for a generator, see `latent_calibration`), int16x8 (int16 activations, int8 weights). Inputs and outputs stay float32,
-    so every mode is a drop-in replacement for the others. `float_fallback` lets an int8 file keep
-    float ops where the SavedModel has no quantization ranges (int8_ready's `float_layers`).
+    so every mode is a drop-in replacement for the others. `float_fallback` (int8 only, no
+    `representative` needed) lets an int8 file keep float ops where the SavedModel has no
+    quantization ranges (int8_ready's `float_layers`).
     """
     if mode not in TFLITE_MODES:
         raise InputError(f"TFLite mode {mode!r}; accepted: {', '.join(TFLITE_MODES)}")
+    if float_fallback and mode != "int8":
+        raise InputError(f"float_fallback is for mode 'int8' (a SavedModel from int8_ready with float_layers); "
+                         f"got mode {mode!r}")
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if mode != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    if mode in ("int8", "int16x8"):
+    # float_fallback takes no representative data: with it the converter would calibrate (and quantize) the
+    # float layers too; without, it quantizes where the fake-quant ranges say and leaves the rest float
+    if mode in ("int8", "int16x8") and not float_fallback:
         if representative is None:
             raise InputError(f"mode {mode!r} needs representative data (real images, preprocessed as in training)")
         batches = list(representative)
@@ -163,11 +169,9 @@ def to_tflite(saved_model_dir: str | os.PathLike, mode: str = "float32", represe
             for batch in batches:
                 yield [np.asarray(batch, np.float32)]
 
-        if not float_fallback:        # with data the converter would calibrate (and quantize) the float layers too
-            converter.representative_dataset = calibration
+        converter.representative_dataset = calibration
         converter.target_spec.supported_ops = (     # 16x8 has no DEPTH_TO_SPACE: that op stays float
-            [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] if mode == "int8" and not float_fallback
-            else [tf.lite.OpsSet.TFLITE_BUILTINS] if mode == "int8"     # int8 where the fake-quant ranges say
+            [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] if mode == "int8"
             else [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
                   tf.lite.OpsSet.TFLITE_BUILTINS])
     flatbuffer = converter.convert()

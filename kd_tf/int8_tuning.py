@@ -46,6 +46,41 @@ def relative_error_weights(float_errors, floor: float = ERROR_FLOOR):
     return weights / ops.mean(weights)
 
 
+def tune_toward_reference(reference: keras.Model, model: keras.Model, dataset, steps: int,
+                          learning_rate: float, floor: float = ERROR_FLOOR) -> list[float]:
+    """Trains `model`'s trainable weights in place for `steps` batches of `dataset` ((inputs,
+    truth) batches as the file will be fed) towards `reference`'s outputs on the same inputs,
+    each sample's squared error weighted by `relative_error_weights` of the reference's own
+    error against the truth. `model` simulates the file's rounding (DynamicInt8Conv2D here,
+    kd_tf.fake_quant for full integer). Adam, cosine decay from `learning_rate` to 5 % of it.
+    Returns the weighted loss of each step."""
+    import tensorflow as tf
+
+    if steps < 1:
+        raise ValueError(f"steps={steps!r}; accepted: an int >= 1")
+    optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.05))
+    variables = model.trainable_variables
+
+    @tf.function
+    def train_step(inputs, truth):
+        target = reference(inputs, training=False)
+        float_errors = ops.mean(ops.square(ops.clip(target, 0.0, 1.0) - truth), axis=(1, 2, 3))
+        weights = relative_error_weights(float_errors, floor)
+        with tf.GradientTape() as tape:
+            loss = ops.mean(weights * ops.mean(ops.square(model(inputs, training=True) - target), axis=(1, 2, 3)))
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    losses = []
+    for step, (inputs, truth) in enumerate(dataset):
+        if step == steps:
+            break
+        losses.append(float(train_step(inputs, truth)))
+    if len(losses) < steps:
+        raise ValueError(f"the dataset ended after {len(losses)} batches; {steps} steps asked")
+    return losses
+
+
 def _straight_through(x, rounded):
     return x + ops.stop_gradient(rounded - x)
 
@@ -87,10 +122,6 @@ def tune_dynamic_int8(reference: keras.Model, rounded: keras.Model, dataset, ste
     converter quantizes (Dense, grouped convolutions) stays as given. Adam's rate decays along a
     cosine from `learning_rate`; on the denoising student 1e-4 diverged and 2e-5 did not.
     """
-    import tensorflow as tf
-
-    if steps < 1:
-        raise ValueError(f"steps={steps!r}; accepted: an int >= 1")
     names = {layer.name for layer in rounded.layers
              if _eligible(layer, min_elements) is None and type(layer) is keras.layers.Conv2D}
     frozen = [layer.name for layer in rounded.layers
@@ -109,26 +140,7 @@ def tune_dynamic_int8(reference: keras.Model, rounded: keras.Model, dataset, ste
     training.set_weights(rounded.get_weights())
     for name in names:
         training.get_layer(name).set_grid(rounded.get_layer(name).kernel.numpy())
-    optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.05))
-    variables = training.trainable_variables
-
-    @tf.function
-    def train_step(inputs, truth):
-        target = reference(inputs, training=False)
-        float_errors = ops.mean(ops.square(ops.clip(target, 0.0, 1.0) - truth), axis=(1, 2, 3))
-        weights = relative_error_weights(float_errors, floor)
-        with tf.GradientTape() as tape:
-            loss = ops.mean(weights * ops.mean(ops.square(training(inputs, training=True) - target), axis=(1, 2, 3)))
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return loss
-
-    losses = []
-    for step, (inputs, truth) in enumerate(dataset):
-        if step == steps:
-            break
-        losses.append(float(train_step(inputs, truth)))
-    if len(losses) < steps:
-        raise ValueError(f"the dataset ended after {len(losses)} batches; {steps} steps asked")
+    losses = tune_toward_reference(reference, training, dataset, steps, learning_rate, floor)
 
     tuned = keras.models.clone_model(rounded)
     tuned.set_weights(training.get_weights())

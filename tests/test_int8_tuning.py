@@ -22,7 +22,7 @@ def _net(seed=0):
     """A small residual denoiser: convolutions the converter quantizes (>= 1,024 weights), a Dense
     one it quantizes too (not tuned here), and small ones it keeps in float."""
     keras.utils.set_random_seed(seed)
-    inputs = keras.Input((None, None, 3))
+    inputs = keras.Input((None, None, 3), name="noisy")
     x = keras.layers.Conv2D(16, 3, padding="same", name="head")(inputs)                  # 432: float
     x = keras.layers.Conv2D(24, 3, padding="same", activation="relu", name="a")(x)
     x = keras.layers.Conv2D(24, 3, padding="same", activation="relu", name="b")(x)
@@ -86,3 +86,30 @@ def test_unrounded_kernels_and_short_datasets_are_refused():
     rounded, _ = gptq_int8_weights(model, [_pairs(8, 0)[0]])
     with pytest.raises(ValueError, match="ended after 2 batches; 5 steps"):
         tune_dynamic_int8(model, rounded, [_pairs(8, 0), _pairs(8, 1)], steps=5)
+
+
+def test_full_integer_copy_tuned_toward_float_gets_closer_on_unseen_images():
+    """The export's qat_target="float": a fake-quantized copy (frozen calibrated ranges, int8
+    weights) fitted to the float model's outputs, each sample weighted by float's own error,
+    computes closer to float on images it never saw; its ranges stay as calibrated."""
+    from kd_tf.fake_quant import FakeQuant, calibrate_ranges, freeze_ranges, quantize_aware
+    from kd_tf.int8_tuning import tune_toward_reference
+
+    model = _net()
+    calibration = [_pairs(8, seed)[0] for seed in (1, 2)]
+    aware = freeze_ranges(calibrate_ranges(quantize_aware(model), model, calibration, percentile=99.9))
+    ranges = [layer.get_weights() for layer in aware.layers if isinstance(layer, FakeQuant)]
+    unseen = [_pairs(8, seed)[0] for seed in (7_000, 7_001, 7_002)]
+
+    def error():
+        return float(np.mean([np.mean((np.asarray(aware(x)) - np.asarray(model(x))) ** 2) for x in unseen]))
+
+    before = error()
+    losses = tune_toward_reference(model, aware, (_pairs(8, 100 + step) for step in range(10_000)), 200, 3e-4)
+    assert len(losses) == 200 and np.mean(losses[-50:]) < np.mean(losses[:50])
+    assert error() < 0.8 * before, (before, error())
+    for old, layer in zip(ranges, [layer for layer in aware.layers if isinstance(layer, FakeQuant)]):
+        for a, b in zip(old, layer.get_weights()):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="steps=0"):
+        tune_toward_reference(model, aware, iter([]), 0, 1e-4)

@@ -9,6 +9,7 @@ import pytest
 from kd_tf import config as cfg
 from kd_tf.denoise import config as denoise_config
 from kd_tf import export
+from kd_tf.errors import InputError
 from kd_tf.images import patch_dataset
 from kd_tf.denoise.nets import build_unet
 from kd_tf.fake_quant import FakeQuant, calibrate_ranges, copy_weights, freeze_ranges, quant_name, quantize_aware
@@ -149,9 +150,13 @@ def test_float_layers_stay_float_in_the_full_integer_file(uneven_unet, batches, 
         ready = export.int8_ready(uneven_unet, batches, equalize=unet_equalizer(uneven_unet), input_range=(0.0, 1.0),
                                   output_range=(0.0, 1.0), float_layers=float_layers)
         saved = export.export_saved_model(ready, tmp_path / name)
-        return ready, export.to_tflite(saved, "int8", batches, float_fallback=bool(float_layers))
+        # the mixed file needs no representative data: the fake-quant ranges say where int8 goes
+        return ready, export.to_tflite(saved, "int8", None if float_layers else batches,
+                                       float_fallback=bool(float_layers))
 
     ready, mixed = convert(LEVEL0, "mixed")
+    with pytest.raises(InputError, match="float_fallback is for mode 'int8'.*'dynamic'"):
+        export.to_tflite(tmp_path / "mixed", "dynamic", float_fallback=True)
     quants = {layer.name for layer in ready.layers if isinstance(layer, FakeQuant)}
     assert not quants & {quant_name(name) for name in LEVEL0 + ["noisy"]}       # float tensors are never rounded
     assert quant_name("enc0_to_down0") in quants                                   # the int8 level reads a rounded copy
@@ -265,6 +270,31 @@ def test_qat_distills_from_the_teacher_of_the_students_run_even_a_non_blind_one(
         == denoise_config.DEFAULT_TEACHER                                 # a student from no run
     assert export_job.qat_teacher(cfg.from_dict(denoise_config.ExportJobConfig, {
         "model": str(student_path), "qat_teacher": "mine.keras"}))[0] == "mine.keras"   # asked for: used
+
+
+def test_qat_toward_the_float_student_loads_no_teacher(tmp_path, monkeypatch):
+    """qat_target="float" fits the float student's own outputs (kd_tf.int8_tuning.tune_toward_reference):
+    no teacher is loaded, the report says which target QAT had; an unknown target is refused by name."""
+    from kd_tf.denoise import export_job
+    from kd_tf.model_io import save_model
+
+    def no_teacher(path, **kw):
+        raise AssertionError(f"QAT toward float loaded a teacher: {path}")
+
+    monkeypatch.setattr(export_job, "load_teacher", no_teacher)
+    tuned = []
+    real_tune = export_job.quantization_aware_finetune
+    monkeypatch.setattr(export_job, "quantization_aware_finetune",
+                        lambda aware, *a: tuned.append(aware) or real_tune(aware, *a))
+    student_path = save_model(build_unet((4, 8), 1, name="student"), tmp_path / "student.keras")
+    report = export_job.export_student(cfg.from_dict(denoise_config.ExportJobConfig, {
+        "model": str(student_path), "out_dir": str(tmp_path / "out"), "formats": ["int8"], "qat_steps": 2,
+        "qat_target": "float", "calibration_batches": 2, "latency_sizes": [32], "threads": [1],
+        "data": {"patch_size": 32, "batch_size": 2}, "output": {"runs_dir": str(tmp_path / "runs")}}))
+    assert len(tuned) == 1 and report["qat_target"] == "float" and "qat_teacher" not in report
+    assert np.isfinite(report["formats"]["int8"]["psnr"])
+    with pytest.raises(cfg.ConfigError, match=r"qat_target.*'student'.*\('teacher', 'float'\)"):
+        cfg.from_dict(denoise_config.ExportJobConfig, {"qat_target": "student"})
 
 
 # -- issue 17: int8 that keeps its colours ------------------------------------------------------
@@ -418,3 +448,37 @@ def test_fixed_input_range_reaches_a_model_whose_input_has_no_name():
     calibration = [np.random.default_rng(0).random((2, 16, 16, 3)).astype("float32") * 0.5]
     ready = export.int8_ready(model, calibration, input_range=(0.0, 1.0))
     assert ready.get_layer(quant_name(ready.inputs[0]._keras_history[0].name)).range_max.numpy() == pytest.approx(1.0)
+
+
+def test_int8_selection_ranks_files_on_images_no_check_uses(tmp_path, monkeypatch):
+    """benchmarks.int8_selection: its photos are training photos only (never the parity check's
+    held-out ones), its gamut images are not the parity colour set, a float32 file ranks at 0 dB
+    and an int8 file of the same model below it."""
+    from benchmarks import int8_selection
+    from kd_tf.images import load_split
+    from kd_tf.int8_parity import colour_set
+    from kd_tf.model_io import save_model
+
+    sets = int8_selection.selection_sets(gamut_count=5, size=32, crop=64)
+    assert not set(sets["training_photos"]) & set(load_split(None, 0.2, 0).heldout)
+    assert len(sets["training_photos"]) >= 8 and len(sets["gamut"]) == 5
+    fixed = list(colour_set(32).values())
+    assert not any(np.array_equal(image, other) for image in sets["gamut"].values() for other in fixed)
+
+    keras.utils.set_random_seed(0)
+    model = build_unet((4, 8), 1, name="student")
+    export.export_saved_model(model, tmp_path / "saved")
+    paths = {}
+    calibration = [np.random.default_rng(i).random((1, 32, 32, 3), dtype=np.float32) for i in range(4)]
+    for mode in ("float32", "int8"):
+        paths[mode] = tmp_path / f"{mode}.tflite"
+        paths[mode].write_bytes(export.to_tflite(tmp_path / "saved", mode, representative=calibration))
+    monkeypatch.setattr(int8_selection, "selection_sets", lambda: sets)
+    report = int8_selection.main(["--model", str(save_model(model, tmp_path / "m.keras")), "--int8",
+                                  str(paths["float32"]), str(paths["int8"]), "--draws", "1",
+                                  "--out", str(tmp_path / "s.json")])
+    exact, rounded = report["files"][str(paths["float32"])], report["files"][str(paths["int8"])]
+    for name in sets:
+        assert abs(exact[name]["mean_abs_drop_db"]) < 0.01, exact[name]
+        assert rounded[name]["mean_abs_drop_db"] > exact[name]["mean_abs_drop_db"] + 1e-3, rounded[name]
+    assert json.loads((tmp_path / "s.json").read_text())["table"].count("| gamut |") == 2

@@ -17,6 +17,7 @@ DEFAULT_STUDENT = str(MODELS_DIR / "denoise" / "student.keras")
 
 
 INT8_CALIBRATIONS = ("percentile", "minmax")
+QAT_TARGETS = ("teacher", "float")
 EXPORT_FORMATS = ("keras", "savedmodel", "float32", "float16", "dynamic", "int8", "int16x8")
 
 
@@ -287,6 +288,10 @@ class ExportJobConfig:
     qat_steps: int = 0                    # > 0: quantization-aware fine-tuning of the int8 copy (percentile only)
     qat_learning_rate: float = 1e-4       # Adam's peak rate of the QAT fine-tuning
     qat_teacher: str | None = None        # QAT's teacher; None: the one that taught the student's run, else the shipped one
+    # what QAT fits: "teacher" distils as the student was trained (the int8 file may drift from float where the
+    # teacher differs); "float" fits the float student's own outputs, each sample's error divided by float's own
+    # (kd_tf.int8_tuning.tune_toward_reference: the loss follows the dB drop that the parity check measures)
+    qat_target: str = "teacher"
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     sigma: float = 25.0                   # noise sigma of the parity and latency checks (0-255 scale)
     # image sides the latency table is measured on, px
@@ -325,6 +330,7 @@ class ExportJobConfig:
                                       f"(or set {name} to {off})")
         _check(isinstance(self.qat_steps, int) and self.qat_steps >= 0, "qat_steps", self.qat_steps, "an int >= 0")
         _check(self.qat_learning_rate > 0, "qat_learning_rate", self.qat_learning_rate, "a float > 0")
+        _check(self.qat_target in QAT_TARGETS, "qat_target", self.qat_target, f"one of {QAT_TARGETS}")
         if self.qat_steps and self.int8_calibration != "percentile":
             raise ConfigError(f"qat_steps={self.qat_steps} needs int8_calibration='percentile' (the fake-quantized "
                               f"copy), got {self.int8_calibration!r}")

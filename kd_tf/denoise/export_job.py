@@ -82,13 +82,24 @@ def _latency_ms(predict, size: int, repeats: int = 5) -> float:
 
 
 def quantization_aware_finetune(aware: keras.Model, config: denoise_config.ExportJobConfig,
-                                images: dict) -> keras.Model:
-    """Fine-tunes the int8-ready copy with its calibrated ranges frozen, distilling from the
-    teacher on cached outputs as the student itself was trained; its weights learn to sit well
-    on the int8 grid (1,000 steps: from 0.117 to 0.070 dB lost on the shipped student, see the model card)."""
+                                images: dict, reference: keras.Model) -> keras.Model:
+    """Fine-tunes the int8-ready copy with its calibrated ranges frozen, so that its weights learn
+    to sit well on the int8 grid. config.qat_target "teacher": distils from the teacher on cached
+    outputs as the student itself was trained (1,000 steps: from 0.117 to 0.070 dB lost on the
+    session-8 student, see the model card); "float": fits `reference`, the float student, on
+    8-bit photo crops and colour-gamut images (kd_tf.int8_tuning.tune_toward_reference)."""
     from kd_tf.fake_quant import freeze_ranges
+    from kd_tf.int8_tuning import tune_toward_reference
 
     keras.utils.set_random_seed(config.eval_seed)
+    if config.qat_target == "float":
+        log.info("quantization-aware fine-tuning: %d steps towards the float student", config.qat_steps)
+        losses = tune_toward_reference(reference, freeze_ranges(aware),
+                                       qat_stream(images, config.data, config.eval_seed),
+                                       config.qat_steps, config.qat_learning_rate)
+        window = min(100, len(losses))
+        log.info("QAT weighted loss %.3g -> %.3g", np.mean(losses[:window]), np.mean(losses[-window:]))
+        return aware
     teacher_path, why = qat_teacher(config)
     teacher = load_teacher(teacher_path, mixed_precision=bfloat16_is_fast())
     stream = qat_stream(images, config.data, config.eval_seed, non_blind=takes_noise_level(teacher))
@@ -206,7 +217,7 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
                                           input_range=(0.0, 1.0), output_range=(0.0, 1.0),
                                           float_layers=config.int8_float_layers)
                 if config.qat_steps:
-                    ready = quantization_aware_finetune(ready, config, split.train)
+                    ready = quantization_aware_finetune(ready, config, split.train, student)
                 export.export_saved_model(ready, source_dir)
             if fmt == "dynamic" and gptq_dynamic:
                 source_dir = out / "savedmodel_dynamic_ready.partial"
@@ -256,6 +267,8 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
     report = {"job": "export", "run": paths.name, "model": config.model, "out_dir": str(out), "sigma": config.sigma,
               "heldout": names, "float_keras_psnr": float_psnr, "formats": rows, "config": cfg.to_dict(config)}
     if config.qat_steps and "int8" in config.formats and config.int8_calibration == "percentile":
+        report["qat_target"] = config.qat_target
+    if report.get("qat_target") == "teacher":
         path, why = qat_teacher(config)
         report["qat_teacher"] = {"path": path, "why": why}
     report["table"] = format_export_table(report, config)
