@@ -286,7 +286,7 @@ class ExportJobConfig:
     # their outputs are never rounded, layers reading them quantize their own input edge; [] = all int8
     int8_float_layers: list[str] = dataclasses.field(default_factory=list)
     qat_steps: int = 0                    # > 0: quantization-aware fine-tuning of the int8 copy (percentile only)
-    qat_learning_rate: float = 1e-4       # Adam's peak rate of the QAT fine-tuning
+    qat_learning_rate: float = 1e-4       # Adam's peak rate of the QAT fine-tuning (qat_target float: 2e-5; 1e-4 was worse)
     qat_teacher: str | None = None        # QAT's teacher; None: the one that taught the student's run, else the shipped one
     # what QAT fits: "teacher" distils as the student was trained (the int8 file may drift from float where the
     # teacher differs); "float" fits the float student's own outputs, each sample's error divided by float's own
