@@ -89,3 +89,25 @@ def test_a_student_file_continues_training_from_its_weights(teacher, batches, tm
     assert all(np.array_equal(a, b) for a, b in zip(trained.get_weights(), student.get_weights()))
     with pytest.raises(InputError, match="student.widths and blocks"):
         jobs.start_from_teacher(path, teacher, build_unet((4, 12), 1, name="student"), stream)
+
+
+def test_a_student_with_more_blocks_grows_from_a_trained_one(teacher, batches, tmp_path):
+    """A new residual block starts as an identity: the grown student computes what the trained one did."""
+    from kd_tf.errors import InputError
+    from kd_tf.model_io import save_model
+
+    keras.utils.set_random_seed(6)
+    trained = build_unet((4, 8), 1, name="student")
+    for w in trained.weights:                               # conv biases start at zero: make every weight count
+        w.assign(np.random.default_rng(0).normal(0, 0.1, w.shape).astype("float32"))
+    path = str(save_model(trained, tmp_path / "student.keras"))
+    grown = build_unet((4, 8), [1, 2], name="student")
+    stream = tf.data.Dataset.from_tensor_slices((tf.concat(batches, 0), tf.concat(batches, 0))).batch(2)
+    assert jobs.start_from_teacher(path, teacher, grown, stream) == {"from": path, "new_blocks": ["bottleneck_block1"]}
+    x = np.random.default_rng(1).uniform(0, 1, (2, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(grown(x), trained(x), atol=1e-6)
+    assert np.abs(grown.get_layer("bottleneck_block1_conv1").kernel.numpy()).max() > 0     # it can still learn
+    with pytest.raises(InputError, match=r"layers \['bottleneck_block1_conv1'"):
+        jobs.start_from_teacher(str(save_model(grown, tmp_path / "grown.keras")), teacher, trained, stream)
+    with pytest.raises(InputError, match="at layer head"):
+        jobs.start_from_teacher(path, teacher, build_unet((5, 8), [1, 2], name="student"), stream)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -185,6 +186,44 @@ def _limit(heldout: dict, eval_config: denoise_config.EvalConfig) -> dict:
     return {name: heldout[name] for name in sorted(heldout)[:eval_config.max_images]}
 
 
+NEW_BLOCK_CONV = re.compile(r".+_block\d+_conv[12]")
+
+
+def continue_from(path: str, student: keras.Model) -> dict:
+    """Gives `student` the weights of the trained student at `path`, layer by layer by name, and
+    returns {"from": path, "new_blocks": [...]}. Residual blocks that `path` lacks (the configured
+    student has more blocks somewhere) start as identities: their second convolution is zeroed, so
+    x + conv2(relu(conv1(x))) = x and the grown student computes exactly what the trained one did,
+    then learns what the new blocks add (Net2DeeperNet's idea, Chen et al. 2016). Any other
+    difference (widths, a layer missing) raises InputError naming the layer.
+    """
+    start = load_model(path)
+    trained = {layer.name: layer for layer in start.layers if layer.weights}
+    new_convs = []
+    for layer in student.layers:
+        if not layer.weights:
+            continue
+        source = trained.pop(layer.name, None)
+        if source is None and NEW_BLOCK_CONV.fullmatch(layer.name):
+            new_convs.append(layer.name)
+            if layer.name.endswith("conv2"):
+                layer.set_weights([np.zeros(w.shape, "float32") for w in layer.weights])
+            continue
+        shapes = [tuple(w.shape) for w in (source.weights if source else [])], [tuple(w.shape) for w in layer.weights]
+        if shapes[0] != shapes[1]:
+            raise InputError(f"distill.student_init={path}: its weights do not fit the configured student at layer "
+                             f"{layer.name} ({shapes[0] or 'absent'} vs {shapes[1]}; check student.widths and blocks: "
+                             f"only new residual blocks may be added)")
+        layer.set_weights(source.get_weights())
+    if trained:
+        raise InputError(f"distill.student_init={path}: its layers {sorted(trained)} have no place in the configured "
+                         f"student (check student.widths and blocks: a student may only gain residual blocks)")
+    new_blocks = sorted({name.rsplit("_", 1)[0] for name in new_convs})
+    log.info("the student continues from the weights of %s%s", path,
+             f"; new residual blocks start as identities: {new_blocks}" if new_blocks else "")
+    return {"from": path, "new_blocks": new_blocks} if new_blocks else {"from": path}
+
+
 def start_from_teacher(student_init: str, teacher: keras.Model, student: keras.Model, batches,
                        energy_batches: int = 8) -> dict | None:
     """Gives the student its teacher's strongest channels and blocks (kd_tf.denoise.inherit) or,
@@ -193,18 +232,11 @@ def start_from_teacher(student_init: str, teacher: keras.Model, student: keras.M
     fits); returns what was kept, or None when the student keeps its random weights. `batches`:
     (x, clean) pairs, x the noisy patches or, for a non-blind teacher, with_noise_level's dict. A
     .keras path: the student continues from that model's weights (same widths and blocks),
-    returned as {"from": path}."""
+    returned as {"from": path}; a student with more residual blocks grows from it (continue_from)."""
     if student_init == "random":
         return None
     if student_init.endswith(".keras"):
-        start = load_model(student_init)
-        shapes = [tuple(w.shape) for w in start.weights], [tuple(w.shape) for w in student.weights]
-        if shapes[0] != shapes[1]:
-            raise InputError(f"distill.student_init={student_init}: its weights do not fit the configured student "
-                             f"({len(shapes[0])} vs {len(shapes[1])} tensors; check student.widths and blocks)")
-        student.set_weights(start.get_weights())
-        log.info("the student continues from the weights of %s", student_init)
-        return {"from": student_init}
+        return continue_from(student_init, student)
     try:
         if is_blind_ffdnet(student):                # the pair first: a blind teacher's batches hold no sigma
             problem = ffdnet_inheritance_problem(teacher, student)
