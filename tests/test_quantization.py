@@ -194,7 +194,7 @@ def test_export_with_qat_writes_an_int8_model(tmp_path, tiny_teacher):
     student_path = save_model(build_unet((4, 8), 1, name="student"), tmp_path / "student.keras")
     config = cfg.from_dict(denoise_config.ExportJobConfig, {
         "model": str(student_path), "out_dir": str(tmp_path / "out"), "formats": ["int8"], "qat_steps": 3,
-        "qat_teacher": str(teacher_path), "calibration_batches": 2, "latency_sizes": [32], "threads": [1],
+        "qat_target": "teacher", "qat_teacher": str(teacher_path), "calibration_batches": 2, "latency_sizes": [32], "threads": [1],
         "data": {"patch_size": 32, "batch_size": 2, "corpus_path": str(tmp_path / "no-corpus")},
         "output": {"runs_dir": str(tmp_path / "runs")}})
     report = export_student(config)
@@ -259,6 +259,7 @@ def test_qat_distills_from_the_teacher_of_the_students_run_even_a_non_blind_one(
     real_load = export_job.load_teacher
     monkeypatch.setattr(export_job, "load_teacher", lambda path, **kw: loaded.append(path) or real_load(path, **kw))
     settings = {"out_dir": str(tmp_path / "out"), "formats": ["int8"], "qat_steps": 2, "calibration_batches": 2,
+                "qat_target": "teacher",
                 "latency_sizes": [32], "threads": [1], "data": {"patch_size": 32, "batch_size": 2},
                 "output": {"runs_dir": str(tmp_path / "runs_export"), "log_dir": str(tmp_path / "tb")}}
     report = export_job.export_student(cfg.from_dict(denoise_config.ExportJobConfig, {"model": str(student_path), **settings}))
@@ -269,12 +270,13 @@ def test_qat_distills_from_the_teacher_of_the_students_run_even_a_non_blind_one(
     assert export_job.qat_teacher(cfg.from_dict(denoise_config.ExportJobConfig, {"model": str(tmp_path / "s.keras")}))[0] \
         == denoise_config.DEFAULT_TEACHER                                 # a student from no run
     assert export_job.qat_teacher(cfg.from_dict(denoise_config.ExportJobConfig, {
-        "model": str(student_path), "qat_teacher": "mine.keras"}))[0] == "mine.keras"   # asked for: used
+        "model": str(student_path), "qat_target": "teacher", "qat_teacher": "mine.keras"}))[0] == "mine.keras"
 
 
 def test_qat_toward_the_float_student_loads_no_teacher(tmp_path, monkeypatch):
-    """qat_target="float" fits the float student's own outputs (kd_tf.int8_tuning.tune_toward_reference):
-    no teacher is loaded, the report says which target QAT had; an unknown target is refused by name."""
+    """qat_target="float", the default, fits the float student's own outputs (kd_tf.int8_tuning.tune_toward_reference)
+    at its own peak rate: no teacher is loaded, the report says which target QAT had; an unknown target, or a
+    teacher given for QAT towards float, is refused by name."""
     from kd_tf.denoise import export_job
     from kd_tf.model_io import save_model
 
@@ -282,19 +284,24 @@ def test_qat_toward_the_float_student_loads_no_teacher(tmp_path, monkeypatch):
         raise AssertionError(f"QAT toward float loaded a teacher: {path}")
 
     monkeypatch.setattr(export_job, "load_teacher", no_teacher)
-    tuned = []
+    tuned, rates = [], []
     real_tune = export_job.quantization_aware_finetune
     monkeypatch.setattr(export_job, "quantization_aware_finetune",
-                        lambda aware, *a: tuned.append(aware) or real_tune(aware, *a))
+                        lambda aware, config, *a: tuned.append(aware) or rates.append(config.qat_peak_learning_rate)
+                        or real_tune(aware, config, *a))
     student_path = save_model(build_unet((4, 8), 1, name="student"), tmp_path / "student.keras")
     report = export_job.export_student(cfg.from_dict(denoise_config.ExportJobConfig, {
         "model": str(student_path), "out_dir": str(tmp_path / "out"), "formats": ["int8"], "qat_steps": 2,
-        "qat_target": "float", "calibration_batches": 2, "latency_sizes": [32], "threads": [1],
+        "calibration_batches": 2, "latency_sizes": [32], "threads": [1],
         "data": {"patch_size": 32, "batch_size": 2}, "output": {"runs_dir": str(tmp_path / "runs")}}))
     assert len(tuned) == 1 and report["qat_target"] == "float" and "qat_teacher" not in report
+    assert rates == [denoise_config.QAT_LEARNING_RATES["float"]] != [denoise_config.QAT_LEARNING_RATES["teacher"]]
     assert np.isfinite(report["formats"]["int8"]["psnr"])
-    with pytest.raises(cfg.ConfigError, match=r"qat_target.*'student'.*\('teacher', 'float'\)"):
+    with pytest.raises(cfg.ConfigError, match=r"qat_target.*'student'.*\('float', 'teacher'\)"):
         cfg.from_dict(denoise_config.ExportJobConfig, {"qat_target": "student"})
+    with pytest.raises(cfg.ConfigError, match=r"qat_teacher='t.keras' is used only with qat_target='teacher'"):
+        cfg.from_dict(denoise_config.ExportJobConfig, {"qat_teacher": "t.keras"})
+    assert cfg.from_dict(denoise_config.ExportJobConfig, {"qat_learning_rate": 3e-4}).qat_peak_learning_rate == 3e-4
 
 
 # -- issue 17: int8 that keeps its colours ------------------------------------------------------

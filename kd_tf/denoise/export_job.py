@@ -96,7 +96,7 @@ def quantization_aware_finetune(aware: keras.Model, config: denoise_config.Expor
         log.info("quantization-aware fine-tuning: %d steps towards the float student", config.qat_steps)
         losses = tune_toward_reference(reference, freeze_ranges(aware),
                                        qat_stream(images, config.data, config.eval_seed),
-                                       config.qat_steps, config.qat_learning_rate)
+                                       config.qat_steps, config.qat_peak_learning_rate)
         window = min(100, len(losses))
         log.info("QAT weighted loss %.3g -> %.3g", np.mean(losses[:window]), np.mean(losses[-window:]))
         return aware
@@ -105,7 +105,7 @@ def quantization_aware_finetune(aware: keras.Model, config: denoise_config.Expor
     stream = qat_stream(images, config.data, config.eval_seed, non_blind=takes_noise_level(teacher))
     cache = cache_teacher_outputs(teacher, stream, min(config.qat_steps, 300))
     distiller = Distiller(teacher, freeze_ranges(aware), student_loss_weight=0.5)
-    schedule = keras.optimizers.schedules.CosineDecay(config.qat_learning_rate, config.qat_steps, alpha=0.01)
+    schedule = keras.optimizers.schedules.CosineDecay(config.qat_peak_learning_rate, config.qat_steps, alpha=0.01)
     distiller.compile(optimizer=keras.optimizers.Adam(schedule))
     log.info("quantization-aware fine-tuning: %d steps, teacher %s (%s)", config.qat_steps, teacher_path, why)
     distiller.fit(cache.dataset(config.data.batch_size, seed=config.eval_seed), epochs=1,
@@ -268,9 +268,9 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
               "heldout": names, "float_keras_psnr": float_psnr, "formats": rows, "config": cfg.to_dict(config)}
     if config.qat_steps and "int8" in config.formats and config.int8_calibration == "percentile":
         report["qat_target"] = config.qat_target
-    if report.get("qat_target") == "teacher":
-        path, why = qat_teacher(config)
-        report["qat_teacher"] = {"path": path, "why": why}
+        if config.qat_target == "teacher":
+            path, why = qat_teacher(config)
+            report["qat_teacher"] = {"path": path, "why": why}
     report["table"] = format_export_table(report, config)
     for fmt, row in rows.items():
         if "parity" in row:

@@ -473,7 +473,7 @@ def distill(config: denoise_config.DistillJobConfig, strategy=None) -> dict:
             model=str(paths.root / "student.keras"), out_dir=str(paths.root / "export"),
             formats=config.export_formats, data=config.data, qat_steps=config.qat_steps,
             calibration_batches=config.export_calibration_batches,
-            qat_teacher=config.distill.teacher, output=dataclasses.replace(config.output, run_name=paths.name)))
+            output=dataclasses.replace(config.output, run_name=paths.name)))
         report["export"] = {key: exported[key] for key in ("formats", "float_keras_psnr", "report_path")}
         report["table"] += "\n\nDeployment parity (distilled student):\n" + exported["table"]
     report["report_path"] = str(paths.write_json("report.json", report))
