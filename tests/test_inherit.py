@@ -111,3 +111,18 @@ def test_a_student_with_more_blocks_grows_from_a_trained_one(teacher, batches, t
         jobs.start_from_teacher(str(save_model(grown, tmp_path / "grown.keras")), teacher, trained, stream)
     with pytest.raises(InputError, match="at layer head"):
         jobs.start_from_teacher(path, teacher, build_unet((5, 8), [1, 2], name="student"), stream)
+
+
+def test_the_same_network_continues_whatever_its_layers_are_named(teacher, batches, tmp_path):
+    """A student file whose layers Keras named differently (auto-named layers count up per process) still
+    continues: the same shapes in the same order take the weights in order."""
+    from kd_tf.model_io import save_model
+
+    renamed = keras.Sequential([keras.Input((None, None, 3))] + [
+        keras.layers.Conv2D(4, 3, padding="same", name=f"other_{i}") for i in range(2)])
+    plain = keras.Sequential([keras.Input((None, None, 3))] + [
+        keras.layers.Conv2D(4, 3, padding="same", name=f"mine_{i}") for i in range(2)])
+    path = str(save_model(renamed, tmp_path / "renamed.keras"))
+    stream = tf.data.Dataset.from_tensor_slices((tf.concat(batches, 0), tf.concat(batches, 0))).batch(2)
+    assert jobs.start_from_teacher(path, teacher, plain, stream) == {"from": path}
+    assert all(np.array_equal(a, b) for a, b in zip(renamed.get_weights(), plain.get_weights()))

@@ -92,7 +92,8 @@ class DistillConfig:
     compare_scratch: bool = False
     # Where the distilled student's weights start: "teacher" (the teacher's strongest channels and
     # blocks, kd_tf.denoise.inherit), "random", "auto" (teacher when both are build_unet networks), or
-    # a student .keras file of the same widths and blocks to continue from (a new learning-rate cycle).
+    # a student .keras file of the same widths to continue from (a new learning-rate cycle; blocks it lacks
+    # start as identities: kd_tf.denoise.jobs.continue_from).
     # The scratch comparison always starts from the random weights.
     student_init: str = "auto"
     # Adam's peak rate when the student starts from the teacher's weights (not for a .keras continuation);

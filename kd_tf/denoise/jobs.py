@@ -195,9 +195,14 @@ def continue_from(path: str, student: keras.Model) -> dict:
     student has more blocks somewhere) start as identities: their second convolution is zeroed, so
     x + conv2(relu(conv1(x))) = x and the grown student computes exactly what the trained one did,
     then learns what the new blocks add (Net2DeeperNet's idea, Chen et al. 2016). Any other
-    difference (widths, a layer missing) raises InputError naming the layer.
+    difference (widths, a layer missing) raises InputError naming the layer. The same network (every
+    weight's shape alike, in order) takes the weights in order, whatever its layers are named.
     """
     start = load_model(path)
+    if [tuple(w.shape) for w in start.weights] == [tuple(w.shape) for w in student.weights]:
+        student.set_weights(start.get_weights())
+        log.info("the student continues from the weights of %s", path)
+        return {"from": path}
     trained = {layer.name: layer for layer in start.layers if layer.weights}
     new_convs = []
     for layer in student.layers:
@@ -219,9 +224,8 @@ def continue_from(path: str, student: keras.Model) -> dict:
         raise InputError(f"distill.student_init={path}: its layers {sorted(trained)} have no place in the configured "
                          f"student (check student.widths and blocks: a student may only gain residual blocks)")
     new_blocks = sorted({name.rsplit("_", 1)[0] for name in new_convs})
-    log.info("the student continues from the weights of %s%s", path,
-             f"; new residual blocks start as identities: {new_blocks}" if new_blocks else "")
-    return {"from": path, "new_blocks": new_blocks} if new_blocks else {"from": path}
+    log.info("the student grows from the weights of %s; new residual blocks start as identities: %s", path, new_blocks)
+    return {"from": path, "new_blocks": new_blocks}
 
 
 def start_from_teacher(student_init: str, teacher: keras.Model, student: keras.Model, batches,
