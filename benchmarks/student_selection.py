@@ -62,7 +62,9 @@ def main(argv=None) -> int:
     parser.add_argument("--every", type=int, default=6, help="every N-th training photo (default 6: 13 of 73)")
     parser.add_argument("--crop", type=int, default=384)
     parser.add_argument("--sigmas", type=float, nargs="+", default=[15.0, 25.0, 50.0])
-    parser.add_argument("--out", type=Path, default=HERE / "student_selection.json")
+    parser.add_argument("--out", type=Path, default=HERE.parent / "runs" / "student_selection.json",
+                        help="results file (default runs/student_selection.json: a ranking for a new candidate "
+                             "never overwrites the committed benchmarks/student_selection.json)")
     args = parser.parse_args(argv)
     photos = selection_photos(args.every, args.crop)
     methods = [Method("teacher", model=load_model(args.teacher))]
@@ -73,6 +75,7 @@ def main(argv=None) -> int:
                "models": {name: {"params": entry["params"], "macs_512": entry["macs_512"],
                                  "psnr": {s: v["psnr"] for s, v in entry["scores"].items()}}
                           for name, entry in report["methods"].items()}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     return write_results(results, render, args.out)
 
 
