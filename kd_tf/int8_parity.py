@@ -27,8 +27,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# Issue 17's acceptance: int8 within 0.1 dB of float on average, 0.2 dB on every image, and no
-# channel shifted by more than 1/255 on average over an image.
+# Issue 17's acceptance: int8 within 0.1 dB of float on average, 0.2 dB on every image (both as
+# |PSNR(float) - PSNR(int8)|: `summarize`), and no channel shifted by more than 1/255 on average over an image.
 TARGET_MEAN_DROP_DB = 0.1
 TARGET_MAX_DROP_DB = 0.2
 TARGET_MAX_SHIFT_255 = 1.0
@@ -195,17 +195,27 @@ def image_parity(float_model, int8_model, images: dict[str, np.ndarray], sigma: 
 
 
 def summarize(rows: dict[str, dict]) -> dict:
-    """Mean and worst PSNR drop, the worst image, the largest |mean channel shift|, targets met."""
+    """Mean and worst PSNR drop, the worst image, the largest |mean channel shift|, targets met.
+
+    The targets are judged on |drop|: "int8 within 0.1 dB of float" is a distance, so an image
+    that int8 happens to improve may not cancel one that it degrades in the mean, and a large gain
+    is a large difference too (it shows on near-flat images, whose PSNR sits at 45-50 dB, where one
+    noise draw can move the difference by +-0.3 dB: `benchmarks.int8_parity --noise-draws` averages
+    them). The signed mean and the worst loss are reported beside it."""
     drops = {name: row["drop_db"] for name, row in rows.items()}
+    distances = {name: abs(drop) for name, drop in drops.items()}
     shifts = {name: max(abs(v) for v in row["channel_shift_255"]) for name, row in rows.items()}
     worst = max(drops, key=drops.get)
+    farthest = max(distances, key=distances.get)
     summary = {"images": len(rows), "mean_drop_db": float(np.mean(list(drops.values()))),
+               "mean_abs_drop_db": float(np.mean(list(distances.values()))),
                "max_drop_db": float(drops[worst]), "worst_image": worst,
+               "max_abs_drop_db": float(distances[farthest]), "farthest_image": farthest,
                "max_abs_channel_shift_255": float(max(shifts.values())),
                "worst_shift_image": max(shifts, key=shifts.get)}
     summary["targets_met"] = {
-        f"mean_drop <= {TARGET_MEAN_DROP_DB} dB": summary["mean_drop_db"] <= TARGET_MEAN_DROP_DB,
-        f"every drop <= {TARGET_MAX_DROP_DB} dB": summary["max_drop_db"] <= TARGET_MAX_DROP_DB,
+        f"mean |drop| <= {TARGET_MEAN_DROP_DB} dB": summary["mean_abs_drop_db"] <= TARGET_MEAN_DROP_DB,
+        f"every |drop| <= {TARGET_MAX_DROP_DB} dB": summary["max_abs_drop_db"] <= TARGET_MAX_DROP_DB,
         f"mean channel shift <= {TARGET_MAX_SHIFT_255}/255": summary["max_abs_channel_shift_255"] <= TARGET_MAX_SHIFT_255}
     return summary
 
@@ -241,22 +251,28 @@ def parity_report(float_model, int8_model, sets: dict[str, dict], skipped: dict 
               "sets": {}, "skipped": dict(skipped or {})}
     for name, images in sets.items():
         report["sets"][name] = image_parity(float_model, int8_model, images, sigma, seed, stride, make_input)
-    every = {f"{set_name}/{image}": row for set_name, result in report["sets"].items()
-             for image, row in result["per_image"].items()}
-    report["overall"] = summarize(every) if every else {}
-    report["overall"]["all_targets_met"] = bool(every) and all(
-        all(result["targets_met"].values()) for result in report["sets"].values())
+    report["overall"] = overall(report["sets"])
     return report
+
+
+def overall(sets: dict[str, dict]) -> dict:
+    """`summarize` over every image of every set ("set/image"), and whether every set met every target."""
+    every = {f"{set_name}/{image}": row for set_name, result in sets.items()
+             for image, row in result["per_image"].items()}
+    summary = summarize(every) if every else {}
+    summary["all_targets_met"] = bool(every) and all(all(result["targets_met"].values()) for result in sets.values())
+    return summary
 
 
 def format_parity(report: dict) -> str:
     from kd_tf.tables import render_table
 
-    rows = [[name, str(r["images"]), f"{r['mean_drop_db']:+.3f}", f"{r['max_drop_db']:+.3f}", r["worst_image"],
+    rows = [[name, str(r["images"]), f"{r['mean_drop_db']:+.3f}", f"{r['mean_abs_drop_db']:.3f}",
+             f"{r['max_drop_db']:+.3f} ({r['worst_image']})", f"{r['max_abs_drop_db']:.3f} ({r['farthest_image']})",
              f"{r['max_abs_channel_shift_255']:.2f}", "yes" if all(r["targets_met"].values()) else "no"]
             for name, r in report["sets"].items()]
-    table = render_table(["int8 parity set", "images", "mean dPSNR float-int8", "worst", "worst image",
-                          "max |shift| /255", "targets met"], rows)
+    table = render_table(["int8 parity set", "images", "mean dPSNR float-int8", "mean abs dPSNR", "worst loss (image)",
+                          "largest abs dPSNR (image)", "max abs shift /255", "targets met"], rows)
     for name, why in report.get("skipped", {}).items():
         table += f"\n{name}: skipped ({why})"
     return table

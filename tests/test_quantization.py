@@ -345,6 +345,19 @@ def test_parity_report_names_the_worst_image_and_the_channel_shift():
     assert not all(shifted["targets_met"].values())
 
 
+def test_parity_targets_are_distances_so_a_gain_cannot_hide_a_loss():
+    from kd_tf.int8_parity import summarize
+
+    row = lambda drop: {"drop_db": drop, "channel_shift_255": [0.0, 0.0, 0.0]}       # noqa: E731
+    cancelling = summarize({"loses": row(0.18), "gains": row(-0.18), "same": row(0.0)})
+    assert abs(cancelling["mean_drop_db"]) < 1e-9 and cancelling["mean_abs_drop_db"] == pytest.approx(0.12)
+    assert not cancelling["targets_met"]["mean |drop| <= 0.1 dB"]                    # signed, it would pass
+    big_gain = summarize({"flat": row(-0.3), "photo": row(0.01)})
+    assert big_gain["max_drop_db"] == pytest.approx(0.01) and big_gain["farthest_image"] == "flat"
+    assert big_gain["max_abs_drop_db"] == pytest.approx(0.3)
+    assert not big_gain["targets_met"]["every |drop| <= 0.2 dB"]
+
+
 @pytest.fixture(scope="module")
 def shipped_student():
     from pathlib import Path
