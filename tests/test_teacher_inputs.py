@@ -77,6 +77,24 @@ def test_report_scores_a_non_blind_model_with_the_true_sigma(images):
     assert report["methods"]["level"]["scores"]["20.0"]["per_image"][first]["psnr"] == pytest.approx(expected, abs=0.05)
 
 
+def test_blind_teacher_benchmark_gives_the_teacher_the_estimated_sigma(images):
+    import benchmarks.blind_teacher as blind
+    from kd_tf.images import noisy_copy
+
+    failed, tried = doctest.testmod(blind)
+    assert tried and not failed
+    estimates = {}
+    method = blind.estimating_method("estimating", level_teacher(), estimates)
+    report = evaluate([method], images, sigmas=(20,), timing=False, progress=lambda _: None)
+    first = sorted(images)[0]
+    noisy = to_8bit(noisy_copy(images[first], 20, 2024))                 # what evaluate gave image 0
+    given = estimates["20.0"][0]
+    assert len(estimates["20.0"]) == len(images) and given == pytest.approx(blind.estimated_sigma(noisy))
+    assert abs(given - 20) > 1e-3                                         # read from the image, not told
+    expected = 10 * np.log10(1.0 / np.mean((images[first] - to_8bit(np.full_like(images[first], given / 255))) ** 2))
+    assert report["methods"]["estimating"]["scores"]["20.0"]["per_image"][first]["psnr"] == pytest.approx(expected, abs=0.01)
+
+
 def test_noise_level_is_required_for_a_non_blind_model():
     from kd_tf.inference import run_on_image
 
