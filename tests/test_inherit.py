@@ -1,6 +1,9 @@
 """Weight inheritance (kd_tf.denoise.inherit): a student U-Net that starts from its teacher's
 strongest channels and residual blocks."""
 
+import hashlib
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -85,7 +88,8 @@ def test_a_student_file_continues_training_from_its_weights(teacher, batches, tm
     path = str(save_model(trained, tmp_path / "student.keras"))
     student = build_unet((4, 8), 1, name="student")
     stream = tf.data.Dataset.from_tensor_slices((tf.concat(batches, 0), tf.concat(batches, 0))).batch(2)
-    assert jobs.start_from_teacher(path, teacher, student, stream) == {"from": path}
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()                 # which file it was, kept
+    assert jobs.start_from_teacher(path, teacher, student, stream) == {"from": path, "sha256": digest}
     assert all(np.array_equal(a, b) for a, b in zip(trained.get_weights(), student.get_weights()))
     with pytest.raises(InputError, match="student.widths and blocks"):
         jobs.start_from_teacher(path, teacher, build_unet((4, 12), 1, name="student"), stream)
@@ -103,7 +107,8 @@ def test_a_student_with_more_blocks_grows_from_a_trained_one(teacher, batches, t
     path = str(save_model(trained, tmp_path / "student.keras"))
     grown = build_unet((4, 8), [1, 2], name="student")
     stream = tf.data.Dataset.from_tensor_slices((tf.concat(batches, 0), tf.concat(batches, 0))).batch(2)
-    assert jobs.start_from_teacher(path, teacher, grown, stream) == {"from": path, "new_blocks": ["bottleneck_block1"]}
+    assert jobs.start_from_teacher(path, teacher, grown, stream) == {
+        "from": path, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(), "new_blocks": ["bottleneck_block1"]}
     x = np.random.default_rng(1).uniform(0, 1, (2, 16, 16, 3)).astype("float32")
     np.testing.assert_allclose(grown(x), trained(x), atol=1e-6)
     assert np.abs(grown.get_layer("bottleneck_block1_conv1").kernel.numpy()).max() > 0     # it can still learn
@@ -124,5 +129,5 @@ def test_the_same_network_continues_whatever_its_layers_are_named(teacher, batch
         keras.layers.Conv2D(4, 3, padding="same", name=f"mine_{i}") for i in range(2)])
     path = str(save_model(renamed, tmp_path / "renamed.keras"))
     stream = tf.data.Dataset.from_tensor_slices((tf.concat(batches, 0), tf.concat(batches, 0))).batch(2)
-    assert jobs.start_from_teacher(path, teacher, plain, stream) == {"from": path}
+    assert jobs.start_from_teacher(path, teacher, plain, stream)["from"] == path
     assert all(np.array_equal(a, b) for a, b in zip(renamed.get_weights(), plain.get_weights()))

@@ -9,6 +9,7 @@ last completed epoch when rerun with the same run name, and returns its report s
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import re
@@ -191,18 +192,19 @@ NEW_BLOCK_CONV = re.compile(r".+_block\d+_conv[12]")
 
 def continue_from(path: str, student: keras.Model) -> dict:
     """Gives `student` the weights of the trained student at `path`, layer by layer by name, and
-    returns {"from": path, "new_blocks": [...]}. Residual blocks that `path` lacks (the configured
+    returns {"from": path, "sha256": <of the file>, "new_blocks": [...]} (the digest keeps the report's
+    provenance when a newer student is shipped to the same path). Residual blocks that `path` lacks (the configured
     student has more blocks somewhere) start as identities: their second convolution is zeroed, so
     x + conv2(relu(conv1(x))) = x and the grown student computes exactly what the trained one did,
     then learns what the new blocks add (Net2DeeperNet's idea, Chen et al. 2016). Any other
     difference (widths, a layer missing) raises InputError naming the layer. The same network (every
     weight's shape alike, in order) takes the weights in order, whatever its layers are named.
     """
-    start = load_model(path)
+    start, digest = load_model(path), hashlib.sha256(Path(path).read_bytes()).hexdigest()
     if [tuple(w.shape) for w in start.weights] == [tuple(w.shape) for w in student.weights]:
         student.set_weights(start.get_weights())
-        log.info("the student continues from the weights of %s", path)
-        return {"from": path}
+        log.info("the student continues from the weights of %s (sha256 %s)", path, digest)
+        return {"from": path, "sha256": digest}
     trained = {layer.name: layer for layer in start.layers if layer.weights}
     new_convs = []
     for layer in student.layers:
@@ -224,8 +226,9 @@ def continue_from(path: str, student: keras.Model) -> dict:
         raise InputError(f"distill.student_init={path}: its layers {sorted(trained)} have no place in the configured "
                          f"student (check student.widths and blocks: a student may only gain residual blocks)")
     new_blocks = sorted({name.rsplit("_", 1)[0] for name in new_convs})
-    log.info("the student grows from the weights of %s; new residual blocks start as identities: %s", path, new_blocks)
-    return {"from": path, "new_blocks": new_blocks}
+    log.info("the student grows from the weights of %s (sha256 %s); new residual blocks start as identities: %s",
+             path, digest, new_blocks)
+    return {"from": path, "sha256": digest, "new_blocks": new_blocks}
 
 
 def start_from_teacher(student_init: str, teacher: keras.Model, student: keras.Model, batches,
