@@ -9,7 +9,11 @@ the default student, the main job's steps, plus any `--set`), changed only by `t
 settings, with no classical baselines and no export. The arms of one seed share the student's random
 weights and the patch stream:
 
-- (a) scratch: the student on its own objective alone (student_loss_weight 1) from random weights;
+- (a) scratch: the student on its own objective alone (student_loss_weight 1) from random weights,
+  on the live patch stream (a fresh batch every step);
+- (a2) scratch on the teacher bank: (a) on the batches (c) trains on (the offline teacher's bank,
+  distill.cache_batches, served with its flips and turns), own objective alone: the control that
+  separates what the teacher's term adds, (c) - (a2), from what training on a bank costs, (a2) - (a);
 - (b) inherited: the student starts from the teacher's weights (distill.student_init=teacher), then
   trains on its own objective alone (student_loss_weight 1) on the same teacher-bank batches as (d);
 - (c) distilled: from the same random weights as (a), student_loss_weight 0.5, offline teacher;
@@ -44,12 +48,14 @@ from benchmarks.common import machine_info
 
 HERE = Path(__file__).resolve().parent
 SIGMA = "25.0"
-ARMS = {"a": "(a) scratch", "b0": "(b0) inherited, before training", "b": "(b) inherited", "c": "(c) distilled",
-        "d": "(d) inherited + distilled"}
+ARMS = {"a": "(a) scratch", "a2": "(a2) scratch on the teacher bank", "b0": "(b0) inherited, before training",
+        "b": "(b) inherited", "c": "(c) distilled", "d": "(d) inherited + distilled"}
 # each job's settings: which arms its report holds, as (arm, method row of the report)
 JOBS = {
     "ac": ({"distill.student_init": "random", "distill.compare_scratch": True},
            [("c", "student (distilled)"), ("a", "student (scratch)")]),
+    "a2": ({"distill.student_init": "random", "distill.student_loss_weight": {"kind": "constant", "start": 1.0}},
+           [("a2", "student (distilled)")]),
     "d": ({"distill.student_init": "teacher"}, [("d", "student (distilled)")]),
     "b": ({"distill.student_init": "teacher", "distill.student_loss_weight": {"kind": "constant", "start": 1.0}},
           [("b", "student (distilled)")]),
@@ -120,14 +126,17 @@ def untrained_inherited(seed: int, steps: int, runs_dir: str, overrides: dict) -
 UNTRAINED = "inherited, before training"
 
 
-def run_seed(seed: int, steps: int, runs_dir: str, overrides: dict, with_inheritance: bool) -> dict:
-    """{arm: {"report": report, "method": row name}} for one seed ("b0": (d)'s start, untrained)."""
+def run_seed(seed: int, steps: int, runs_dir: str, overrides: dict, with_inheritance: bool,
+             jobs: tuple = tuple(JOBS)) -> dict:
+    """{arm: {"report": report, "method": row name}} for one seed ("b0": (d)'s start, untrained), from
+    the `jobs` asked for ("ac" always: (a) is every comparison's reference)."""
     arms = {}
-    for job in (("ac", "d", "b") if with_inheritance else ("ac",)):
+    wanted = ["ac"] + [job for job in jobs if job != "ac" and (with_inheritance or job in ("a2",))]
+    for job in wanted:
         report = run_job(seed, steps, runs_dir, overrides, job)
         for arm, method in JOBS[job][1]:
             arms[arm] = {"report": report, "method": method}
-    if with_inheritance:
+    if with_inheritance and "d" in wanted:
         arms["b0"] = {"report": untrained_inherited(seed, steps, runs_dir, overrides), "method": UNTRAINED}
     return arms
 
@@ -165,9 +174,11 @@ def summarise(per_seed: dict[int, dict], why_no_inheritance: str | None) -> dict
                 continue
             row = {"teacher": psnr_of(scores["a"], "teacher")}
             row.update({arm: psnr_of(scores[arm], entry["method"]) for arm, entry in arms.items()})
-            for arm in [arm for arm in ("b0", "b", "c", "d") if arm in arms]:
+            for arm in [arm for arm in ("a2", "b0", "b", "c", "d") if arm in arms]:
                 row[f"{arm}_minus_a"] = row[arm] - row["a"]
                 row[f"gap_closure_{arm}"] = (row[arm] - row["a"]) / (row["teacher"] - row["a"])
+            if "a2" in arms:
+                row["c_minus_a2"] = row["c"] - row["a2"]
             if "d" in arms:
                 row["d_minus_b"] = row["d"] - row["b"]
                 row["d_minus_b0"] = row["d"] - row["b0"]
@@ -183,7 +194,7 @@ def summarise(per_seed: dict[int, dict], why_no_inheritance: str | None) -> dict
             "sd": {key: float(np.std([row[key] for row in rows.values()], ddof=1)) if len(rows) > 1 else None
                    for key in columns},
             "above_scratch_on_every_seed": {arm: all(row[f"{arm}_minus_a"] > 0 for row in rows.values())
-                                            for arm in ("b0", "b", "c", "d") if f"{arm}_minus_a" in columns},
+                                            for arm in ("a2", "b0", "b", "c", "d") if f"{arm}_minus_a" in columns},
         }
     summary["time_to_scratch_final"] = {
         seed: {arm: time_to_scratch_final(arms, arm) for arm in ("c", "d") if arm in arms}
@@ -213,8 +224,8 @@ def _student_text(student: dict) -> str:
 
 
 def render(summary: dict, command: str) -> str:
-    arms = [arm for arm in ("a", "b0", "b", "c", "d") if any(arm in row for data in summary["sets"].values()
-                                                           for row in data["per_seed"].values())]
+    arms = [arm for arm in ("a", "a2", "b0", "b", "c", "d") if any(arm in row for data in summary["sets"].values()
+                                                                 for row in data["per_seed"].values())]
     trained = [arm for arm in arms if arm != "a"]
     lines = [f"# What distillation adds (sigma {summary['sigma']:g}, seeds {summary['seeds']}, paired by seed)", "",
              f"Teacher `{_relative(summary['teacher_path'])}`; {_student_text(summary['student'])}; MACs at 512x512: "
@@ -224,7 +235,8 @@ def render(summary: dict, command: str) -> str:
              "Arms: " + "; ".join(summary["arms"][arm] for arm in arms) + "."
              + ("" if summary["inheritance"] == "yes" else f" (b) and (d) skipped: {summary['inheritance']}."), ""]
     for set_name, data in summary["sets"].items():
-        gains = [f"{arm}_minus_a" for arm in trained] + (["d_minus_b", "d_minus_b0"] if "d" in arms else [])
+        gains = ([f"{arm}_minus_a" for arm in trained] + (["c_minus_a2"] if "a2" in arms else [])
+                 + (["d_minus_b", "d_minus_b0"] if "d" in arms else []))
         closures = [f"gap_closure_{arm}" for arm in trained]
         headers = (["seed", "teacher"] + [summary["arms"][arm] for arm in arms]
                    + ["({}) - ({})".format(*key.split("_minus_")) for key in gains]
@@ -265,6 +277,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="student steps (default: the main job's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting of every arm's main job, as `python -m kd_tf distill --set`")
+    parser.add_argument("--jobs", nargs="+", choices=list(JOBS), default=list(JOBS),
+                        help="which main jobs to run per seed (default all; ac, which holds (a) and (c), always runs)")
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--out", default=str(HERE / "distillation_gain"))
     args = parser.parse_args(argv)
@@ -275,12 +289,15 @@ def main(argv=None) -> int:
     overrides = _parse_set(args.set)
     steps = args.steps or denoise_config.DistillJobConfig().train.steps
     problem = inheritance_problem(overrides)
-    per_seed = {seed: run_seed(seed, steps, args.runs_dir, overrides, problem is None) for seed in args.seeds}
+    per_seed = {seed: run_seed(seed, steps, args.runs_dir, overrides, problem is None, tuple(args.jobs))
+                for seed in args.seeds}
     summary = summarise(per_seed, problem)
     summary["machine"] = machine_info()
     summary["overrides"] = overrides
     command = " ".join(["python -m benchmarks.distillation_gain --seeds", *map(str, args.seeds)]
-                       + ([f"--steps {args.steps}"] if args.steps else []) + [f"--set {item}" for item in args.set])
+                       + ([f"--steps {args.steps}"] if args.steps else [])
+                       + ([f"--jobs {' '.join(args.jobs)}"] if args.jobs != list(JOBS) else [])
+                       + [f"--set {item}" for item in args.set])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gain.json").write_text(json.dumps(summary, indent=2, default=str))
