@@ -98,6 +98,29 @@ def test_offline_distillation_learns(tiny_teacher, rng):
     assert after < 0.7 * before      # 0.37-0.55 seen, depending on the session teacher's random weights
 
 
+def test_a_teacher_that_outputs_the_targets_trains_exactly_as_the_own_loss(tiny_teacher, rng):
+    """The control behind the distillation-gain benchmark's reading: with the cached teacher outputs
+    replaced by the clean targets, student_loss_weight 0.5 trains the very same student as the own
+    loss alone (weight 1), so a gap between the two arms is the teacher's targets, not the Distiller."""
+    import dataclasses
+
+    from kd_tf.denoise.nets import build_unet
+
+    cache = cache_teacher_outputs(tiny_teacher, _batches(rng, 4), num_batches=4)
+    clean_teacher = dataclasses.replace(cache, teacher_outputs=cache.targets.copy())
+    trained = {}
+    for label, bank, weight in (("own", cache, 1.0), ("targets as teacher", clean_teacher, 0.5),
+                                ("teacher", cache, 0.5)):
+        keras.utils.set_random_seed(3)
+        student = build_unet((4, 8), 1, name="student_control")
+        distiller = Distiller(tiny_teacher, student, student_loss_weight=weight, probe_size=16)
+        distiller.compile(optimizer=keras.optimizers.Adam(1e-2))
+        distiller.fit(bank.dataset(2, seed=0), epochs=1, steps_per_epoch=6, verbose=0)
+        trained[label] = student.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(trained["own"], trained["targets as teacher"]))
+    assert not all(np.allclose(a, b) for a, b in zip(trained["own"], trained["teacher"]))   # the outputs matter
+
+
 def test_the_stream_reads_the_bank_in_place_and_can_serve_it_unaugmented():
     """from_tensor_slices copied the whole bank into the dataset's graph (twice the memory at the
     peak, benchmarks/teacher_cache_memory.json); the stream reads it by index instead."""
