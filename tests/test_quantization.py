@@ -345,6 +345,31 @@ def test_parity_report_names_the_worst_image_and_the_channel_shift():
     assert not all(shifted["targets_met"].values())
 
 
+def test_committed_parity_reports_are_judged_again_from_their_rows(tmp_path):
+    import json
+
+    from benchmarks.rejudge_parity import main as rejudge
+
+    row = lambda drop: {"drop_db": drop, "channel_shift_255": [0.1, 0.0, 0.0]}       # noqa: E731
+    old = {"mean_drop_db": 0.0, "max_drop_db": 0.05, "targets_met": {"mean_drop <= 0.1 dB": True}}
+    report = {"parity": {"sets": {"colour": {"per_image": {"flat": row(-0.3), "photo": row(0.05)}, **old}},
+                         "overall": {"all_targets_met": True}},
+              "colour_noise_draws": {"seeds": [1, 2], "drop_db": {"flat": [-0.3, -0.2], "photo": [0.0, 0.1]},
+                                     "images_above_0.2_db_on_average": []}}
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report, indent=1))
+    assert rejudge([str(path)]) == {str(path): 2}
+    again = json.loads(path.read_text())
+    colour = again["parity"]["sets"]["colour"]
+    assert colour["max_abs_drop_db"] == pytest.approx(0.3) and colour["farthest_image"] == "flat"
+    assert list(colour["targets_met"]) == ["mean |drop| <= 0.1 dB", "every |drop| <= 0.2 dB",
+                                           "mean channel shift <= 1.0/255"]
+    assert not again["parity"]["overall"]["all_targets_met"] and "parity_rejudged" in again
+    draws = again["colour_noise_draws"]
+    assert draws["images_beyond_0.2_db_either_way_on_average"] == ["flat"] and draws["mean_drop_db"]["flat"] == -0.25
+    assert path.read_text().startswith('{\n "parity"')                                # the file's own layout
+
+
 def test_parity_targets_are_distances_so_a_gain_cannot_hide_a_loss():
     from kd_tf.int8_parity import summarize
 
