@@ -132,3 +132,29 @@ def test_shuffle_upsampling_is_the_same_function_and_leaves_overlapping_transpos
     x = np.random.default_rng(4).random((2, 5, 7, 6)).astype("float32")
     np.testing.assert_allclose(rewritten(x), model(x), atol=1e-5)
     assert export.shuffle_upsampling(rewritten) is rewritten   # nothing left to replace
+
+
+def test_a_global_context_unet_converts_to_int8_with_builtin_ops(tmp_path, photos):
+    """The blind student's global context (image means, 1x1 convolutions, FiLM) is MEAN, CONV_2D and
+    broadcast MUL / ADD in int8: builtin ops, close to Keras, and the whole image still steers every
+    pixel (a change far away moves a corner's output, which a fully convolutional U-Net of this depth
+    cannot do)."""
+    keras.utils.set_random_seed(2)
+    model = build_unet((4, 8), 1, name="student", global_context=4)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if layer.name.startswith("film") and layer.weights:
+            kernel, bias = layer.get_weights()
+            layer.set_weights([rng.normal(0, 0.3, kernel.shape).astype("float32"), bias])
+    calibration = [b[0].numpy() for b in patch_dataset(photos, 32, 4, (25, 25), seed=1).take(8)]
+    flatbuffer = export.to_tflite(export.export_saved_model(model, tmp_path / "saved"), "int8",
+                                  representative=calibration)
+    assert {"MEAN", "MUL", "CONV_2D"} <= set(export.check_builtin_only(flatbuffer))
+    runner = export.LiteRTModel(flatbuffer)
+    x = np.concatenate([calibration[0][:1], calibration[1][:1]], axis=2)         # 32 x 64
+    reference = np.asarray(model(x))
+    assert np.abs(runner(x) - reference).mean() < 0.05 * np.abs(x - reference).mean()
+    far = x.copy()
+    far[:, :, 48:] = 1.0 - far[:, :, 48:]
+    for outputs in (np.asarray(model(x)) - np.asarray(model(far)), runner(x) - runner(far)):
+        assert np.abs(outputs[:, :8, :8]).max() > 1e-3

@@ -118,6 +118,29 @@ def test_a_student_with_more_blocks_grows_from_a_trained_one(teacher, batches, t
         jobs.start_from_teacher(path, teacher, build_unet((5, 8), [1, 2], name="student"), stream)
 
 
+def test_a_student_gains_a_global_context_as_an_identity(teacher, batches, tmp_path):
+    """student.global_context on a trained student without one: the context layers are new, the grown
+    student computes what the trained one did, and its FiLM layers can still learn."""
+    from kd_tf.model_io import save_model
+
+    keras.utils.set_random_seed(7)
+    trained = build_unet((4, 8), 1, name="student")
+    for w in trained.weights:
+        w.assign(np.random.default_rng(0).normal(0, 0.1, w.shape).astype("float32"))
+    path = str(save_model(trained, tmp_path / "student.keras"))
+    grown = build_unet((4, 8), 1, name="student", global_context=6)
+    stream = tf.data.Dataset.from_tensor_slices((tf.concat(batches, 0), tf.concat(batches, 0))).batch(2)
+    kept = jobs.start_from_teacher(path, teacher, grown, stream)
+    assert kept["new_blocks"] == [] and kept["new_context"] == ["context_from0", "context_from1", "film0_scale",
+                                                                 "film0_shift"]
+    x = np.random.default_rng(1).uniform(0, 1, (2, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(grown(x), trained(x), atol=1e-6)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(grown(x) - 0.5))
+    gradient = tape.gradient(loss, grown.get_layer("film0_scale").kernel)
+    assert np.abs(gradient.numpy()).max() > 0                                    # it can still learn
+
+
 def test_the_same_network_continues_whatever_its_layers_are_named(teacher, batches, tmp_path):
     """A student file whose layers Keras named differently (auto-named layers count up per process) still
     continues: the same shapes in the same order take the weights in order."""

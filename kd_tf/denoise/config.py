@@ -37,6 +37,9 @@ class NetConfig:
     widths: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 128, 256])
     blocks: int | list[int] = 2           # unet: residual blocks per level (one int, or one per level)
     unshuffle: int = 1                    # unet: 2 (or 4) runs it at half (quarter) resolution on the pixel-unshuffled image
+    # unet: > 0 pools the whole image into a vector of this many numbers (its noise level above all) that
+    # scales and shifts each decoder level (build_unet's global_context); 0: none
+    global_context: int = 0
     features: int = 28                    # ffdnet: channels of every hidden convolution (half resolution)
     depth: int = 12                       # ffdnet: 3x3 convolutions, the last one linear
 
@@ -47,9 +50,10 @@ class NetConfig:
                    "an int >= 1")
             _check(isinstance(self.depth, int) and self.depth >= 2, f"{where}.depth", self.depth, "an int >= 2")
             unet = NetConfig()
-            if (self.widths, self.blocks, self.unshuffle) != (unet.widths, unet.blocks, unet.unshuffle):
-                raise ConfigError(f"{where}.widths={self.widths} / {where}.blocks={self.blocks} / {where}.unshuffle="
-                                  f"{self.unshuffle} describe a U-Net, but "
+            set_for_unet = [f"{where}.{name}={getattr(self, name)}" for name in UNET_FIELDS
+                            if getattr(self, name) != getattr(unet, name)]
+            if set_for_unet:
+                raise ConfigError(f"{' / '.join(set_for_unet)} describe a U-Net, but "
                                   f"{where}.family='ffdnet' (sized by {where}.features and {where}.depth): set "
                                   f"{where}.family=unet to use them")
             return
@@ -65,6 +69,8 @@ class NetConfig:
                self.blocks, f"a positive int or a list of {len(self.widths)} positive ints")
         _check(self.unshuffle in (1, 2, 4), f"{where}.unshuffle", self.unshuffle,
                "1 (full resolution), 2 or 4")
+        _check(isinstance(self.global_context, int) and self.global_context >= 0, f"{where}.global_context",
+               self.global_context, "an int >= 0 (0: none)")
 
     @property
     def stride(self) -> int:
@@ -72,6 +78,7 @@ class NetConfig:
         return 1 if self.family == "ffdnet" else self.unshuffle * 2 ** (len(self.widths) - 1)
 
 
+UNET_FIELDS = ("widths", "blocks", "unshuffle", "global_context")
 STUDENT_INITS = ("auto", "teacher", "random")
 
 

@@ -150,7 +150,8 @@ def build_net(net: denoise_config.NetConfig, name: str, mixed_precision: bool | 
     """The network `net` describes: a build_unet U-Net or a blind FFDNet-shaped chain."""
     if net.family == "ffdnet":
         return build_blind_ffdnet(net.features, net.depth, name=name, mixed_precision=mixed_precision)
-    return build_unet(net.widths, net.blocks, name=name, mixed_precision=mixed_precision, unshuffle=net.unshuffle)
+    return build_unet(net.widths, net.blocks, name=name, mixed_precision=mixed_precision, unshuffle=net.unshuffle,
+                      global_context=net.global_context)
 
 
 def describe_net(net: denoise_config.NetConfig) -> str:
@@ -162,7 +163,8 @@ def describe_net(net: denoise_config.NetConfig) -> str:
     if net.family == "ffdnet":
         return f"ffdnet: {net.features} features x {net.depth} layers"
     unshuffled = f", at 1/{net.unshuffle} resolution" if net.unshuffle > 1 else ""
-    return f"unet: widths {'-'.join(map(str, net.widths))}, {net.blocks} block(s){unshuffled}"
+    context = f", global context {net.global_context}" if net.global_context else ""
+    return f"unet: widths {'-'.join(map(str, net.widths))}, {net.blocks} block(s){unshuffled}{context}"
 
 
 def float32_net(model: keras.Model, net: denoise_config.NetConfig) -> keras.Model:
@@ -188,6 +190,7 @@ def _limit(heldout: dict, eval_config: denoise_config.EvalConfig) -> dict:
 
 
 NEW_BLOCK_CONV = re.compile(r".+_block\d+_conv[12]")
+NEW_CONTEXT_CONV = re.compile(r"context_from\d+|film\d+_(scale|shift)")
 
 
 def continue_from(path: str, student: keras.Model) -> dict:
@@ -196,7 +199,9 @@ def continue_from(path: str, student: keras.Model) -> dict:
     provenance when a newer student is shipped to the same path). Residual blocks that `path` lacks (the configured
     student has more blocks somewhere) start as identities: their second convolution is zeroed, so
     x + conv2(relu(conv1(x))) = x and the grown student computes exactly what the trained one did,
-    then learns what the new blocks add (Net2DeeperNet's idea, Chen et al. 2016). Any other
+    then learns what the new blocks add (Net2DeeperNet's idea, Chen et al. 2016). A global context
+    (student.global_context) that `path` lacks starts as build_unet builds it, an identity too (its
+    FiLM kernels are zero), and is listed as "new_context". Any other
     difference (widths, a layer missing) raises InputError naming the layer. The same network (every
     weight's shape alike, in order) takes the weights in order, whatever its layers are named.
     """
@@ -206,11 +211,14 @@ def continue_from(path: str, student: keras.Model) -> dict:
         log.info("the student continues from the weights of %s (sha256 %s)", path, digest)
         return {"from": path, "sha256": digest}
     trained = {layer.name: layer for layer in start.layers if layer.weights}
-    new_convs = []
+    new_convs, new_context = [], []
     for layer in student.layers:
         if not layer.weights:
             continue
         source = trained.pop(layer.name, None)
+        if source is None and NEW_CONTEXT_CONV.fullmatch(layer.name):
+            new_context.append(layer.name)
+            continue
         if source is None and NEW_BLOCK_CONV.fullmatch(layer.name):
             new_convs.append(layer.name)
             if layer.name.endswith("conv2"):
@@ -220,15 +228,16 @@ def continue_from(path: str, student: keras.Model) -> dict:
         if shapes[0] != shapes[1]:
             raise InputError(f"distill.student_init={path}: its weights do not fit the configured student at layer "
                              f"{layer.name} ({shapes[0] or 'absent'} vs {shapes[1]}; check student.widths and blocks: "
-                             f"only new residual blocks may be added)")
+                             f"only new residual blocks or a new global context may be added)")
         layer.set_weights(source.get_weights())
     if trained:
         raise InputError(f"distill.student_init={path}: its layers {sorted(trained)} have no place in the configured "
                          f"student (check student.widths and blocks: a student may only gain residual blocks)")
     new_blocks = sorted({name.rsplit("_", 1)[0] for name in new_convs})
-    log.info("the student grows from the weights of %s (sha256 %s); new residual blocks start as identities: %s",
-             path, digest, new_blocks)
-    return {"from": path, "sha256": digest, "new_blocks": new_blocks}
+    log.info("the student grows from the weights of %s (sha256 %s); new residual blocks and context layers start as "
+             "identities: %s %s", path, digest, new_blocks, new_context)
+    grown = {"from": path, "sha256": digest, "new_blocks": new_blocks}
+    return {**grown, "new_context": new_context} if new_context else grown
 
 
 def start_from_teacher(student_init: str, teacher: keras.Model, student: keras.Model, batches,

@@ -29,8 +29,30 @@ def _blocks(x, width, count, name, dtype):
     return layers.Activation("linear", name=name, dtype=dtype)(x)
 
 
+def _context_vector(level_outputs, width: int, dtype):
+    """relu(sum over levels l of conv1x1_l(mean over the image of level l's stream)): what the whole
+    image says (its noise level above all) in `width` numbers. One 1x1 convolution per pooled level,
+    named context_from{l}, so each reads one stream (channel equalization scales its input rows)."""
+    projected = [layers.Conv2D(width, 1, name=f"context_from{level}", dtype=dtype)(
+        layers.GlobalAveragePooling2D(keepdims=True, name=f"pool{level}", dtype=dtype)(tensor))
+        for level, tensor in level_outputs]
+    total = projected[0] if len(projected) == 1 else layers.Add(name="context_sum", dtype=dtype)(projected)
+    return layers.Activation("relu", name="context", dtype=dtype)(total)
+
+
+def _modulate(x, context, width: int, level: int, dtype):
+    """x * scale(context) + shift(context), per channel (FiLM, Perez et al. 2018). Both 1x1
+    convolutions start at zero kernels with biases 1 and 0, so a network gains the modulation as an
+    identity and computes what it did before, then learns it."""
+    scale = layers.Conv2D(width, 1, kernel_initializer="zeros", bias_initializer="ones", name=f"film{level}_scale",
+                          dtype=dtype)(context)
+    shift = layers.Conv2D(width, 1, kernel_initializer="zeros", name=f"film{level}_shift", dtype=dtype)(context)
+    scaled = layers.Multiply(name=f"film{level}_mul", dtype=dtype)([x, scale])
+    return layers.Add(name=f"film{level}", dtype=dtype)([scaled, shift])
+
+
 def build_unet(widths=(32, 64, 128, 256), blocks=2, channels: int = 3, name: str = "unet",
-               mixed_precision: bool | str = False, unshuffle: int = 1) -> keras.Model:
+               mixed_precision: bool | str = False, unshuffle: int = 1, global_context: int = 0) -> keras.Model:
     """A residual U-Net for images of any size divisible by unshuffle * 2 ** (len(widths) - 1).
 
     widths: channels per level, the first level's resolution first; blocks: residual blocks per level (an
@@ -40,7 +62,10 @@ def build_unet(widths=(32, 64, 128, 256), blocks=2, channels: int = 3, name: str
     budget buys twice the width everywhere (and int8 kernels, which pay only from about 24 channels,
     run on wider tensors). `mixed_precision` computes in bfloat16 (True) or float16
     ("float16") with float32 weights and a float32 output; the weights are the same either way, so a bf16-trained model can be
-    rebuilt in float32 with `set_weights` for export.
+    rebuilt in float32 with `set_weights` for export. `global_context` > 0 gives a blind denoiser what
+    a told one gets as an input, the image's noise level: the means over the whole image of the first
+    level's and the bottleneck's streams become a vector of that many numbers, which scales and shifts
+    every decoder level's channels (FiLM); it costs a few hundred MACs per image, not per pixel.
 
     >>> build_unet((8, 16), 1, unshuffle=2).get_layer("tail").output.shape
     (None, None, None, 12)
@@ -53,6 +78,8 @@ def build_unet(widths=(32, 64, 128, 256), blocks=2, channels: int = 3, name: str
         raise ValueError(f"blocks={blocks!r}; accepted: a positive int or one per level ({len(widths)})")
     if unshuffle not in (1, 2, 4):
         raise ValueError(f"unshuffle={unshuffle!r}; accepted: 1 (full resolution), 2 or 4")
+    if not isinstance(global_context, int) or global_context < 0:
+        raise ValueError(f"global_context={global_context!r}; accepted: an int >= 0 (0: none)")
     dtype = "mixed_float16" if mixed_precision == "float16" else MIXED if mixed_precision else "float32"
 
     inputs = keras.Input(shape=(None, None, channels), name="noisy")
@@ -64,10 +91,14 @@ def build_unet(widths=(32, 64, 128, 256), blocks=2, channels: int = 3, name: str
         skips.append(x)
         x = layers.Conv2D(widths[i + 1], 3, strides=2, padding="same", name=f"down{i}", dtype=dtype)(x)
     x = _blocks(x, widths[-1], per_level[-1], "bottleneck", dtype)
+    if global_context:
+        context = _context_vector([(0, skips[0]), (len(widths) - 1, x)], global_context, dtype)
     for i in reversed(range(len(widths) - 1)):
         x = layers.Conv2DTranspose(widths[i], 2, strides=2, name=f"up{i}", dtype=dtype)(x)
         x = layers.Add(name=f"skip{i}", dtype=dtype)([x, skips[i]])
         x = _blocks(x, widths[i], per_level[i], f"dec{i}", dtype)
+        if global_context:
+            x = _modulate(x, context, widths[i], i, dtype)
     correction = layers.Conv2D(channels * unshuffle ** 2, 3, padding="same", name="tail", dtype="float32")(x)
     if unshuffle > 1:
         correction = DepthToSpace(unshuffle, name="shuffle", dtype="float32")(correction)
@@ -83,6 +114,12 @@ def unet_levels(model: keras.Model) -> int:
 def unshuffle_of(model: keras.Model) -> int:
     """The pixel-unshuffle factor in front of a build_unet network (1: it runs at full resolution)."""
     return next((layer.block_size for layer in model.layers if isinstance(layer, SpaceToDepth)), 1)
+
+
+def global_context_of(model: keras.Model) -> int:
+    """The width of a build_unet network's global context vector (0: it has none)."""
+    names = {layer.name for layer in model.layers}
+    return int(model.get_layer("context_from0").filters) if "context_from0" in names else 0
 
 
 def has_unet_streams(model: keras.Model) -> bool:
@@ -106,6 +143,11 @@ def _stream_layers(model: keras.Model, level: int, levels: int):
         writers.append((f"up{level}", "transpose"))
         readers.append((f"down{level}", "conv"))
         carriers.append(f"skip{level}")
+    if f"context_from{level}" in names:             # the global context reads the stream's mean
+        readers.append((f"context_from{level}", "conv"))
+    if f"film{level}" in names:                     # FiLM: x * scale + shift; only the shift writes in the basis
+        writers.append((f"film{level}_shift", "conv"))
+        carriers += [f"film{level}_mul", f"film{level}"]
     for prefix in prefixes:
         j = 0
         while f"{prefix}_block{j}_conv1" in names:
@@ -160,7 +202,7 @@ def equalize_channel_ranges(model: keras.Model, batches, max_scale: float = 16.0
 def float32_copy(model: keras.Model, widths, blocks) -> keras.Model:
     """The same U-Net computing in float32 (for export and evaluation after bf16 training)."""
     copy = build_unet(widths, blocks, channels=model.input_shape[-1], name=model.name, mixed_precision=False,
-                      unshuffle=unshuffle_of(model))
+                      unshuffle=unshuffle_of(model), global_context=global_context_of(model))
     copy.set_weights(model.get_weights())
     return copy
 
