@@ -3,9 +3,11 @@
 Dynamic-shape models see the whole image, reflect-padded to the network's stride; an image
 larger than `max_tile` on a side runs as core tiles with `margin` pixels of context each, so memory
 stays bounded (a 10000x10000 photo included) and, with the margin at least the model's receptive
-radius, the result equals the whole-image result. Fixed-shape models (a TFLite file converted for
+radius, the result equals the whole-image result. A model that pools over the whole image (a
+global context: Keras global pooling, TFLite MEAN / REDUCE_*) has no finite radius, so it sees the
+whole image in one call whatever its size. Fixed-shape models (a TFLite file converted for
 one input size) run tile by tile with overlap, and the tiles are blended with a linear ramp so
-that no seam shows. Gray images are denoised as RGB and written back as gray; an alpha channel
+that no seam shows (a pooling one then pools each tile on its own: a warning says so). Gray images are denoised as RGB and written back as gray; an alpha channel
 is kept untouched; 16-bit files stay 16-bit.
 
 `run_on_image` runs an in-memory Keras model on one image of any size (what the tasks' reports
@@ -24,7 +26,7 @@ import numpy as np
 
 from kd_tf.images import (IMAGE_EXTENSIONS, ImageReadError, decode_image, list_image_files, to_float_rgb,
                           writable_folder, write_image)
-from kd_tf.export import FlexOpsError, LiteRTModel, check_builtin_only
+from kd_tf.export import FlexOpsError, LiteRTModel, check_builtin_only, op_names
 from kd_tf.layers import SpaceToDepth
 from kd_tf.model_io import load_model, takes_noise_level
 from kd_tf.errors import InputError
@@ -46,6 +48,21 @@ class Runner:
     source: str = ""
     margin: int | None = None            # receptive radius in pixels; None: DEFAULT_MARGIN
     scale: int = 1                       # output side / input side (2 for a 2x super-resolution model)
+    pools_whole_image: bool = False      # its output depends on the whole input: never cut into tiles
+
+
+POOLING_OPS = {"MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN", "REDUCE_PROD"}
+
+
+def pools_whole_image(model) -> bool:
+    """Whether a Keras model holds a global pooling layer (kd_tf.denoise.nets' global context), so
+    that every output pixel depends on the whole input and tiles would change the result.
+
+    >>> pools_whole_image(keras.Sequential([keras.Input((None, None, 3)), keras.layers.GlobalAveragePooling2D()]))
+    True
+    """
+    return any(type(layer).__name__.startswith("Global") or
+               (isinstance(layer, keras.Model) and pools_whole_image(layer)) for layer in model.layers)
 
 
 _POINTWISE = {"InputLayer", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "Add", "Subtract",
@@ -122,7 +139,9 @@ def load_runner(path: str | os.PathLike, num_threads: int = 1, stride: int = 8, 
             raise InputError(f"{path}: input shape {model.input_signature}; expected square tiles or dynamic H and W")
         _check_rgb(path, channels)
         stride = int(np.lcm(stride, model.stride))    # a 5-level U-Net: 16
-        return with_scale(Runner(model, stride, None if height == -1 else height, str(path)))
+        pooling = bool(POOLING_OPS & set(op_names(path.read_bytes())))
+        return with_scale(Runner(model, stride, None if height == -1 else height, str(path),
+                                 pools_whole_image=pooling))
     model = load_model(path)
     _check_rgb(path, model.inputs[0].shape[-1] if getattr(model, "inputs", None) else None)
     radius, net_stride = _reach(model) or (None, 1)
@@ -135,9 +154,10 @@ def load_runner(path: str | os.PathLike, num_threads: int = 1, stride: int = 8, 
                              f"FFDNet): give it with --sigma (0-255 scale, e.g. --sigma 25)")
         level = np.float32(sigma / 255.0)
         return with_scale(Runner(lambda batch: np.asarray(model([batch, np.full((len(batch), 1), level)],
-                                                                 training=False)), int(stride), None, str(path), radius))
+                                                                 training=False)), int(stride), None, str(path), radius,
+                                 pools_whole_image=pools_whole_image(model)))
     return with_scale(Runner(lambda batch: np.asarray(model(batch, training=False)), int(stride), None, str(path),
-                             radius))
+                             radius, pools_whole_image=pools_whole_image(model)))
 
 
 def _refuse_flex_ops(path: Path):
@@ -227,11 +247,15 @@ def run_rgb(runner: Runner, image: np.ndarray, overlap: int = 32, max_tile: int 
     if runner.tile is None:
         stride = runner.stride
         full_h, full_w = -(-height // stride) * stride, -(-width // stride) * stride
-        if max(full_h, full_w) <= max_tile:
+        if max(full_h, full_w) <= max_tile or runner.pools_whole_image:
             return _predict(runner, _pad_to(image, full_h, full_w)[None])[0, :height * runner.scale,
                                                                            :width * runner.scale]
         return _run_cropped(runner, image, full_h, full_w, max_tile)
     tile, scale = runner.tile, runner.scale
+    if runner.pools_whole_image and max(height, width) > tile:
+        log.warning("%s pools over its whole input but takes fixed %d px tiles: each tile pools its own crop, so the "
+                    "result differs from a whole-image run; export it with dynamic shapes for that", runner.source,
+                    tile)
     overlap = min(overlap, tile // 2)
     margin = min(overlap // 2, height - 1, width - 1)     # image borders get reflected context too
     framed = np.pad(image, ((margin, margin), (margin, margin), (0, 0)), mode="reflect")

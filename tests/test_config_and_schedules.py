@@ -31,6 +31,7 @@ def test_unknown_key_lists_accepted_ones():
     ({"student": {"unshuffle": 3}}, r"student.unshuffle=3 .* 1 \(full resolution\), 2 or 4"),
     ({"student": {"family": "ffdnet", "unshuffle": 2}}, r"student.unshuffle=2 describe a U-Net"),
     ({"student": {"global_context": -4}}, r"student.global_context=-4 .* an int >= 0"),
+    ({"student": {"global_context": True}}, r"student.global_context=True .* expected an int"),
     ({"student": {"family": "ffdnet", "global_context": 8}}, r"student.global_context=8 describe a U-Net"),
     ({"data": {"patch_size": 72}, "student": {"widths": [8, 16, 32, 64], "unshuffle": 2}},
      r"data.patch_size=72 .* a multiple of 16, the student's stride"),

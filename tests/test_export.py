@@ -5,7 +5,7 @@ import pytest
 import keras
 import tensorflow as tf
 
-from kd_tf import export
+from kd_tf import export, inference
 from kd_tf.images import patch_dataset
 from kd_tf.denoise.nets import build_unet
 
@@ -150,6 +150,8 @@ def test_a_global_context_unet_converts_to_int8_with_builtin_ops(tmp_path, photo
     flatbuffer = export.to_tflite(export.export_saved_model(model, tmp_path / "saved"), "int8",
                                   representative=calibration)
     assert {"MEAN", "MUL", "CONV_2D"} <= set(export.check_builtin_only(flatbuffer))
+    (tmp_path / "context.tflite").write_bytes(flatbuffer)
+    assert inference.load_runner(tmp_path / "context.tflite").pools_whole_image       # never cut into tiles
     runner = export.LiteRTModel(flatbuffer)
     x = np.concatenate([calibration[0][:1], calibration[1][:1]], axis=2)         # 32 x 64
     reference = np.asarray(model(x))

@@ -10,6 +10,8 @@ import pytest
 import tensorflow as tf
 
 import kd_tf.degradations
+import kd_tf.denoise.nets
+import kd_tf.inference
 import kd_tf.int8_parity
 import kd_tf.sr.nets
 import kd_tf.tiling
@@ -120,7 +122,8 @@ def test_restoration_pairs_train_through_the_same_distiller(photos, degradation)
     assert distiller.evaluate(degraded, clean, verbose=0, return_dict=True)["own"] < before
 
 
-@pytest.mark.parametrize("module", [kd_tf.degradations, kd_tf.sr.nets, kd_tf.tiling, kd_tf.int8_parity])
+@pytest.mark.parametrize("module", [kd_tf.degradations, kd_tf.sr.nets, kd_tf.tiling, kd_tf.int8_parity,
+                                    kd_tf.inference, kd_tf.denoise.nets])
 def test_docstring_examples_run(module):
     failed, tried = doctest.testmod(module)
     assert tried and not failed

@@ -91,7 +91,7 @@ def test_a_student_file_continues_training_from_its_weights(teacher, batches, tm
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()                 # which file it was, kept
     assert jobs.start_from_teacher(path, teacher, student, stream) == {"from": path, "sha256": digest}
     assert all(np.array_equal(a, b) for a, b in zip(trained.get_weights(), student.get_weights()))
-    with pytest.raises(InputError, match="student.widths and blocks"):
+    with pytest.raises(InputError, match="student.widths, blocks and global_context"):
         jobs.start_from_teacher(path, teacher, build_unet((4, 12), 1, name="student"), stream)
 
 
@@ -120,7 +120,9 @@ def test_a_student_with_more_blocks_grows_from_a_trained_one(teacher, batches, t
 
 def test_a_student_gains_a_global_context_as_an_identity(teacher, batches, tmp_path):
     """student.global_context on a trained student without one: the context layers are new, the grown
-    student computes what the trained one did, and its FiLM layers can still learn."""
+    student computes what the trained one did, and its FiLM layers can still learn. A context is never
+    dropped or resized on the way, nor left out by weight inheritance."""
+    from kd_tf.errors import InputError
     from kd_tf.model_io import save_model
 
     keras.utils.set_random_seed(7)
@@ -139,6 +141,13 @@ def test_a_student_gains_a_global_context_as_an_identity(teacher, batches, tmp_p
         loss = tf.reduce_mean(tf.square(grown(x) - 0.5))
     gradient = tape.gradient(loss, grown.get_layer("film0_scale").kernel)
     assert np.abs(gradient.numpy()).max() > 0                                    # it can still learn
+    grown_path = str(save_model(grown, tmp_path / "grown.keras"))
+    with pytest.raises(InputError, match=r"layers \['context_from0'.* global_context"):      # no shrinking
+        jobs.start_from_teacher(grown_path, teacher, build_unet((4, 8), 1, name="student"), stream)
+    with pytest.raises(InputError, match="at layer context_from0 .* global_context"):          # nor resizing
+        jobs.start_from_teacher(grown_path, teacher, build_unet((4, 8), 1, name="student", global_context=4), stream)
+    with pytest.raises(InputError, match="the teacher has a global context"):                 # nor inheriting
+        jobs.start_from_teacher("teacher", grown, build_unet((4, 8), 1, name="student"), stream)
 
 
 def test_the_same_network_continues_whatever_its_layers_are_named(teacher, batches, tmp_path):

@@ -144,3 +144,28 @@ def test_exif_orientation_matches_pillow(tmp_path, orientation, height, width, k
     (tmp_path / "photo.img").write_bytes(buffer.getvalue())
     upright = np.asarray(ImageOps.exif_transpose(Image.open(buffer)), np.float32) / np.float32(255)
     np.testing.assert_array_equal(images.read_image(tmp_path / "photo.img"), upright)
+
+
+def test_a_model_that_pools_the_whole_image_is_never_cut_into_tiles(tmp_path, caplog):
+    """A global-context U-Net's every pixel depends on the whole image: loaded from its file, it runs
+    whole even above max_tile (tiles would each pool their own crop), and a fixed-tile runner of
+    such a model warns that its result is not the whole-image one."""
+    from kd_tf.model_io import save_model
+
+    keras.utils.set_random_seed(5)
+    net = build_unet((4, 8), 1, name="context", global_context=3)
+    rng = np.random.default_rng(0)
+    for layer in net.layers:
+        if layer.name.startswith("film") and layer.weights:
+            kernel, bias = layer.get_weights()
+            layer.set_weights([rng.normal(0, 1.0, kernel.shape).astype("float32"), bias])
+    runner = inference.load_runner(save_model(net, tmp_path / "context.keras"))
+    assert runner.pools_whole_image and not inference.load_runner(
+        save_model(build_unet((4, 8), 1, name="plain"), tmp_path / "plain.keras")).pools_whole_image
+    image = rng.random((24, 320, 3), np.float32)              # wider than a tile and its 96 px margins
+    whole = np.asarray(net(image[None], training=False))[0]
+    np.testing.assert_allclose(inference.run_rgb(runner, image, max_tile=16), whole, atol=2e-5, rtol=0)
+    tiled = inference.Runner(runner.predict, stride=8, tile=32, pools_whole_image=True)
+    with caplog.at_level("WARNING", logger="kd_tf.inference"):
+        inference.run_rgb(tiled, image)
+    assert "each tile pools its own crop" in caplog.text

@@ -69,7 +69,7 @@ class NetConfig:
                self.blocks, f"a positive int or a list of {len(self.widths)} positive ints")
         _check(self.unshuffle in (1, 2, 4), f"{where}.unshuffle", self.unshuffle,
                "1 (full resolution), 2 or 4")
-        _check(isinstance(self.global_context, int) and self.global_context >= 0, f"{where}.global_context",
+        _check(type(self.global_context) is int and self.global_context >= 0, f"{where}.global_context",
                self.global_context, "an int >= 0 (0: none)")
 
     @property

@@ -17,7 +17,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from kd_tf.denoise.nets import _stream_layers, has_unet_streams, unet_levels, unshuffle_of
+from kd_tf.denoise.nets import _stream_layers, global_context_of, has_unet_streams, unet_levels, unshuffle_of
 from kd_tf.errors import InputError
 
 
@@ -47,6 +47,10 @@ def _check_pair(teacher: keras.Model, student: keras.Model):
     if unshuffle_of(student) != unshuffle_of(teacher):
         raise InputError(f"the student pixel-unshuffles by {unshuffle_of(student)}, the teacher by "
                          f"{unshuffle_of(teacher)}; accepted: the same factor")
+    if global_context_of(teacher):
+        raise InputError("the teacher has a global context (context_from* / film* layers); inheritance copies stream "
+                         "and residual-block channels only and would drop what the context does; accepted: a teacher "
+                         "without one")
     levels = unet_levels(teacher)
     if unet_levels(student) != levels:
         raise InputError(f"the student has {unet_levels(student)} levels, the teacher {levels}; accepted: the same number")

@@ -227,12 +227,13 @@ def continue_from(path: str, student: keras.Model) -> dict:
         shapes = [tuple(w.shape) for w in (source.weights if source else [])], [tuple(w.shape) for w in layer.weights]
         if shapes[0] != shapes[1]:
             raise InputError(f"distill.student_init={path}: its weights do not fit the configured student at layer "
-                             f"{layer.name} ({shapes[0] or 'absent'} vs {shapes[1]}; check student.widths and blocks: "
-                             f"only new residual blocks or a new global context may be added)")
+                             f"{layer.name} ({shapes[0] or 'absent'} vs {shapes[1]}; check student.widths, blocks and "
+                             f"global_context: only new residual blocks or a new global context may be added)")
         layer.set_weights(source.get_weights())
     if trained:
         raise InputError(f"distill.student_init={path}: its layers {sorted(trained)} have no place in the configured "
-                         f"student (check student.widths and blocks: a student may only gain residual blocks)")
+                         f"student (check student.widths, blocks and global_context: a student may only gain residual "
+                         f"blocks or a global context)")
     new_blocks = sorted({name.rsplit("_", 1)[0] for name in new_convs})
     log.info("the student grows from the weights of %s (sha256 %s); new residual blocks and context layers start as "
              "identities: %s %s", path, digest, new_blocks, new_context)
