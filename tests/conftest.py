@@ -41,6 +41,25 @@ def photos():
     return default_photos(["astronaut", "coins", "chelsea"])
 
 
+@pytest.fixture(scope="session")
+def context_unet():
+    """Builds a global-context U-Net whose FiLM layers do something: a fresh one is the identity, so a
+    test of what the context does needs kernels drawn at `kernel_std` (and biases moved by `bias_shift`)."""
+    import keras
+
+    def build(widths, context, kernel_std, bias_shift=0.0, seed=0, name="context"):
+        keras.utils.set_random_seed(seed)
+        model = build_unet(widths, 1, name=name, global_context=context)
+        draws = np.random.default_rng(0)
+        for layer in model.layers:
+            if layer.name.startswith("film") and layer.weights:
+                kernel, bias = layer.get_weights()
+                layer.set_weights([draws.normal(0, kernel_std, kernel.shape).astype("float32"), bias + bias_shift])
+        return model
+
+    return build
+
+
 @pytest.fixture()
 def rng():
     return np.random.default_rng(0)

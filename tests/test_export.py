@@ -134,18 +134,12 @@ def test_shuffle_upsampling_is_the_same_function_and_leaves_overlapping_transpos
     assert export.shuffle_upsampling(rewritten) is rewritten   # nothing left to replace
 
 
-def test_a_global_context_unet_converts_to_int8_with_builtin_ops(tmp_path, photos):
+def test_a_global_context_unet_converts_to_int8_with_builtin_ops(tmp_path, photos, context_unet):
     """The blind student's global context (image means, 1x1 convolutions, FiLM) is MEAN, CONV_2D and
     broadcast MUL / ADD in int8: builtin ops, close to Keras, and the whole image still steers every
     pixel (a change far away moves a corner's output, which a fully convolutional U-Net of this depth
     cannot do)."""
-    keras.utils.set_random_seed(2)
-    model = build_unet((4, 8), 1, name="student", global_context=4)
-    rng = np.random.default_rng(0)
-    for layer in model.layers:
-        if layer.name.startswith("film") and layer.weights:
-            kernel, bias = layer.get_weights()
-            layer.set_weights([rng.normal(0, 0.3, kernel.shape).astype("float32"), bias])
+    model = context_unet((4, 8), 4, kernel_std=0.3, seed=2)
     calibration = [b[0].numpy() for b in patch_dataset(photos, 32, 4, (25, 25), seed=1).take(8)]
     flatbuffer = export.to_tflite(export.export_saved_model(model, tmp_path / "saved"), "int8",
                                   representative=calibration)

@@ -146,19 +146,13 @@ def test_exif_orientation_matches_pillow(tmp_path, orientation, height, width, k
     np.testing.assert_array_equal(images.read_image(tmp_path / "photo.img"), upright)
 
 
-def test_a_model_that_pools_the_whole_image_is_never_cut_into_tiles(tmp_path, caplog):
+def test_a_model_that_pools_the_whole_image_is_never_cut_into_tiles(tmp_path, caplog, context_unet):
     """A global-context U-Net's every pixel depends on the whole image: loaded from its file, it runs
     whole even above max_tile (tiles would each pool their own crop), and a fixed-tile runner of
     such a model warns that its result is not the whole-image one."""
     from kd_tf.model_io import save_model
 
-    keras.utils.set_random_seed(5)
-    net = build_unet((4, 8), 1, name="context", global_context=3)
-    rng = np.random.default_rng(0)
-    for layer in net.layers:
-        if layer.name.startswith("film") and layer.weights:
-            kernel, bias = layer.get_weights()
-            layer.set_weights([rng.normal(0, 1.0, kernel.shape).astype("float32"), bias])
+    net, rng = context_unet((4, 8), 3, kernel_std=1.0, seed=5), np.random.default_rng(0)
     runner = inference.load_runner(save_model(net, tmp_path / "context.keras"))
     assert runner.pools_whole_image and not inference.load_runner(
         save_model(build_unet((4, 8), 1, name="plain"), tmp_path / "plain.keras")).pools_whole_image

@@ -77,19 +77,14 @@ def test_equalization_keeps_an_unshuffled_unets_float_function(batches):
     np.testing.assert_allclose(model(x), reference(x), atol=2e-5)
 
 
-def test_equalization_keeps_a_global_context_unets_float_function(batches):
+def test_equalization_keeps_a_global_context_unets_float_function(batches, context_unet):
     """The global context reads the first level's and the bottleneck's streams and its FiLM shifts
     write into every decoder level's: equalizing scales those rows and columns too, so the function
     stays (a FiLM shift left unscaled changes it), and float32_copy keeps the context."""
     from kd_tf.denoise.nets import float32_copy, global_context_of
 
-    keras.utils.set_random_seed(4)
-    model = build_unet((6, 12, 16), 1, global_context=5)
-    rng = np.random.default_rng(0)
+    model = context_unet((6, 12, 16), 5, kernel_std=0.5, bias_shift=0.2, seed=4)    # a learned modulation
     for layer in model.layers:
-        if layer.name.startswith("film") and layer.weights:          # a learned modulation, not the identity
-            kernel, bias = layer.get_weights()
-            layer.set_weights([rng.normal(0, 0.5, kernel.shape).astype("float32"), bias + 0.2])
         if layer.name in ("head", "down0", "down1"):
             kernel, bias = layer.get_weights()
             spread = np.geomspace(0.05, 2.0, kernel.shape[-1]).astype("float32")
