@@ -7,8 +7,9 @@ radius, the result equals the whole-image result. A model that pools over the wh
 global context: Keras global pooling, TFLite MEAN / REDUCE_*) has no finite radius, so it sees the
 whole image in one call whatever its size. Fixed-shape models (a TFLite file converted for
 one input size) run tile by tile with overlap, and the tiles are blended with a linear ramp so
-that no seam shows (a pooling one then pools each tile on its own: a warning says so). Gray images are denoised as RGB and written back as gray; an alpha channel
-is kept untouched; 16-bit files stay 16-bit.
+that no seam shows (a pooling one then pools each tile on its own: a warning says so). Gray images
+are denoised as RGB and written back as gray; an alpha channel is kept untouched; 16-bit files stay
+16-bit.
 
 `run_on_image` runs an in-memory Keras model on one image of any size (what the tasks' reports
 score), `model_inputs` adds the noise level a non-blind model takes.
@@ -26,7 +27,7 @@ import numpy as np
 
 from kd_tf.images import (IMAGE_EXTENSIONS, ImageReadError, decode_image, list_image_files, to_float_rgb,
                           writable_folder, write_image)
-from kd_tf.export import FlexOpsError, LiteRTModel, check_builtin_only, op_names
+from kd_tf.export import FlexOpsError, LiteRTModel, check_builtin_only
 from kd_tf.layers import SpaceToDepth
 from kd_tf.model_io import load_model, takes_noise_level
 from kd_tf.errors import InputError
@@ -54,15 +55,40 @@ class Runner:
 POOLING_OPS = {"MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN", "REDUCE_PROD"}
 
 
-def pools_whole_image(model) -> bool:
+def has_global_pooling(model) -> bool:
     """Whether a Keras model holds a global pooling layer (kd_tf.denoise.nets' global context), so
     that every output pixel depends on the whole input and tiles would change the result.
 
-    >>> pools_whole_image(keras.Sequential([keras.Input((None, None, 3)), keras.layers.GlobalAveragePooling2D()]))
+    >>> has_global_pooling(keras.Sequential([keras.Input((None, None, 3)), keras.layers.GlobalAveragePooling2D()]))
     True
     """
     return any(type(layer).__name__.startswith("Global") or
-               (isinstance(layer, keras.Model) and pools_whole_image(layer)) for layer in model.layers)
+               (isinstance(layer, keras.Model) and has_global_pooling(layer)) for layer in model.layers)
+
+
+def tflite_pools_spatially(flatbuffer: bytes) -> bool:
+    """Whether a TFLite model reduces over height or width: a MEAN / SUM / REDUCE_* op whose axes
+    hold 1 or 2 (or are computed at run time), as a global context's image mean does. A reduction
+    over channels alone keeps the model local, so it can still run in tiles."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
+    names = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    pooling = {i for i, code in enumerate(model.operatorCodes)
+               if names.get(max(code.builtinCode, code.deprecatedBuiltinCode)) in POOLING_OPS}
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            if op.opcodeIndex not in pooling:
+                continue
+            source, axes = graph.tensors[op.inputs[0]], graph.tensors[op.inputs[1]]
+            data = model.buffers[axes.buffer].data
+            if data is None or len(data) == 0:
+                return True                          # axes known only at run time: assume spatial
+            dtype = np.int64 if axes.type == schema.TensorType.INT64 else np.int32
+            rank = len(source.shape) if source.shape is not None else 4
+            if {int(a) % rank for a in np.frombuffer(bytes(bytearray(data)), dtype)} & {1, 2}:
+                return True
+    return False
 
 
 _POINTWISE = {"InputLayer", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "Add", "Subtract",
@@ -139,12 +165,12 @@ def load_runner(path: str | os.PathLike, num_threads: int = 1, stride: int = 8, 
             raise InputError(f"{path}: input shape {model.input_signature}; expected square tiles or dynamic H and W")
         _check_rgb(path, channels)
         stride = int(np.lcm(stride, model.stride))    # a 5-level U-Net: 16
-        pooling = bool(POOLING_OPS & set(op_names(path.read_bytes())))
         return with_scale(Runner(model, stride, None if height == -1 else height, str(path),
-                                 pools_whole_image=pooling))
+                                 pools_whole_image=tflite_pools_spatially(path.read_bytes())))
     model = load_model(path)
     _check_rgb(path, model.inputs[0].shape[-1] if getattr(model, "inputs", None) else None)
     radius, net_stride = _reach(model) or (None, 1)
+    global_pooling = has_global_pooling(model)
     # a model whose layers are all known needs multiples of its own stride only (1 for an upscaler:
     # no padding, so no border effects); others get the default stride's multiples too
     stride = net_stride if radius is not None else stride * net_stride // np.gcd(stride, net_stride)
@@ -155,9 +181,9 @@ def load_runner(path: str | os.PathLike, num_threads: int = 1, stride: int = 8, 
         level = np.float32(sigma / 255.0)
         return with_scale(Runner(lambda batch: np.asarray(model([batch, np.full((len(batch), 1), level)],
                                                                  training=False)), int(stride), None, str(path), radius,
-                                 pools_whole_image=pools_whole_image(model)))
+                                 pools_whole_image=global_pooling))
     return with_scale(Runner(lambda batch: np.asarray(model(batch, training=False)), int(stride), None, str(path),
-                             radius, pools_whole_image=pools_whole_image(model)))
+                             radius, pools_whole_image=global_pooling))
 
 
 def _refuse_flex_ops(path: Path):

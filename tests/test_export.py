@@ -154,3 +154,22 @@ def test_a_global_context_unet_converts_to_int8_with_builtin_ops(tmp_path, photo
     far[:, :, 48:] = 1.0 - far[:, :, 48:]
     for outputs in (np.asarray(model(x)) - np.asarray(model(far)), runner(x) - runner(far)):
         assert np.abs(outputs[:, :8, :8]).max() > 1e-3
+
+
+class _ChannelMean(keras.layers.Layer):
+    def call(self, x):
+        return x - keras.ops.mean(x, axis=-1, keepdims=True)
+
+
+def test_only_a_spatial_reduction_marks_a_tflite_file_as_whole_image(tmp_path):
+    """kd_tf.inference reads the reduction's axes: a mean over height and width (a global context)
+    makes every pixel depend on the whole image, a mean over channels does not, so only the first
+    file must run untiled."""
+    inputs = keras.Input((None, None, 3))
+    local = keras.Model(inputs, _ChannelMean()(keras.layers.Conv2D(3, 3, padding="same")(inputs)))
+    pooled = keras.Model(inputs, inputs * keras.layers.GlobalAveragePooling2D(keepdims=True)(inputs))
+    files = {name: export.to_tflite(export.export_saved_model(model, tmp_path / name)) for name, model in
+             (("local", local), ("pooled", pooled))}
+    assert "MEAN" in export.op_names(files["local"]) and "MEAN" in export.op_names(files["pooled"])
+    assert not inference.tflite_pools_spatially(files["local"])
+    assert inference.tflite_pools_spatially(files["pooled"])

@@ -150,6 +150,28 @@ def test_a_student_gains_a_global_context_as_an_identity(teacher, batches, tmp_p
         jobs.start_from_teacher("teacher", grown, build_unet((4, 8), 1, name="student"), stream)
 
 
+@pytest.mark.parametrize("student_kwargs, left_out", [({"blocks": [1, 2]}, "bottleneck_block1_conv1"),
+                                                      ({"blocks": 1, "global_context": 6}, "film0_shift")])
+def test_a_file_with_part_of_a_block_or_context_is_refused(teacher, batches, tmp_path, monkeypatch, student_kwargs,
+                                                          left_out):
+    """A trained file that holds a block's second convolution but not its first (or some of the context
+    layers) cannot start the grown student as an identity: the part it lacks would start fresh after
+    trained weights. It is refused, naming what is present and what is missing."""
+    from types import SimpleNamespace
+
+    from kd_tf.errors import InputError
+    from kd_tf.model_io import save_model
+
+    full = build_unet((4, 8), name="student", **student_kwargs)
+    kept = [layer for layer in full.layers if layer.name != left_out]
+    partial = SimpleNamespace(layers=kept, weights=[w for layer in kept for w in layer.weights])
+    path = str(save_model(full, tmp_path / "partial.keras"))         # read for its digest only
+    monkeypatch.setattr(jobs, "load_model", lambda _: partial)
+    stream = tf.data.Dataset.from_tensor_slices((tf.concat(batches, 0), tf.concat(batches, 0))).batch(2)
+    with pytest.raises(InputError, match=rf"only part of .*missing: \['{left_out}'\]"):
+        jobs.start_from_teacher(path, teacher, build_unet((4, 8), name="student", **student_kwargs), stream)
+
+
 def test_the_same_network_continues_whatever_its_layers_are_named(teacher, batches, tmp_path):
     """A student file whose layers Keras named differently (auto-named layers count up per process) still
     continues: the same shapes in the same order take the weights in order."""

@@ -201,8 +201,9 @@ def continue_from(path: str, student: keras.Model) -> dict:
     x + conv2(relu(conv1(x))) = x and the grown student computes exactly what the trained one did,
     then learns what the new blocks add (Net2DeeperNet's idea, Chen et al. 2016). A global context
     (student.global_context) that `path` lacks starts as build_unet builds it, an identity too (its
-    FiLM kernels are zero), and is listed as "new_context". Any other
-    difference (widths, a layer missing) raises InputError naming the layer. The same network (every
+    FiLM kernels are zero), and is listed as "new_context". Blocks and a context are gained whole: a
+    file holding part of one is refused, as is any other difference (widths, a layer missing), naming
+    the layers. The same network (every
     weight's shape alike, in order) takes the weights in order, whatever its layers are named.
     """
     start, digest = load_model(path), hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -211,11 +212,14 @@ def continue_from(path: str, student: keras.Model) -> dict:
         log.info("the student continues from the weights of %s (sha256 %s)", path, digest)
         return {"from": path, "sha256": digest}
     trained = {layer.name: layer for layer in start.layers if layer.weights}
-    new_convs, new_context = [], []
+    new_convs, new_context, kept_context, kept_block_convs = [], [], [], []
     for layer in student.layers:
         if not layer.weights:
             continue
         source = trained.pop(layer.name, None)
+        if source is not None:
+            (kept_context if NEW_CONTEXT_CONV.fullmatch(layer.name) else
+             kept_block_convs if NEW_BLOCK_CONV.fullmatch(layer.name) else []).append(layer.name)
         if source is None and NEW_CONTEXT_CONV.fullmatch(layer.name):
             new_context.append(layer.name)
             continue
@@ -235,6 +239,14 @@ def continue_from(path: str, student: keras.Model) -> dict:
                          f"student (check student.widths, blocks and global_context: a student may only gain residual "
                          f"blocks or a global context)")
     new_blocks = sorted({name.rsplit("_", 1)[0] for name in new_convs})
+    # a half-present block or context would not start as an identity (a trained conv2 after a fresh conv1)
+    half_blocks = sorted(name for name in kept_block_convs if name.rsplit("_", 1)[0] in new_blocks)
+    if half_blocks or (new_context and kept_context):
+        present, missing = ((half_blocks, [n for n in new_convs if n.rsplit("_", 1)[0] in new_blocks]) if half_blocks
+                            else (kept_context, new_context))
+        raise InputError(f"distill.student_init={path}: it holds only part of a residual block or of the global "
+                         f"context (present: {present}; missing: {missing}); a student may gain whole residual "
+                         f"blocks or a whole global context only")
     log.info("the student grows from the weights of %s (sha256 %s); new residual blocks and context layers start as "
              "identities: %s %s", path, digest, new_blocks, new_context)
     grown = {"from": path, "sha256": digest, "new_blocks": new_blocks}
