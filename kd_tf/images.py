@@ -459,7 +459,7 @@ def _pack(images):
 def patch_dataset(images, patch_size: int = 64, batch_size: int = 16,
                   sigma_range=(0.0, 55.0), seed: int = 0, augment: bool = True,
                   skip_batches: int = 0, noise_level_for_teacher: bool = False,
-                  degradation=None, noisy_8bit: bool = False) -> tf.data.Dataset:
+                  degradation=None, noisy_8bit: bool = False, min_scale: float = 1.0) -> tf.data.Dataset:
     """An endless, seeded stream of (noisy, clean) patch batches.
 
     Images are sampled in proportion to their area; each patch gets a random crop, one of the
@@ -478,6 +478,11 @@ def patch_dataset(images, patch_size: int = 64, batch_size: int = 16,
     image file stores it and as the held-out photos are scored (`to_8bit`): clipping makes the
     noise biased near black and white, which a model trained on unclipped noise never sees.
 
+    `min_scale` < 1: each patch shows its photo downscaled by a factor drawn log-uniformly in
+    [min_scale, 1] (a window of patch_size / scale px, area-averaged to patch_size; at most the
+    photo's shorter side). Photos of 4-8 MP hold little detail per pixel; the same scenes smaller
+    give the dense detail of phone-sized and web images (DnCNN trains on 1x-0.7x copies).
+
     >>> from kd_tf.degradations import Downscale
     >>> image = np.random.default_rng(0).random((40, 40, 3)).astype("float32")
     >>> low, high = next(iter(patch_dataset([image], 16, 2, degradation=Downscale(2))))
@@ -495,6 +500,8 @@ def patch_dataset(images, patch_size: int = 64, batch_size: int = 16,
         raise InputError(f"patch_size={patch_size} is not divisible by the degradation's scale {scale}")
     if noise_level_for_teacher and degradation is not None:
         raise InputError("noise_level_for_teacher gives a noise level; it does not go with another degradation")
+    if not 0.0 < float(min_scale) <= 1.0:
+        raise InputError(f"min_scale={min_scale!r}; accepted: 0 < min_scale <= 1 (1: photos at their own scale)")
     too_small = [img.shape[:2] for img in images if min(img.shape[:2]) < patch_size]
     if too_small:
         raise InputError(f"{len(too_small)} image(s) are smaller than patch_size={patch_size}: {too_small[:5]}")
@@ -506,7 +513,17 @@ def patch_dataset(images, patch_size: int = 64, batch_size: int = 16,
         index = tf.random.stateless_categorical(log_weights, 1, seeds[0])[0, 0]
         height, width = shapes[index][0], shapes[index][1]
         image = tf.reshape(flat[offsets[index]:offsets[index] + height * width * 3], [height, width, 3])
-        patch = tf.image.stateless_random_crop(image, [patch_size, patch_size, 3], seeds[1])
+        if min_scale < 1.0:
+            scale_seed = tf.random.experimental.stateless_fold_in(seeds[1], 1)
+            scale = tf.exp(tf.random.stateless_uniform([], scale_seed, float(np.log(min_scale)), 0.0))
+            window = tf.minimum(tf.cast(tf.round(patch_size / scale), tf.int32),
+                                tf.cast(tf.minimum(height, width), tf.int32))
+            patch = tf.image.stateless_random_crop(image, tf.stack([window, window, 3]), seeds[1])
+            if patch.dtype == tf.uint8:
+                patch = tf.cast(patch, tf.float32) / 255.0
+            patch = tf.image.resize(patch, [patch_size, patch_size], method="area")
+        else:
+            patch = tf.image.stateless_random_crop(image, [patch_size, patch_size, 3], seeds[1])
         if patch.dtype == tf.uint8:
             patch = tf.cast(patch, tf.float32) / 255.0
         if augment:

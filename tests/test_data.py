@@ -101,6 +101,29 @@ def test_noisy_8bit_stores_the_noisy_patch_as_a_file_would(photos):
     np.testing.assert_array_equal(crops, images.to_8bit(images.fixed_crops(photos, crop_size=64, per_image=2)[0]))
 
 
+def test_min_scale_shows_each_photo_smaller_and_keeps_the_stream_at_one(photos):
+    """A horizontal ramp of 1/1000 per pixel: at min_scale 0.25 each patch is the ramp downscaled
+    by a factor in [0.25, 1], so its step per pixel lies in [1/1000, 4/1000] and spans that range;
+    a photo smaller than the window is shown whole (steps up to 1/200 on a 200 px ramp, never more);
+    min_scale 1 is the stream as before, bit for bit."""
+    ramp = np.broadcast_to((np.arange(1000, dtype=np.float32) / 1000)[None, :, None], (600, 1000, 3)).copy()
+    small = np.broadcast_to((np.arange(200, dtype=np.float32) / 1000)[None, :, None], (200, 200, 3)).copy()
+    kwargs = dict(patch_size=32, batch_size=64, sigma_range=(0, 0), seed=1, augment=False)
+
+    def steps(clean):
+        return np.abs(np.diff(clean.numpy(), axis=2)).mean(axis=(1, 2, 3))
+
+    scaled = steps(next(iter(images.patch_dataset({"ramp": ramp}, min_scale=0.25, **kwargs)))[1])
+    assert scaled.min() > 0.001 - 1e-5 and scaled.max() < 0.004 + 1e-5
+    assert scaled.min() < 0.0015 and scaled.max() > 0.003                       # the whole range is drawn
+    whole = steps(next(iter(images.patch_dataset({"small": small}, min_scale=0.05, **kwargs)))[1])
+    assert whole.max() < 0.001 * 200 / 32 * 1.01 and (whole > 0.001 * 200 / 32 * 0.99).sum() >= 8  # clamped at 200 px
+    native = steps(next(iter(images.patch_dataset(photos, **kwargs)))[1])
+    np.testing.assert_array_equal(native, steps(next(iter(images.patch_dataset(photos, min_scale=1.0, **kwargs)))[1]))
+    with pytest.raises(ValueError, match=r"min_scale=0.*0 < min_scale <= 1"):
+        images.patch_dataset(photos, min_scale=0)
+
+
 def test_patch_dataset_rejects_bad_arguments(photos):
     with pytest.raises(ValueError, match="sigma_range"):
         images.patch_dataset(photos, sigma_range=(30, 10))
