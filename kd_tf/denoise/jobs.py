@@ -204,8 +204,8 @@ def continue_from(path: str, student: keras.Model) -> dict:
     (student.global_context) that `path` lacks starts as build_unet builds it, an identity too (its
     FiLM kernels are zero), and is listed as "new_context". Blocks and a context are gained whole: a
     file holding part of one is refused, as is any other difference (widths, a layer missing), naming
-    the layers. The same network (every
-    weight's shape alike, in order) takes the weights in order, whatever its layers are named.
+    the layers. The same network (every weight's shape alike, in order) takes the weights in order,
+    whatever its layers are named.
     """
     start, digest = load_model(path), hashlib.sha256(Path(path).read_bytes()).hexdigest()
     if [tuple(w.shape) for w in start.weights] == [tuple(w.shape) for w in student.weights]:
@@ -218,9 +218,10 @@ def continue_from(path: str, student: keras.Model) -> dict:
         if not layer.weights:
             continue
         source = trained.pop(layer.name, None)
-        if source is not None:
-            (kept_context if NEW_CONTEXT_CONV.fullmatch(layer.name) else
-             kept_block_convs if NEW_BLOCK_CONV.fullmatch(layer.name) else []).append(layer.name)
+        if source is not None and NEW_CONTEXT_CONV.fullmatch(layer.name):
+            kept_context.append(layer.name)
+        elif source is not None and NEW_BLOCK_CONV.fullmatch(layer.name):
+            kept_block_convs.append(layer.name)
         if source is None and NEW_CONTEXT_CONV.fullmatch(layer.name):
             new_context.append(layer.name)
             continue
