@@ -76,7 +76,7 @@ def sensitivity(model_path: str, float_layers: list[str], clean: np.ndarray) -> 
 def render(results: dict) -> str:
     models = list(results["models"])
     layers = list(results["models"][models[0]])
-    lines = ["| layer whose input is rounded | " + " | ".join(f"{m}: bright / dark dB" for m in models) + " |",
+    lines = ["| what is rounded (one layer's input, ALL inputs, the kernels) | " + " | ".join(f"{m}: bright / dark dB" for m in models) + " |",
              "|---|" + "---|" * len(models)]
     for layer in layers:
         cells = [f"{results['models'][m][layer]['bright']:.3f} / {results['models'][m][layer]['dark']:.3f}"
