@@ -17,23 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 
 
 def alternating_latency_ms(models: dict, size: int = 512, repeats: int = 15) -> dict:
+    from benchmarks.tflite_speed import alternating_median_ms
+
     batch = np.random.default_rng(0).random((1, size, size, 3), dtype=np.float32)
-    times = {name: [] for name in models}
-    for model in models.values():
-        model(batch)
-    for _ in range(repeats):
-        for name, model in models.items():
-            start = time.perf_counter()
-            model(batch)
-            times[name].append(1000.0 * (time.perf_counter() - start))
-    return {name: float(np.median(values)) for name, values in times.items()}
+    return alternating_median_ms(models, batch, repeats)
 
 
 def colour_over_noise_draws(model, int8_path, draws: int, first_seed: int = 2024, stride: int = 13) -> dict:

@@ -8,7 +8,9 @@ of its size").
 Each float32 flatbuffer is converted here from the shipped Keras model the way `python -m kd_tf
 export` writes its float32 format (SavedModel, then `kd_tf.export.to_tflite`); the int8 one is the
 shipped file. Both run through `kd_tf.export.LiteRTModel` (LiteRT's default CPU path, XNNPACK) on
-the same random input; a figure is the median of `REPEATS` invocations after one warm-up. Whether
+the same random input; a figure is the median of `REPEATS` invocations after one warm-up, float32
+and int8 invoked in turn (`alternating_median_ms`: on a shared machine a neighbour's load then
+slows both alike; timed one after the other, the ratio moved by 0.3x from run to run). Whether
 int8 pays depends on the CPU's integer dot-product instructions (AVX512-VNNI / AVX-VNNI on x86,
 SDOT on Arm), so the CPU flags go into the file, and each CPU kind keeps its own file (`--out`):
 the same files run 3x faster in int8 on an AMD EPYC with AVX512-VNNI and 1.6x on an Intel Xeon with
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine_info, median_seconds, write_results
+from benchmarks.common import machine_info, write_results
 from benchmarks.render_tables import tflite_speed as render
 from kd_tf.config import MODELS_DIR
 
@@ -56,9 +58,20 @@ MODELS = (
 )
 
 
-def median_ms(model, batch: np.ndarray, repeats: int = REPEATS) -> float:
-    """Median wall time of one invocation, after a warm-up that also resizes the interpreter."""
-    return 1000.0 * median_seconds(lambda: model(batch), repeats)
+def alternating_median_ms(models: dict, batch: np.ndarray, repeats: int = REPEATS) -> dict:
+    """{name: median ms of one invocation} for callables invoked in turn on `batch`, after one
+    warm-up each (which also resizes an interpreter): drift on the machine hits every model alike."""
+    import time
+
+    times = {name: [] for name in models}
+    for model in models.values():
+        model(batch)
+    for _ in range(repeats):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model(batch)
+            times[name].append(1000.0 * (time.perf_counter() - start))
+    return {name: float(np.median(values)) for name, values in times.items()}
 
 
 def float32_flatbuffer(keras_path: Path, workdir: Path) -> bytes:
@@ -85,8 +98,9 @@ def compare(name: str, keras_path: Path, int8_path: Path, shapes, workdir: Path)
     for shape in shapes:
         batch = (rng.random(shape) if len(shape) == 4 else rng.standard_normal(shape)).astype(np.float32)
         for threads in THREADS:
-            float_ms = median_ms(LiteRTModel(flat32, num_threads=threads), batch)
-            int8_ms = median_ms(LiteRTModel(flat8, num_threads=threads), batch)
+            ms = alternating_median_ms({"float32": LiteRTModel(flat32, num_threads=threads),
+                                        "int8": LiteRTModel(flat8, num_threads=threads)}, batch)
+            float_ms, int8_ms = ms["float32"], ms["int8"]
             row["timings"].append({"input_shape": list(shape), "threads": threads, "float32_ms": float_ms,
                                    "int8_ms": int8_ms, "speedup_int8": float_ms / int8_ms})
             print(f"{name} {shape} {threads} thread(s): float32 {float_ms:.1f} ms, int8 {int8_ms:.1f} ms, "

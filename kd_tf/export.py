@@ -2,7 +2,9 @@
 
 `tf.lite` is moving to LiteRT, so this is the one module that touches it: conversion still goes
 through `tf.lite.TFLiteConverter` (TensorFlow's converter), running goes through the
-`ai-edge-litert` interpreter, never the deprecated `tf.lite.Interpreter`.
+`ai-edge-litert` interpreter, never the deprecated `tf.lite.Interpreter`; the one per-layer choice
+the converter cannot make (float layers in a dynamic-range file) goes through LiteRT's own
+`ai-edge-quantizer` (`dynamic_range_int8`).
 """
 
 from __future__ import annotations
@@ -179,6 +181,59 @@ def to_tflite(saved_model_dir: str | os.PathLike, mode: str = "float32", represe
     return flatbuffer
 
 
+def dynamic_range_int8(float32_flatbuffer: bytes, float_layers=(), min_elements: int | None = None) -> bytes:
+    """Dynamic-range int8 from a float32 file, by ai-edge-quantizer: the converter's rule (int8
+    per-output-channel weights, scale max|w| / 127, for kernels of at least `min_elements` weights;
+    activations rounded per call at run time) with the convolutions named in `float_layers`
+    left in float, one op each.
+
+    The converter has no per-layer switch; splitting a layer below its threshold
+    (kd_tf.float_layers.keep_float) keeps it float at one CONV_2D per group, which costs more
+    than its MACs: on the shipped denoising student at 256 px, one thread, 26 ms with the split
+    against 19 ms here, float32 44 ms (benchmarks/dynamic_float_layers_speed.json). Kernels
+    already on the int8 grid (kd_tf.weight_rounding) keep their values. Checks the result: each
+    named layer is float, every other kernel the rule quantizes is int8, builtin ops only.
+    """
+    import logging
+    import re
+
+    from ai_edge_quantizer import qtyping, quantizer, recipe
+
+    from kd_tf.weight_rounding import MIN_ELEMENTS
+
+    min_elements = MIN_ELEMENTS if min_elements is None else int(min_elements)
+    rules = recipe.dynamic_legacy_wi8_afp32()
+    for rule in rules:
+        rule["op_config"]["min_weight_elements"] = min_elements
+    quantize = quantizer.Quantizer(bytearray(float32_flatbuffer))
+    quantize.load_quantization_recipe(rules)
+    patterns = {name: rf"(^|[/;]){re.escape(name)}(_\d+)?/" for name in float_layers}
+    for pattern in patterns.values():
+        quantize.update_quantization_recipe(regex=pattern, operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                            algorithm_key="no_quantize")
+    quiet = logging.getLogger("absl").level
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    try:
+        flatbuffer = bytes(quantize.quantize().quantized_model)
+    finally:
+        logging.getLogger("absl").setLevel(quiet)
+    check_builtin_only(flatbuffer)
+    kernels = convolution_kernels(flatbuffer)
+    for name, pattern in patterns.items():
+        found = [row for row in kernels if re.search(pattern, row["output"])]
+        if not found:
+            raise InputError(f"float layer {name!r}: no convolution of the file writes it; its convolutions: "
+                             f"{[row['output'].split(';')[0] for row in kernels]}")
+        if any(row["kernel_type"] != "FLOAT32" for row in found):
+            raise RuntimeError(f"float layer {name!r} was quantized: {found}")
+    named = {row["output"] for row in kernels for pattern in patterns.values() if re.search(pattern, row["output"])}
+    missed = [row for row in kernels if row["output"] not in named and row["elements"] >= min_elements
+              and row["kernel_type"] != "INT8"]
+    if missed:
+        raise RuntimeError(f"kernels of at least {min_elements} weights left unquantized: {missed}")
+    return flatbuffer
+
+
 def _equalized_copy(model: keras.Model, batches: list, equalize=None) -> keras.Model:
     """A copy of `model` (the caller's never changes), equalized by `equalize(copy, batches)` on the
     first half of the calibration batches (they interleave kinds of data), then its transposed 2x2
@@ -285,6 +340,24 @@ def convolution_types(flatbuffer: bytes) -> dict[str, int]:
             name = type_names[graph.tensors[op.inputs[0]].type]
             counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+def convolution_kernels(flatbuffer: bytes) -> list[dict]:
+    """Each CONV_2D op of the main graph: its output tensor's name (it carries the Keras layer's
+    name), its kernel's type and number of weights: which layers a dynamic-range file quantized."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
+    codes = [max(code.builtinCode, code.deprecatedBuiltinCode) for code in model.operatorCodes]
+    type_names = {value: name for name, value in vars(schema.TensorType).items() if not name.startswith("_")}
+    graph, rows = model.subgraphs[0], []
+    for op in graph.operators:
+        if codes[op.opcodeIndex] == schema.BuiltinOperator.CONV_2D:
+            kernel, output = graph.tensors[op.inputs[1]], graph.tensors[op.outputs[0]]
+            name = output.name.decode() if isinstance(output.name, bytes) else str(output.name)
+            rows.append({"output": name, "kernel_type": type_names[kernel.type],
+                         "elements": int(np.prod(kernel.shape))})
+    return rows
 
 
 def check_builtin_only(flatbuffer: bytes) -> list[str]:

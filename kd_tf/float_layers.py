@@ -10,6 +10,12 @@ first block's convolutions read the head's features, which on a bright flat imag
 offset with small detail on it, and rounding them over [0, max] per image loses the detail
 (issue 17: the largest single cost on a near-white image, in simulation).
 
+The split is what the int8 weight rounding and tuning (kd_tf.weight_rounding, kd_tf.int8_tuning)
+see: groups under the threshold are left in float there too. The file itself is written from
+`join_float_groups`, one convolution per layer again, by kd_tf.export.dynamic_range_int8: each
+group is one more CONV_2D op at run time, and on the shipped student the split files' two float
+layers cost 10 ms of 26 at 256 px where the joined ones cost 3.
+
 >>> import keras, numpy as np
 >>> inputs = keras.Input((None, None, 16))
 >>> model = keras.Model(inputs, keras.layers.Conv2D(32, 3, padding="same", name="wide")(inputs))
@@ -19,9 +25,16 @@ offset with small detail on it, and rounding them over [0, max] per image loses 
 >>> x = np.random.default_rng(0).random((1, 8, 8, 16), dtype=np.float32)
 >>> bool(np.allclose(floating(x), model(x), atol=1e-5))
 True
+>>> joined = join_float_groups(floating, ["wide"])
+>>> [(layer.name, layer.filters) for layer in joined.layers if isinstance(layer, keras.layers.Conv2D)]
+[('wide', 32)]
+>>> bool(np.allclose(joined(x), model(x), atol=1e-5))
+True
 """
 
 from __future__ import annotations
+
+import re
 
 import keras
 import numpy as np
@@ -78,5 +91,45 @@ def keep_float(model: keras.Model, names, min_elements: int = MIN_ELEMENTS) -> k
                                     call_function=call)
     for layer in copy.layers:
         if layer.weights and layer.name not in names and not any(layer.name.startswith(f"{n}_float") for n in names):
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return copy
+
+
+def join_float_groups(model: keras.Model, names) -> keras.Model:
+    """The inverse of keep_float: a copy of `model` in which each layer in `names`, split into
+    output-channel groups `<name>_float<first channel>` (and concatenated under `<name>`), is one
+    Conv2D named `<name>` again, its kernel and bias the groups' side by side: the same function,
+    what kd_tf.export.dynamic_range_int8 keeps in float as one op. Other layers keep their weights."""
+    names = list(names)
+    groups = {}
+    for name in names:
+        pattern = re.compile(rf"{re.escape(name)}_float(\d+)")
+        found = [(int(m.group(1)), layer) for layer in model.layers if (m := pattern.fullmatch(layer.name))]
+        if not found:
+            raise InputError(f"join_float_groups: {name!r} has no groups '{name}_float<n>' in the model; "
+                             f"its layers: {[layer.name for layer in model.layers]}")
+        groups[name] = [layer for _, layer in sorted(found, key=lambda pair: pair[0])]
+    joined = {}
+    for name, parts in groups.items():
+        weights = [np.concatenate(tensors, axis=-1) for tensors in zip(*(part.get_weights() for part in parts))]
+        conv = keras.layers.Conv2D.from_config({**parts[0].get_config(), "name": name,
+                                                "filters": int(weights[0].shape[-1])})
+        conv.build((None, None, None, weights[0].shape[2]))
+        conv.set_weights(weights)
+        joined[name] = conv
+    group_of = {part.name: name for name, parts in groups.items() for part in parts}
+
+    def call(layer, *args, **kwargs):
+        if layer.name in group_of:                  # a group passes its input on to the joined layer
+            name = group_of[layer.name]
+            return joined[name](args[0]) if len(groups[name]) == 1 else args[0]
+        if layer.name in joined:                    # the concatenation of the groups
+            return joined[layer.name](args[0][0])
+        return layer(*args, **kwargs)
+
+    copy = keras.models.clone_model(model, clone_function=lambda layer: type(layer).from_config(layer.get_config()),
+                                    call_function=call)
+    for layer in copy.layers:
+        if layer.weights and layer.name not in joined:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return copy

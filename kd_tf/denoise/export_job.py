@@ -164,7 +164,7 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
     from kd_tf import export
     from kd_tf.images import noisy_copy, to_8bit
     from kd_tf.inference import Runner, load_runner, run_rgb, stride_of
-    from kd_tf.float_layers import check_float_layers
+    from kd_tf.float_layers import check_float_layers, join_float_groups
     from kd_tf.int8_parity import format_parity, parity_report, parity_sets
     from kd_tf.int8_tuning import tune_dynamic_int8
     from kd_tf.metrics import image_scores
@@ -227,9 +227,15 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
                     ready, tuning = tune_dynamic_int8(
                         student, ready, qat_stream(split.train, config.data, config.eval_seed),
                         config.dynamic_tuning_steps, config.dynamic_tuning_learning_rate)
+                if config.dynamic_float_layers:           # one op per float layer in the file (kd_tf.float_layers)
+                    ready = join_float_groups(ready, config.dynamic_float_layers)
                 export.export_saved_model(ready, source_dir)
-            flatbuffer = export.to_tflite(source_dir, fmt, calibration,
-                                          float_fallback=fmt == "int8" and bool(config.int8_float_layers))
+            if fmt == "dynamic" and gptq_dynamic and config.dynamic_float_layers:
+                flatbuffer = export.dynamic_range_int8(export.to_tflite(source_dir, "float32"),
+                                                       config.dynamic_float_layers)
+            else:
+                flatbuffer = export.to_tflite(source_dir, fmt, calibration,
+                                              float_fallback=fmt == "int8" and bool(config.int8_float_layers))
             if source_dir != saved_dir:
                 shutil.rmtree(source_dir, ignore_errors=True)
             path = out / f"student_{fmt}.tflite"
@@ -253,6 +259,8 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
         if fmt == "dynamic":
             rows[fmt]["weight_rounding"] = {"method": config.dynamic_weight_rounding, "layer_errors": rounding,
                                             "float_layers": config.dynamic_float_layers, "tuning": tuning}
+            rows[fmt]["quantized_by"] = ("ai-edge-quantizer (float layers one op each)"
+                                         if gptq_dynamic and config.dynamic_float_layers else "tf.lite converter")
         if fmt in ("dynamic", "int8", "int16x8"):   # issue 17: colours, both held-out sets, every image
             if parity_inputs is None:
                 parity_inputs = parity_sets(split.heldout, config.data.corpus_dir())
