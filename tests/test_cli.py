@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from kd_tf import export
 from kd_tf.cli import main
 from kd_tf.denoise.nets import build_unet
 
@@ -103,7 +104,7 @@ def test_export_cli_writes_every_format_and_parity_report(tiny_run):
                  "--formats", "keras", "savedmodel", "float32", "dynamic", "int8",
                  "--set", f"output.runs_dir={root / 'runs'}",
                  "--set", "calibration_batches=2", "--set", "latency_sizes=[64]", "--set", "threads=[1, 2]",
-                 "--set", "dynamic_tuning_steps=5"])
+                 "--set", "dynamic_tuning_steps=5", "--set", "dynamic_float_layers=[enc0_block0_conv1]"])
     assert code == 0
     report = json.loads((root / "runs" / "exp" / "export_report.json").read_text())
     rows = report["formats"]
@@ -114,6 +115,11 @@ def test_export_cli_writes_every_format_and_parity_report(tiny_run):
     assert rows["dynamic"]["weight_rounding"]["method"] == "gptq"     # the default: kd_tf.weight_rounding
     assert isinstance(rows["dynamic"]["weight_rounding"]["layer_errors"], dict)
     assert rows["dynamic"]["weight_rounding"]["tuning"]["steps"] == 5           # then tuned: kd_tf.int8_tuning
+    # the float layer, split for the rounding and tuning, is written as one float op (kd_tf.export.dynamic_range_int8)
+    assert rows["dynamic"]["quantized_by"].startswith("ai-edge-quantizer")
+    kernels = export.convolution_kernels((root / "export" / "student_dynamic.tflite").read_bytes())
+    assert [row["kernel_type"] for row in kernels if "enc0_block0_conv1_" in row["output"] or
+            "enc0_block0_conv1/" in row["output"]] == ["FLOAT32"]
     assert rows["float32"]["psnr_vs_keras_output"] > 60
     assert rows["int8"]["bytes"] < rows["float32"]["bytes"]
     assert "QUANTIZE" in rows["int8"]["ops"] and rows["int8"]["op_count"] == len(rows["int8"]["ops"])
