@@ -4,8 +4,8 @@ Dynamic-shape models see the whole image, reflect-padded to the network's stride
 larger than `max_tile` on a side runs as core tiles with `margin` pixels of context each, so memory
 stays bounded (a 10000x10000 photo included) and, with the margin at least the model's receptive
 radius, the result equals the whole-image result. A model that pools over the whole image (a
-global context: Keras global pooling, TFLite MEAN / SUM / REDUCE_* over height or width) has no finite radius, so it sees the
-whole image in one call whatever its size. Fixed-shape models (a TFLite file converted for
+global context: Keras global pooling, TFLite MEAN / SUM / REDUCE_* over height or width) has no
+finite radius, so it sees the whole image in one call whatever its size. Fixed-shape models (a TFLite file converted for
 one input size) run tile by tile with overlap, and the tiles are blended with a linear ramp so
 that no seam shows (a pooling one then pools each tile on its own: a warning says so). Gray images
 are denoised as RGB and written back as gray; an alpha channel is kept untouched; 16-bit files stay
