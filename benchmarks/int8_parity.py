@@ -29,20 +29,13 @@ def alternating_latency_ms(models: dict, size: int = 512, repeats: int = 15) -> 
     return alternating_median_ms(models, batch, repeats)
 
 
-def colour_over_noise_draws(model, int8_path, draws: int, first_seed: int = 2024, stride: int = 13) -> dict:
-    """The colour set's per-image drop on `draws` noise draws (seeds first_seed + stride * k; the
-    parity report's is k = 0): on flat images where float is 40+ dB from the truth, one draw's
-    figure moves by tenths of a dB with the noise."""
-    from kd_tf.export import LiteRTModel
-    from kd_tf.int8_parity import colour_set, image_parity
+def colour_over_noise_draws(colour: dict, first_seed: int = 2024) -> dict:
+    """The single draws behind a parity report's colour set scored on several noise draws
+    (kd_tf.int8_parity.image_parity(draws=...)), summarized by `summarize_draws`."""
+    from kd_tf.int8_parity import draw_seeds
 
-    int8, images, drops = LiteRTModel(int8_path, num_threads=2), colour_set(), {}
-    seeds = [first_seed + stride * k for k in range(draws)]
-    for seed in seeds:
-        rows = image_parity(lambda b: model(b, training=False), int8, images, seed=seed)["per_image"]
-        for name, row in rows.items():
-            drops.setdefault(name, []).append(row["drop_db"])
-    return summarize_draws(seeds, drops)
+    drops = {name: row["drop_db_draws"] for name, row in colour["per_image"].items()}
+    return summarize_draws(draw_seeds(first_seed, colour["noise_draws"]), drops)
 
 
 def summarize_draws(seeds: list, drops: dict[str, list]) -> dict:
@@ -80,7 +73,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--float32", help="the float32 TFLite of the same model, for latency and size")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--noise-draws", type=int, default=0,
-                        help="also score the colour set over N noise draws (a flat image's drop depends on its draw)")
+                        help="judge the colour set on its average over N noise draws, as the export report does "
+                             "(a flat image's drop depends on its draw); each draw in colour_noise_draws")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     report = {"int8": args.int8, "int8_bytes": Path(args.int8).stat().st_size,
@@ -98,12 +92,13 @@ def main(argv=None) -> dict:
 
         model = load_model(args.model)
         sets, skipped = parity_sets(load_split().heldout)
+        draws = {"colour": args.noise_draws} if args.noise_draws > 1 else {}
         report.update(model=args.model, parity=parity_report(lambda b: model(b, training=False),
                                                              LiteRTModel(args.int8, num_threads=2), sets, skipped,
-                                                             stride=int(np.lcm(8, stride_of(model)))))
+                                                             stride=int(np.lcm(8, stride_of(model))), draws=draws))
         print(format_parity(report["parity"]))
-        if args.noise_draws:
-            report["colour_noise_draws"] = colour_over_noise_draws(model, args.int8, args.noise_draws)
+        if draws:
+            report["colour_noise_draws"] = colour_over_noise_draws(report["parity"]["sets"]["colour"])
         if args.float32:
             report["float32"], report["float32_bytes"] = args.float32, Path(args.float32).stat().st_size
             report["size_ratio_float32_over_int8"] = report["float32_bytes"] / report["int8_bytes"]

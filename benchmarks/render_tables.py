@@ -196,7 +196,8 @@ def int8_parity_table(report: dict, key: str = "int8_parity") -> str:
     """The model cards: a shipped int8 file against its float model, set by set, from the report's
     `key` (kd_tf.int8_parity.parity_report: an upscaler's int8_parity or dynamic_int8_parity, the
     parity of python -m benchmarks.int8_parity)."""
-    rows = [[name, str(r["images"]), f"{r['mean_drop_db']:.3f} dB", f"{r['mean_abs_drop_db']:.3f} dB",
+    rows = [[name + (f" (average of {r['noise_draws']} noise draws)" if r.get("noise_draws") else ""),
+             str(r["images"]), f"{r['mean_drop_db']:.3f} dB", f"{r['mean_abs_drop_db']:.3f} dB",
              f"{r['max_drop_db']:.3f} dB ({r['worst_image']})", f"{r['max_abs_drop_db']:.3f} dB ({r['farthest_image']})",
              f"{r['max_abs_channel_shift_255']:.2f}"] for name, r in report[key]["sets"].items()]
     return _table(["set", "images", "mean drop", "mean \\|drop\\|", "worst drop (image)", "largest \\|drop\\| (image)",

@@ -104,13 +104,17 @@ def test_export_cli_writes_every_format_and_parity_report(tiny_run):
                  "--formats", "keras", "savedmodel", "float32", "dynamic", "int8",
                  "--set", f"output.runs_dir={root / 'runs'}",
                  "--set", "calibration_batches=2", "--set", "latency_sizes=[64]", "--set", "threads=[1, 2]",
-                 "--set", "dynamic_tuning_steps=5", "--set", "dynamic_float_layers=[enc0_block0_conv1]"])
+                 "--set", "dynamic_tuning_steps=5", "--set", "dynamic_float_layers=[enc0_block0_conv1]",
+                 "--set", "parity_colour_draws=2"])
     assert code == 0
     report = json.loads((root / "runs" / "exp" / "export_report.json").read_text())
     rows = report["formats"]
     assert list(rows) == ["keras", "savedmodel", "float32", "dynamic", "int8"]
     for fmt in ("dynamic", "int8"):                   # both int8 kinds checked image by image (issue 17)
         assert set(rows[fmt]["parity"]["sets"]) == {"colour", "heldout"} and f"{fmt} against float" in report["table"]
+        colour, heldout = rows[fmt]["parity"]["sets"]["colour"], rows[fmt]["parity"]["sets"]["heldout"]
+        assert colour["noise_draws"] == 2 and "noise_draws" not in heldout      # flat images: judged on an average
+        assert all(len(row["drop_db_draws"]) == 2 for row in colour["per_image"].values())
     assert "parity" not in rows["float32"]
     assert rows["dynamic"]["weight_rounding"]["method"] == "gptq"     # the default: kd_tf.weight_rounding
     assert isinstance(rows["dynamic"]["weight_rounding"]["layer_errors"], dict)

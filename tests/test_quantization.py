@@ -228,6 +228,8 @@ def test_export_with_qat_writes_an_int8_model(tmp_path, tiny_teacher):
     assert not list((tmp_path / "out").glob("*.partial"))
     with pytest.raises(cfg.ConfigError, match="qat_steps"):
         cfg.from_dict(denoise_config.ExportJobConfig, {"qat_steps": 5, "int8_calibration": "minmax"})
+    with pytest.raises(cfg.ConfigError, match=r"parity_colour_draws.*0.*an int >= 1"):
+        cfg.from_dict(denoise_config.ExportJobConfig, {"parity_colour_draws": 0})
 
 
 @pytest.mark.parametrize("widths, unshuffle, fmt", [((2, 2, 2, 2, 2), 1, "float32"), ((2, 2, 2, 2), 2, "int8")],
@@ -364,6 +366,31 @@ def test_parity_report_names_the_worst_image_and_the_channel_shift():
     assert shifted["worst_image"] == "flat_yellow" and shifted["max_drop_db"] > 1
     assert shifted["per_image"]["flat_yellow"]["channel_shift_255"][1] < -10
     assert not all(shifted["targets_met"].values())
+
+
+def test_parity_on_several_noise_draws_judges_each_image_on_its_average():
+    from kd_tf.int8_parity import colour_set, draw_seeds, image_parity, parity_report
+
+    images = {k: v for k, v in colour_set(32).items() if k in ("flat_blue", "near_white", "hue_wheel")}
+    smooth = lambda batch: 0.5 * np.asarray(batch) + 0.5 * np.asarray(batch).mean(axis=(1, 2), keepdims=True)  # noqa: E731
+    coarse = lambda batch: np.round(smooth(batch) * 40) / 40                          # noqa: E731
+    report = parity_report(smooth, coarse, {"colour": images, "photos": images}, draws={"colour": 3})
+    assert report["sets"]["colour"]["noise_draws"] == 3 and "noise_draws" not in report["sets"]["photos"]
+    assert "average over 3 noise draws" in report["protocol"]
+    seeds = draw_seeds(2024, 3)
+    singles = [image_parity(smooth, coarse, images, seed=s)["per_image"] for s in seeds]
+    for name, row in report["sets"]["colour"]["per_image"].items():
+        each = [single[name]["drop_db"] for single in singles]
+        assert row["drop_db_draws"] == pytest.approx(each)                            # draw k = seed + 13 k
+        assert row["drop_db"] == pytest.approx(np.mean(each))
+        assert row["channel_shift_255"] == pytest.approx(np.mean([s[name]["channel_shift_255"] for s in singles], 0))
+    assert report["sets"]["photos"]["per_image"] == singles[0]                       # one draw: the old protocol
+    with pytest.raises(ValueError, match="not parity sets"):
+        parity_report(smooth, coarse, {"colour": images}, draws={"heldout": 8})
+    with pytest.raises(ValueError, match="default denoising protocol"):
+        image_parity(smooth, coarse, images, make_input=lambda clean, index: clean, draws=2)
+    with pytest.raises(ValueError, match="int >= 1"):
+        image_parity(smooth, coarse, images, draws=0)
 
 
 def test_committed_parity_reports_are_judged_again_from_their_rows(tmp_path):

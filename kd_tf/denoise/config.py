@@ -310,10 +310,15 @@ class ExportJobConfig:
     # interpreter thread counts the latency table is measured with
     threads: list[int] = dataclasses.field(default_factory=lambda: [1, 2])
     eval_seed: int = 2024                 # seed of the parity check's noise
+    # noise draws the parity check averages on the synthetic colour set: its flat images sit 40-50 dB from the
+    # truth, where one draw moves the int8 - float difference by tenths of a dB either way (kd_tf.int8_parity)
+    parity_colour_draws: int = 8
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
 
     def validate(self):
         self.data.validate()
+        _check(isinstance(self.parity_colour_draws, int) and self.parity_colour_draws >= 1, "parity_colour_draws",
+               self.parity_colour_draws, "an int >= 1")
         for name in self.formats:
             _check(name in EXPORT_FORMATS, "formats", name, f"any of {EXPORT_FORMATS}")
         _check(self.calibration_batches >= 1, "calibration_batches", self.calibration_batches, "an int >= 1")

@@ -196,6 +196,9 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
         export.export_saved_model(student, saved_dir)
     calibration, rounding, tuning = None, None, None
     gptq_dynamic = "dynamic" in config.formats and config.dynamic_weight_rounding == "gptq"
+    # float layers are rounded and tuned split in groups under the converter's size threshold (keep_float), then
+    # joined again and written by ai-edge-quantizer, which keeps each of them float as one op (dynamic_range_int8)
+    one_op_float = gptq_dynamic and bool(config.dynamic_float_layers)
     if {"int8", "int16x8"} & set(config.formats) or gptq_dynamic:
         calibration = calibration_batches(split.train, config.calibration_batches, data=config.data)
 
@@ -227,10 +230,10 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
                     ready, tuning = tune_dynamic_int8(
                         student, ready, qat_stream(split.train, config.data, config.eval_seed),
                         config.dynamic_tuning_steps, config.dynamic_tuning_learning_rate)
-                if config.dynamic_float_layers:           # one op per float layer in the file (kd_tf.float_layers)
+                if one_op_float:
                     ready = join_float_groups(ready, config.dynamic_float_layers)
                 export.export_saved_model(ready, source_dir)
-            if fmt == "dynamic" and gptq_dynamic and config.dynamic_float_layers:
+            if fmt == "dynamic" and one_op_float:
                 flatbuffer = export.dynamic_range_int8(export.to_tflite(source_dir, "float32"),
                                                        config.dynamic_float_layers)
             else:
@@ -260,14 +263,14 @@ def export_student(config: denoise_config.ExportJobConfig) -> dict:
             rows[fmt]["weight_rounding"] = {"method": config.dynamic_weight_rounding, "layer_errors": rounding,
                                             "float_layers": config.dynamic_float_layers, "tuning": tuning}
             rows[fmt]["quantized_by"] = ("ai-edge-quantizer (float layers one op each)"
-                                         if gptq_dynamic and config.dynamic_float_layers else "tf.lite converter")
+                                         if one_op_float else "tf.lite converter")
         if fmt in ("dynamic", "int8", "int16x8"):   # issue 17: colours, both held-out sets, every image
             if parity_inputs is None:
                 parity_inputs = parity_sets(split.heldout, config.data.corpus_dir())
             rows[fmt]["parity"] = parity_report(lambda batch: student(batch, training=False),
                                                 export.LiteRTModel(path, num_threads=max(config.threads)),
                                                 *parity_inputs, sigma=config.sigma, seed=config.eval_seed,
-                                                stride=stride)
+                                                stride=stride, draws={"colour": config.parity_colour_draws})
         log.info("exported %s: %s", fmt, path)
     float_psnr = float(np.mean([image_scores(c, r)[0] for (c, _), r in zip(pairs, reference)]))
     for row in rows.values():
