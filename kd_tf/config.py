@@ -45,6 +45,9 @@ class DataConfig:
     # each training patch shows its photo downscaled by a factor drawn log-uniformly in [min_scale, 1]
     # (kd_tf.images.patch_dataset): dense detail from large photos; 1: every photo at its own scale
     min_scale: float = 1.0
+    # > 1: half the training patches get their colours pushed from grey by a factor drawn in [1, it], clipped
+    # (kd_tf.images.patch_dataset): saturated regions, where clipped noise is biased; 1: colours as they are
+    saturation_boost: float = 1.0
     val_sigma: float = 25.0               # noise sigma of the validation crops
     val_crop: int = 128                   # side of the validation crops, px
     val_crops_per_image: int = 4          # validation crops per held-out image
@@ -74,6 +77,8 @@ class DataConfig:
         _check(0 <= self.sigma_min <= self.sigma_max <= 255, "data.sigma_min/sigma_max",
                (self.sigma_min, self.sigma_max), "0 <= sigma_min <= sigma_max <= 255")
         _check(0 < self.min_scale <= 1, "data.min_scale", self.min_scale, "0 < value <= 1 (1: no downscaling)")
+        _check(self.saturation_boost >= 1, "data.saturation_boost", self.saturation_boost,
+               "a factor >= 1 (1: colours as they are)")
         _check(0 <= self.val_sigma <= 255, "data.val_sigma", self.val_sigma, "0 <= value <= 255 (0-255 scale)")
         _check(0 < self.heldout_fraction < 1, "data.heldout_fraction", self.heldout_fraction, "0 < value < 1")
         _check(self.val_crop >= 8 and self.val_crop % 8 == 0, "data.val_crop", self.val_crop,

@@ -24,6 +24,7 @@ def test_unknown_key_lists_accepted_ones():
     ({"data": {"sigma_min": 30, "sigma_max": 10}}, r"sigma_min/sigma_max"),
     ({"data": {"min_scale": 0}}, r"data.min_scale=0.0 .*0 < value <= 1"),
     ({"data": {"min_scale": 1.5}}, r"data.min_scale=1.5 .*0 < value <= 1"),
+    ({"data": {"saturation_boost": 0.5}}, r"data.saturation_boost=0.5 .*a factor >= 1"),
     ({"eval": {"baselines": ["bm4d"]}}, r"eval.baselines='bm4d'"),
     ({"student": {"family": "unet", "widths": [8]}}, r"student.widths"),
     ({"student": {"family": "ffdnet", "widths": [8, 16]}},

@@ -124,6 +124,31 @@ def test_min_scale_shows_each_photo_smaller_and_keeps_the_stream_at_one(photos):
         images.patch_dataset(photos, min_scale=0)
 
 
+def test_saturation_boost_saturates_half_the_patches_and_keeps_the_stream_at_one(photos):
+    """A flat muted colour: with saturation_boost 3 about half the patches keep it and the others
+    are pushed from its grey by a factor in [1, 3] (hue kept, clipped to [0, 1], some up to the
+    clip); a grey image stays grey; saturation_boost 1 is the stream as before, bit for bit."""
+    muted = np.broadcast_to(np.array([0.6, 0.45, 0.3], np.float32), (64, 64, 3)).copy()   # grey 0.45
+    kwargs = dict(patch_size=16, batch_size=64, sigma_range=(0, 0), seed=3, augment=False)
+    clean = next(iter(images.patch_dataset({"muted": muted}, saturation_boost=3.0, **kwargs)))[1].numpy()
+    spread = clean[:, 0, 0, 0] - clean[:, 0, 0, 2]                    # red - blue: 0.3 at factor 1
+    factors = spread / 0.3
+    kept = np.isclose(factors, 1.0, atol=1e-4)
+    assert 20 <= kept.sum() <= 44 and factors.min() > 1 - 1e-4 and factors.max() <= 3 + 1e-4
+    assert (factors > 2.5).sum() >= 3                                  # the whole range is drawn
+    np.testing.assert_allclose(clean.mean(axis=-1), 0.45, atol=1e-5)  # pushed from the grey, which stays
+    assert np.allclose(clean, clean[:, :1, :1])                       # a flat patch stays flat
+    grey = np.full((64, 64, 3), 0.5, np.float32)
+    np.testing.assert_allclose(next(iter(images.patch_dataset({"grey": grey}, saturation_boost=3.0, **kwargs)))[1], 0.5)
+    vivid = next(iter(images.patch_dataset({"v": np.broadcast_to(np.array([0.9, 0.5, 0.1], np.float32), (64, 64, 3))
+                                            .copy()}, saturation_boost=3.0, **kwargs)))[1].numpy()
+    assert vivid.min() == 0.0 and vivid.max() == 1.0                  # clipped
+    native = next(iter(images.patch_dataset(photos, **kwargs)))[1].numpy()
+    np.testing.assert_array_equal(native, next(iter(images.patch_dataset(photos, saturation_boost=1.0, **kwargs)))[1])
+    with pytest.raises(ValueError, match=r"saturation_boost=0.5.*a factor >= 1"):
+        images.patch_dataset(photos, saturation_boost=0.5)
+
+
 def test_patch_dataset_rejects_bad_arguments(photos):
     with pytest.raises(ValueError, match="sigma_range"):
         images.patch_dataset(photos, sigma_range=(30, 10))
