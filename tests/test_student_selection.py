@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from kd_tf.model_io import save_model
 
@@ -41,3 +42,38 @@ def test_downscaled_photos_are_scored_and_ranked_by_their_mean_gap(tmp_path, mon
             models["teacher"]["downscaled"]["2"]["25.0"] - models[student]["downscaled"]["2"]["25.0"]]
     table = student_selection.render(results)
     assert "mean gap at 25" in table and f"{np.mean(gaps):.2f} |" in table.splitlines()[-1]
+
+
+def test_clipped_noise_bias_removes_exactly_the_mean_error_on_near_black_and_white_pixels(tmp_path, monkeypatch,
+                                                                                          photos, tiny_teacher,
+                                                                                          tiny_student):
+    """benchmarks.clipped_noise_bias: an output off by +5/255 in red wherever red is near black, and
+    right elsewhere, is fully mended by removing its near-black bias; one off by noise too keeps the
+    noise; a red channel never near black reports no bias for it. Then the job end to end."""
+    from benchmarks import clipped_noise_bias
+    import kd_tf.photo_corpus
+
+    clean = np.full((32, 32, 3), 0.5, np.float32)
+    clean[:16, :, 0] = 0.0                                   # half the image has no red
+    shifted = clean.copy()
+    shifted[:16, :, 0] += 5 / 255
+    scores = clipped_noise_bias.bias_scores(clean, shifted)
+    assert scores["near_black"]["error_255"][0] == pytest.approx(5.0, abs=1e-4)
+    assert scores["near_black"]["error_255"][1] is None and scores["near_white"]["error_255"] == [None] * 3
+    assert scores["psnr"] < 50 and scores["psnr_bias_removed"] > 100                 # nothing left but rounding
+    noisy = shifted + np.random.default_rng(0).normal(0, 2 / 255, shifted.shape).astype(np.float32)
+    mended = clipped_noise_bias.bias_scores(clean, noisy)
+    assert mended["psnr"] < mended["psnr_bias_removed"] < 45
+
+    monkeypatch.setattr(kd_tf.photo_corpus, "load_corpus", lambda corpus_dir, role: {"chelsea": photos["chelsea"]})
+    teacher = str(save_model(tiny_teacher, tmp_path / "teacher.keras"))
+    student = str(save_model(tiny_student, tmp_path / "student.keras"))
+    out = tmp_path / "bias.json"
+    assert clipped_noise_bias.main([student, "--teacher", teacher, "--every", "1", "--crop", "64", "--gamut", "3",
+                                    "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert set(results["sets"]) == {"selection photos", "gamut images"} and len(results["images"]["gamut images"]) == 3
+    for models in results["sets"].values():
+        assert set(models) == {"teacher", student}
+        assert all(row["psnr_bias_removed"] >= row["psnr"] - 1e-6 for row in models.values())
+    assert "gap, near-0/1 bias removed" in results["table"]
