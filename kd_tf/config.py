@@ -48,6 +48,9 @@ class DataConfig:
     # > 1: half the training patches get their colours pushed from grey by a factor drawn in [1, it], clipped
     # (kd_tf.images.patch_dataset): saturated regions, where clipped noise is biased; 1: colours as they are
     saturation_boost: float = 1.0
+    # this fraction of the training patches is made grey before the (per-channel) noise: black-and-white photos
+    # (kd_tf.images.patch_dataset); 0: colours as they are
+    grey_fraction: float = 0.0
     val_sigma: float = 25.0               # noise sigma of the validation crops
     val_crop: int = 128                   # side of the validation crops, px
     val_crops_per_image: int = 4          # validation crops per held-out image
@@ -79,6 +82,8 @@ class DataConfig:
         _check(0 < self.min_scale <= 1, "data.min_scale", self.min_scale, "0 < value <= 1 (1: no downscaling)")
         _check(self.saturation_boost >= 1, "data.saturation_boost", self.saturation_boost,
                "a factor >= 1 (1: colours as they are)")
+        _check(0 <= self.grey_fraction <= 1, "data.grey_fraction", self.grey_fraction,
+               "0 <= fraction <= 1 (0: colours as they are)")
         _check(0 <= self.val_sigma <= 255, "data.val_sigma", self.val_sigma, "0 <= value <= 255 (0-255 scale)")
         _check(0 < self.heldout_fraction < 1, "data.heldout_fraction", self.heldout_fraction, "0 < value < 1")
         _check(self.val_crop >= 8 and self.val_crop % 8 == 0, "data.val_crop", self.val_crop,

@@ -460,7 +460,7 @@ def patch_dataset(images, patch_size: int = 64, batch_size: int = 16,
                   sigma_range=(0.0, 55.0), seed: int = 0, augment: bool = True,
                   skip_batches: int = 0, noise_level_for_teacher: bool = False,
                   degradation=None, noisy_8bit: bool = False, min_scale: float = 1.0,
-                  saturation_boost: float = 1.0) -> tf.data.Dataset:
+                  saturation_boost: float = 1.0, grey_fraction: float = 0.0) -> tf.data.Dataset:
     """An endless, seeded stream of (noisy, clean) patch batches.
 
     Images are sampled in proportion to their area; each patch gets a random crop, one of the
@@ -490,6 +490,11 @@ def patch_dataset(images, patch_size: int = 64, batch_size: int = 16,
     biased, and colours that the photos hold few of (the 20.4 k-MAC student is 2 dB behind its
     teacher on synthetic gamut images, 0.24 dB on training photos: benchmarks.clipped_noise_bias).
 
+    `grey_fraction` > 0: that fraction of the patches is made grey (each pixel's channel mean in all
+    three channels) before the noise, which stays independent per channel. Black-and-white photos
+    are common and the corpus holds none; on grey copies of the training photos the 20.4 k-MAC
+    student is 0.33 dB behind its teacher at sigma 25, on the colour originals 0.24 dB.
+
     >>> from kd_tf.degradations import Downscale
     >>> image = np.random.default_rng(0).random((40, 40, 3)).astype("float32")
     >>> low, high = next(iter(patch_dataset([image], 16, 2, degradation=Downscale(2))))
@@ -511,6 +516,8 @@ def patch_dataset(images, patch_size: int = 64, batch_size: int = 16,
         raise InputError(f"min_scale={min_scale!r}; accepted: 0 < min_scale <= 1 (1: photos at their own scale)")
     if not float(saturation_boost) >= 1.0:
         raise InputError(f"saturation_boost={saturation_boost!r}; accepted: a factor >= 1 (1: colours as they are)")
+    if not 0.0 <= float(grey_fraction) <= 1.0:
+        raise InputError(f"grey_fraction={grey_fraction!r}; accepted: 0 <= fraction <= 1 (0: colours as they are)")
     too_small = [img.shape[:2] for img in images if min(img.shape[:2]) < patch_size]
     if too_small:
         raise InputError(f"{len(too_small)} image(s) are smaller than patch_size={patch_size}: {too_small[:5]}")
@@ -540,6 +547,10 @@ def patch_dataset(images, patch_size: int = 64, batch_size: int = 16,
             factor = tf.where(draw[0] < 0.5, 1.0 + draw[1] * (float(saturation_boost) - 1.0), 1.0)
             grey = tf.reduce_mean(patch, axis=-1, keepdims=True)
             patch = tf.clip_by_value(grey + factor * (patch - grey), 0.0, 1.0)
+        if grey_fraction > 0.0:                     # its own seed too
+            draw = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seeds[1], 3))
+            grey = tf.reduce_mean(patch, axis=-1, keepdims=True)
+            patch = tf.where(draw < float(grey_fraction), tf.broadcast_to(grey, tf.shape(patch)), patch)
         if augment:
             patch = tf.image.stateless_random_flip_left_right(patch, seeds[2])
             turns = tf.random.stateless_uniform([], seeds[3], 0, 4, dtype=tf.int32)

@@ -25,6 +25,7 @@ def test_unknown_key_lists_accepted_ones():
     ({"data": {"min_scale": 0}}, r"data.min_scale=0.0 .*0 < value <= 1"),
     ({"data": {"min_scale": 1.5}}, r"data.min_scale=1.5 .*0 < value <= 1"),
     ({"data": {"saturation_boost": 0.5}}, r"data.saturation_boost=0.5 .*a factor >= 1"),
+    ({"data": {"grey_fraction": -0.1}}, r"data.grey_fraction=-0.1 .*0 <= fraction <= 1"),
     ({"eval": {"baselines": ["bm4d"]}}, r"eval.baselines='bm4d'"),
     ({"student": {"family": "unet", "widths": [8]}}, r"student.widths"),
     ({"student": {"family": "ffdnet", "widths": [8, 16]}},

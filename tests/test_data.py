@@ -149,6 +149,25 @@ def test_saturation_boost_saturates_half_the_patches_and_keeps_the_stream_at_one
         images.patch_dataset(photos, saturation_boost=0.5)
 
 
+def test_grey_fraction_greys_that_share_of_the_patches_and_keeps_the_noise_per_channel(photos):
+    """A flat colour: with grey_fraction 0.25 about a quarter of the clean patches turn into its grey
+    and the rest keep it; the noise stays independent per channel; 0 is the stream as before."""
+    colour = np.broadcast_to(np.array([0.7, 0.4, 0.1], np.float32), (64, 64, 3)).copy()   # grey 0.4
+    kwargs = dict(patch_size=16, batch_size=128, seed=5, augment=False)
+    noisy, clean = (t.numpy() for t in next(iter(images.patch_dataset({"c": colour}, sigma_range=(25, 25),
+                                                                      grey_fraction=0.25, **kwargs))))
+    greyed = np.all(np.isclose(clean, 0.4, atol=1e-6), axis=(1, 2, 3))
+    kept = np.all(np.isclose(clean, colour[:16, :16], atol=1e-6), axis=(1, 2, 3))
+    assert np.all(greyed | kept) and 18 <= greyed.sum() <= 46
+    residual = noisy[greyed] - clean[greyed]
+    assert np.corrcoef(residual[..., 0].ravel(), residual[..., 1].ravel())[0, 1] < 0.1   # not one noise copied
+    native = next(iter(images.patch_dataset(photos, sigma_range=(0, 0), **kwargs)))[1].numpy()
+    np.testing.assert_array_equal(native, next(iter(images.patch_dataset(photos, sigma_range=(0, 0), grey_fraction=0.0,
+                                                                         **kwargs)))[1])
+    with pytest.raises(ValueError, match=r"grey_fraction=1.5.*0 <= fraction <= 1"):
+        images.patch_dataset(photos, grey_fraction=1.5)
+
+
 def test_patch_dataset_rejects_bad_arguments(photos):
     with pytest.raises(ValueError, match="sigma_range"):
         images.patch_dataset(photos, sigma_range=(30, 10))

@@ -65,7 +65,8 @@ def training_data(config_data: cfg.DataConfig, seed: int):
         return patch_dataset(train_images, config_data.patch_size, config_data.batch_size,
                              (config_data.sigma_min, config_data.sigma_max), seed=seed, skip_batches=skip_batches,
                              noise_level_for_teacher=noise_level_for_teacher, noisy_8bit=config_data.noisy_8bit,
-                             min_scale=config_data.min_scale, saturation_boost=config_data.saturation_boost)
+                             min_scale=config_data.min_scale, saturation_boost=config_data.saturation_boost,
+                             grey_fraction=config_data.grey_fraction)
 
     val_noisy, val_clean = fixed_crops(split.heldout, config_data.val_crop, config_data.val_crops_per_image,
                                        config_data.val_sigma, noisy_8bit=config_data.noisy_8bit)
