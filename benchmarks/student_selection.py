@@ -15,6 +15,10 @@ memorising them, so the ranking measures how well each one learned the teacher's
 to 8 bits): the corpus is mostly 4-8 MP wallpapers, and photos from phones' previews and the web
 hold more detail per pixel. The table then gives the gap to the teacher at each factor and its
 mean, the ranking's figure for a student trained on downscaled patches (`data.min_scale`).
+
+`--grey` scores grey copies of the same photos (each pixel's channel mean in all three channels;
+the noise stays independent per channel): how far each candidate is behind the teacher on
+black-and-white photos, which the corpus lacks (`data.grey_fraction`).
 """
 
 from __future__ import annotations
@@ -34,10 +38,11 @@ HERE = Path(__file__).resolve().parent
 TEACHER = "models/denoise/ffdnet_8bit.keras"
 
 
-def selection_photos(every: int, crop: int, corpus_dir=None, downscale: int = 1) -> dict[str, np.ndarray]:
+def selection_photos(every: int, crop: int, corpus_dir=None, downscale: int = 1,
+                     grey: bool = False) -> dict[str, np.ndarray]:
     """Every `every`-th training photo of the corpus (sorted by name), area-downscaled by `downscale`
     (then rounded to 8 bits, as a smaller file would be), centre-cropped to `crop` (a multiple of 16,
-    so every candidate's stride divides it)."""
+    so every candidate's stride divides it); `grey`: each pixel's channel mean in all three channels."""
     import cv2
 
     from kd_tf.photo_corpus import load_corpus
@@ -50,6 +55,8 @@ def selection_photos(every: int, crop: int, corpus_dir=None, downscale: int = 1)
             size = (image.shape[1] // downscale, image.shape[0] // downscale)
             image = np.round(np.clip(cv2.resize(image, size, interpolation=cv2.INTER_AREA), 0, 1) * 255) / 255
             image = image.astype(np.float32)
+        if grey:
+            image = np.repeat(image.mean(axis=2, keepdims=True), 3, axis=2).astype(np.float32)
         photos[name] = _centre_crop(image, min(crop, *image.shape[:2]) // 16 * 16)
     return photos
 
@@ -89,23 +96,24 @@ def main(argv=None) -> int:
     parser.add_argument("--downscale", type=int, nargs="+", default=[1],
                         help="area-downscaling factors of the photos, 1 first (default: 1 only); factors above 1 "
                              "are scored at sigma 25")
+    parser.add_argument("--grey", action="store_true", help="grey copies of the photos (black-and-white photos)")
     parser.add_argument("--out", type=Path, default=HERE.parent / "runs" / "student_selection.json",
                         help="results file (default runs/student_selection.json: a ranking for a new candidate "
                              "never overwrites the committed benchmarks/student_selection.json)")
     args = parser.parse_args(argv)
     if args.downscale[0] != 1 or any(f < 1 for f in args.downscale):
         parser.error(f"--downscale {args.downscale}: factors >= 1, the first one 1 (the photos as they are)")
-    photos = selection_photos(args.every, args.crop)
+    photos = selection_photos(args.every, args.crop, grey=args.grey)
     methods = [Method("teacher", model=load_model(args.teacher))]
     methods += [Method(path, model=load_model(path)) for path in args.candidates]
     report = evaluate(methods, photos, sigmas=args.sigmas, timing=False, progress=lambda _: None)
     results = {"machine": machine_info(), "photos": sorted(photos), "crop": args.crop, "sigmas": args.sigmas,
-               "teacher": args.teacher, "downscale": args.downscale,
+               "teacher": args.teacher, "downscale": args.downscale, "grey": args.grey,
                "models": {name: {"params": entry["params"], "macs_512": entry["macs_512"],
                                  "psnr": {s: v["psnr"] for s, v in entry["scores"].items()}, "downscaled": {}}
                           for name, entry in report["methods"].items()}}
     for factor in args.downscale[1:]:
-        smaller = evaluate(methods, selection_photos(args.every, args.crop, downscale=factor), sigmas=[25.0],
+        smaller = evaluate(methods, selection_photos(args.every, args.crop, downscale=factor, grey=args.grey), sigmas=[25.0],
                            timing=False, progress=lambda _: None)
         for name, entry in smaller["methods"].items():
             results["models"][name]["downscaled"][str(factor)] = {s: v["psnr"] for s, v in entry["scores"].items()}

@@ -493,7 +493,8 @@ def patch_dataset(images, patch_size: int = 64, batch_size: int = 16,
     `grey_fraction` > 0: that fraction of the patches is made grey (each pixel's channel mean in all
     three channels) before the noise, which stays independent per channel. Black-and-white photos
     are common and the corpus holds none; on grey copies of the training photos the 20.4 k-MAC
-    student is 0.33 dB behind its teacher at sigma 25, on the colour originals 0.24 dB.
+    student is 0.33 dB behind its teacher at sigma 25, on the colour originals 0.24 dB
+    (benchmarks/student_selection_grey.json).
 
     >>> from kd_tf.degradations import Downscale
     >>> image = np.random.default_rng(0).random((40, 40, 3)).astype("float32")

@@ -28,6 +28,8 @@ def test_downscaled_photos_are_scored_and_ranked_by_their_mean_gap(tmp_path, mon
     expected = photos["astronaut"][2 * top:2 * top + 128, 2 * left:2 * left + 128]
     expected = expected.reshape(64, 2, 64, 2, 3).mean(axis=(1, 3))           # area averaging of 2x2 blocks
     np.testing.assert_allclose(halved["astronaut"], expected, atol=0.5 / 255 + 1e-6)
+    grey = student_selection.selection_photos(1, 64, downscale=2, grey=True)["astronaut"]
+    np.testing.assert_allclose(grey, np.repeat(halved["astronaut"].mean(axis=2, keepdims=True), 3, axis=2), atol=1e-6)
 
     teacher = str(save_model(tiny_teacher, tmp_path / "teacher.keras"))
     student = str(save_model(tiny_student, tmp_path / "student.keras"))
