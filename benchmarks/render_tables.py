@@ -81,6 +81,47 @@ def teacher_choice(report: dict) -> str:
     return _table(header, rows)
 
 
+STUDENT = "student (distilled)"
+# earlier shipped or starting students the shipped one is compared with: (label, its training report)
+STUDENT_PREDECESSORS = [
+    ("the ninth-cycle student (its start, `models/denoise/checkpoints/student-v16-multiscale/`)",
+     "models/denoise/checkpoints/student-v16-multiscale/report.json"),
+    ("the student shipped in sessions 30-37 (`models/denoise/checkpoints/student-v11/`)",
+     "models/denoise/checkpoints/student-v11/report.json"),
+    ("the third-cycle student (shipped in session 29, `models/denoise/checkpoints/student-v9/`)",
+     "models/denoise/checkpoints/student-v9/report.json"),
+    ("the session-26 student (its first cycle, `models/denoise/checkpoints/student-v7/`)",
+     "models/denoise/checkpoints/student-v7/report.json"),
+    ("the student shipped in sessions 9-25 (`models/denoise/checkpoints/student-v5/`)",
+     "models/denoise/checkpoints/student-v5/report.json"),
+]
+
+
+def shipped_student(report: dict) -> str:
+    """README: the shipped student's PSNR on both held-out sets and its distance to the teacher, to
+    published FFDNet and CBM3D (models/denoise/teacher_choice_report.json) and to earlier students."""
+    def sets(rep):
+        return [rep["methods"], rep["heldout2"]["methods"]]
+
+    columns = [(i, sigma) for i in range(2) for sigma in SIGMAS]
+    mine = [_psnr(sets(report)[i], STUDENT, sigma) for i, sigma in columns]
+
+    def against(label, methods_by_set, name):
+        cells = []
+        for (i, sigma), value in zip(columns, mine):
+            other = _psnr(methods_by_set[i], name, sigma)
+            cells.append("-" if other is None or value is None else f"{value - other:+.2f}")
+        return [label] + cells
+
+    choice = sets(_load(TEACHER_CHOICE))
+    rows = [["shipped student"] + [f"{v:.2f}" for v in mine],
+            against("against its teacher (`ffdnet_8bit.keras`)", sets(report), "teacher"),
+            against("against published FFDNet", choice, "teacher"),
+            against("against CBM3D", choice, "cbm3d")]
+    rows += [against(f"against {label}", sets(_load(path)), STUDENT) for label, path in STUDENT_PREDECESSORS]
+    return _table([""] + [f"set {i + 1} s{float(s):g}" for i, s in columns], rows)
+
+
 def card_set(report: dict, which: int) -> str:
     """MODEL_CARD.md: PSNR/SSIM per sigma on one held-out set (set 1 with params, GMACs and ms)."""
     methods = report["methods"] if which == 1 else report["heldout2"]["methods"]
@@ -302,6 +343,7 @@ def int8_width_speed(results: dict) -> str:
 # name -> (report file, renderer); the files hold `<!-- table:NAME -->` ... `<!-- /table:NAME -->`
 TABLES = {
     "teacher-choice": (TEACHER_CHOICE, teacher_choice),
+    "shipped-student": ("models/denoise/student_report.json", shipped_student),
     "teacher-card-set1": (TEACHER_CHOICE, lambda report: card_set(report, 1)),
     "teacher-card-set2": (TEACHER_CHOICE, lambda report: card_set(report, 2)),
     "speed-targets": (RESULTS, speed_targets),
