@@ -97,6 +97,10 @@ STUDENT_PREDECESSORS = [
 ]
 
 
+# report files that renderers read beside their table's own (a copy of the repository needs them too)
+EXTRA_REPORTS = tuple(path for _, path in STUDENT_PREDECESSORS)
+
+
 def shipped_student(report: dict) -> str:
     """README: the shipped student's PSNR on both held-out sets and its distance to the teacher, to
     published FFDNet and CBM3D (models/denoise/teacher_choice_report.json) and to earlier students."""

@@ -32,7 +32,8 @@ def test_a_figure_edited_by_hand_or_a_changed_report_is_caught(tmp_path, monkeyp
     assert render_tables.render_text(outside)[1] == []
 
     copy = tmp_path / "repo"                                     # a report changes: its tables must follow
-    for relative in (*render_tables.FILES, *{report for report, _ in render_tables.TABLES.values()}):
+    for relative in (*render_tables.FILES, *{report for report, _ in render_tables.TABLES.values()},
+                     *render_tables.EXTRA_REPORTS):
         (copy / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(render_tables.ROOT / relative, copy / relative)
     report = json.loads((copy / render_tables.TEACHER_CHOICE).read_text())
