@@ -113,8 +113,8 @@ def main(argv=None) -> int:
                                  "psnr": {s: v["psnr"] for s, v in entry["scores"].items()}, "downscaled": {}}
                           for name, entry in report["methods"].items()}}
     for factor in args.downscale[1:]:
-        smaller = evaluate(methods, selection_photos(args.every, args.crop, downscale=factor, grey=args.grey), sigmas=[25.0],
-                           timing=False, progress=lambda _: None)
+        smaller = evaluate(methods, selection_photos(args.every, args.crop, downscale=factor, grey=args.grey),
+                           sigmas=[25.0], timing=False, progress=lambda _: None)
         for name, entry in smaller["methods"].items():
             results["models"][name]["downscaled"][str(factor)] = {s: v["psnr"] for s, v in entry["scores"].items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
