@@ -551,7 +551,7 @@ def patch_dataset(images, patch_size: int = 64, batch_size: int = 16,
         if grey_fraction > 0.0:                     # its own seed too
             draw = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seeds[1], 3))
             grey = tf.reduce_mean(patch, axis=-1, keepdims=True)
-            patch = tf.where(draw < float(grey_fraction), tf.broadcast_to(grey, tf.shape(patch)), patch)
+            patch = tf.where(draw < float(grey_fraction), grey, patch)   # [h, w, 1] broadcasts
         if augment:
             patch = tf.image.stateless_random_flip_left_right(patch, seeds[2])
             turns = tf.random.stateless_uniform([], seeds[3], 0, 4, dtype=tf.int32)
