@@ -9,7 +9,9 @@ Selection sets (8-bit protocol, sigma 25, three noise draws each): synthetic gam
 and the parity check the fixed kd_tf.int8_parity.colour_set) and 256 px centre crops of the
 embedded training photos (the held-out photos are the parity check's). Per file and set: mean
 drop, mean |drop| (a file that moves a flat image closer to the truth by chance does not hide a
-loss elsewhere), worst image over the draws' mean, largest mean channel shift.
+loss elsewhere), worst image over the draws' mean, largest mean channel shift, and the mean PSNR
+against the clean image of the int8 file and of the float model: files of different students (a
+new student against the shipped one) compare end to end on the same images and noise draws.
 """
 
 from __future__ import annotations
@@ -46,11 +48,13 @@ def rank(model, int8_paths, sets, draws: int = DRAWS) -> dict:
         int8 = LiteRTModel(path, num_threads=2)
         results[str(path)] = {}
         for set_name, images in sets.items():
-            drops, shifts = {}, {}
+            drops, shifts, psnr_int8, psnr_float = {}, {}, [], []
             for k in range(draws):
                 rows = image_parity(lambda b: model(b, training=False), int8, images, sigma=SIGMA,
                                     seed=SEED + 1000 * k)["per_image"]
                 for name, row in rows.items():
+                    psnr_int8.append(row["psnr_int8"])
+                    psnr_float.append(row["psnr_float"])
                     drops.setdefault(name, []).append(row["drop_db"])
                     shifts.setdefault(name, []).append(max(abs(v) for v in row["channel_shift_255"]))
             means = {name: float(np.mean(v)) for name, v in drops.items()}
@@ -61,18 +65,20 @@ def rank(model, int8_paths, sets, draws: int = DRAWS) -> dict:
                 "worst_image": worst, "worst_drop_db": means[worst],
                 "images_above_0.2_db": sum(v > 0.2 for v in means.values()),
                 "max_channel_shift_255": float(max(np.mean(v) for v in shifts.values())),
+                "mean_psnr_int8_db": float(np.mean(psnr_int8)), "mean_psnr_float_db": float(np.mean(psnr_float)),
                 "per_image_drop_db": means}
     return results
 
 
 def table(results: dict) -> str:
-    lines = ["| int8 file | set | mean drop | mean abs drop | worst (image) | images > 0.2 dB | max shift /255 |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| int8 file | set | mean drop | mean abs drop | worst (image) | images > 0.2 dB | max shift /255 "
+             "| PSNR int8 (float) |", "|---|---|---|---|---|---|---|---|"]
     for path, sets in results.items():
         for set_name, r in sets.items():
             lines.append(f"| {path} | {set_name} | {r['mean_drop_db']:.3f} | {r['mean_abs_drop_db']:.3f} | "
                          f"{r['worst_drop_db']:.3f} ({r['worst_image']}) | {r['images_above_0.2_db']} | "
-                         f"{r['max_channel_shift_255']:.2f} |")
+                         f"{r['max_channel_shift_255']:.2f} | "
+                         f"{r['mean_psnr_int8_db']:.2f} ({r['mean_psnr_float_db']:.2f}) |")
     return "\n".join(lines)
 
 

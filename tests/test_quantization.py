@@ -574,4 +574,9 @@ def test_int8_selection_ranks_files_on_images_no_check_uses(tmp_path, monkeypatc
     for name in sets:
         assert abs(exact[name]["mean_abs_drop_db"]) < 0.01, exact[name]
         assert rounded[name]["mean_abs_drop_db"] > exact[name]["mean_abs_drop_db"] + 1e-3, rounded[name]
+        # end to end: the float32 file scores what the model scores; the float model's PSNR is the same for both
+        assert abs(exact[name]["mean_psnr_int8_db"] - exact[name]["mean_psnr_float_db"]) < 0.01, exact[name]
+        assert rounded[name]["mean_psnr_float_db"] == exact[name]["mean_psnr_float_db"]
+        assert abs(rounded[name]["mean_psnr_float_db"] - rounded[name]["mean_psnr_int8_db"]
+                   - rounded[name]["mean_drop_db"]) < 1e-6, rounded[name]
     assert json.loads((tmp_path / "s.json").read_text())["table"].count("| gamut |") == 2
