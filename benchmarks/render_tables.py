@@ -84,8 +84,9 @@ def teacher_choice(report: dict) -> str:
 STUDENT = "student (distilled)"
 # earlier shipped or starting students the shipped one is compared with: (label, its training report)
 STUDENT_PREDECESSORS = [
-    ("the ninth-cycle student (its start, `models/denoise/checkpoints/student-v16-multiscale/`)",
-     "models/denoise/checkpoints/student-v16-multiscale/report.json"),
+    ("the twelfth-cycle student (its start, shipped in session 38, "
+     "`models/denoise/checkpoints/student-v19-saturation/`)",
+     "models/denoise/checkpoints/student-v19-saturation/report.json"),
     ("the student shipped in sessions 30-37 (`models/denoise/checkpoints/student-v11/`)",
      "models/denoise/checkpoints/student-v11/report.json"),
     ("the third-cycle student (shipped in session 29, `models/denoise/checkpoints/student-v9/`)",

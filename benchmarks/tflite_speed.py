@@ -83,7 +83,7 @@ def float32_flatbuffer(keras_path: Path, workdir: Path) -> bytes:
     return export.to_tflite(saved, "float32")
 
 
-def compare(name: str, keras_path: Path, int8_path: Path, shapes, workdir: Path) -> dict:
+def compare(name: str, keras_path: Path, int8_path: Path, shapes, workdir: Path, repeats: int = REPEATS) -> dict:
     """ms per input for float32 and int8 at each thread count, their ratio, and both sizes."""
     from kd_tf.export import LiteRTModel, op_names
 
@@ -99,7 +99,7 @@ def compare(name: str, keras_path: Path, int8_path: Path, shapes, workdir: Path)
         batch = (rng.random(shape) if len(shape) == 4 else rng.standard_normal(shape)).astype(np.float32)
         for threads in THREADS:
             ms = alternating_median_ms({"float32": LiteRTModel(flat32, num_threads=threads),
-                                        "int8": LiteRTModel(flat8, num_threads=threads)}, batch)
+                                        "int8": LiteRTModel(flat8, num_threads=threads)}, batch, repeats)
             float_ms, int8_ms = ms["float32"], ms["int8"]
             row["timings"].append({"input_shape": list(shape), "threads": threads, "float32_ms": float_ms,
                                    "int8_ms": int8_ms, "speedup_int8": float_ms / int8_ms})
@@ -115,13 +115,17 @@ def compare(name: str, keras_path: Path, int8_path: Path, shapes, workdir: Path)
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=HERE / "tflite_speed.json", help="results file (one per CPU kind)")
+    parser.add_argument("--repeats", type=int, default=REPEATS,
+                        help="invocations per model and setting (more on a machine whose neighbours' load varies)")
     args = parser.parse_args(argv)
-    results = {"machine": machine_info(), "repeats": REPEATS,
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: accepted: 1 or more")
+    results = {"machine": machine_info(), "repeats": args.repeats,
                "targets": {"int8_speedup_at_least": TARGET_SPEEDUP, "size_ratio_at_least": TARGET_SIZE_RATIO},
                "models": {}}
     with tempfile.TemporaryDirectory() as workdir:
         for name, keras_path, int8_path, shapes in MODELS:
-            results["models"][name] = compare(name, keras_path, int8_path, shapes, Path(workdir))
+            results["models"][name] = compare(name, keras_path, int8_path, shapes, Path(workdir), args.repeats)
     return write_results(results, render, args.out)
 
 
