@@ -8,7 +8,7 @@ of its size").
 Each float32 flatbuffer is converted here from the shipped Keras model the way `python -m kd_tf
 export` writes its float32 format (SavedModel, then `kd_tf.export.to_tflite`); the int8 one is the
 shipped file. Both run through `kd_tf.export.LiteRTModel` (LiteRT's default CPU path, XNNPACK) on
-the same random input; a figure is the median of `REPEATS` invocations after one warm-up, float32
+the same random input; a figure is the median of `REPEATS` (`--repeats`) invocations after one warm-up, float32
 and int8 invoked in turn (`alternating_median_ms`: on a shared machine a neighbour's load then
 slows both alike; timed one after the other, the ratio moved by 0.3x from run to run). Whether
 int8 pays depends on the CPU's integer dot-product instructions (AVX512-VNNI / AVX-VNNI on x86,
