@@ -79,3 +79,26 @@ def test_clipped_noise_bias_removes_exactly_the_mean_error_on_near_black_and_whi
         assert set(models) == {"teacher", student}
         assert all(row["psnr_bias_removed"] >= row["psnr"] - 1e-6 for row in models.values())
     assert "gap, near-0/1 bias removed" in results["table"]
+
+
+def test_self_ensemble_turns_each_output_back_before_averaging():
+    """benchmarks.self_ensemble: a 1x1 convolution commutes with flips and rotations, so its x8
+    ensemble equals one pass; a 3x3 kernel with no symmetry does not. A transform not undone (or
+    undone wrongly) misaligns the eight outputs and breaks the first equality."""
+    import doctest
+
+    import keras
+
+    from benchmarks import self_ensemble
+    from kd_tf.denoise.evaluation import Method
+
+    assert doctest.testmod(self_ensemble).failed == 0
+    noisy = np.random.default_rng(0).random((24, 32, 3)).astype(np.float32)     # not square: rotations change shape
+    for size, same in ((1, True), (3, False)):
+        keras.utils.set_random_seed(size)
+        inputs = keras.Input((None, None, 3))
+        model = keras.Model(inputs, keras.layers.Conv2D(3, size, padding="same")(inputs))
+        one = Method("one", model=model).denoise(noisy, 25.0)
+        eight = self_ensemble.self_ensemble_method("eight", model).denoise(noisy, 25.0)
+        assert eight.shape == one.shape == noisy.shape
+        assert np.allclose(eight, one, atol=1e-5) == same, float(np.abs(eight - one).max())
