@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import machine_info, write_results
-from benchmarks.student_selection import TEACHER, selection_photos
+from benchmarks.student_selection import add_photo_arguments, selection_photos
 
 HERE = Path(__file__).resolve().parent
 STUDENT = "models/denoise/student.keras"
@@ -79,11 +79,8 @@ def main(argv=None) -> int:
     from kd_tf.model_io import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--teacher", default=TEACHER)
+    add_photo_arguments(parser)
     parser.add_argument("--student", default=STUDENT)
-    parser.add_argument("--every", type=int, default=6, help="every N-th training photo (default 6: 13 of 73)")
-    parser.add_argument("--crop", type=int, default=384)
-    parser.add_argument("--sigmas", type=float, nargs="+", default=[15.0, 25.0, 50.0])
     parser.add_argument("--out", type=Path, default=HERE / "self_ensemble.json")
     args = parser.parse_args(argv)
     teacher, student = load_model(args.teacher), load_model(args.student)

@@ -61,6 +61,14 @@ def selection_photos(every: int, crop: int, corpus_dir=None, downscale: int = 1,
     return photos
 
 
+def add_photo_arguments(parser: argparse.ArgumentParser) -> None:
+    """The teacher and the photos every ranking on the selection photos takes: --teacher, --every, --crop, --sigmas."""
+    parser.add_argument("--teacher", default=TEACHER)
+    parser.add_argument("--every", type=int, default=6, help="every N-th training photo (default 6: 13 of 73)")
+    parser.add_argument("--crop", type=int, default=384)
+    parser.add_argument("--sigmas", type=float, nargs="+", default=[15.0, 25.0, 50.0])
+
+
 def render(results: dict) -> str:
     from benchmarks.render_tables import _table
 
@@ -89,10 +97,7 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("candidates", nargs="+", help="students' .keras files")
-    parser.add_argument("--teacher", default=TEACHER)
-    parser.add_argument("--every", type=int, default=6, help="every N-th training photo (default 6: 13 of 73)")
-    parser.add_argument("--crop", type=int, default=384)
-    parser.add_argument("--sigmas", type=float, nargs="+", default=[15.0, 25.0, 50.0])
+    add_photo_arguments(parser)
     parser.add_argument("--downscale", type=int, nargs="+", default=[1],
                         help="area-downscaling factors of the photos, 1 first (default: 1 only); factors above 1 "
                              "are scored at sigma 25")
