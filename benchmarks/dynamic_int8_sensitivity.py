@@ -49,7 +49,7 @@ def sensitivity(model_path: str, float_layers: list[str], clean: np.ndarray) -> 
     from kd_tf.denoise.export_job import calibration_batches, dynamic_source
     from kd_tf.images import load_split, to_8bit
     from kd_tf.model_io import load_model
-    from kd_tf.weight_rounding import MIN_ELEMENTS, input_rounding_copy, rounding_exclusion, simulated_dynamic_int8
+    from kd_tf.weight_rounding import MIN_ELEMENTS, _eligible, _simulating, simulated_dynamic_int8
 
     data = cfg.DataConfig()
     split = load_split(None, data.heldout_fraction, data.split_seed, min_size=data.patch_size)
@@ -58,9 +58,9 @@ def sensitivity(model_path: str, float_layers: list[str], clean: np.ndarray) -> 
     noisy = [to_8bit(clean + SIGMA / 255 * rng.standard_normal(clean.shape).astype(np.float32)) for _ in range(DRAWS)]
     reference = np.mean([psnr_per_image(np.asarray(source(batch)), clean) for batch in noisy], axis=0)
     brightness = clean.mean(axis=(1, 2, 3))
-    rounded = [layer.name for layer in source.layers if rounding_exclusion(layer, MIN_ELEMENTS) is None]
-    variants = {name: (lambda n=name: input_rounding_copy(source, {n}, True)) for name in rounded}
-    variants["ALL"] = lambda: input_rounding_copy(source, set(rounded), True)
+    rounded = [layer.name for layer in source.layers if _eligible(layer, MIN_ELEMENTS) is None]
+    variants = {name: (lambda n=name: _simulating(source, {n}, True)) for name in rounded}
+    variants["ALL"] = lambda: _simulating(source, set(rounded), True)
     variants["weights only (nearest)"] = lambda: simulated_dynamic_int8(source, weights=True, activations=False)
     variants["weights (nearest) and ALL"] = lambda: simulated_dynamic_int8(source, weights=True, activations=True)
     rows = {}

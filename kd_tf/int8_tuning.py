@@ -31,7 +31,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kd_tf.weight_rounding import MIN_ELEMENTS, dynamic_int8, on_int8_grid, rounding_exclusion
+from kd_tf.weight_rounding import MIN_ELEMENTS, _eligible, dynamic_int8, on_int8_grid
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,9 @@ def tune_dynamic_int8(reference: keras.Model, rounded: keras.Model, dataset, ste
     cosine from `learning_rate`; on the denoising student 1e-4 diverged and 2e-5 did not.
     """
     names = {layer.name for layer in rounded.layers
-             if rounding_exclusion(layer, min_elements) is None and type(layer) is keras.layers.Conv2D}
+             if _eligible(layer, min_elements) is None and type(layer) is keras.layers.Conv2D}
     frozen = [layer.name for layer in rounded.layers
-              if rounding_exclusion(layer, min_elements) is None and layer.name not in names]
+              if _eligible(layer, min_elements) is None and layer.name not in names]
     for name in names:
         if not on_int8_grid(rounded.get_layer(name).kernel.numpy()):
             raise ValueError(f"layer {name!r}: kernel not on the int8 grid; round it first (gptq_int8_weights)")

@@ -117,7 +117,7 @@ def _keep_channel_peaks(rounded: np.ndarray, original: np.ndarray, scale: np.nda
     return rounded
 
 
-def rounding_exclusion(layer, min_elements: int) -> str | None:
+def _eligible(layer, min_elements: int) -> str | None:
     """None when GPTQ rounds `layer`, else why not ("" for layers that hold no int8 kernel)."""
     if not isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) or \
             isinstance(layer, (keras.layers.DepthwiseConv2D, keras.layers.Conv2DTranspose)):
@@ -130,7 +130,7 @@ def rounding_exclusion(layer, min_elements: int) -> str | None:
     return None
 
 
-def input_rounding_copy(model: keras.Model, names: set, dynamic_activations: bool) -> keras.Model:
+def _simulating(model: keras.Model, names: set, dynamic_activations: bool) -> keras.Model:
     """A clone whose layers in `names` round their inputs as dynamic-range kernels do."""
     def clone(layer):
         cls = type(layer)
@@ -153,8 +153,8 @@ def simulated_dynamic_int8(model: keras.Model, weights: bool = True, activations
     (`weights`), those layers' inputs rounded per sample at run time (`activations`). Either alone
     says which of the two costs an int8 model its quality, before any file is written.
     """
-    names = {layer.name for layer in model.layers if rounding_exclusion(layer, min_elements) is None}
-    copy = input_rounding_copy(model, names, activations)
+    names = {layer.name for layer in model.layers if _eligible(layer, min_elements) is None}
+    copy = _simulating(model, names, activations)
     if weights:
         for name in names:
             layer_weights = copy.get_layer(name).get_weights()
@@ -177,10 +177,10 @@ def gptq_int8_weights(model: keras.Model, batches, dynamic_activations: bool = T
     ones too (kd_tf.export.shuffle_upsampling turns 2x2 stride-2 ones into convolutions first).
     """
     batches = [_model_inputs(batch) for batch in batches]
-    reasons = {layer.name: rounding_exclusion(layer, min_elements) for layer in model.layers}
+    reasons = {layer.name: _eligible(layer, min_elements) for layer in model.layers}
     names = [name for name, why in reasons.items() if why is None]
     skipped = [name for name, why in reasons.items() if why]
-    simulated = input_rounding_copy(model, set(names), dynamic_activations)
+    simulated = _simulating(model, set(names), dynamic_activations)
     stats = {}
     for name in names:
         layer = simulated.get_layer(name)
