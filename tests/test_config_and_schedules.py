@@ -37,6 +37,9 @@ def test_unknown_key_lists_accepted_ones():
     ({"student": {"global_context": -4}}, r"student.global_context=-4 .* an int >= 0"),
     ({"student": {"global_context": True}}, r"student.global_context=True .* expected an int"),
     ({"student": {"family": "ffdnet", "global_context": 8}}, r"student.global_context=8 describe a U-Net"),
+    ({"student": {"pointwise": [0, 80]}}, r"student.pointwise=\[0, 80\] .* a list of 4 ints >= 0"),
+    ({"student": {"pointwise": -1}}, r"student.pointwise=-1 .* an int >= 0"),
+    ({"student": {"family": "ffdnet", "pointwise": 8}}, r"student.pointwise=8 describe a U-Net"),
     ({"data": {"patch_size": 72}, "student": {"widths": [8, 16, 32, 64], "unshuffle": 2}},
      r"data.patch_size=72 .* a multiple of 16, the student's stride"),
 ])

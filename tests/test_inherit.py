@@ -150,6 +150,33 @@ def test_a_student_gains_a_global_context_as_an_identity(teacher, batches, tmp_p
         jobs.start_from_teacher("teacher", grown, build_unet((4, 8), 1, name="student"), stream)
 
 
+def test_a_student_gains_a_pointwise_block_as_an_identity(teacher, batches, tmp_path):
+    """student.pointwise on a trained student without it: the 1x1 block is new, its second convolution
+    starts at zero so the grown student computes what the trained one did, and it can still learn;
+    it costs 2 * width * hidden MACs per value of its level."""
+    from kd_tf.complexity import count_macs
+    from kd_tf.denoise.nets import pointwise_of
+    from kd_tf.model_io import save_model
+
+    keras.utils.set_random_seed(7)
+    trained = build_unet((4, 8), 1, name="student")
+    for w in trained.weights:
+        w.assign(np.random.default_rng(0).normal(0, 0.1, w.shape).astype("float32"))
+    path = str(save_model(trained, tmp_path / "student.keras"))
+    grown = build_unet((4, 8), 1, name="student", pointwise=[6, 0])
+    assert pointwise_of(grown) == (6, 0) and pointwise_of(trained) == (0, 0)
+    assert count_macs(grown, (16, 16, 3)) - count_macs(trained, (16, 16, 3)) == 2 * 4 * 6 * 16 * 16
+    stream = tf.data.Dataset.from_tensor_slices((tf.concat(batches, 0), tf.concat(batches, 0))).batch(2)
+    kept = jobs.start_from_teacher(path, teacher, grown, stream)
+    assert kept["new_blocks"] == ["dec0_block1"]
+    x = np.random.default_rng(1).uniform(0, 1, (2, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(grown(x), trained(x), atol=1e-6)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(grown(x) - 0.5))
+    gradient = tape.gradient(loss, grown.get_layer("dec0_block1_conv2").kernel)
+    assert np.abs(gradient.numpy()).max() > 0                                    # it can still learn
+
+
 @pytest.mark.parametrize("student_kwargs, left_out", [({"blocks": [1, 2]}, "bottleneck_block1_conv1"),
                                                       ({"blocks": 1, "global_context": 6}, "film0_shift")])
 def test_a_file_with_part_of_a_block_or_context_is_refused(teacher, batches, tmp_path, monkeypatch, student_kwargs,

@@ -77,6 +77,29 @@ def test_equalization_keeps_an_unshuffled_unets_float_function(batches):
     np.testing.assert_allclose(model(x), reference(x), atol=2e-5)
 
 
+def test_equalization_keeps_a_pointwise_unets_float_function(batches):
+    """A pointwise block reads its level's stream (conv1) and writes into it (conv2), and its hidden
+    channels pass a ReLU: equalizing the streams and the blocks' inner channels scales its rows and
+    columns too, so the function stays, and float32_copy keeps the blocks."""
+    from kd_tf.denoise.nets import equalize_block_channels, float32_copy, pointwise_of
+
+    keras.utils.set_random_seed(5)
+    model = build_unet((6, 12, 16), 1, pointwise=[0, 10, 7])
+    draws = np.random.default_rng(3)
+    for layer in model.layers:
+        if layer.weights and (layer.name in ("head", "down0", "down1") or "_block1_" in layer.name):
+            kernel, bias = layer.get_weights()
+            spread = np.geomspace(0.05, 2.0, kernel.shape[-1]).astype("float32")
+            layer.set_weights([draws.normal(0, 0.3, kernel.shape).astype("float32") * spread, bias * spread])
+    reference = float32_copy(model, (6, 12, 16), 1)
+    assert pointwise_of(reference) == (0, 10, 7)
+    equalize_block_channels(equalize_channel_ranges(model, batches), batches)
+    x = batches[-1]
+    for name in ("dec1_block1_conv1", "dec1_block1_conv2", "bottleneck_block1_conv2"):
+        assert not np.allclose(model.get_layer(name).get_weights()[0], reference.get_layer(name).get_weights()[0])
+    np.testing.assert_allclose(model(x), reference(x), atol=2e-5)
+
+
 def test_equalization_keeps_a_global_context_unets_float_function(batches, context_unet):
     """The global context reads the first level's and the bottleneck's streams and its FiLM shifts
     write into every decoder level's: equalizing scales those rows and columns too, so the function

@@ -40,6 +40,9 @@ class NetConfig:
     # unet: > 0 pools the whole image into a vector of this many numbers (its noise level above all) that
     # scales and shifts each decoder level (build_unet's global_context); 0: none
     global_context: int = 0
+    # unet: > 0 ends each decoder level and the bottleneck with a residual block of two 1x1 convolutions
+    # through this many channels (one int, or one per level; build_unet's pointwise); 0: none
+    pointwise: int | list[int] = 0
     features: int = 28                    # ffdnet: channels of every hidden convolution (half resolution)
     depth: int = 12                       # ffdnet: 3x3 convolutions, the last one linear
 
@@ -71,6 +74,9 @@ class NetConfig:
                "1 (full resolution), 2 or 4")
         _check(type(self.global_context) is int and self.global_context >= 0, f"{where}.global_context",
                self.global_context, "an int >= 0 (0: none)")
+        hidden = [self.pointwise] * len(self.widths) if isinstance(self.pointwise, int) else self.pointwise
+        _check(len(hidden) == len(self.widths) and all(type(h) is int and h >= 0 for h in hidden),
+               f"{where}.pointwise", self.pointwise, f"an int >= 0 or a list of {len(self.widths)} ints >= 0 (0: none)")
 
     @property
     def stride(self) -> int:
@@ -78,7 +84,7 @@ class NetConfig:
         return 1 if self.family == "ffdnet" else self.unshuffle * 2 ** (len(self.widths) - 1)
 
 
-UNET_FIELDS = ("widths", "blocks", "unshuffle", "global_context")
+UNET_FIELDS = ("widths", "blocks", "unshuffle", "global_context", "pointwise")
 STUDENT_INITS = ("auto", "teacher", "random")
 
 

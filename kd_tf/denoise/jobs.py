@@ -153,7 +153,7 @@ def build_net(net: denoise_config.NetConfig, name: str, mixed_precision: bool | 
     if net.family == "ffdnet":
         return build_blind_ffdnet(net.features, net.depth, name=name, mixed_precision=mixed_precision)
     return build_unet(net.widths, net.blocks, name=name, mixed_precision=mixed_precision, unshuffle=net.unshuffle,
-                      global_context=net.global_context)
+                      global_context=net.global_context, pointwise=net.pointwise)
 
 
 def describe_net(net: denoise_config.NetConfig) -> str:
@@ -166,7 +166,8 @@ def describe_net(net: denoise_config.NetConfig) -> str:
         return f"ffdnet: {net.features} features x {net.depth} layers"
     unshuffled = f", at 1/{net.unshuffle} resolution" if net.unshuffle > 1 else ""
     context = f", global context {net.global_context}" if net.global_context else ""
-    return f"unet: widths {'-'.join(map(str, net.widths))}, {net.blocks} block(s){unshuffled}{context}"
+    pointwise = f", pointwise {net.pointwise}" if any(np.atleast_1d(net.pointwise)) else ""
+    return f"unet: widths {'-'.join(map(str, net.widths))}, {net.blocks} block(s){unshuffled}{context}{pointwise}"
 
 
 def float32_net(model: keras.Model, net: denoise_config.NetConfig) -> keras.Model:
