@@ -118,6 +118,16 @@ def test_a_student_with_more_blocks_grows_from_a_trained_one(teacher, batches, t
         jobs.start_from_teacher(path, teacher, build_unet((5, 8), [1, 2], name="student"), stream)
 
 
+def _assert_identity_that_learns(grown, trained, new_layer):
+    """`grown` computes what `trained` does, and the loss still reaches `new_layer`'s kernel."""
+    x = np.random.default_rng(1).uniform(0, 1, (2, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(grown(x), trained(x), atol=1e-6)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(grown(x) - 0.5))
+    gradient = tape.gradient(loss, grown.get_layer(new_layer).kernel)
+    assert np.abs(gradient.numpy()).max() > 0                                    # it can still learn
+
+
 def test_a_student_gains_a_global_context_as_an_identity(teacher, batches, tmp_path):
     """student.global_context on a trained student without one: the context layers are new, the grown
     student computes what the trained one did, and its FiLM layers can still learn. A context is never
@@ -135,12 +145,7 @@ def test_a_student_gains_a_global_context_as_an_identity(teacher, batches, tmp_p
     kept = jobs.start_from_teacher(path, teacher, grown, stream)
     assert kept["new_blocks"] == [] and kept["new_context"] == ["context_from0", "context_from1", "film0_scale",
                                                                  "film0_shift"]
-    x = np.random.default_rng(1).uniform(0, 1, (2, 16, 16, 3)).astype("float32")
-    np.testing.assert_allclose(grown(x), trained(x), atol=1e-6)
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_mean(tf.square(grown(x) - 0.5))
-    gradient = tape.gradient(loss, grown.get_layer("film0_scale").kernel)
-    assert np.abs(gradient.numpy()).max() > 0                                    # it can still learn
+    _assert_identity_that_learns(grown, trained, "film0_scale")
     grown_path = str(save_model(grown, tmp_path / "grown.keras"))
     with pytest.raises(InputError, match=r"layers \['context_from0'.* global_context"):      # no shrinking
         jobs.start_from_teacher(grown_path, teacher, build_unet((4, 8), 1, name="student"), stream)
@@ -169,12 +174,7 @@ def test_a_student_gains_a_pointwise_block_as_an_identity(teacher, batches, tmp_
     stream = tf.data.Dataset.from_tensor_slices((tf.concat(batches, 0), tf.concat(batches, 0))).batch(2)
     kept = jobs.start_from_teacher(path, teacher, grown, stream)
     assert kept["new_blocks"] == ["dec0_block1"]
-    x = np.random.default_rng(1).uniform(0, 1, (2, 16, 16, 3)).astype("float32")
-    np.testing.assert_allclose(grown(x), trained(x), atol=1e-6)
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_mean(tf.square(grown(x) - 0.5))
-    gradient = tape.gradient(loss, grown.get_layer("dec0_block1_conv2").kernel)
-    assert np.abs(gradient.numpy()).max() > 0                                    # it can still learn
+    _assert_identity_that_learns(grown, trained, "dec0_block1_conv2")
 
 
 @pytest.mark.parametrize("student_kwargs, left_out", [({"blocks": [1, 2]}, "bottleneck_block1_conv1"),
