@@ -84,7 +84,10 @@ def teacher_choice(report: dict) -> str:
 STUDENT = "student (distilled)"
 # earlier shipped or starting students the shipped one is compared with: (label, its training report)
 STUDENT_PREDECESSORS = [
-    ("the twelfth-cycle student (its start, shipped in session 38, "
+    ("the thirteenth-cycle student (shipped in session 39, two plain cycles before it, "
+     "`models/denoise/checkpoints/student-v20-saturation/`)",
+     "models/denoise/checkpoints/student-v20-saturation/report.json"),
+    ("the twelfth-cycle student (shipped in session 38, "
      "`models/denoise/checkpoints/student-v19-saturation/`)",
      "models/denoise/checkpoints/student-v19-saturation/report.json"),
     ("the student shipped in sessions 30-37 (`models/denoise/checkpoints/student-v11/`)",
