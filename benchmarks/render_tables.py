@@ -361,6 +361,7 @@ TABLES = {
     "tflite-speed-intel-amx": ("benchmarks/tflite_speed_intel_amx.json", tflite_speed),
     "tflite-speed-intel-vnni": ("benchmarks/tflite_speed_intel_vnni.json", tflite_speed),
     "dynamic-float-layers-speed": ("benchmarks/dynamic_float_layers_speed.json", tflite_speed),
+    "dynamic-batch-speed": ("benchmarks/dynamic_batch_speed.json", tflite_speed),
     "int8-width-speed": ("benchmarks/int8_width_speed.json", int8_width_speed),
     "gan-results": ("models/gan/distill_report.json", gan_results),
     "gan-conditional-results": ("models/gan/conditional/evaluate_report.json", gan_results),
