@@ -15,18 +15,9 @@ idle machine; the CPU flags go into the file.
 
 from __future__ import annotations
 
-import argparse
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-
-import tempfile
 from pathlib import Path
 
-from benchmarks.common import machine_info, write_results
-from benchmarks.render_tables import tflite_speed as render
-from benchmarks.tflite_speed import REPEATS, TARGET_SIZE_RATIO, TARGET_SPEEDUP, compare
+from benchmarks import tflite_speed
 from kd_tf.config import MODELS_DIR
 
 HERE = Path(__file__).resolve().parent
@@ -38,20 +29,9 @@ LAYOUTS = {"one image": (1, 512, 512, 3), "two halves as a batch": (2, 256, 512,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=HERE / "dynamic_batch_speed.json", help="results file")
-    parser.add_argument("--repeats", type=int, default=REPEATS, help="invocations per model and setting")
-    args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error(f"--repeats {args.repeats}: accepted: 1 or more")
-    results = {"machine": machine_info(), "repeats": args.repeats,
-               "targets": {"int8_speedup_at_least": TARGET_SPEEDUP, "size_ratio_at_least": TARGET_SIZE_RATIO},
-               "models": {}}
-    with tempfile.TemporaryDirectory() as workdir:
-        for layout, shape in LAYOUTS.items():
-            name = f"denoise student, dynamic-range int8, {layout}"
-            results["models"][name] = compare(name, STUDENT, DYNAMIC, [shape], Path(workdir), args.repeats)
-    return write_results(results, render, args.out)
+    models = [(f"denoise student, dynamic-range int8, {layout}", STUDENT, DYNAMIC, [shape])
+              for layout, shape in LAYOUTS.items()]
+    return tflite_speed.main(argv, models, HERE / "dynamic_batch_speed.json", __doc__)
 
 
 if __name__ == "__main__":

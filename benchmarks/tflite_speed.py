@@ -112,9 +112,11 @@ def compare(name: str, keras_path: Path, int8_path: Path, shapes, workdir: Path,
     return row
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=HERE / "tflite_speed.json", help="results file (one per CPU kind)")
+def main(argv=None, models=MODELS, default_out: Path = HERE / "tflite_speed.json", description: str = __doc__) -> int:
+    """Times `models` ((name, Keras model, int8 flatbuffer, input shapes) each) and writes `--out`; other
+    benchmarks of int8 speed call it with their own models."""
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=default_out, help="results file (one per CPU kind)")
     parser.add_argument("--repeats", type=int, default=REPEATS,
                         help="invocations per model and setting (more on a machine whose neighbours' load varies)")
     args = parser.parse_args(argv)
@@ -124,7 +126,7 @@ def main(argv=None) -> int:
                "targets": {"int8_speedup_at_least": TARGET_SPEEDUP, "size_ratio_at_least": TARGET_SIZE_RATIO},
                "models": {}}
     with tempfile.TemporaryDirectory() as workdir:
-        for name, keras_path, int8_path, shapes in MODELS:
+        for name, keras_path, int8_path, shapes in models:
             results["models"][name] = compare(name, keras_path, int8_path, shapes, Path(workdir), args.repeats)
     return write_results(results, render, args.out)
 
