@@ -8,7 +8,9 @@ XNNPACK runs a dynamic-range convolution as: find its input's range, convert the
 is parallelized over the batch only, so for one image it runs on one thread while the convolutions
 run on all of them; a batch of tiles gives each thread its own images. If that is the cause, the
 dynamic-range file's speed-up at two threads is higher for 4 x 256^2 than for 1 x 512^2 (the same
-pixels), and at one thread about the same. The float32 file runs the same shapes, so each row is
+pixels), and at one thread about the same (on session 41's AMD CPU two 61-run passes did not
+separate the layouts: the two-thread figures moved more from pass to pass than between layouts,
+benchmarks/dynamic_batch_speed.json and _pass2.json). The float32 file runs the same shapes, so each row is
 a fair pair; `benchmarks.tflite_speed.compare` times them, invoked in turn. Run it on an otherwise
 idle machine; the CPU flags go into the file.
 """
