@@ -84,7 +84,10 @@ def teacher_choice(report: dict) -> str:
 STUDENT = "student (distilled)"
 # earlier shipped or starting students the shipped one is compared with: (label, its training report)
 STUDENT_PREDECESSORS = [
-    ("the thirteenth-cycle student (shipped in session 39, two plain cycles before it, "
+    ("the fifteenth-cycle student (its start, shipped in session 41, "
+     "`models/denoise/checkpoints/student-v22/`)",
+     "models/denoise/checkpoints/student-v22/report.json"),
+    ("the thirteenth-cycle student (shipped in session 39, "
      "`models/denoise/checkpoints/student-v20-saturation/`)",
      "models/denoise/checkpoints/student-v20-saturation/report.json"),
     ("the twelfth-cycle student (shipped in session 38, "
