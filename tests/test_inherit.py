@@ -91,8 +91,8 @@ def test_a_student_file_continues_training_from_its_weights(teacher, batches, tm
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()                 # which file it was, kept
     assert jobs.start_from_teacher(path, teacher, student, stream) == {"from": path, "sha256": digest}
     assert all(np.array_equal(a, b) for a, b in zip(trained.get_weights(), student.get_weights()))
-    with pytest.raises(InputError, match="student.widths, blocks and global_context"):
-        jobs.start_from_teacher(path, teacher, build_unet((4, 12), 1, name="student"), stream)
+    with pytest.raises(InputError, match="at layer down0 .*student.widths, blocks and global_context"):
+        jobs.start_from_teacher(path, teacher, build_unet((4, 6), 1, name="student"), stream)   # narrower: refused
 
 
 def test_a_student_with_more_blocks_grows_from_a_trained_one(teacher, batches, tmp_path):
@@ -115,7 +115,80 @@ def test_a_student_with_more_blocks_grows_from_a_trained_one(teacher, batches, t
     with pytest.raises(InputError, match=r"layers \['bottleneck_block1_conv1'"):
         jobs.start_from_teacher(str(save_model(grown, tmp_path / "grown.keras")), teacher, trained, stream)
     with pytest.raises(InputError, match="at layer head"):
-        jobs.start_from_teacher(path, teacher, build_unet((5, 8), [1, 2], name="student"), stream)
+        jobs.start_from_teacher(path, teacher, build_unet((3, 8), [1, 2], name="student"), stream)
+
+
+def _noisy_weights(model):
+    for w in model.weights:                                 # conv biases start at zero: make every weight count
+        w.assign(np.random.default_rng(0).normal(0, 0.1, w.shape).astype("float32"))
+    return model
+
+
+def test_a_wider_student_computes_what_the_narrow_one_did_and_its_new_channels_learn(teacher, batches, tmp_path):
+    """student.widths above the file's: every trained channel keeps its weights, the new ones start with
+    fresh weights that nothing trained reads (zero outgoing weights), so the wide student computes what the
+    narrow one did, and the loss reaches the new channels' outgoing weights (Conv2D and Conv2DTranspose)."""
+    from kd_tf.model_io import save_model
+
+    keras.utils.set_random_seed(8)
+    trained = _noisy_weights(build_unet((4, 8, 16), 1, name="student"))
+    path = str(save_model(trained, tmp_path / "student.keras"))
+    wide = build_unet((6, 8, 20), 1, name="student")
+    stream = tf.data.Dataset.from_tensor_slices((tf.concat(batches, 0), tf.concat(batches, 0))).batch(2)
+    kept = jobs.start_from_teacher(path, teacher, wide, stream)
+    assert kept["new_blocks"] == [] and "dropped_blocks" not in kept
+    assert kept["widened"] == ["head", "enc0_block0_conv1", "enc0_block0_conv2", "down0", "down1",
+                               "bottleneck_block0_conv1", "bottleneck_block0_conv2", "up1", "up0",
+                               "dec0_block0_conv1", "dec0_block0_conv2", "tail"]
+    x = np.random.default_rng(1).uniform(0, 1, (2, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(wide(x), trained(x), atol=1e-5)
+    np.testing.assert_array_equal(wide.get_layer("enc1_block0_conv1").kernel.numpy(),
+                                  trained.get_layer("enc1_block0_conv1").kernel.numpy())
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(wide(x) - 0.5))
+    outgoing = {"tail": (slice(None), slice(None), slice(4, None)),             # Conv2D: (h, w, in, out)
+                "up1": (slice(None), slice(None), slice(None), slice(16, None)),  # transposed: (h, w, out, in)
+                "bottleneck_block0_conv1": (slice(None), slice(None), slice(16, None), slice(0, 16))}
+    gradients = tape.gradient(loss, [wide.get_layer(name).kernel for name in outgoing])
+    for (name, new_inputs), gradient in zip(outgoing.items(), gradients):
+        assert np.abs(wide.get_layer(name).kernel.numpy()[new_inputs]).max() == 0, name   # nothing reads them yet
+        assert np.abs(gradient.numpy()[new_inputs]).max() > 0, name                      # but they can learn
+    assert np.abs(wide.get_layer("head").kernel.numpy()[..., 4:]).max() > 0              # the new channels carry a signal
+
+
+def test_named_blocks_are_dropped_and_only_named_ones(teacher, batches, tmp_path):
+    """distill.drop_blocks: a file's residual block the student leaves out must be named; the rest of the
+    weights still come from the file (here while the first level widens)."""
+    from kd_tf.errors import InputError
+    from kd_tf.model_io import save_model
+
+    keras.utils.set_random_seed(9)
+    trained = _noisy_weights(build_unet((4, 8), [1, 2], name="student"))
+    path = str(save_model(trained, tmp_path / "student.keras"))
+    stream = tf.data.Dataset.from_tensor_slices((tf.concat(batches, 0), tf.concat(batches, 0))).batch(2)
+    with pytest.raises(InputError, match=r"layers \['bottleneck_block1_conv1', 'bottleneck_block1_conv2'\].*drop_blocks"):
+        jobs.start_from_teacher(path, teacher, build_unet((5, 8), 1, name="student"), stream)
+    with pytest.raises(InputError, match=r"'bottleneck_block0'.*could drop: \['bottleneck_block1'\]"):
+        jobs.start_from_teacher(path, teacher, build_unet((5, 8), 1, name="student"), stream,
+                                drop_blocks=["bottleneck_block0"])
+    student = build_unet((5, 8), 1, name="student")
+    kept = jobs.start_from_teacher(path, teacher, student, stream, drop_blocks=["bottleneck_block1"])
+    assert kept["dropped_blocks"] == ["bottleneck_block1"] and kept["new_blocks"] == []
+    assert "head" in kept["widened"] and "bottleneck_block0_conv1" not in kept["widened"]
+    np.testing.assert_array_equal(student.get_layer("bottleneck_block0_conv2").kernel.numpy(),
+                                  trained.get_layer("bottleneck_block0_conv2").kernel.numpy())
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"student_init": "auto", "drop_blocks": ["bottleneck_block1"]}, "unless distill.student_init is a student"),
+    ({"student_init": "models/x.keras", "drop_blocks": ["bottleneck"]}, "residual block names"),
+    ({"student_init": "models/x.keras", "drop_blocks": "bottleneck_block1"}, "residual block names")])
+def test_drop_blocks_is_checked_up_front(values, message):
+    from kd_tf.config import ConfigError
+    from kd_tf.denoise.config import DistillConfig
+
+    with pytest.raises(ConfigError, match=message):
+        DistillConfig(**values).validate()
 
 
 def _assert_identity_that_learns(grown, trained, new_layer):

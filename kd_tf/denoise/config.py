@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 from kd_tf.config import (JOBS, MODELS_DIR, ConfigError, DataConfig, FeaturePair, OutputConfig, TrainConfig,
@@ -105,10 +106,13 @@ class DistillConfig:
     compare_scratch: bool = False
     # Where the distilled student's weights start: "teacher" (the teacher's strongest channels and
     # blocks, kd_tf.denoise.inherit), "random", "auto" (teacher when both are build_unet networks), or
-    # a student .keras file of the same widths to continue from (a new learning-rate cycle; blocks it lacks
-    # start as identities: kd_tf.denoise.jobs.continue_from).
+    # a student .keras file to continue from (a new learning-rate cycle; blocks it lacks start as identities,
+    # wider levels keep its channels and add ones nothing reads yet: kd_tf.denoise.jobs.continue_from).
     # The scratch comparison always starts from the random weights.
     student_init: str = "auto"
+    # Residual blocks of a student_init .keras file that the configured student leaves out, by name (e.g.
+    # [bottleneck_block1], to spend its MACs on width): what they computed is lost, so each must be named.
+    drop_blocks: list[str] = dataclasses.field(default_factory=list)
     # Adam's peak rate when the student starts from the teacher's weights (not for a .keras continuation);
     # null: train.learning_rate for a U-Net's copied channels (the dropped ones leave holes to relearn), a
     # tenth of it for a refitted FFDNet-shaped student, a close copy to fine-tune (at 1e-3 one lost 14 dB
@@ -128,6 +132,11 @@ class DistillConfig:
         self.student_loss_weight.validate()
         _check(self.student_init in STUDENT_INITS or self.student_init.endswith(".keras"), "distill.student_init",
                self.student_init, f"one of {STUDENT_INITS} or a student's .keras file")
+        _check(isinstance(self.drop_blocks, list) and all(
+            isinstance(name, str) and re.fullmatch(r"\w+_block\d+", name) for name in self.drop_blocks),
+            "distill.drop_blocks", self.drop_blocks, "a list of residual block names such as 'bottleneck_block1'")
+        _check(not self.drop_blocks or self.student_init.endswith(".keras"), "distill.drop_blocks",
+               self.drop_blocks, f"[] unless distill.student_init is a student's .keras file (it is {self.student_init!r})")
         _check(self.inherited_learning_rate is None or self.inherited_learning_rate > 0,
                "distill.inherited_learning_rate", self.inherited_learning_rate, "a float > 0 or null (train.learning_rate)")
         _check(self.cache_batches is None or self.cache_batches >= 0, "distill.cache_batches",

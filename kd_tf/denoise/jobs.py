@@ -196,26 +196,58 @@ NEW_BLOCK_CONV = re.compile(r".+_block\d+_conv[12]")
 NEW_CONTEXT_CONV = re.compile(r"context_from\d+|film\d+_(scale|shift)")
 
 
-def continue_from(path: str, student: keras.Model) -> dict:
+def _widened(layer, source) -> list | None:
+    """`source`'s weights embedded in `layer`'s wider ones so that the wider network computes what the
+    narrower one did (Net2WiderNet's idea, Chen et al. 2016, with zeros instead of copies): the old
+    kernel and bias fill their corner, weights from a new input channel into an old output channel
+    are zero, and a new output channel keeps `layer`'s fresh initial weights, so it carries a signal
+    that no old channel reads yet and the loss can reach its zero outgoing weights. Only convolutions
+    (Conv2D, Conv2DTranspose) of the same kernel size grow; None for anything else or a narrower layer."""
+    if not isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)) or len(layer.weights) != len(
+            source.weights):
+        return None
+    in_axis, out_axis = (3, 2) if isinstance(layer, keras.layers.Conv2DTranspose) else (2, 3)
+    grown = []
+    for mine, theirs in zip(layer.get_weights(), source.get_weights()):
+        spatial = [axis for axis in range(mine.ndim) if axis not in (in_axis, out_axis)] if mine.ndim == 4 else []
+        if mine.ndim != theirs.ndim or any(a < b for a, b in zip(mine.shape, theirs.shape)) or any(
+                mine.shape[axis] != theirs.shape[axis] for axis in spatial):
+            return None
+        weights = mine.copy()
+        weights[tuple(slice(0, n) for n in theirs.shape)] = theirs
+        if mine.ndim == 4:                          # a kernel: new inputs must not reach old outputs
+            fresh_inputs = [slice(None)] * 4
+            fresh_inputs[in_axis] = slice(theirs.shape[in_axis], None)
+            fresh_inputs[out_axis] = slice(0, theirs.shape[out_axis])
+            weights[tuple(fresh_inputs)] = 0.0
+        grown.append(weights)
+    return grown
+
+
+def continue_from(path: str, student: keras.Model, drop_blocks=()) -> dict:
     """Gives `student` the weights of the trained student at `path`, layer by layer by name, and
-    returns {"from": path, "sha256": <of the file>, "new_blocks": [...]} (the digest keeps the report's
+    returns {"from": path, "sha256": <of the file>, "new_blocks": [...], ...} (the digest keeps the report's
     provenance when a newer student is shipped to the same path). Residual blocks that `path` lacks (the configured
     student has more blocks somewhere) start as identities: their second convolution is zeroed, so
     x + conv2(relu(conv1(x))) = x and the grown student computes exactly what the trained one did,
     then learns what the new blocks add (Net2DeeperNet's idea, Chen et al. 2016). A global context
     (student.global_context) that `path` lacks starts as build_unet builds it, an identity too (its
-    FiLM kernels are zero), and is listed as "new_context". Blocks and a context are gained whole: a
-    file holding part of one is refused, as is any other difference (widths, a layer missing), naming
-    the layers. The same network (every weight's shape alike, in order) takes the weights in order,
-    whatever its layers are named.
+    FiLM kernels are zero), and is listed as "new_context". Wider levels (student.widths above the
+    file's) keep the trained channels and add new ones that no trained channel reads yet (_widened),
+    listed as "widened". Blocks and a context are gained whole: a file holding part of one is refused,
+    as is any other difference (narrower widths, a layer missing), naming the layers. Residual blocks
+    of the file that the student leaves out are refused unless `drop_blocks` names each (e.g.
+    ["bottleneck_block1"]: what they computed is lost, so the student no longer computes what the
+    file did); listed as "dropped_blocks". The same network (every weight's shape alike, in order)
+    takes the weights in order, whatever its layers are named.
     """
     start, digest = load_model(path), hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    if [tuple(w.shape) for w in start.weights] == [tuple(w.shape) for w in student.weights]:
+    if not drop_blocks and [tuple(w.shape) for w in start.weights] == [tuple(w.shape) for w in student.weights]:
         student.set_weights(start.get_weights())
         log.info("the student continues from the weights of %s (sha256 %s)", path, digest)
         return {"from": path, "sha256": digest}
     trained = {layer.name: layer for layer in start.layers if layer.weights}
-    new_convs, new_context, kept_context, kept_block_convs = [], [], [], []
+    new_convs, new_context, kept_context, kept_block_convs, widened = [], [], [], [], []
     for layer in student.layers:
         if not layer.weights:
             continue
@@ -233,15 +265,29 @@ def continue_from(path: str, student: keras.Model) -> dict:
                 layer.set_weights([np.zeros(w.shape, "float32") for w in layer.weights])
             continue
         shapes = [tuple(w.shape) for w in (source.weights if source else [])], [tuple(w.shape) for w in layer.weights]
-        if shapes[0] != shapes[1]:
+        if shapes[0] == shapes[1]:
+            layer.set_weights(source.get_weights())
+            continue
+        grown = _widened(layer, source) if source is not None else None
+        if grown is None:
             raise InputError(f"distill.student_init={path}: its weights do not fit the configured student at layer "
                              f"{layer.name} ({shapes[0] or 'absent'} vs {shapes[1]}; check student.widths, blocks and "
-                             f"global_context: only new residual blocks or a new global context may be added)")
-        layer.set_weights(source.get_weights())
+                             f"global_context: a student may only gain residual blocks, a global context or width)")
+        layer.set_weights(grown)
+        widened.append(layer.name)
+    dropped = sorted(drop_blocks)
+    for block in dropped:
+        convs = [f"{block}_conv1", f"{block}_conv2"]
+        if not all(name in trained for name in convs):
+            blocks = sorted({name.rsplit("_", 1)[0] for name in trained if NEW_BLOCK_CONV.fullmatch(name)})
+            raise InputError(f"distill.drop_blocks names {block!r}, which {path} does not hold beyond the configured "
+                             f"student; the blocks it could drop: {blocks}")
+        for name in convs:
+            trained.pop(name)
     if trained:
         raise InputError(f"distill.student_init={path}: its layers {sorted(trained)} have no place in the configured "
                          f"student (check student.widths, blocks and global_context: a student may only gain residual "
-                         f"blocks or a global context)")
+                         f"blocks, a global context or width; name residual blocks to leave out in distill.drop_blocks)")
     new_blocks = sorted({name.rsplit("_", 1)[0] for name in new_convs})
     # a half-present block or context would not start as an identity (a trained conv2 after a fresh conv1)
     half_blocks = sorted(name for name in kept_block_convs if name.rsplit("_", 1)[0] in new_blocks)
@@ -252,24 +298,28 @@ def continue_from(path: str, student: keras.Model) -> dict:
                          f"context (present: {present}; missing: {missing}); a student may gain whole residual "
                          f"blocks or a whole global context only")
     log.info("the student grows from the weights of %s (sha256 %s); new residual blocks and context layers start as "
-             "identities: %s %s", path, digest, new_blocks, new_context)
+             "identities: %s %s; widened: %s; dropped: %s", path, digest, new_blocks, new_context, widened, dropped)
     grown = {"from": path, "sha256": digest, "new_blocks": new_blocks}
-    return {**grown, "new_context": new_context} if new_context else grown
+    for key, names in (("new_context", new_context), ("widened", widened), ("dropped_blocks", dropped)):
+        if names:
+            grown[key] = names
+    return grown
 
 
 def start_from_teacher(student_init: str, teacher: keras.Model, student: keras.Model, batches,
-                       energy_batches: int = 8) -> dict | None:
+                       energy_batches: int = 8, drop_blocks=()) -> dict | None:
     """Gives the student its teacher's strongest channels and blocks (kd_tf.denoise.inherit) or,
     for a blind FFDNet-shaped student of an FFDNet teacher, the teacher's channels refitted layer by
     layer (kd_tf.denoise.ffdnet_student), when `student_init` asks for it ("auto": whenever the pair
     fits); returns what was kept, or None when the student keeps its random weights. `batches`:
     (x, clean) pairs, x the noisy patches or, for a non-blind teacher, with_noise_level's dict. A
     .keras path: the student continues from that model's weights (same widths and blocks),
-    returned as {"from": path}; a student with more residual blocks grows from it (continue_from)."""
+    returned as {"from": path}; a student with more residual blocks or width grows from it, and leaves out
+    the residual blocks named in `drop_blocks` (continue_from)."""
     if student_init == "random":
         return None
     if student_init.endswith(".keras"):
-        return continue_from(student_init, student)
+        return continue_from(student_init, student, drop_blocks)
     try:
         if is_blind_ffdnet(student):                # the pair first: a blind teacher's batches hold no sigma
             problem = ffdnet_inheritance_problem(teacher, student)
@@ -366,7 +416,8 @@ def distill_phase(config: denoise_config.DistillJobConfig, teacher_path: str, re
     with strategy.scope():
         initial_weights = student.get_weights()     # the scratch run starts from the very same point
         started = time.time()
-        inherited = start_from_teacher(config.distill.student_init, reference_teacher, student, teacher_stream())
+        inherited = start_from_teacher(config.distill.student_init, reference_teacher, student, teacher_stream(),
+                                       drop_blocks=config.distill.drop_blocks)
         inherit_seconds = time.time() - started
         if inherited and "from" not in inherited:
             train = dataclasses.replace(train, learning_rate=inherited_learning_rate(config, student))
