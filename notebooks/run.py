@@ -36,6 +36,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -184,6 +185,17 @@ def _stop_new_tensorboards(before: dict):
         info_file.unlink(missing_ok=True)
 
 
+def _kernel_env(quick: bool) -> dict:
+    return dict(os.environ, **{QUICK_ENV: "1" if quick else "0", "TF_CPP_MIN_LOG_LEVEL": "3",
+                               "PYTHONWARNINGS": "ignore::DeprecationWarning"})
+
+
+def _client(nb, path: Path, cwd, timeout: int) -> NotebookClient:
+    """A "python3" kernel's client for `nb`, working in `cwd` (default: the notebook's folder, as Jupyter does)."""
+    return NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                          resources={"metadata": {"path": str(cwd or path.parent)}})
+
+
 def execute(path, quick: bool = True, parameters: dict | None = None, cwd=None, timeout: int = 1800,
             client_out: dict | None = None):
     """Runs the notebook at `path` top to bottom in a fresh "python3" kernel and returns it executed.
@@ -196,18 +208,44 @@ def execute(path, quick: bool = True, parameters: dict | None = None, cwd=None, 
     nb = nbformat.read(path, as_version=4)
     if parameters:
         nb = inject_parameters(nb, parameters)
-    env = dict(os.environ, **{QUICK_ENV: "1" if quick else "0", "TF_CPP_MIN_LOG_LEVEL": "3",
-                              "PYTHONWARNINGS": "ignore::DeprecationWarning"})
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
-                            resources={"metadata": {"path": str(cwd or path.parent)}})
+    client = _client(nb, path, cwd, timeout)
     if client_out is not None:
         client_out["nb"] = nb
     before = _tensorboards()
     try:
-        client.execute(env=env)
+        client.execute(env=_kernel_env(quick))
     finally:
         _stop_new_tensorboards(before)
     return nb
+
+
+def execute_each(path, parameter_sets: list[dict], quick: bool = True, cwd=None, timeout: int = 1800) -> list:
+    """Runs the notebook at `path` once per dict of `parameter_sets`, each from the top until its
+    first cell error, all in one "python3" kernel: starting a kernel and importing TensorFlow cost
+    more than the cells before a notebook loads its models. Returns (executed notebook, the
+    CellExecutionError or None) per run. Each run's injected cell reassigns its parameters after
+    the parameters cell has reassigned them all, and every cell before the error runs again, so what
+    an earlier run left in the kernel is overwritten before it is read."""
+    path = Path(path)
+    base = nbformat.read(path, as_version=4)
+    client = _client(base, path, cwd, timeout)
+    runs = []
+    before = _tensorboards()
+    try:
+        with client.setup_kernel(env=_kernel_env(quick)):
+            for parameters in parameter_sets:
+                nb = inject_parameters(base, parameters)
+                client.nb = nb
+                client.reset_execution_trackers()
+                try:
+                    for index, cell in enumerate(nb.cells):
+                        client.execute_cell(cell, index)
+                    runs.append((nb, None))
+                except CellExecutionError as error:
+                    runs.append((nb, error))
+    finally:
+        _stop_new_tensorboards(before)
+    return runs
 
 
 def drop_native_log_lines(nb):
